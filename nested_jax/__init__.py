@@ -1,0 +1,21 @@
+"""nested_jax: Nested Learning (Behrouz et al., NeurIPS 2025) in JAX.
+
+Sub-packages:
+  levels   learning levels and the multi-frequency runner (paper §2.3, §4.1)
+  memory   associative memories: objectives, update rules (GD, momentum, DGD), linear / MLP /
+           non-parametric memories with chunk-parallel forms and token-by-token twins (§2, §3.5)
+"""
+
+from nested_jax import memory
+from nested_jax.levels import Level, LevelsResult, firing_schedule, run_levels, run_levels_reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Level",
+    "LevelsResult",
+    "firing_schedule",
+    "memory",
+    "run_levels",
+    "run_levels_reference",
+]

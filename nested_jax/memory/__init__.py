@@ -1,0 +1,40 @@
+"""Associative memories (paper §2, §3.5, §5.1-§5.3; DESIGN §4).
+
+Where things are:
+  objectives.py     DotProduct (Hebbian) and L2 (delta) inner objectives
+  rules.py          GD, Momentum, DGD (Delta Gradient Descent, closed form) — token-level form
+  chunkwise.py      the chunk-parallel form of those rules (one kernel for all of them)
+  linear.py         LinearMemory: linear attention / DeltaNet / implicit delta rule
+  mlp.py            MLPMemory: residual 2-layer MLP memory (Titans' deep memory)
+  nonparametric.py  SoftmaxMemory: causal softmax attention, full or sliding window
+  base.py           AbstractMemory: sequence drivers (chunked and token-by-token reference)
+"""
+
+from nested_jax.memory.base import AbstractMemory
+from nested_jax.memory.chunkwise import rank1_chunk, unit_lower_inverse
+from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
+from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState
+from nested_jax.memory.nonparametric import SoftmaxMemory, SoftmaxState
+from nested_jax.memory.objectives import L2, DotProduct
+from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, rule_step
+
+__all__ = [
+    "DGD",
+    "GD",
+    "L2",
+    "AbstractMemory",
+    "DotProduct",
+    "LinearMemory",
+    "LinearParams",
+    "LinearState",
+    "MLPMemory",
+    "MLPParams",
+    "MLPState",
+    "Momentum",
+    "SoftmaxMemory",
+    "SoftmaxState",
+    "dgd_rate",
+    "rank1_chunk",
+    "rule_step",
+    "unit_lower_inverse",
+]

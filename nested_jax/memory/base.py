@@ -1,0 +1,167 @@
+"""The associative-memory interface shared by every memory (DESIGN §2.2, §4 "Associative memory").
+
+A memory is a frozen, hashable spec (objective, update rule, sizes) whose methods are pure functions
+of a per-sample, per-head state pytree:
+
+* ``write(state, k, v, eta, alpha, beta, at=None)`` and ``read(state, q)`` act on one token
+  (``k, v, q: [batch, heads, dim]``; rates ``[batch, heads]``).
+* ``write_read_chunk(state, q, k, v, eta, alpha, beta)`` processes one chunk in parallel
+  (``[batch, heads, C, dim]``, rates ``[batch, heads, C]``): every inner gradient is taken at the
+  chunk-boundary state and token ``t`` reads the per-token state after the writes of tokens ``< t``.
+* :meth:`AbstractMemory.write_read` runs a whole sequence (``[batch, seq, heads, dim]``) chunk by
+  chunk inside ``lax.scan``; :meth:`AbstractMemory.write_read_reference` is its slow twin, a
+  token-by-token scan over ``write``/``read`` with gradients at the chunk boundary
+  (``chunk_size=1`` is the exact online recurrence, e.g. DeltaNet).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+__all__ = ["AbstractMemory"]
+
+
+def _rates(x, like: jax.Array, name: str) -> jax.Array:
+    """Broadcast a rate (None, scalar or ``[batch, seq, heads]``) to ``like.shape[:3]`` in f32."""
+    shape = like.shape[:3]
+    if x is None:
+        return None
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim not in (0, 3) or (x.ndim == 3 and x.shape != shape):
+        raise ValueError(
+            f"{name} must be a scalar or have shape [batch, seq, heads] = {shape}, got {x.shape}."
+        )
+    return jnp.broadcast_to(x, shape)
+
+
+class AbstractMemory:
+    """Base class: shared sequence drivers on top of the per-memory token and chunk methods."""
+
+    #: Whether token t's read sees token t's own write (softmax attention) or only earlier ones.
+    inclusive: ClassVar[bool] = False
+
+    # --- per-memory methods (overridden) -------------------------------------------------------
+    def write(self, state, k, v, eta=None, alpha=None, beta=None, *, at=None):
+        raise NotImplementedError
+
+    def read(self, state, q):
+        raise NotImplementedError
+
+    def write_read_chunk(self, state, q, k, v, eta=None, alpha=None, beta=None):
+        raise NotImplementedError
+
+    def _default_rates(self, like):
+        """Rates used when the caller passes None: (eta, alpha, beta) for ``like: [B, T, H, d]``."""
+        ones = jnp.ones(like.shape[:3], jnp.float32)
+        return ones, ones, ones
+
+    # --- shared drivers ------------------------------------------------------------------------
+    def _prepare(self, q, k, v, eta, alpha, beta):
+        for name, a in (("q", q), ("k", k), ("v", v)):
+            if jnp.ndim(a) != 4:
+                raise ValueError(
+                    f"{name} must have shape [batch, seq, heads, dim], got {jnp.shape(a)}."
+                )
+        if q.shape[:3] != k.shape[:3] or v.shape[:3] != k.shape[:3]:
+            raise ValueError(
+                "q, k and v must agree on [batch, seq, heads]; got "
+                f"{q.shape[:3]}, {k.shape[:3]}, {v.shape[:3]}."
+            )
+        if q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"q and k must share their last dim, got {q.shape[-1]} vs {k.shape[-1]}.")
+        d_eta, d_alpha, d_beta = self._default_rates(k)
+        eta = _rates(eta, k, "eta")
+        alpha = _rates(alpha, k, "alpha")
+        beta = _rates(beta, k, "beta")
+        rates = (
+            d_eta if eta is None else eta,
+            d_alpha if alpha is None else alpha,
+            d_beta if beta is None else beta,
+        )
+        f32 = lambda a: jnp.asarray(a, jnp.float32)
+        # [B, T, H, d] -> [B, H, T, d]; rates [B, T, H] -> [B, H, T]
+        seqs = tuple(jnp.swapaxes(f32(a), 1, 2) for a in (q, k, v))
+        rates = tuple(jnp.swapaxes(r, 1, 2) for r in rates)
+        return seqs + rates
+
+    @staticmethod
+    def _check_chunk(chunk_size):
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+
+    @staticmethod
+    def _scan_chunks(fn, state, arrays, chunk_size):
+        """Apply ``fn(state, *chunk_arrays) -> (state, y)`` over chunks along axis 2, plus the tail.
+
+        ``arrays`` are ``[B, H, T, ...]``; returns ``(state, y[B, H, T, ...])``.
+        """
+        t = arrays[0].shape[2]
+        n, r = divmod(t, chunk_size)
+        outs = []
+        if n:
+            def split(a):
+                a = a[:, :, : n * chunk_size]
+                a = a.reshape(a.shape[:2] + (n, chunk_size) + a.shape[3:])
+                return jnp.moveaxis(a, 2, 0)
+
+            state, y = jax.lax.scan(lambda s, c: fn(s, *c), state, tuple(split(a) for a in arrays))
+            y = jnp.moveaxis(y, 0, 2)
+            outs.append(y.reshape(y.shape[:2] + (n * chunk_size,) + y.shape[4:]))
+        if r:
+            state, y = fn(state, *(a[:, :, n * chunk_size :] for a in arrays))
+            outs.append(y)
+        y = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+        return state, y
+
+    def write_read(self, state, q, k, v, eta=None, alpha=None, beta=None, *, chunk_size: int):
+        """Chunk-parallel write-and-read over a sequence.
+
+        Args:
+          state: the memory state (per sample and head).
+          q, k: ``[batch, seq, heads, d_k]``; v: ``[batch, seq, heads, d_v]``.
+          eta, alpha, beta: learning rate, retention and momentum per token (``[batch, seq, heads]``)
+            or scalars; ``None`` uses the memory's defaults.
+          chunk_size: tokens per chunk; the sequence need not be a multiple of it.
+
+        Returns:
+          ``(state, y)`` with ``y: [batch, seq, heads, d_v]``.
+        """
+        self._check_chunk(chunk_size)
+        arrays = self._prepare(q, k, v, eta, alpha, beta)
+        state, y = self._scan_chunks(self.write_read_chunk, state, arrays, chunk_size)
+        return state, jnp.swapaxes(y, 1, 2)
+
+    def write_read_reference(
+        self, state, q, k, v, eta=None, alpha=None, beta=None, *, chunk_size: int
+    ):
+        """Slow twin of :meth:`write_read`: one token at a time through ``write`` and ``read``.
+
+        Inner gradients are taken at the state of the last chunk boundary, exactly as in the
+        chunk-parallel form; ``chunk_size=1`` gives the exact online recurrence.
+        """
+        self._check_chunk(chunk_size)
+        arrays = self._prepare(q, k, v, eta, alpha, beta)
+
+        def chunk(state, qc, kc, vc, ec, ac, bc):
+            boundary = state
+
+            def token(st, inp):
+                qt, kt, vt, et, at_, bt = inp
+                if not self.inclusive:
+                    y = self.read(st, qt)
+                st = self.write(st, kt, vt, et, at_, bt, at=boundary)
+                if self.inclusive:
+                    y = self.read(st, qt)
+                return st, y
+
+            mv = lambda a: jnp.moveaxis(a, 2, 0)
+            state, y = jax.lax.scan(token, state, tuple(mv(a) for a in (qc, kc, vc, ec, ac, bc)))
+            return state, jnp.moveaxis(y, 0, 2)
+
+        state, y = self._scan_chunks(chunk, state, arrays, chunk_size)
+        return state, jnp.swapaxes(y, 1, 2)

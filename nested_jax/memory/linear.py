@@ -1,0 +1,118 @@
+"""Linear (matrix-valued) associative memory ``M(k) = W k`` (paper §2.2.3-§2.2.4, §5.3).
+
+With the :class:`~nested_jax.memory.objectives.DotProduct` objective and GD this is (decayed) linear
+attention; with :class:`~nested_jax.memory.objectives.L2` and GD it is the delta rule (DeltaNet at
+``chunk_size=1``, the TTT/Titans chunked approximation otherwise); with DGD it is the implicit
+(proximal) delta rule of paper §3.5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nested_jax.memory.base import AbstractMemory
+from nested_jax.memory.chunkwise import rank1_chunk
+from nested_jax.memory.objectives import L2, DotProduct
+from nested_jax.memory.rules import GD, DGD, Momentum, dgd_rate, rule_step
+
+__all__ = ["LinearMemory", "LinearParams", "LinearState"]
+
+
+class LinearParams(NamedTuple):
+    """Per-head initial memory (meta-learnable): ``w: [heads, d_v, d_k]``."""
+
+    w: jax.Array
+
+
+class LinearState(NamedTuple):
+    """Per-sample, per-head state: ``w: [batch, heads, d_v, d_k]``; ``s`` momentum or ``None``."""
+
+    w: jax.Array
+    s: jax.Array | None
+
+
+def _check_rates(eta, alpha, beta):
+    return tuple(None if r is None else jnp.asarray(r, jnp.float32) for r in (eta, alpha, beta))
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearMemory(AbstractMemory):
+    """Matrix memory ``y = W q`` with a pluggable objective and update rule.
+
+    Attributes:
+      objective: ``DotProduct()`` (Hebbian) or ``L2()`` (delta).
+      rule: ``GD()``, ``Momentum(beta)`` or ``DGD(beta=None)``.
+    """
+
+    objective: DotProduct | L2 = L2()
+    rule: GD | Momentum | DGD = GD()
+
+    def __post_init__(self):
+        if not isinstance(self.objective, DotProduct | L2):
+            raise TypeError(f"objective must be DotProduct() or L2(), got {self.objective!r}.")
+        if not isinstance(self.rule, GD | Momentum | DGD):
+            raise TypeError(f"rule must be GD(), Momentum(...) or DGD(...), got {self.rule!r}.")
+
+    # --- state ---------------------------------------------------------------------------------
+    def init_params(self, key, *, heads: int, d_k: int, d_v: int, scale: float = 0.0) -> LinearParams:
+        """Initial memory per head; zeros by default (``scale > 0`` draws ``N(0, scale^2)``)."""
+        w = jnp.zeros((heads, d_v, d_k), jnp.float32)
+        if scale:
+            w = scale * jax.random.normal(key, w.shape, jnp.float32)
+        return LinearParams(w)
+
+    def init_state(self, params: LinearParams, batch_size: int) -> LinearState:
+        """Broadcast the per-head initial memory to every sample (gradients reach ``params``)."""
+        w = jnp.broadcast_to(params.w, (batch_size,) + params.w.shape).astype(jnp.float32)
+        s = jnp.zeros_like(w) if self.rule.beta is not None else None
+        return LinearState(w, s)
+
+    def _default_rates(self, like):
+        eta, alpha, beta = super()._default_rates(like)
+        b = self.rule.beta
+        return eta, alpha, (beta if b is None else jnp.full_like(beta, b))
+
+    # --- token level ---------------------------------------------------------------------------
+    def read(self, state: LinearState, q: jax.Array) -> jax.Array:
+        """``q: [batch, heads, d_k] -> [batch, heads, d_v]``."""
+        return jnp.einsum("bhvk,bhk->bhv", state.w, q.astype(jnp.float32))
+
+    def write(self, state: LinearState, k, v, eta=None, alpha=None, beta=None, *, at=None):
+        """One write of ``(k, v)``; the gradient is taken at ``at`` (default: ``state``).
+
+        ``k: [batch, heads, d_k]``, ``v: [batch, heads, d_v]``, rates ``[batch, heads]`` or scalars
+        (``None``: eta=1, alpha=1, beta=rule's).
+        """
+        eta, alpha, beta = _check_rates(eta, alpha, beta)
+        shape = k.shape[:2]
+        eta = jnp.broadcast_to(1.0 if eta is None else eta, shape)
+        alpha = jnp.broadcast_to(1.0 if alpha is None else alpha, shape)
+        b = self.rule.beta if beta is None else beta
+        beta = jnp.broadcast_to(0.0 if b is None else b, shape)
+        k = k.astype(jnp.float32)
+        v = v.astype(jnp.float32)
+        src = state if at is None else at
+
+        def loss(w):
+            return jnp.sum(self.objective.loss(jnp.einsum("bhvk,bhk->bhv", w, k), v))
+
+        g = jax.grad(loss)(src.w)
+        w, s = rule_step(self.rule, state.w, state.s, g, k, eta, alpha, beta)
+        return LinearState(w, s)
+
+    # --- chunk level ---------------------------------------------------------------------------
+    def write_read_chunk(self, state: LinearState, q, k, v, eta, alpha, beta):
+        """One chunk in parallel: ``q, k: [B, H, C, d_k]``, ``v: [B, H, C, d_v]``, rates ``[B, H, C]``.
+
+        Returns ``(state, y)`` with ``y: [B, H, C, d_v]``.
+        """
+        pred = k @ jnp.swapaxes(state.w, -1, -2)
+        err = self.objective.error(pred, v)
+        if self.rule.delta:
+            eta = dgd_rate(eta, k)
+        y, w, s = rank1_chunk(state.w, state.s, k, err, q, eta, alpha, beta, delta=self.rule.delta)
+        return LinearState(w, s), y

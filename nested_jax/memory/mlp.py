@@ -1,0 +1,151 @@
+"""Deep associative memory: a residual 2-layer MLP ``M(z) = z + W1 act(W2 z)`` (paper §5.2, Titans LMM).
+
+Each layer is a matrix memory of its own: per token, ``dL/dW1 = u h^T`` and
+``dL/dW2 = (act'(W2 k) * W1^T u) k^T`` with ``h = act(W2 k)`` and surprise ``u = dL/dM(k)``, so the
+chunk-parallel form is two chained :func:`~nested_jax.memory.chunkwise.rank1_chunk` calls: the first
+layer's per-token read gives the hidden pre-activation of ``q``, the second layer reads that.
+
+Update rules per layer (DESIGN §4, paper §5.4 item 5): ``W2`` (whose input is the key) follows the
+memory's rule, DGD included; ``W1`` (whose input is the hidden ``h``) follows the same rule without the
+DGD decay (decayed GD, with momentum when the rule has it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nested_jax.memory.base import AbstractMemory
+from nested_jax.memory.chunkwise import rank1_chunk
+from nested_jax.memory.objectives import L2, DotProduct
+from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, rule_step
+
+__all__ = ["MLPMemory", "MLPParams", "MLPState"]
+
+
+class MLPParams(NamedTuple):
+    """Per-head initial memory: ``w1: [heads, d_v, hidden]``, ``w2: [heads, hidden, d_k]``."""
+
+    w1: jax.Array
+    w2: jax.Array
+
+
+class MLPState(NamedTuple):
+    """Per-sample, per-head weights ``w1, w2`` (``[batch, heads, ...]``) and momenta (or ``None``)."""
+
+    w1: jax.Array
+    w2: jax.Array
+    s1: jax.Array | None
+    s2: jax.Array | None
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPMemory(AbstractMemory):
+    """Residual 2-layer MLP memory of any hidden width.
+
+    Attributes:
+      hidden: hidden width.
+      objective: ``L2()`` (default) or ``DotProduct()``.
+      rule: ``GD()``, ``Momentum(beta)`` or ``DGD(beta=None)`` (see module docstring per layer).
+      activation: elementwise nonlinearity (default SiLU, as in Titans).
+      residual: add ``z`` to the output (needs ``d_k == d_v``).
+    """
+
+    hidden: int
+    objective: DotProduct | L2 = L2()
+    rule: GD | Momentum | DGD = GD()
+    activation: Callable[[jax.Array], jax.Array] = jax.nn.silu
+    residual: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
+            raise ValueError(f"hidden must be a positive int, got {self.hidden!r}.")
+        if not isinstance(self.objective, DotProduct | L2):
+            raise TypeError(f"objective must be DotProduct() or L2(), got {self.objective!r}.")
+        if not isinstance(self.rule, GD | Momentum | DGD):
+            raise TypeError(f"rule must be GD(), Momentum(...) or DGD(...), got {self.rule!r}.")
+
+    @property
+    def _rule1(self):
+        """Rule of the second-applied layer ``W1``: the memory's rule without the DGD decay."""
+        return Momentum(self.rule.beta) if self.rule.beta is not None else GD()
+
+    # --- state ---------------------------------------------------------------------------------
+    def init_params(self, key, *, heads: int, d_k: int, d_v: int, scale: float = 1.0) -> MLPParams:
+        """``w2 ~ N(0, scale^2 / d_k)``, ``w1 ~ N(0, scale^2 / hidden) * 0.1`` (near-identity start)."""
+        if self.residual and d_k != d_v:
+            raise ValueError(
+                f"a residual MLP memory needs d_k == d_v, got d_k={d_k}, d_v={d_v}; "
+                "pass residual=False for a non-square memory."
+            )
+        k1, k2 = jax.random.split(key)
+        w2 = scale * jax.random.normal(k2, (heads, self.hidden, d_k), jnp.float32) / d_k**0.5
+        w1 = 0.1 * scale * jax.random.normal(k1, (heads, d_v, self.hidden), jnp.float32)
+        return MLPParams(w1 / self.hidden**0.5, w2)
+
+    def init_state(self, params: MLPParams, batch_size: int) -> MLPState:
+        b = lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape).astype(jnp.float32)
+        w1, w2 = b(params.w1), b(params.w2)
+        mom = self.rule.beta is not None
+        return MLPState(
+            w1, w2, jnp.zeros_like(w1) if mom else None, jnp.zeros_like(w2) if mom else None
+        )
+
+    def _default_rates(self, like):
+        eta, alpha, beta = super()._default_rates(like)
+        b = self.rule.beta
+        return eta, alpha, (beta if b is None else jnp.full_like(beta, b))
+
+    # --- forward -------------------------------------------------------------------------------
+    def _apply(self, w1, w2, z):
+        """``z: [..., d_k] -> [..., d_v]`` with ``w1: [..., d_v, hid]``, ``w2: [..., hid, d_k]``."""
+        h = self.activation(jnp.einsum("...hk,...k->...h", w2, z))
+        out = jnp.einsum("...vh,...h->...v", w1, h)
+        return z + out if self.residual else out
+
+    def read(self, state: MLPState, q):
+        """``q: [batch, heads, d_k] -> [batch, heads, d_v]``."""
+        return self._apply(state.w1, state.w2, q.astype(jnp.float32))
+
+    def write(self, state: MLPState, k, v, eta=None, alpha=None, beta=None, *, at=None):
+        """One write; gradients by autodiff at ``at`` (default ``state``). Shapes as in LinearMemory."""
+        shape = k.shape[:2]
+        f = lambda r, d: jnp.broadcast_to(jnp.asarray(d if r is None else r, jnp.float32), shape)
+        eta, alpha = f(eta, 1.0), f(alpha, 1.0)
+        b = self.rule.beta
+        beta = f(beta, 0.0 if b is None else b)
+        k = k.astype(jnp.float32)
+        v = v.astype(jnp.float32)
+        src = state if at is None else at
+
+        def loss(w1, w2):
+            return jnp.sum(self.objective.loss(self._apply(w1, w2, k), v))
+
+        g1, g2 = jax.grad(loss, argnums=(0, 1))(src.w1, src.w2)
+        h = self.activation(jnp.einsum("bhjk,bhk->bhj", src.w2, k))
+        w2, s2 = rule_step(self.rule, state.w2, state.s2, g2, k, eta, alpha, beta)
+        w1, s1 = rule_step(self._rule1, state.w1, state.s1, g1, h, eta, alpha, beta)
+        return MLPState(w1, w2, s1, s2)
+
+    def write_read_chunk(self, state: MLPState, q, k, v, eta, alpha, beta):
+        """One chunk in parallel (shapes as :meth:`LinearMemory.write_read_chunk`)."""
+        pre = k @ jnp.swapaxes(state.w2, -1, -2)  # [B, H, C, hid]
+        h, act_vjp = jax.vjp(self.activation, pre)
+        pred = h @ jnp.swapaxes(state.w1, -1, -2)
+        if self.residual:
+            pred = pred + k
+        u = self.objective.error(pred, v)  # [B, H, C, d_v]
+        (e2,) = act_vjp(u @ state.w1)  # [B, H, C, hid]
+        eta2 = dgd_rate(eta, k) if self.rule.delta else eta
+        pre_q, w2, s2 = rank1_chunk(
+            state.w2, state.s2, k, e2, q, eta2, alpha, beta, delta=self.rule.delta
+        )
+        out, w1, s1 = rank1_chunk(
+            state.w1, state.s1, h, u, self.activation(pre_q), eta, alpha, beta, delta=False
+        )
+        y = q + out if self.residual else out
+        return MLPState(w1, w2, s1, s2), y

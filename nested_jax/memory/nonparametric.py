@@ -1,0 +1,126 @@
+"""Non-parametric memory: causal softmax attention and its sliding-window variant (paper §2.2.4).
+
+Softmax attention is the non-parametric minimiser of ``sum_i s(k_i, q) ||v_i - M||^2`` with
+``s(k, q) = exp(<k, q> * scale)``: the Nadaraya-Watson estimator ``M* = sum_i s_i v_i / sum_i s_i``.
+Restricting ``i`` to the last ``window`` tokens gives sliding-window attention.
+
+The state is the context itself: a ring buffer of keys, values and their absolute positions. Unlike
+the parametric memories, a token's read sees its own write (``inclusive = True``), as standard
+causal attention does. Learning rates do not apply (``eta``/``alpha``/``beta`` are accepted and
+ignored so that every memory shares one call signature).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nested_jax.memory.base import AbstractMemory
+
+__all__ = ["SoftmaxMemory", "SoftmaxState"]
+
+
+class SoftmaxState(NamedTuple):
+    """``keys: [B, H, cap, d_k]``, ``values: [B, H, cap, d_v]``, ``pos: [B, cap]`` (absolute position,
+    ``-1`` = empty), ``count: [B]`` tokens written so far."""
+
+    keys: jax.Array
+    values: jax.Array
+    pos: jax.Array
+    count: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxMemory(AbstractMemory):
+    """Causal softmax attention as a memory.
+
+    Attributes:
+      capacity: slots in the ring buffer. Full attention needs ``capacity >=`` the context length;
+        a window needs ``capacity >= window + chunk_size - 1``.
+      window: ``None`` for full causal attention, else attend to the last ``window`` tokens
+        (including the current one).
+      scale: logit scale; ``None`` = ``1 / sqrt(d_k)``.
+    """
+
+    capacity: int
+    window: int | None = None
+    scale: float | None = None
+
+    inclusive = True
+
+    def __post_init__(self):
+        for name in ("capacity", "window"):
+            val = getattr(self, name)
+            if val is None and name == "window":
+                continue
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name} must be a positive int, got {val!r}.")
+
+    def init_state(self, batch_size: int, *, heads: int, d_k: int, d_v: int) -> SoftmaxState:
+        """An empty context. (No parameters: the memory *is* its context.)"""
+        c = self.capacity
+        return SoftmaxState(
+            jnp.zeros((batch_size, heads, c, d_k), jnp.float32),
+            jnp.zeros((batch_size, heads, c, d_v), jnp.float32),
+            jnp.full((batch_size, c), -1, jnp.int32),
+            jnp.zeros((batch_size,), jnp.int32),
+        )
+
+    def _attend(self, state: SoftmaxState, q, qpos):
+        """``q: [B, H, C, d_k]`` at absolute positions ``qpos: [B, C]`` -> ``[B, H, C, d_v]``."""
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        logits = jnp.einsum("bhck,bhsk->bhcs", q, state.keys) * scale
+        kpos = state.pos[:, None, :]  # [B, 1, cap]
+        qp = qpos[:, :, None]  # [B, C, 1]
+        mask = (kpos >= 0) & (kpos <= qp)
+        if self.window is not None:
+            mask = mask & (kpos > qp - self.window)
+        logits = jnp.where(mask[:, None], logits, -jnp.inf)
+        weights = jax.nn.softmax(logits, axis=-1)
+        weights = jnp.where(mask[:, None], weights, 0.0)
+        return jnp.einsum("bhcs,bhsv->bhcv", weights, state.values)
+
+    def _store(self, state: SoftmaxState, k, v):
+        """Append ``k: [B, H, C, d_k]``, ``v`` at positions ``count .. count + C - 1``."""
+        c = k.shape[2]
+        qpos = state.count[:, None] + jnp.arange(c, dtype=jnp.int32)[None]  # [B, C]
+        slots = qpos % self.capacity
+
+        def put(buf, new, sl):  # buf [H, cap, d], new [H, C, d], sl [C]
+            return buf.at[:, sl].set(new)
+
+        keys = jax.vmap(put)(state.keys, k.astype(jnp.float32), slots)
+        values = jax.vmap(put)(state.values, v.astype(jnp.float32), slots)
+        pos = jax.vmap(lambda p, sl, qp: p.at[sl].set(qp))(state.pos, slots, qpos)
+        return SoftmaxState(keys, values, pos, state.count + c), qpos
+
+    def write(self, state, k, v, eta=None, alpha=None, beta=None, *, at=None):
+        """Append one token ``k: [B, H, d_k]``, ``v: [B, H, d_v]``."""
+        del eta, alpha, beta, at
+        state, _ = self._store(state, k[:, :, None], v[:, :, None])
+        return state
+
+    def read(self, state, q):
+        """Attend from the latest position: ``q: [B, H, d_k] -> [B, H, d_v]``."""
+        qpos = (state.count - 1)[:, None]
+        return self._attend(state, q[:, :, None].astype(jnp.float32), qpos)[:, :, 0]
+
+    def write_read_chunk(self, state, q, k, v, eta=None, alpha=None, beta=None):
+        """Store the chunk, then every query attends causally (``[B, H, C, d]`` inputs)."""
+        del eta, alpha, beta
+        c = k.shape[2]
+        if self.window is not None and self.capacity < self.window + c - 1:
+            raise ValueError(
+                f"capacity {self.capacity} is too small for window {self.window} with chunks of {c} "
+                f"tokens; use capacity >= {self.window + c - 1}."
+            )
+        if self.window is None and c > self.capacity:
+            raise ValueError(
+                f"a chunk of {c} tokens does not fit in capacity {self.capacity}; full attention "
+                "needs capacity >= the whole context length."
+            )
+        state, qpos = self._store(state, k, v)
+        return state, self._attend(state, q.astype(jnp.float32), qpos)

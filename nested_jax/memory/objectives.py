@@ -1,0 +1,45 @@
+"""Inner objectives ("attentional bias") of associative memories (paper §2.1-§2.2, Miras).
+
+An objective scores a memory's prediction ``pred = M(k)`` against a value ``v``; the memory learns by
+descending it. What the update rules need is the *surprise* ``u = dL/dpred`` (paper §1 notation).
+
+* :class:`DotProduct` — ``L = -<pred, v>``: Hebbian learning, gives linear attention (Eq. in §2.2.3).
+* :class:`L2` — ``L = 1/2 ||pred - v||^2``: the delta rule, gives DeltaNet (§2.2.4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["DotProduct", "L2", "Objective"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DotProduct:
+    """Hebbian objective ``L(pred, v) = -<pred, v>``; surprise ``-v`` (state independent)."""
+
+    def loss(self, pred: jax.Array, target: jax.Array) -> jax.Array:
+        """Per-example loss, summed over the last axis."""
+        return -jnp.sum(pred * target, axis=-1)
+
+    def error(self, pred: jax.Array, target: jax.Array) -> jax.Array:
+        """``dL/dpred``, same shape as ``pred``."""
+        del pred
+        return -target
+
+
+@dataclasses.dataclass(frozen=True)
+class L2:
+    """Regression objective ``L(pred, v) = 1/2 ||pred - v||^2``; surprise ``pred - v``."""
+
+    def loss(self, pred: jax.Array, target: jax.Array) -> jax.Array:
+        return 0.5 * jnp.sum(jnp.square(pred - target), axis=-1)
+
+    def error(self, pred: jax.Array, target: jax.Array) -> jax.Array:
+        return pred - target
+
+
+Objective = DotProduct | L2
