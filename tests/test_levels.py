@@ -1,0 +1,181 @@
+"""Multi-frequency runner: masked == nested == Python loop; jit == eager; no recompilation; errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nested_jax import Level, firing_schedule, run_levels, run_levels_reference
+
+
+def _update(i):
+    """A non-linear level: state {w, c}; output depends on state and input (so order matters)."""
+
+    def update(state, x):
+        w, c = state["w"], state["c"]
+        y = jnp.tanh(w * x + 0.1 * (i + 1))
+        new = {"w": w - 0.3 * (w * x - jnp.sin(x)) * x, "c": c + jnp.sum(x)}
+        return new, y
+
+    return update
+
+
+def _levels(periods):
+    return tuple(Level(f"L{i}", p, _update(i)) for i, p in enumerate(periods))
+
+
+def _states(n, key):
+    ks = jax.random.split(key, n)
+    return tuple({"w": jax.random.normal(k, (3,)), "c": jnp.zeros(())} for k in ks)
+
+
+def _xs(length, key):
+    return jax.random.normal(key, (length, 3))
+
+
+def _assert_same(a, b, atol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-5)
+
+
+PERIODS = [(1,), (1, 3), (2, 4, 8), (1, 5, 7)]
+
+
+@pytest.mark.parametrize("periods", PERIODS)
+@pytest.mark.parametrize("length", [13, 19])
+def test_masked_equals_python_loop(periods, length):
+    levels = _levels(periods)
+    states = _states(len(periods), jax.random.key(1))
+    xs = _xs(length, jax.random.key(2))
+    ref = run_levels_reference(levels, states, xs)
+    fast = run_levels(levels, states, xs, form="masked")
+    _assert_same(fast.states, ref.states)
+    _assert_same(fast.outputs, ref.outputs)
+    np.testing.assert_array_equal(np.asarray(fast.fired), np.asarray(ref.fired))
+    np.testing.assert_array_equal(np.asarray(fast.fired), firing_schedule(periods, length))
+
+
+@pytest.mark.parametrize("periods", [(1,), (1, 3), (2, 4, 8), (4, 2, 8, 2)])
+@pytest.mark.parametrize("length", [13, 19, 16])
+def test_nested_equals_masked(periods, length):
+    levels = _levels(periods)
+    states = _states(len(periods), jax.random.key(3))
+    xs = _xs(length, jax.random.key(4))
+    a = run_levels(levels, states, xs, form="masked")
+    b = run_levels(levels, states, xs, form="nested")
+    _assert_same(a.states, b.states)
+    _assert_same(a.outputs, b.outputs)
+    np.testing.assert_array_equal(np.asarray(a.fired), np.asarray(b.fired))
+
+
+def test_python_loop_is_the_literal_rule():
+    """The reference itself against hand-written arithmetic for a scalar accumulating level."""
+    lv = Level("sum", 3, lambda s, x: (s + x, s))
+    res = run_levels_reference((lv,), (jnp.zeros(()),), jnp.arange(1.0, 8.0))
+    # increments 1..7; fires after t=2 (1+2+3=6) and t=5 (4+5+6=15); 7 stays pending
+    assert float(res.states[0]) == 21.0
+    np.testing.assert_array_equal(np.asarray(res.outputs[0]), [0, 0, 0, 6, 6, 6, 21])
+
+
+def test_frozen_level_never_updates_but_emits():
+    levels = (Level("fast", 1, _update(0)), Level("frozen", None, _update(1)), Level("z", 0, _update(2)))
+    states = _states(3, jax.random.key(5))
+    xs = _xs(9, jax.random.key(6))
+    for form in ("masked", "nested"):
+        res = run_levels(levels, states, xs, form=form)
+        _assert_same(res.states[1], states[1], atol=0)
+        _assert_same(res.states[2], states[2], atol=0)
+        assert not np.any(np.asarray(res.fired)[:, 1:])
+        assert res.outputs[1].shape == (9, 3)
+
+
+@pytest.mark.parametrize("form", ["masked", "nested"])
+def test_jit_equals_eager_and_no_recompile(form):
+    levels = _levels((1, 2, 4))
+    states = _states(3, jax.random.key(7))
+    xs = _xs(11, jax.random.key(8))
+    traces = []
+
+    def fn(states, xs):
+        traces.append(1)
+        return run_levels(levels, states, xs, form=form)
+
+    jitted = jax.jit(fn)
+    out1 = jitted(states, xs)
+    out2 = jitted(_states(3, jax.random.key(9)), xs + 1.0)
+    assert len(traces) == 1, "second call with the same shapes must not retrace"
+    eager = run_levels(levels, states, xs, form=form)
+    _assert_same(out1, eager)
+    assert not np.allclose(np.asarray(out1.outputs[0]), np.asarray(out2.outputs[0]))
+
+
+def test_jit_with_levels_static():
+    levels = _levels((1, 3))
+    states = _states(2, jax.random.key(10))
+    xs = _xs(7, jax.random.key(11))
+    f = jax.jit(run_levels, static_argnames=("levels", "form"))
+    _assert_same(f(levels, states, xs), run_levels(levels, states, xs))
+
+
+def test_gradients_flow_through_levels():
+    levels = _levels((1, 3))
+    xs = _xs(8, jax.random.key(12))
+
+    def loss(states):
+        return jnp.sum(run_levels(levels, states, xs).outputs[1] ** 2)
+
+    g = jax.grad(loss)(_states(2, jax.random.key(13)))
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(g))
+    assert float(jnp.abs(g[0]["w"]).sum()) > 0
+
+
+@pytest.mark.parametrize(
+    "period, exc, match",
+    [(1.5, TypeError, "period must be an int"), (-2, ValueError, ">= 0"), ("3", TypeError, "int"),
+     (True, TypeError, "int")],
+)
+def test_bad_period(period, exc, match):
+    with pytest.raises(exc, match=match):
+        Level("bad", period, _update(0))
+
+
+def test_numpy_int_period_accepted():
+    assert Level("ok", np.int64(4), _update(0)).period == 4
+
+
+def test_inputs_with_disagreeing_lengths():
+    levels = _levels((1,))
+    xs = {"a": jnp.ones((5, 3)), "b": jnp.ones((6, 3))}
+    with pytest.raises(ValueError, match="disagree on the leading"):
+        run_levels(levels, _states(1, jax.random.key(0)), xs)
+
+
+def test_scalar_input_and_empty():
+    levels = _levels((1,))
+    with pytest.raises(ValueError, match="leading time axis"):
+        run_levels(levels, _states(1, jax.random.key(0)), jnp.ones(()))
+    with pytest.raises(ValueError, match="empty"):
+        run_levels(levels, _states(1, jax.random.key(0)), jnp.ones((0, 3)))
+
+
+def test_nested_needs_dividing_periods():
+    with pytest.raises(ValueError, match="does not divide"):
+        run_levels(_levels((2, 3)), _states(2, jax.random.key(0)), _xs(6, jax.random.key(1)),
+                   form="nested")
+
+
+def test_state_count_and_unknown_form():
+    with pytest.raises(ValueError, match="one state per level"):
+        run_levels(_levels((1, 2)), _states(1, jax.random.key(0)), _xs(4, jax.random.key(1)))
+    with pytest.raises(ValueError, match="form must be"):
+        run_levels(_levels((1,)), _states(1, jax.random.key(0)), _xs(4, jax.random.key(1)),
+                   form="fast")
+    with pytest.raises(ValueError, match="unique"):
+        run_levels((Level("a", 1, _update(0)),) * 2, _states(2, jax.random.key(0)),
+                   _xs(4, jax.random.key(1)))
+
+
+def test_candidate_shape_change_is_reported():
+    bad = Level("grow", 1, lambda s, x: (jnp.concatenate([s, s]), x))
+    with pytest.raises(ValueError, match="keep shapes"):
+        run_levels((bad,), (jnp.ones(2),), jnp.ones((3, 2)))

@@ -1,0 +1,354 @@
+"""Associative memories: reference equivalences, fast form == slow twin, gradients, isolation."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from nested_jax.memory import (
+    DGD,
+    GD,
+    L2,
+    DotProduct,
+    LinearMemory,
+    MLPMemory,
+    Momentum,
+    SoftmaxMemory,
+    rule_step,
+    unit_lower_inverse,
+)
+
+B, H, D = 2, 2, 4
+
+
+def _inputs(length, key, d=D, eta_scale=0.5):
+    ks = jax.random.split(key, 6)
+    n = lambda k, s: jax.random.normal(k, s, jnp.float32)
+    q = n(ks[0], (B, length, H, d))
+    k = n(ks[1], (B, length, H, d))
+    k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+    v = n(ks[2], (B, length, H, d))
+    eta = eta_scale * jax.nn.sigmoid(n(ks[3], (B, length, H)))
+    alpha = 0.9 + 0.1 * jax.nn.sigmoid(n(ks[4], (B, length, H)))
+    beta = 0.5 + 0.4 * jax.nn.sigmoid(n(ks[5], (B, length, H)))
+    return q, k, v, eta, alpha, beta
+
+
+def _state(mem, key=jax.random.key(7)):
+    if isinstance(mem, SoftmaxMemory):
+        return mem.init_state(B, heads=H, d_k=D, d_v=D)
+    kw = {"scale": 0.3} if isinstance(mem, LinearMemory) else {}
+    return mem.init_state(mem.init_params(key, heads=H, d_k=D, d_v=D, **kw), B)
+
+
+def _close(a, b, atol=2e-5, rtol=2e-4):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
+
+
+MEMORIES = {
+    "linear-hebb-gd": LinearMemory(DotProduct(), GD()),
+    "linear-l2-gd": LinearMemory(L2(), GD()),
+    "linear-l2-momentum": LinearMemory(L2(), Momentum(0.8)),
+    "linear-l2-dgd": LinearMemory(L2(), DGD()),
+    "linear-hebb-dgd-momentum": LinearMemory(DotProduct(), DGD(0.7)),
+    "mlp-l2-gd": MLPMemory(8),
+    "mlp-l2-momentum": MLPMemory(8, rule=Momentum(0.8)),
+    "mlp-l2-dgd-momentum": MLPMemory(8, rule=DGD(0.9)),
+    "mlp-hebb-nores": MLPMemory(6, objective=DotProduct(), residual=False),
+    "softmax": SoftmaxMemory(capacity=32),
+    "softmax-window": SoftmaxMemory(capacity=32, window=5),
+}
+
+
+# --------------------------------------------------------------------------- reference systems
+def _linear_attention_direct(w0, q, k, v, eta, alpha):
+    """y_t = W_{t-1} q_t with W_t = alpha_t W_{t-1} + eta_t v_t k_t^T, written as attention."""
+    q, k, v, eta, alpha, w0 = map(np.asarray, (q, k, v, eta, alpha, w0))
+    b, t, h, _ = q.shape
+    y = np.zeros(v.shape, np.float64)
+    for bi in range(b):
+        for hi in range(h):
+            la = np.cumsum(np.log(alpha[bi, :, hi]))
+            for ti in range(t):
+                decay0 = np.exp(la[ti - 1]) if ti else 1.0
+                out = decay0 * w0[bi, hi] @ q[bi, ti, hi]
+                for s in range(ti):
+                    dec = np.exp(la[ti - 1] - la[s])
+                    out += dec * eta[bi, s, hi] * v[bi, s, hi] * (k[bi, s, hi] @ q[bi, ti, hi])
+                y[bi, ti, hi] = out
+    return y
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_hebbian_linear_memory_is_linear_attention(chunk):
+    q, k, v, eta, alpha, _ = _inputs(19, jax.random.key(0))
+    mem = LinearMemory(DotProduct(), GD())
+    st = _state(mem)
+    _, y = mem.write_read(st, q, k, v, eta, alpha, chunk_size=chunk)
+    np.testing.assert_allclose(
+        np.asarray(y), _linear_attention_direct(st.w, q, k, v, eta, alpha), atol=2e-5, rtol=1e-4
+    )
+
+
+def test_hebbian_without_gates_is_plain_causal_linear_attention():
+    q, k, v, *_ = _inputs(12, jax.random.key(1))
+    mem = LinearMemory(DotProduct(), GD())
+    st = mem.init_state(mem.init_params(None, heads=H, d_k=D, d_v=D), B)
+    _, y = mem.write_read(st, q, k, v, chunk_size=5)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k)
+    strict = jnp.tril(jnp.ones((12, 12), bool), k=-1)
+    expected = jnp.einsum("bhts,bshd->bthd", jnp.where(strict, scores, 0.0), v)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_l2_linear_memory_is_deltanet():
+    q, k, v, eta, _, _ = _inputs(15, jax.random.key(2))
+    mem = LinearMemory(L2(), GD())
+    st = _state(mem)
+    w = np.asarray(st.w, np.float64).copy()
+    qn, kn, vn, en = map(np.asarray, (q, k, v, eta))
+    y_ref = np.zeros(vn.shape)
+    for t in range(15):
+        for bi in range(B):
+            for hi in range(H):
+                y_ref[bi, t, hi] = w[bi, hi] @ qn[bi, t, hi]
+                kk, vv, e = kn[bi, t, hi], vn[bi, t, hi], en[bi, t, hi]
+                # DeltaNet: W <- W (I - eta k k^T) + eta v k^T
+                w[bi, hi] = w[bi, hi] @ (np.eye(D) - e * np.outer(kk, kk)) + e * np.outer(vv, kk)
+    for fn in (mem.write_read, mem.write_read_reference):
+        s, y = fn(st, q, k, v, eta, chunk_size=1)
+        np.testing.assert_allclose(np.asarray(y), y_ref, atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(s.w), w, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_softmax_memory_is_causal_softmax_attention(window):
+    q, k, v, *_ = _inputs(13, jax.random.key(3))
+    mem = SoftmaxMemory(capacity=16, window=window)
+    _, y = mem.write_read(_state(mem), q, k, v, chunk_size=4)
+    t = jnp.arange(13)
+    mask = t[:, None] >= t[None, :]
+    if window is not None:
+        mask = mask & (t[:, None] - t[None, :] < window)
+    logits = jnp.einsum("bthd,bshd->bhts", q, k) / D**0.5
+    p = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
+    expected = jnp.einsum("bhts,bshd->bthd", p, v)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), atol=1e-5, rtol=1e-5)
+    if window is None:
+        ref = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_softmax_memory_minimises_weighted_regression():
+    """M* = argmin_M sum_i exp(<k_i, q>/sqrt d) ||v_i - M||^2, solved as weighted least squares."""
+    q, k, v, *_ = _inputs(9, jax.random.key(4))
+    mem = SoftmaxMemory(capacity=16)
+    _, y = mem.write_read(_state(mem), q, k, v, chunk_size=9)
+    qn, kn, vn = (np.asarray(a, np.float64) for a in (q, k, v))
+    for t in (0, 4, 8):
+        s = np.exp(kn[0, : t + 1, 0] @ qn[0, t, 0] / np.sqrt(D))
+        a = np.concatenate([np.sqrt(si) * np.eye(D) for si in s])
+        rhs = np.concatenate([np.sqrt(si) * vi for si, vi in zip(s, vn[0, : t + 1, 0], strict=True)])
+        m_star = np.linalg.lstsq(a, rhs, rcond=None)[0]
+        np.testing.assert_allclose(np.asarray(y[0, t, 0]), m_star, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- DGD algebra
+def test_dgd_closed_form_is_exact_proximal_step():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 4))
+    x = rng.normal(size=4)
+    u = rng.normal(size=5)
+    eta = 0.7
+    # argmin_W 1/2 ||W x - u||^2 + 1/(2 eta) ||W - W_t||^2  <=>  W (I/eta + x x^T) = W_t/eta + u x^T
+    exact = np.linalg.solve((np.eye(4) / eta + np.outer(x, x)).T, (w / eta + np.outer(u, x)).T).T
+    # closed form with D = grad of the dot-product loss -<W x, u>: G = -u x^T
+    g = -np.outer(u, x)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    got, _ = rule_step(DGD(), f32(w), None, f32(g), f32(x), f32(eta), f32(1.0), f32(0.0))
+    np.testing.assert_allclose(np.asarray(got), exact, atol=1e-5, rtol=1e-5)
+
+
+def test_hebbian_dgd_write_is_proximal_delta_step():
+    """LinearMemory(DotProduct, DGD) writes argmin_W 1/2||W k - v||^2 + 1/(2 eta)||W - W_t||^2."""
+    mem = LinearMemory(DotProduct(), DGD())
+    st = _state(mem)
+    k = jax.random.normal(jax.random.key(5), (B, H, D))
+    v = jax.random.normal(jax.random.key(6), (B, H, D))
+    eta = jnp.full((B, H), 0.4)
+    new = mem.write(st, k, v, eta)
+    w, kn, vn = (np.asarray(a, np.float64) for a in (st.w, k, v))
+    for bi in range(B):
+        for hi in range(H):
+            x = kn[bi, hi]
+            lhs = np.eye(D) / 0.4 + np.outer(x, x)
+            exact = np.linalg.solve(lhs.T, (w[bi, hi] / 0.4 + np.outer(vn[bi, hi], x)).T).T
+            np.testing.assert_allclose(np.asarray(new.w[bi, hi]), exact, atol=1e-5, rtol=1e-4)
+
+
+def test_unit_lower_inverse_matches_numpy():
+    for c in (1, 2, 3, 5, 16, 17):
+        low = np.tril(np.random.default_rng(c).normal(size=(c, c)), k=-1) * 0.3
+        got = unit_lower_inverse(jnp.asarray(low, jnp.float32))
+        np.testing.assert_allclose(np.asarray(got), np.linalg.inv(np.eye(c) + low), atol=1e-4)
+
+
+# ------------------------------------------------------------------ chunk-parallel == reference
+@pytest.mark.parametrize("name", list(MEMORIES))
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_chunked_equals_token_by_token(name, chunk):
+    mem = MEMORIES[name]
+    q, k, v, eta, alpha, beta = _inputs(19, jax.random.key(8), eta_scale=0.3)
+    st = _state(mem)
+    run = lambda f: jax.jit(functools.partial(f, chunk_size=chunk))(st, q, k, v, eta, alpha, beta)
+    s1, y1 = run(mem.write_read)
+    s2, y2 = run(mem.write_read_reference)
+    _close(y1, y2)
+    _close(s1, s2)
+
+
+@pytest.mark.parametrize(
+    "name", ["linear-l2-gd", "linear-l2-dgd", "linear-hebb-dgd-momentum", "mlp-l2-gd",
+             "mlp-l2-dgd-momentum", "softmax-window"]
+)
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_chunked_gradients_equal_token_by_token(name, chunk):
+    mem = MEMORIES[name]
+    q, k, v, eta, alpha, beta = _inputs(19, jax.random.key(9), eta_scale=0.3)
+    st = _state(mem)
+    probe = jax.random.normal(jax.random.key(10), v.shape)
+
+    def loss(fn, st, q, k, v, eta, alpha, beta):
+        s, y = fn(st, q, k, v, eta, alpha, beta, chunk_size=chunk)
+        floats = [x for x in jax.tree.leaves(s) if jnp.issubdtype(x.dtype, jnp.floating)]
+        return jnp.sum(y * probe) + sum(0.1 * jnp.sum(jnp.sin(x)) for x in floats)
+
+    # the softmax memory has integer positions in its state and no rates: differentiate q, k, v
+    argnums = (1, 2, 3) if isinstance(mem, SoftmaxMemory) else (0, 1, 2, 3, 4, 5, 6)
+    g1 = jax.jit(jax.grad(functools.partial(loss, mem.write_read), argnums))(
+        st, q, k, v, eta, alpha, beta
+    )
+    g2 = jax.jit(jax.grad(functools.partial(loss, mem.write_read_reference), argnums))(
+        st, q, k, v, eta, alpha, beta
+    )
+    _close(g1, g2, atol=1e-4, rtol=1e-3)
+    assert float(jnp.abs(g1[argnums.index(2)]).sum()) > 0  # gradient reaches the keys
+
+
+def test_mlp_memory_check_grads_through_three_inner_steps():
+    mem = MLPMemory(5, rule=DGD(0.9))
+    q, k, v, eta, alpha, beta = _inputs(3, jax.random.key(11), eta_scale=0.3)
+    params = mem.init_params(jax.random.key(12), heads=H, d_k=D, d_v=D)
+
+    def f(params, q, k, v, eta):
+        st = mem.init_state(params, B)
+        _, y = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=3)
+        return y
+
+    with jax.numpy_dtype_promotion("standard"):
+        check_grads(f, (params, q, k, v, eta), order=1, modes=("rev",), atol=2e-2, rtol=2e-2)
+
+
+def test_gradient_reaches_initial_memory():
+    mem = MLPMemory(8, rule=Momentum(0.9))
+    q, k, v, eta, alpha, beta = _inputs(10, jax.random.key(13), eta_scale=0.3)
+    params = mem.init_params(jax.random.key(14), heads=H, d_k=D, d_v=D)
+
+    def loss(p):
+        _, y = mem.write_read(mem.init_state(p, B), q, k, v, eta, alpha, beta, chunk_size=4)
+        return jnp.mean((y - v) ** 2)
+
+    g = jax.grad(loss)(params)
+    for leaf in jax.tree.leaves(g):
+        assert np.all(np.isfinite(np.asarray(leaf))) and float(jnp.abs(leaf).sum()) > 0
+
+
+# ------------------------------------------------------------------ causality and isolation
+@pytest.mark.parametrize("name", ["linear-l2-dgd", "mlp-l2-momentum", "softmax", "softmax-window"])
+def test_causality_and_batch_isolation(name):
+    mem = MEMORIES[name]
+    q, k, v, eta, alpha, beta = _inputs(16, jax.random.key(15), eta_scale=0.3)
+    st = _state(mem)
+    f = jax.jit(lambda q, k, v: mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=4)[1])
+    y = f(q, k, v)
+    t0 = 9
+    # perturb one future token (k and v) of sample 1: earlier outputs unchanged, later ones change
+    y2 = f(q, k.at[1, t0].multiply(-1.0), v.at[1, t0].add(3.0))
+    np.testing.assert_array_equal(np.asarray(y2[:, :t0]), np.asarray(y[:, :t0]))
+    if mem.inclusive:
+        assert not np.allclose(np.asarray(y2[1, t0]), np.asarray(y[1, t0]))
+    else:
+        np.testing.assert_array_equal(np.asarray(y2[:, t0]), np.asarray(y[:, t0]))
+    assert not np.allclose(np.asarray(y2[1, t0 + 1 :]), np.asarray(y[1, t0 + 1 :]))
+    # sample 0 is untouched by any change to sample 1
+    np.testing.assert_array_equal(np.asarray(y2[0]), np.asarray(y[0]))
+    y3 = f(q.at[1].add(1.0), k.at[1].multiply(0.5), v.at[1].add(-2.0))
+    np.testing.assert_array_equal(np.asarray(y3[0]), np.asarray(y[0]))
+
+
+# ------------------------------------------------------------------------- token-level API
+def test_token_write_read_matches_sequence_api():
+    mem = MEMORIES["linear-l2-momentum"]
+    q, k, v, eta, alpha, beta = _inputs(5, jax.random.key(16))
+    st = _state(mem)
+    s_seq, y_seq = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=1)
+    s = st
+    for t in range(5):
+        np.testing.assert_allclose(
+            np.asarray(mem.read(s, q[:, t])), np.asarray(y_seq[:, t]), atol=1e-5, rtol=1e-5
+        )
+        s = mem.write(s, k[:, t], v[:, t], eta[:, t], alpha[:, t], beta[:, t])
+    _close(s, s_seq)
+
+
+def test_streaming_chunks_carry_state():
+    """Two calls on halves == one call on the whole (state carried between calls)."""
+    mem = MEMORIES["mlp-l2-dgd-momentum"]
+    q, k, v, eta, alpha, beta = _inputs(16, jax.random.key(17), eta_scale=0.3)
+    st = _state(mem)
+    s_all, y_all = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=4)
+    cut = lambda a, sl: a[:, sl]
+    s_a, y_a = mem.write_read(st, *(cut(a, slice(0, 8)) for a in (q, k, v, eta, alpha, beta)),
+                              chunk_size=4)
+    s_b, y_b = mem.write_read(s_a, *(cut(a, slice(8, 16)) for a in (q, k, v, eta, alpha, beta)),
+                              chunk_size=4)
+    _close(jnp.concatenate([y_a, y_b], axis=1), y_all)
+    _close(s_b, s_all)
+
+
+# ---------------------------------------------------------------------------------- errors
+def test_bad_inputs_are_reported():
+    mem = MEMORIES["linear-l2-gd"]
+    q, k, v, eta, *_ = _inputs(6, jax.random.key(18))
+    st = _state(mem)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        mem.write_read(st, q, k, v, chunk_size=0)
+    with pytest.raises(ValueError, match=r"\[batch, seq, heads, dim\]"):
+        mem.write_read(st, q[0], k, v, chunk_size=2)
+    with pytest.raises(ValueError, match="must agree"):
+        mem.write_read(st, q, k[:, :5], v, chunk_size=2)
+    with pytest.raises(ValueError, match="eta must be a scalar"):
+        mem.write_read(st, q, k, v, eta[:, :3], chunk_size=2)
+    with pytest.raises(ValueError, match="d_k == d_v"):
+        MLPMemory(4).init_params(jax.random.key(0), heads=1, d_k=3, d_v=5)
+    with pytest.raises(ValueError, match="hidden must be"):
+        MLPMemory(0)
+    with pytest.raises(TypeError, match="rule must be"):
+        LinearMemory(rule="sgd")
+    with pytest.raises(ValueError, match="beta must be"):
+        Momentum(1.5)
+    with pytest.raises(ValueError, match="capacity"):
+        SoftmaxMemory(capacity=4, window=4).write_read(
+            SoftmaxMemory(capacity=4, window=4).init_state(B, heads=H, d_k=D, d_v=D),
+            q, k, v, chunk_size=3,
+        )
+
+
+def test_specs_are_hashable_for_jit_static_args():
+    for mem in MEMORIES.values():
+        hash(mem)
+    assert LinearMemory(L2(), GD()) == LinearMemory(L2(), GD())
