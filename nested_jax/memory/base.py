@@ -52,8 +52,19 @@ class AbstractMemory:
     def read(self, state, q):
         raise NotImplementedError
 
-    def write_read_chunk(self, state, q, k, v, eta=None, alpha=None, beta=None):
+    def _chunk_prep(self, q, k, v, eta, alpha, beta) -> tuple:
+        """State-independent work for chunks ``[..., C, d]`` (any leading dims; runs outside the
+        scan over chunks, batched over all of them)."""
+        return (q, k, v, eta, alpha, beta)
+
+    def _chunk_step(self, state, *prepared):
+        """The state-dependent part of one chunk: ``(state, y)``."""
         raise NotImplementedError
+
+    def write_read_chunk(self, state, q, k, v, eta, alpha, beta):
+        """One chunk in parallel: ``q, k: [B, H, C, d_k]``, ``v: [B, H, C, d_v]``, rates
+        ``[B, H, C]``. Returns ``(state, y)`` with ``y: [B, H, C, d_v]``."""
+        return self._chunk_step(state, *self._chunk_prep(q, k, v, eta, alpha, beta))
 
     def _default_rates(self, like):
         """Rates used when the caller passes None: (eta, alpha, beta) for ``like: [B, T, H, d]``."""
@@ -95,11 +106,13 @@ class AbstractMemory:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
 
     @staticmethod
-    def _scan_chunks(fn, state, arrays, chunk_size):
-        """Apply ``fn(state, *chunk_arrays) -> (state, y)`` over chunks along axis 2, plus the tail.
+    def _scan_chunks(fn, state, arrays, chunk_size, prep=None):
+        """Apply ``fn(state, *prep(*chunk_arrays)) -> (state, y)`` over chunks along axis 2, then
+        over the tail. ``prep`` (state-independent) runs once on all full chunks, outside the scan.
 
         ``arrays`` are ``[B, H, T, ...]``; returns ``(state, y[B, H, T, ...])``.
         """
+        prep = prep or (lambda *a: a)
         t = arrays[0].shape[2]
         n, r = divmod(t, chunk_size)
         outs = []
@@ -109,11 +122,12 @@ class AbstractMemory:
                 a = a.reshape(a.shape[:2] + (n, chunk_size) + a.shape[3:])
                 return jnp.moveaxis(a, 2, 0)
 
-            state, y = jax.lax.scan(lambda s, c: fn(s, *c), state, tuple(split(a) for a in arrays))
+            prepared = prep(*(split(a) for a in arrays))
+            state, y = jax.lax.scan(lambda s, c: fn(s, *c), state, prepared)
             y = jnp.moveaxis(y, 0, 2)
             outs.append(y.reshape(y.shape[:2] + (n * chunk_size,) + y.shape[4:]))
         if r:
-            state, y = fn(state, *(a[:, :, n * chunk_size :] for a in arrays))
+            state, y = fn(state, *prep(*(a[:, :, n * chunk_size :] for a in arrays)))
             outs.append(y)
         y = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
         return state, y
@@ -133,7 +147,9 @@ class AbstractMemory:
         """
         self._check_chunk(chunk_size)
         arrays = self._prepare(q, k, v, eta, alpha, beta)
-        state, y = self._scan_chunks(self.write_read_chunk, state, arrays, chunk_size)
+        state, y = self._scan_chunks(
+            self._chunk_step, state, arrays, chunk_size, prep=self._chunk_prep
+        )
         return state, jnp.swapaxes(y, 1, 2)
 
     def write_read_reference(

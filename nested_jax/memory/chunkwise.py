@@ -16,38 +16,92 @@ with scalar coefficients from cumulative products of ``alpha`` and ``beta`` (com
 DGD's ``u`` solves a unit lower-triangular system, inverted with ``log2 C`` matmul squarings (not
 ``solve_triangular``, whose gradient can hang inside ``lax.scan`` on CPU with jax 0.10).
 
-Reads use the per-token state *before* token t's write: ``y_t = W_{t-1} q_t``. Everything is a
-handful of ``[C, C]`` and ``[C, d]`` matmuls per chunk, batched over any leading axes.
+Reads use the per-token state *before* token t's write: ``y_t = W_{t-1} q_t``.
+
+Performance: everything that does not depend on the memory state (the coefficients, the masked
+``[C, C]`` products of queries and keys, DGD's triangular inverse) is computed by
+:func:`chunk_coefficients` and :func:`delta_inverse` for *all chunks at once*, outside the scan over
+chunks; only :func:`chunk_read`, :func:`chunk_delta_u` and :func:`chunk_end` run per chunk.
+:func:`rank1_chunk` composes them for one chunk.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["rank1_chunk", "unit_lower_inverse"]
+__all__ = [
+    "ChunkCoefs",
+    "chunk_coefficients",
+    "chunk_delta_u",
+    "chunk_end",
+    "chunk_read",
+    "delta_inverse",
+    "rank1_chunk",
+    "unit_lower_inverse",
+]
 
 _NEG = -1e30
 
 
-def _decay_matrix(log_cum: jax.Array) -> jax.Array:
-    """``D[t, r] = exp(L_t - L_r)`` for ``t >= r`` else 0; ``log_cum: [..., C]``."""
-    c = log_cum.shape[-1]
-    lower = jnp.tril(jnp.ones((c, c), bool))
-    diff = log_cum[..., :, None] - log_cum[..., None, :]
-    return jnp.exp(jnp.where(jnp.broadcast_to(lower, diff.shape), diff, _NEG))
+class ChunkCoefs(NamedTuple):
+    """State-independent coefficients of one chunk (leading dims ``[...]``, ``C`` tokens).
+
+    ``a_prev[t] = a_{t-1}``; ``da_prev[t, s] = Da[t-1, s]`` (strictly lower); ``gamma_prev``
+    likewise; ``*_last`` are the rows for the chunk's final state. Momentum fields are ``None``
+    for rules without momentum.
+    """
+
+    a_prev: jax.Array  # [..., C]
+    a_last: jax.Array  # [...]
+    da_prev: jax.Array  # [..., C, C]
+    da_last: jax.Array  # [..., C]
+    gamma_prev: jax.Array  # [..., C, C]
+    gamma_last: jax.Array  # [..., C]
+    g_prev: jax.Array | None  # [..., C]
+    g_last: jax.Array | None  # [...]
+    b_last: jax.Array | None  # [...]
+    db_last: jax.Array | None  # [..., C]
 
 
 def _log(x: jax.Array) -> jax.Array:
     return jnp.log(jnp.maximum(x, 1e-30))
 
 
-def _shift_down(x: jax.Array, fill: float, axis: int) -> jax.Array:
-    """``y[t] = x[t-1]`` along ``axis`` with ``y[0] = fill``."""
-    x = jnp.moveaxis(x, axis, -1)
-    pad = jnp.full(x.shape[:-1] + (1,), fill, x.dtype)
-    y = jnp.concatenate([pad, x[..., :-1]], axis=-1)
-    return jnp.moveaxis(y, -1, axis)
+def _decay(row_cum: jax.Array, col_cum: jax.Array, strict: bool) -> jax.Array:
+    """``D[t, r] = exp(R_t - L_r)`` on the (strictly) lower triangle, else 0."""
+    c = row_cum.shape[-1]
+    mask = jnp.tril(jnp.ones((c, c), bool), k=-1 if strict else 0)
+    diff = row_cum[..., :, None] - col_cum[..., None, :]
+    return jnp.exp(jnp.where(jnp.broadcast_to(mask, diff.shape), diff, _NEG))
+
+
+def chunk_coefficients(eta, alpha, beta, *, momentum: bool) -> ChunkCoefs:
+    """Coefficients for ``eta, alpha, beta: [..., C]`` (``eta`` is ``eta'`` for DGD)."""
+    la = jnp.cumsum(_log(alpha), axis=-1)  # inclusive: L_t
+    la_ex = la - _log(alpha)  # exclusive: L_{t-1}
+    da = _decay(la, la, strict=False)  # Da[t, r]
+    da_prev = _decay(la_ex, la, strict=True)  # Da[t-1, r], r < t
+    a_prev = jnp.exp(la_ex)
+    if momentum:
+        lb = jnp.cumsum(_log(beta), axis=-1)
+        db = _decay(lb, lb, strict=False)
+        eb = eta[..., :, None] * db
+        gamma = da @ eb
+        gamma_prev = da_prev @ eb
+        w = eta * jnp.exp(lb)
+        g = jnp.einsum("...tr,...r->...t", da, w)
+        g_prev = jnp.einsum("...tr,...r->...t", da_prev, w)
+        mom = (g_prev, g[..., -1], jnp.exp(lb[..., -1]), db[..., -1, :])
+    else:
+        gamma = da * eta[..., None, :]
+        gamma_prev = da_prev * eta[..., None, :]
+        mom = (None, None, None, None)
+    return ChunkCoefs(
+        a_prev, jnp.exp(la[..., -1]), da_prev, da[..., -1, :], gamma_prev, gamma[..., -1, :], *mom
+    )
 
 
 def unit_lower_inverse(lower: jax.Array) -> jax.Array:
@@ -59,15 +113,60 @@ def unit_lower_inverse(lower: jax.Array) -> jax.Array:
     eye = jnp.broadcast_to(jnp.eye(c, dtype=lower.dtype), lower.shape)
     n = -lower
     inv = eye + n
-    steps = max(0, (c - 1).bit_length() - 1)
-    for _ in range(steps):
+    for _ in range(max(0, (c - 1).bit_length() - 1)):
         n = n @ n
         inv = inv + inv @ n
     return inv
 
 
+def delta_inverse(coefs: ChunkCoefs, xx: jax.Array, eta: jax.Array) -> jax.Array:
+    """DGD's ``(I + diag(eta) (Da_prev * X X^T))^{-1}`` from ``xx = X X^T: [..., C, C]``."""
+    return unit_lower_inverse(eta[..., :, None] * coefs.da_prev * xx)
+
+
+def chunk_read(coefs: ChunkCoefs, zw, zs, gz, e, dz=None, u=None):
+    """``W_{t-1} z_t`` for the chunk's tokens.
+
+    Args:
+      zw: ``z W_0^T``  ``[..., C, d_out]``. zs: ``z S_0^T`` or ``None`` (no momentum).
+      gz: ``gamma_prev * (z X^T)`` ``[..., C, C]``. e: errors ``[..., C, d_out]``.
+      dz: ``da_prev * (z X^T)`` and u: DGD's pseudo-errors ``[..., C, d_out]`` (or ``None``).
+    """
+    out = coefs.a_prev[..., None] * zw - gz @ e
+    if zs is not None:
+        out = out - coefs.g_prev[..., None] * zs
+    if u is not None:
+        out = out + dz @ u
+    return out
+
+
+def chunk_delta_u(coefs: ChunkCoefs, inv, eta, xw, xs, gx, e):
+    """DGD's ``u_t = -eta_t W_{t-1} x_t`` for the chunk (``xw = X W_0^T``, ``gx`` as in read)."""
+    return inv @ (-eta[..., :, None] * chunk_read(coefs, xw, xs, gx, e))
+
+
+def chunk_end(coefs: ChunkCoefs, w0, s0, x, e, u=None):
+    """Weights and momentum after the chunk: ``(w, s)`` (``s`` is ``None`` without momentum)."""
+    w = coefs.a_last[..., None, None] * w0 - jnp.einsum(
+        "...s,...so,...si->...oi", coefs.gamma_last, e, x
+    )
+    s = None
+    if s0 is not None:
+        w = w - coefs.g_last[..., None, None] * s0
+        s = coefs.b_last[..., None, None] * s0 + jnp.einsum(
+            "...s,...so,...si->...oi", coefs.db_last, e, x
+        )
+    if u is not None:
+        w = w + jnp.einsum("...s,...so,...si->...oi", coefs.da_last, u, x)
+    return w, s
+
+
+def _xt(a):
+    return jnp.swapaxes(a, -1, -2)
+
+
 def rank1_chunk(w0, s0, x, e, q, eta, alpha, beta, *, delta: bool):
-    """Process one chunk of rank-one writes with per-token reads.
+    """Process one chunk of rank-one writes with per-token reads (the composed kernel).
 
     Args:
       w0: ``[..., d_out, d_in]`` weights at the chunk boundary.
@@ -81,45 +180,18 @@ def rank1_chunk(w0, s0, x, e, q, eta, alpha, beta, *, delta: bool):
 
     Returns:
       ``(y, w, s)``: reads ``y: [..., C, d_out]`` (``y_t = W_{t-1} q_t``), weights and momentum after
-      the chunk (``s`` is ``None`` without momentum).
+      the chunk.
     """
-    la = jnp.cumsum(_log(alpha), axis=-1)
-    da = _decay_matrix(la)
-    a = jnp.exp(la)
-    a_prev = _shift_down(a, 1.0, -1)
-    da_prev = _shift_down(da, 0.0, -2)
-    momentum = s0 is not None
-    if momentum:
-        lb = jnp.cumsum(_log(beta), axis=-1)
-        db = _decay_matrix(lb)
-        gamma = da @ (eta[..., :, None] * db)
-        g = jnp.einsum("...tr,...r->...t", da, eta * jnp.exp(lb))
-        g_prev = _shift_down(g, 0.0, -1)
-    else:
-        gamma = da * eta[..., None, :]
-    gamma_prev = _shift_down(gamma, 0.0, -2)
-
-    def known(z):
-        """``W_{t-1} z_t`` without the DGD correction, for inputs ``z: [..., C, d_in]``."""
-        zx = z @ jnp.swapaxes(x, -1, -2)
-        out = a_prev[..., None] * (z @ jnp.swapaxes(w0, -1, -2)) - (gamma_prev * zx) @ e
-        if momentum:
-            out = out - g_prev[..., None] * (z @ jnp.swapaxes(s0, -1, -2))
-        return out, zx
-
-    y, qx = known(q)
-    w = a[..., -1, None, None] * w0 - jnp.einsum("...s,...so,...si->...oi", gamma[..., -1, :], e, x)
-    if momentum:
-        w = w - g[..., -1, None, None] * s0
+    c = chunk_coefficients(eta, alpha, beta, momentum=s0 is not None)
+    qx = q @ _xt(x)
+    zs = lambda z: None if s0 is None else z @ _xt(s0)
+    u = dq = None
     if delta:
-        base, xx = known(x)
-        lower = eta[..., :, None] * da_prev * xx
-        u = unit_lower_inverse(lower) @ (-eta[..., :, None] * base)
-        y = y + (da_prev * qx) @ u
-        w = w + jnp.einsum("...s,...so,...si->...oi", da[..., -1, :], u, x)
-    s = None
-    if momentum:
-        s = jnp.exp(lb[..., -1])[..., None, None] * s0 + jnp.einsum(
-            "...s,...so,...si->...oi", db[..., -1, :], e, x
+        xx = x @ _xt(x)
+        u = chunk_delta_u(
+            c, delta_inverse(c, xx, eta), eta, x @ _xt(w0), zs(x), c.gamma_prev * xx, e
         )
+        dq = c.da_prev * qx
+    y = chunk_read(c, q @ _xt(w0), zs(q), c.gamma_prev * qx, e, dq, u)
+    w, s = chunk_end(c, w0, s0, x, e, u)
     return y, w, s

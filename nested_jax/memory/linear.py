@@ -15,7 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from nested_jax.memory.base import AbstractMemory
-from nested_jax.memory.chunkwise import rank1_chunk
+from nested_jax.memory.chunkwise import (
+    chunk_coefficients,
+    chunk_delta_u,
+    chunk_end,
+    chunk_read,
+    delta_inverse,
+)
 from nested_jax.memory.objectives import L2, DotProduct
 from nested_jax.memory.rules import GD, DGD, Momentum, dgd_rate, rule_step
 
@@ -105,14 +111,28 @@ class LinearMemory(AbstractMemory):
         return LinearState(w, s)
 
     # --- chunk level ---------------------------------------------------------------------------
-    def write_read_chunk(self, state: LinearState, q, k, v, eta, alpha, beta):
-        """One chunk in parallel: ``q, k: [B, H, C, d_k]``, ``v: [B, H, C, d_v]``, rates ``[B, H, C]``.
-
-        Returns ``(state, y)`` with ``y: [B, H, C, d_v]``.
-        """
-        pred = k @ jnp.swapaxes(state.w, -1, -2)
-        err = self.objective.error(pred, v)
+    def _chunk_prep(self, q, k, v, eta, alpha, beta):
+        momentum = self.rule.beta is not None
         if self.rule.delta:
             eta = dgd_rate(eta, k)
-        y, w, s = rank1_chunk(state.w, state.s, k, err, q, eta, alpha, beta, delta=self.rule.delta)
+        c = chunk_coefficients(eta, alpha, beta, momentum=momentum)
+        qk = q @ _t(k)
+        dq = gk = inv = None
+        if self.rule.delta:
+            kk = k @ _t(k)
+            dq, gk, inv = c.da_prev * qk, c.gamma_prev * kk, delta_inverse(c, kk, eta)
+        return (q, k, v, eta, c, c.gamma_prev * qk, dq, gk, inv)
+
+    def _chunk_step(self, state: LinearState, q, k, v, eta, c, gq, dq, gk, inv):
+        kw = k @ _t(state.w)  # boundary predictions M_0(k), also W_0 x for DGD
+        err = self.objective.error(kw, v)
+        s0 = state.s
+        zs = lambda z: None if s0 is None else z @ _t(s0)
+        u = chunk_delta_u(c, inv, eta, kw, zs(k), gk, err) if self.rule.delta else None
+        y = chunk_read(c, q @ _t(state.w), zs(q), gq, err, dq, u)
+        w, s = chunk_end(c, state.w, s0, k, err, u)
         return LinearState(w, s), y
+
+
+def _t(a):
+    return jnp.swapaxes(a, -1, -2)

@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 
 from nested_jax.memory.base import AbstractMemory
-from nested_jax.memory.chunkwise import rank1_chunk
+from nested_jax.memory.chunkwise import (
+    chunk_coefficients,
+    chunk_delta_u,
+    chunk_end,
+    chunk_read,
+    delta_inverse,
+)
 from nested_jax.memory.objectives import L2, DotProduct
 from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, rule_step
 
@@ -131,21 +137,42 @@ class MLPMemory(AbstractMemory):
         w1, s1 = rule_step(self._rule1, state.w1, state.s1, g1, h, eta, alpha, beta)
         return MLPState(w1, w2, s1, s2)
 
-    def write_read_chunk(self, state: MLPState, q, k, v, eta, alpha, beta):
-        """One chunk in parallel (shapes as :meth:`LinearMemory.write_read_chunk`)."""
-        pre = k @ jnp.swapaxes(state.w2, -1, -2)  # [B, H, C, hid]
+    def _chunk_prep(self, q, k, v, eta, alpha, beta):
+        momentum = self.rule.beta is not None
+        eta2 = dgd_rate(eta, k) if self.rule.delta else eta
+        c2 = chunk_coefficients(eta2, alpha, beta, momentum=momentum)
+        c1 = chunk_coefficients(eta, alpha, beta, momentum=momentum) if self.rule.delta else c2
+        qk = q @ _t(k)
+        dq = gk = inv = None
+        if self.rule.delta:
+            kk = k @ _t(k)
+            dq, gk, inv = c2.da_prev * qk, c2.gamma_prev * kk, delta_inverse(c2, kk, eta2)
+        return (q, k, v, eta2, c2, c1, c2.gamma_prev * qk, dq, gk, inv)
+
+    def _chunk_step(self, state: MLPState, q, k, v, eta2, c2, c1, gq, dq, gk, inv):
+        zs = lambda z, s0: None if s0 is None else z @ _t(s0)
+        # boundary forward on the keys and the per-token surprise (errors) of both layers
+        pre = k @ _t(state.w2)  # [B, H, C, hid]
         h, act_vjp = jax.vjp(self.activation, pre)
-        pred = h @ jnp.swapaxes(state.w1, -1, -2)
+        pred = h @ _t(state.w1)
         if self.residual:
             pred = pred + k
         u = self.objective.error(pred, v)  # [B, H, C, d_v]
         (e2,) = act_vjp(u @ state.w1)  # [B, H, C, hid]
-        eta2 = dgd_rate(eta, k) if self.rule.delta else eta
-        pre_q, w2, s2 = rank1_chunk(
-            state.w2, state.s2, k, e2, q, eta2, alpha, beta, delta=self.rule.delta
+        # first-applied layer W2 (input k): the memory's rule, DGD included
+        u2 = (
+            chunk_delta_u(c2, inv, eta2, pre, zs(k, state.s2), gk, e2) if self.rule.delta else None
         )
-        out, w1, s1 = rank1_chunk(
-            state.w1, state.s1, h, u, self.activation(pre_q), eta, alpha, beta, delta=False
-        )
+        pre_q = chunk_read(c2, q @ _t(state.w2), zs(q, state.s2), gq, e2, dq, u2)
+        w2, s2 = chunk_end(c2, state.w2, state.s2, k, e2, u2)
+        # second layer W1 (input h): read with the per-token hidden of the queries
+        hq = self.activation(pre_q)
+        g1 = c1.gamma_prev * (hq @ _t(h))
+        out = chunk_read(c1, hq @ _t(state.w1), zs(hq, state.s1), g1, u)
+        w1, s1 = chunk_end(c1, state.w1, state.s1, h, u)
         y = q + out if self.residual else out
         return MLPState(w1, w2, s1, s2), y
+
+
+def _t(a):
+    return jnp.swapaxes(a, -1, -2)

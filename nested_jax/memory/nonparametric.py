@@ -108,7 +108,7 @@ class SoftmaxMemory(AbstractMemory):
         qpos = (state.count - 1)[:, None]
         return self._attend(state, q[:, :, None].astype(jnp.float32), qpos)[:, :, 0]
 
-    def write_read_chunk(self, state, q, k, v, eta=None, alpha=None, beta=None):
+    def _chunk_step(self, state, q, k, v, eta=None, alpha=None, beta=None):
         """Store the chunk, then every query attends causally (``[B, H, C, d]`` inputs)."""
         del eta, alpha, beta
         c = k.shape[2]

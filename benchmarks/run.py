@@ -1,0 +1,28 @@
+"""Run a benchmark and write its JSON: ``python -m benchmarks.run NAME [--quick] [--out PATH]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from benchmarks.harness import write_json
+
+BENCHMARKS = ("memory_chunked",)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("name", choices=BENCHMARKS)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness only")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per case (>= 5)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/NAME.json)")
+    args = p.parse_args(argv)
+    mod = importlib.import_module(f"benchmarks.{args.name}")
+    payload = mod.run(quick=args.quick, repeats=args.repeats)
+    suffix = "_quick" if args.quick else ""
+    out = args.out or f"benchmarks/results/{args.name}{suffix}.json"
+    print(f"wrote {write_json(out, payload)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from nested_jax.cli import main
+
+sys.exit(main())
