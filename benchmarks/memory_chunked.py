@@ -67,9 +67,15 @@ def run(quick: bool = False, repeats: int = 5) -> dict:
             for chunk in cfg["chunks"]:
                 fast = time_jitted(_fns(mem, chunk, batch, False)[mode], args, repeats=repeats)
                 row = {
-                    "memory": name, "seq": seq, "batch": batch, "chunk": chunk, "mode": mode,
-                    "d": d, "hidden": cfg["hidden"] if name == "mlp" else None,
-                    "token_scan": base, "chunked": fast,
+                    "memory": name,
+                    "seq": seq,
+                    "batch": batch,
+                    "chunk": chunk,
+                    "mode": mode,
+                    "d": d,
+                    "hidden": cfg["hidden"] if name == "mlp" else None,
+                    "token_scan": base,
+                    "chunked": fast,
                     "speedup": base["median_s"] / fast["median_s"],
                 }
                 rows.append(row)
@@ -80,6 +86,3 @@ def run(quick: bool = False, repeats: int = 5) -> dict:
                     flush=True,
                 )
     return {"benchmark": "memory_chunked", "config": {**cfg, "quick": quick}, "results": rows}
-
-
-

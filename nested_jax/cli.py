@@ -22,8 +22,10 @@ def main(argv: list[str] | None = None) -> int:
 
         quickstart.main(rest)
         return 0
-    print(f"nested-jax: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}",
-          file=sys.stderr)
+    print(
+        f"nested-jax: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}",
+        file=sys.stderr,
+    )
     return 2
 
 

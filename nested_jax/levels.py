@@ -87,19 +87,20 @@ class LevelsResult(NamedTuple):
       outputs: tuple of every level's per-step outputs, each leaf with a leading time axis ``[T]``.
       fired: ``bool[T, n_levels]``; ``fired[t, i]`` is True when level ``i`` applied its update
         at step ``t``.
+      pending: tuple of every level's accumulated, not yet applied increments (pass it back as
+        ``pending=`` with ``start=`` to continue the stream exactly).
     """
 
     states: tuple
     outputs: tuple
     fired: jax.Array
+    pending: tuple
 
 
-def firing_schedule(periods: Sequence[int | None], length: int) -> np.ndarray:
+def firing_schedule(periods: Sequence[int | None], length: int, start: int = 0) -> np.ndarray:
     """``bool[length, len(periods)]``: which level fires at which step (static, numpy)."""
-    t = np.arange(length)[:, None]
-    cols = [
-        (np.zeros(length, bool) if not p else ((t[:, 0] + 1) % p == 0)) for p in periods
-    ]
+    t = start + np.arange(length)[:, None]
+    cols = [(np.zeros(length, bool) if not p else ((t[:, 0] + 1) % p == 0)) for p in periods]
     return np.stack(cols, axis=1) if cols else np.zeros((length, 0), bool)
 
 
@@ -194,7 +195,7 @@ def _zeros(states):
     return [jax.tree.map(jnp.zeros_like, s) for s in states]
 
 
-def _masked(levels, states, xs, length):
+def _masked(levels, states, xs, length, pending, start):
     def body(carry, inp):
         sts, accs = carry
         t, x = inp
@@ -213,12 +214,12 @@ def _masked(levels, states, xs, length):
             fired.append(fire)
         return (new_s, new_a), (outs, jnp.stack(fired))
 
-    ts = jnp.arange(length, dtype=jnp.int32)
-    (sts, _), (outs, fired) = jax.lax.scan(body, (list(states), _zeros(states)), (ts, xs))
-    return LevelsResult(tuple(sts), outs, fired)
+    ts = start + jnp.arange(length, dtype=jnp.int32)
+    (sts, accs), (outs, fired) = jax.lax.scan(body, (list(states), list(pending)), (ts, xs))
+    return LevelsResult(tuple(sts), outs, fired, tuple(accs))
 
 
-def _nested(levels, states, xs, length):
+def _nested(levels, states, xs, length, pending, start):
     distinct = sorted({lv.period for lv in levels if not lv.frozen})
     for small, big in zip(distinct, distinct[1:], strict=False):
         if big % small:
@@ -276,10 +277,15 @@ def _nested(levels, states, xs, length):
         )
         return carry, outs
 
-    carry = (list(states), _zeros(states))
-    (sts, _), outs = segment(carry, xs, length, len(distinct) - 1)
-    fired = jnp.asarray(firing_schedule([lv.period for lv in levels], length))
-    return LevelsResult(tuple(sts), outs, fired)
+    if distinct and start % distinct[-1]:
+        raise ValueError(
+            f"form='nested' needs start ({start}) to be a multiple of the slowest period "
+            f"({distinct[-1]}); use form='masked' to resume mid-chunk."
+        )
+    carry = (list(states), list(pending))
+    (sts, accs), outs = segment(carry, xs, length, len(distinct) - 1)
+    fired = jnp.asarray(firing_schedule([lv.period for lv in levels], length, start))
+    return LevelsResult(tuple(sts), outs, fired, tuple(accs))
 
 
 def run_levels(
@@ -288,6 +294,8 @@ def run_levels(
     xs: PyTree,
     *,
     form: Literal["masked", "nested"] = "masked",
+    pending: Sequence[PyTree] | None = None,
+    start: int = 0,
 ) -> LevelsResult:
     """Run an ordered chain of levels over a sequence.
 
@@ -297,6 +305,10 @@ def run_levels(
       xs: the sequence; a pytree whose leaves all have the same leading time axis ``[T, ...]``.
       form: ``"masked"`` (one scan, per-level masks, any periods) or ``"nested"`` (nested scans,
         periods must divide each other). Both give the same result.
+      pending: accumulated increments from a previous call (``LevelsResult.pending``); ``None``
+        starts with empty accumulators.
+      start: index of ``xs[0]`` in the whole stream (firing uses absolute steps). With
+        ``form="nested"`` it must be a multiple of the slowest period.
 
     Returns:
       :class:`LevelsResult` ``(states, outputs, fired)``.
@@ -308,24 +320,45 @@ def run_levels(
     """
     length = _check(levels, states, xs)
     levels = tuple(levels)
+    pending = _check_pending(levels, states, pending)
+    start = _check_start(start)
     if form == "masked":
-        return _masked(levels, states, xs, length)
+        return _masked(levels, states, xs, length, pending, start)
     if form == "nested":
-        return _nested(levels, states, xs, length)
+        return _nested(levels, states, xs, length, pending, start)
     raise ValueError(f"form must be 'masked' or 'nested', got {form!r}.")
 
 
-def run_levels_reference(levels, states, xs) -> LevelsResult:
+def _check_pending(levels, states, pending):
+    if pending is None:
+        return _zeros(states)
+    if len(pending) != len(levels):
+        raise ValueError(f"pending has {len(pending)} entries for {len(levels)} levels.")
+    for lv, st, acc in zip(levels, states, pending, strict=True):
+        if jax.tree.structure(st) != jax.tree.structure(acc):
+            raise ValueError(f"level {lv.name!r}: pending does not match the state's structure.")
+    return list(pending)
+
+
+def _check_start(start):
+    if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
+        raise ValueError(f"start must be an int >= 0 (the stream index of xs[0]), got {start!r}.")
+    return int(start)
+
+
+def run_levels_reference(levels, states, xs, *, pending=None, start: int = 0) -> LevelsResult:
     """Slow twin of :func:`run_levels`: a plain Python loop with ``if (t + 1) % C == 0``.
 
     Eager, one step at a time; for tests and for reading. Same semantics as the fast forms.
     """
     length = _check(levels, states, xs)
+    accs = _check_pending(levels, states, pending)
+    start = _check_start(start)
     states = list(states)
-    accs = _zeros(states)
     outs_t, fired = [], []
-    for t in range(length):
-        x = jax.tree.map(lambda a, t=t: a[t], xs)
+    for i_t in range(length):
+        t = start + i_t
+        x = jax.tree.map(lambda a, i_t=i_t: a[i_t], xs)
         inp = x
         cands, outs = [], []
         for i, lv in enumerate(levels):
@@ -348,4 +381,5 @@ def run_levels_reference(levels, states, xs) -> LevelsResult:
         outs_t.append(tuple(outs))
         fired.append(row)
     outputs = jax.tree.map(lambda *a: jnp.stack(a), *outs_t)
-    return LevelsResult(tuple(states), outputs, jnp.asarray(np.array(fired, bool)))
+    fired = jnp.asarray(np.array(fired, bool))
+    return LevelsResult(tuple(states), outputs, fired, tuple(accs))

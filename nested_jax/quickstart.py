@@ -76,7 +76,11 @@ def run(
 ) -> dict:
     """Run the quickstart and return its summary (also used by the tests)."""
     keys, values, a, maps = make_stream(
-        jax.random.key(seed), length=length, dim=dim, context_len=context_len, drift=drift,
+        jax.random.key(seed),
+        length=length,
+        dim=dim,
+        context_len=context_len,
+        drift=drift,
         noise=noise,
     )
     levels, slow_mem, fast_mem = build_levels(
@@ -119,7 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.length < 2 * args.slow_period:
-        p.error(f"--length ({args.length}) must be at least twice --slow-period ({args.slow_period})")
+        p.error(
+            f"--length ({args.length}) must be at least twice --slow-period ({args.slow_period})"
+        )
     if args.slow_period < 1:
         p.error("--slow-period must be >= 1")
 

@@ -78,7 +78,11 @@ def test_python_loop_is_the_literal_rule():
 
 
 def test_frozen_level_never_updates_but_emits():
-    levels = (Level("fast", 1, _update(0)), Level("frozen", None, _update(1)), Level("z", 0, _update(2)))
+    levels = (
+        Level("fast", 1, _update(0)),
+        Level("frozen", None, _update(1)),
+        Level("z", 0, _update(2)),
+    )
     states = _states(3, jax.random.key(5))
     xs = _xs(9, jax.random.key(6))
     for form in ("masked", "nested"):
@@ -131,8 +135,12 @@ def test_gradients_flow_through_levels():
 
 @pytest.mark.parametrize(
     "period, exc, match",
-    [(1.5, TypeError, "period must be an int"), (-2, ValueError, ">= 0"), ("3", TypeError, "int"),
-     (True, TypeError, "int")],
+    [
+        (1.5, TypeError, "period must be an int"),
+        (-2, ValueError, ">= 0"),
+        ("3", TypeError, "int"),
+        (True, TypeError, "int"),
+    ],
 )
 def test_bad_period(period, exc, match):
     with pytest.raises(exc, match=match):
@@ -160,22 +168,66 @@ def test_scalar_input_and_empty():
 
 def test_nested_needs_dividing_periods():
     with pytest.raises(ValueError, match="does not divide"):
-        run_levels(_levels((2, 3)), _states(2, jax.random.key(0)), _xs(6, jax.random.key(1)),
-                   form="nested")
+        run_levels(
+            _levels((2, 3)), _states(2, jax.random.key(0)), _xs(6, jax.random.key(1)), form="nested"
+        )
 
 
 def test_state_count_and_unknown_form():
     with pytest.raises(ValueError, match="one state per level"):
         run_levels(_levels((1, 2)), _states(1, jax.random.key(0)), _xs(4, jax.random.key(1)))
     with pytest.raises(ValueError, match="form must be"):
-        run_levels(_levels((1,)), _states(1, jax.random.key(0)), _xs(4, jax.random.key(1)),
-                   form="fast")
+        run_levels(
+            _levels((1,)), _states(1, jax.random.key(0)), _xs(4, jax.random.key(1)), form="fast"
+        )
     with pytest.raises(ValueError, match="unique"):
-        run_levels((Level("a", 1, _update(0)),) * 2, _states(2, jax.random.key(0)),
-                   _xs(4, jax.random.key(1)))
+        run_levels(
+            (Level("a", 1, _update(0)),) * 2,
+            _states(2, jax.random.key(0)),
+            _xs(4, jax.random.key(1)),
+        )
 
 
 def test_candidate_shape_change_is_reported():
     bad = Level("grow", 1, lambda s, x: (jnp.concatenate([s, s]), x))
     with pytest.raises(ValueError, match="keep shapes"):
         run_levels((bad,), (jnp.ones(2),), jnp.ones((3, 2)))
+
+
+@pytest.mark.parametrize(
+    "form, periods, cut",
+    [
+        ("masked", (1, 3), 7),
+        ("masked", (2, 4, 8), 5),
+        ("masked", (1, 5, 7), 9),
+        ("nested", (1, 3), 6),
+        ("nested", (2, 4, 8), 8),
+    ],
+)
+def test_stream_in_two_calls_equals_one(form, periods, cut):
+    levels = _levels(periods)
+    states = _states(len(periods), jax.random.key(20))
+    xs = _xs(21, jax.random.key(21))
+    whole = run_levels(levels, states, xs, form=form)
+    a = run_levels(levels, states, xs[:cut], form=form)
+    b = run_levels(levels, a.states, xs[cut:], form=form, pending=a.pending, start=cut)
+    _assert_same(b.states, whole.states)
+    _assert_same(b.pending, whole.pending)
+    _assert_same(jnp.concatenate([a.outputs[-1], b.outputs[-1]]), whole.outputs[-1])
+    np.testing.assert_array_equal(
+        np.concatenate([np.asarray(a.fired), np.asarray(b.fired)]), np.asarray(whole.fired)
+    )
+    ref = run_levels_reference(levels, a.states, xs[cut:], pending=a.pending, start=cut)
+    _assert_same(ref.states, b.states)
+
+
+def test_bad_start_and_pending():
+    levels = _levels((2, 4))
+    states = _states(2, jax.random.key(0))
+    xs = _xs(8, jax.random.key(1))
+    with pytest.raises(ValueError, match="multiple of the slowest period"):
+        run_levels(levels, states, xs, form="nested", start=2)
+    with pytest.raises(ValueError, match="start must be"):
+        run_levels(levels, states, xs, start=-1)
+    with pytest.raises(ValueError, match="pending has"):
+        run_levels(levels, states, xs, pending=(states[0],))

@@ -152,7 +152,9 @@ def test_softmax_memory_minimises_weighted_regression():
     for t in (0, 4, 8):
         s = np.exp(kn[0, : t + 1, 0] @ qn[0, t, 0] / np.sqrt(D))
         a = np.concatenate([np.sqrt(si) * np.eye(D) for si in s])
-        rhs = np.concatenate([np.sqrt(si) * vi for si, vi in zip(s, vn[0, : t + 1, 0], strict=True)])
+        rhs = np.concatenate(
+            [np.sqrt(si) * vi for si, vi in zip(s, vn[0, : t + 1, 0], strict=True)]
+        )
         m_star = np.linalg.lstsq(a, rhs, rcond=None)[0]
         np.testing.assert_allclose(np.asarray(y[0, t, 0]), m_star, atol=1e-5, rtol=1e-5)
 
@@ -212,8 +214,15 @@ def test_chunked_equals_token_by_token(name, chunk):
 
 
 @pytest.mark.parametrize(
-    "name", ["linear-l2-gd", "linear-l2-dgd", "linear-hebb-dgd-momentum", "mlp-l2-gd",
-             "mlp-l2-dgd-momentum", "softmax-window"]
+    "name",
+    [
+        "linear-l2-gd",
+        "linear-l2-dgd",
+        "linear-hebb-dgd-momentum",
+        "mlp-l2-gd",
+        "mlp-l2-dgd-momentum",
+        "softmax-window",
+    ],
 )
 @pytest.mark.parametrize("chunk", [1, 4, 16])
 def test_chunked_gradients_equal_token_by_token(name, chunk):
@@ -312,10 +321,12 @@ def test_streaming_chunks_carry_state():
     st = _state(mem)
     s_all, y_all = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=4)
     cut = lambda a, sl: a[:, sl]
-    s_a, y_a = mem.write_read(st, *(cut(a, slice(0, 8)) for a in (q, k, v, eta, alpha, beta)),
-                              chunk_size=4)
-    s_b, y_b = mem.write_read(s_a, *(cut(a, slice(8, 16)) for a in (q, k, v, eta, alpha, beta)),
-                              chunk_size=4)
+    s_a, y_a = mem.write_read(
+        st, *(cut(a, slice(0, 8)) for a in (q, k, v, eta, alpha, beta)), chunk_size=4
+    )
+    s_b, y_b = mem.write_read(
+        s_a, *(cut(a, slice(8, 16)) for a in (q, k, v, eta, alpha, beta)), chunk_size=4
+    )
     _close(jnp.concatenate([y_a, y_b], axis=1), y_all)
     _close(s_b, s_all)
 
@@ -344,7 +355,10 @@ def test_bad_inputs_are_reported():
     with pytest.raises(ValueError, match="capacity"):
         SoftmaxMemory(capacity=4, window=4).write_read(
             SoftmaxMemory(capacity=4, window=4).init_state(B, heads=H, d_k=D, d_v=D),
-            q, k, v, chunk_size=3,
+            q,
+            k,
+            v,
+            chunk_size=3,
         )
 
 

@@ -145,19 +145,20 @@ def chunk_delta_u(coefs: ChunkCoefs, inv, eta, xw, xs, gx, e):
     return inv @ (-eta[..., :, None] * chunk_read(coefs, xw, xs, gx, e))
 
 
+def _outer_sum(weights, e, x):
+    """``sum_s weights[s] e_s x_s^T`` as one matmul: ``[..., d_out, d_in]``."""
+    return _xt(weights[..., :, None] * e) @ x
+
+
 def chunk_end(coefs: ChunkCoefs, w0, s0, x, e, u=None):
     """Weights and momentum after the chunk: ``(w, s)`` (``s`` is ``None`` without momentum)."""
-    w = coefs.a_last[..., None, None] * w0 - jnp.einsum(
-        "...s,...so,...si->...oi", coefs.gamma_last, e, x
-    )
+    w = coefs.a_last[..., None, None] * w0 - _outer_sum(coefs.gamma_last, e, x)
     s = None
     if s0 is not None:
         w = w - coefs.g_last[..., None, None] * s0
-        s = coefs.b_last[..., None, None] * s0 + jnp.einsum(
-            "...s,...so,...si->...oi", coefs.db_last, e, x
-        )
+        s = coefs.b_last[..., None, None] * s0 + _outer_sum(coefs.db_last, e, x)
     if u is not None:
-        w = w + jnp.einsum("...s,...so,...si->...oi", coefs.da_last, u, x)
+        w = w + _outer_sum(coefs.da_last, u, x)
     return w, s
 
 

@@ -23,7 +23,7 @@ from nested_jax.memory.chunkwise import (
     delta_inverse,
 )
 from nested_jax.memory.objectives import L2, DotProduct
-from nested_jax.memory.rules import GD, DGD, Momentum, dgd_rate, rule_step
+from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, rule_step
 
 __all__ = ["LinearMemory", "LinearParams", "LinearState"]
 
@@ -64,7 +64,9 @@ class LinearMemory(AbstractMemory):
             raise TypeError(f"rule must be GD(), Momentum(...) or DGD(...), got {self.rule!r}.")
 
     # --- state ---------------------------------------------------------------------------------
-    def init_params(self, key, *, heads: int, d_k: int, d_v: int, scale: float = 0.0) -> LinearParams:
+    def init_params(
+        self, key, *, heads: int, d_k: int, d_v: int, scale: float = 0.0
+    ) -> LinearParams:
         """Initial memory per head; zeros by default (``scale > 0`` draws ``N(0, scale^2)``)."""
         w = jnp.zeros((heads, d_v, d_k), jnp.float32)
         if scale:

@@ -160,9 +160,7 @@ class MLPMemory(AbstractMemory):
         u = self.objective.error(pred, v)  # [B, H, C, d_v]
         (e2,) = act_vjp(u @ state.w1)  # [B, H, C, hid]
         # first-applied layer W2 (input k): the memory's rule, DGD included
-        u2 = (
-            chunk_delta_u(c2, inv, eta2, pre, zs(k, state.s2), gk, e2) if self.rule.delta else None
-        )
+        u2 = chunk_delta_u(c2, inv, eta2, pre, zs(k, state.s2), gk, e2) if self.rule.delta else None
         pre_q = chunk_read(c2, q @ _t(state.w2), zs(q, state.s2), gq, e2, dq, u2)
         w2, s2 = chunk_end(c2, state.w2, state.s2, k, e2, u2)
         # second layer W1 (input h): read with the per-token hidden of the queries

@@ -98,7 +98,9 @@ def rule_step(rule, w, s, g, x, eta, alpha, beta):
     else:
         d = g
     if rule.delta:
-        eye = jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=w.dtype), w.shape[:-2] + (x.shape[-1],) * 2)
+        eye = jnp.broadcast_to(
+            jnp.eye(x.shape[-1], dtype=w.dtype), w.shape[:-2] + (x.shape[-1],) * 2
+        )
         decay = e(alpha) * eye - e(eta) * (x[..., :, None] * x[..., None, :])
         w = w @ decay - e(eta) * d
     else:
