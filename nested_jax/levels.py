@@ -156,7 +156,9 @@ def _step_all(levels, states, accs, x):
         cand, out = lv.update(st, inp)
         _check_candidate(lv, st, cand)
         cands.append(cand)
-        new_accs.append(acc if lv.frozen else _tree_add(acc, _tree_sub(cand, st)))
+        # frozen levels never update; period-1 levels apply the candidate itself, nothing pends
+        pends = not lv.frozen and lv.period != 1
+        new_accs.append(_tree_add(acc, _tree_sub(cand, st)) if pends else acc)
         outs.append(out)
         inp = out
     return cands, new_accs, tuple(outs)

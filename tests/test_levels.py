@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nested_jax import Level, firing_schedule, run_levels, run_levels_reference
 
@@ -231,3 +233,20 @@ def test_bad_start_and_pending():
         run_levels(levels, states, xs, start=-1)
     with pytest.raises(ValueError, match="pending has"):
         run_levels(levels, states, xs, pending=(states[0],))
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    periods=st.lists(st.one_of(st.none(), st.integers(0, 6)), min_size=1, max_size=3),
+    length=st.integers(1, 17),
+)
+def test_masked_equals_loop_for_random_configs(periods, length):
+    levels = _levels(tuple(periods))
+    states = _states(len(periods), jax.random.key(length))
+    xs = _xs(length, jax.random.key(100 + length))
+    ref = run_levels_reference(levels, states, xs)
+    fast = run_levels(levels, states, xs)
+    _assert_same(fast.states, ref.states)
+    _assert_same(fast.outputs, ref.outputs)
+    _assert_same(fast.pending, ref.pending)
+    np.testing.assert_array_equal(np.asarray(fast.fired), firing_schedule(periods, length))

@@ -8,6 +8,11 @@ layer's per-token read gives the hidden pre-activation of ``q``, the second laye
 Update rules per layer (DESIGN §4, paper §5.4 item 5): ``W2`` (whose input is the key) follows the
 memory's rule, DGD included; ``W1`` (whose input is the hidden ``h``) follows the same rule without the
 DGD decay (decayed GD, with momentum when the rule has it).
+
+Step sizes: the second layer's step scales with ``eta ||h||^2``, and with the default initialisation
+``||h||^2`` is about ``0.35 * hidden``; plain GD on it is stable only for ``eta`` below about
+``2 / (0.35 * hidden)`` (divided by ``1 / (1 - beta)`` with momentum). E.g. hidden 128 with momentum
+0.9 wants ``eta <~ 0.01``; larger rates diverge to NaN, in the reference recurrence too.
 """
 
 from __future__ import annotations

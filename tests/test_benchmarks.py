@@ -1,0 +1,27 @@
+"""The benchmark harness writes the JSON it promises (structure only; no timing is asserted)."""
+
+import json
+
+import pytest
+
+from benchmarks import harness, run
+
+
+def test_quick_benchmark_writes_json(tmp_path):
+    out = tmp_path / "mc.json"
+    run.main(["memory_chunked", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "memory_chunked"
+    assert {"platform", "cpu_count", "jax"} <= set(data["machine"])
+    rows = data["results"]
+    assert {(r["memory"], r["mode"]) for r in rows} == {
+        (m, mode) for m in ("linear_delta", "mlp") for mode in ("fwd", "fwd_bwd")
+    }
+    for r in rows:
+        assert len(r["chunked"]["runs_s"]) >= 5 and r["chunked"]["compile_s"] > 0
+        assert r["speedup"] == pytest.approx(r["token_scan"]["median_s"] / r["chunked"]["median_s"])
+
+
+def test_harness_rejects_too_few_repeats():
+    with pytest.raises(ValueError, match="repeats must be >= 5"):
+        harness.time_jitted(lambda x: x, (1.0,), repeats=2)
