@@ -1,5 +1,8 @@
 """Chunk-parallel vs token-by-token scan for the linear delta memory and the MLP memory.
 
+``linear_delta`` takes inner gradients at the chunk boundary (TTT-style); ``linear_delta_exact`` is
+the exact per-token delta rule (DeltaNet) in chunk form (``gradient_at="token"``).
+
 Forward and forward+backward (gradient of a scalar of the outputs w.r.t. q, k, v and the initial
 memory) at d=64, one head. The token-by-token baseline is autodiff through a ``lax.scan`` over
 tokens (``write_read_reference`` with ``chunk_size=1``: the exact online recurrence). Reports each
@@ -25,6 +28,7 @@ QUICK = {"seqs": (128,), "batches": (1,), "chunks": (16,), "d": 16, "hidden": 32
 def _memories(cfg):
     return {
         "linear_delta": LinearMemory(L2(), GD()),
+        "linear_delta_exact": LinearMemory(L2(), GD(), gradient_at="token"),
         "mlp": MLPMemory(cfg["hidden"], objective=L2(), rule=GD()),
     }
 

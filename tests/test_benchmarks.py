@@ -15,7 +15,9 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert {"platform", "cpu_count", "jax"} <= set(data["machine"])
     rows = data["results"]
     assert {(r["memory"], r["mode"]) for r in rows} == {
-        (m, mode) for m in ("linear_delta", "mlp") for mode in ("fwd", "fwd_bwd")
+        (m, mode)
+        for m in ("linear_delta", "linear_delta_exact", "mlp")
+        for mode in ("fwd", "fwd_bwd")
     }
     for r in rows:
         assert len(r["chunked"]["runs_s"]) >= 5 and r["chunked"]["compile_s"] > 0

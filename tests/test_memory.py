@@ -105,20 +105,27 @@ def test_hebbian_without_gates_is_plain_causal_linear_attention():
     np.testing.assert_allclose(np.asarray(y), np.asarray(expected), atol=1e-5, rtol=1e-5)
 
 
+def _deltanet_direct(w0, q, k, v, eta, alpha=None):
+    """Gated DeltaNet written out: y_t = W_{t-1} q_t, W_t = W_{t-1}(alpha I - eta k k^T) + eta v k^T."""
+    qn, kn, vn, en = (np.asarray(a, np.float64) for a in (q, k, v, eta))
+    an = np.ones_like(en) if alpha is None else np.asarray(alpha, np.float64)
+    w = np.asarray(w0, np.float64).copy()
+    y = np.zeros(vn.shape)
+    for t in range(qn.shape[1]):
+        for bi in range(qn.shape[0]):
+            for hi in range(qn.shape[2]):
+                y[bi, t, hi] = w[bi, hi] @ qn[bi, t, hi]
+                kk, e = kn[bi, t, hi], en[bi, t, hi]
+                decay = an[bi, t, hi] * np.eye(kk.shape[0]) - e * np.outer(kk, kk)
+                w[bi, hi] = w[bi, hi] @ decay + e * np.outer(vn[bi, t, hi], kk)
+    return y, w
+
+
 def test_l2_linear_memory_is_deltanet():
     q, k, v, eta, _, _ = _inputs(15, jax.random.key(2))
     mem = LinearMemory(L2(), GD())
     st = _state(mem)
-    w = np.asarray(st.w, np.float64).copy()
-    qn, kn, vn, en = map(np.asarray, (q, k, v, eta))
-    y_ref = np.zeros(vn.shape)
-    for t in range(15):
-        for bi in range(B):
-            for hi in range(H):
-                y_ref[bi, t, hi] = w[bi, hi] @ qn[bi, t, hi]
-                kk, vv, e = kn[bi, t, hi], vn[bi, t, hi], en[bi, t, hi]
-                # DeltaNet: W <- W (I - eta k k^T) + eta v k^T
-                w[bi, hi] = w[bi, hi] @ (np.eye(D) - e * np.outer(kk, kk)) + e * np.outer(vv, kk)
+    y_ref, w = _deltanet_direct(st.w, q, k, v, eta)
     for fn in (mem.write_read, mem.write_read_reference):
         s, y = fn(st, q, k, v, eta, chunk_size=1)
         np.testing.assert_allclose(np.asarray(y), y_ref, atol=2e-5, rtol=1e-4)
@@ -366,3 +373,28 @@ def test_specs_are_hashable_for_jit_static_args():
     for mem in MEMORIES.values():
         hash(mem)
     assert LinearMemory(L2(), GD()) == LinearMemory(L2(), GD())
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_exact_delta_rule_chunked_is_gated_deltanet_for_any_chunk(chunk):
+    """gradient_at='token': W_t = W_{t-1}(alpha I - eta k k^T) + eta v k^T, exactly, chunked."""
+    q, k, v, eta, alpha, _ = _inputs(19, jax.random.key(30))
+    mem = LinearMemory(L2(), GD(), gradient_at="token")
+    st = _state(mem)
+    y_ref, w = _deltanet_direct(st.w, q, k, v, eta, alpha)
+    for fn in (mem.write_read, mem.write_read_reference):
+        s, y = fn(st, q, k, v, eta, alpha, chunk_size=chunk)
+        np.testing.assert_allclose(np.asarray(y), y_ref, atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(s.w), w, atol=2e-5, rtol=1e-4)
+    # and its gradients equal the token-by-token scan's
+    f = lambda fn, k, v: jnp.sum(jnp.sin(fn(st, q, k, v, eta, alpha, chunk_size=chunk)[1]))
+    g1 = jax.grad(functools.partial(f, mem.write_read), argnums=(0, 1))(k, v)
+    g2 = jax.grad(functools.partial(f, mem.write_read_reference), argnums=(0, 1))(k, v)
+    _close(g1, g2, atol=1e-4, rtol=1e-3)
+
+
+def test_exact_mode_rejects_unsupported_rules():
+    with pytest.raises(ValueError, match="GD rule only"):
+        LinearMemory(L2(), Momentum(0.9), gradient_at="token")
+    with pytest.raises(ValueError, match="gradient_at must be"):
+        LinearMemory(gradient_at="chunk")

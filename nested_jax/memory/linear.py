@@ -9,7 +9,7 @@ attention; with :class:`~nested_jax.memory.objectives.L2` and GD it is the delta
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,16 +52,41 @@ class LinearMemory(AbstractMemory):
     Attributes:
       objective: ``DotProduct()`` (Hebbian) or ``L2()`` (delta).
       rule: ``GD()``, ``Momentum(beta)`` or ``DGD(beta=None)``.
+      gradient_at: ``"boundary"`` (default): inside a chunk every inner gradient is taken at the
+        chunk-boundary state (TTT/Titans). ``"token"``: at the per-token state, i.e. the exact
+        online recurrence for every chunk size. Supported for ``L2()`` with ``GD()`` — exact
+        (gated) DeltaNet, ``W_t = W_{t-1} (alpha I - eta k k^T) + eta v k^T``, computed with the
+        DGD chunk kernel and a state-independent error ``-v`` — and for the Hebbian objective,
+        whose gradient does not depend on the state anyway.
     """
 
     objective: DotProduct | L2 = L2()
     rule: GD | Momentum | DGD = GD()
+    gradient_at: Literal["boundary", "token"] = "boundary"
 
     def __post_init__(self):
         if not isinstance(self.objective, DotProduct | L2):
             raise TypeError(f"objective must be DotProduct() or L2(), got {self.objective!r}.")
         if not isinstance(self.rule, GD | Momentum | DGD):
             raise TypeError(f"rule must be GD(), Momentum(...) or DGD(...), got {self.rule!r}.")
+        if self.gradient_at not in ("boundary", "token"):
+            raise ValueError(
+                f"gradient_at must be 'boundary' or 'token', got {self.gradient_at!r}."
+            )
+        if (
+            self.gradient_at == "token"
+            and isinstance(self.objective, L2)
+            and not isinstance(self.rule, GD)
+        ):
+            raise ValueError(
+                f"gradient_at='token' with the L2 objective is built for the GD rule only (exact "
+                f"DeltaNet), got {self.rule!r}; use gradient_at='boundary' for momentum or DGD."
+            )
+
+    @property
+    def _exact_delta(self) -> bool:
+        """Exact per-token delta rule through the DGD kernel (see ``gradient_at``)."""
+        return self.gradient_at == "token" and isinstance(self.objective, L2)
 
     # --- state ---------------------------------------------------------------------------------
     def init_params(
@@ -103,7 +128,7 @@ class LinearMemory(AbstractMemory):
         beta = jnp.broadcast_to(0.0 if b is None else b, shape)
         k = k.astype(jnp.float32)
         v = v.astype(jnp.float32)
-        src = state if at is None else at
+        src = state if (at is None or self.gradient_at == "token") else at
 
         def loss(w):
             return jnp.sum(self.objective.loss(jnp.einsum("bhvk,bhk->bhv", w, k), v))
@@ -113,6 +138,10 @@ class LinearMemory(AbstractMemory):
         return LinearState(w, s)
 
     # --- chunk level ---------------------------------------------------------------------------
+    @property
+    def _kernel_delta(self) -> bool:
+        return self.rule.delta or self._exact_delta
+
     def _chunk_prep(self, q, k, v, eta, alpha, beta):
         momentum = self.rule.beta is not None
         if self.rule.delta:
@@ -120,17 +149,19 @@ class LinearMemory(AbstractMemory):
         c = chunk_coefficients(eta, alpha, beta, momentum=momentum)
         qk = q @ _t(k)
         dq = gk = inv = None
-        if self.rule.delta:
+        if self._kernel_delta:
             kk = k @ _t(k)
             dq, gk, inv = c.da_prev * qk, c.gamma_prev * kk, delta_inverse(c, kk, eta)
         return (q, k, v, eta, c, c.gamma_prev * qk, dq, gk, inv)
 
     def _chunk_step(self, state: LinearState, q, k, v, eta, c, gq, dq, gk, inv):
         kw = k @ _t(state.w)  # boundary predictions M_0(k), also W_0 x for DGD
-        err = self.objective.error(kw, v)
+        # exact delta rule: (W_{t-1} k - v) k^T = (W_{t-1} k) k^T + (-v) k^T, the first term
+        # is the kernel's per-token u, the second a state-independent error
+        err = -v if self._exact_delta else self.objective.error(kw, v)
         s0 = state.s
         zs = lambda z: None if s0 is None else z @ _t(s0)
-        u = chunk_delta_u(c, inv, eta, kw, zs(k), gk, err) if self.rule.delta else None
+        u = chunk_delta_u(c, inv, eta, kw, zs(k), gk, err) if self._kernel_delta else None
         y = chunk_read(c, q @ _t(state.w), zs(q), gq, err, dq, u)
         w, s = chunk_end(c, state.w, s0, k, err, u)
         return LinearState(w, s), y
