@@ -169,21 +169,27 @@ class AbstractMemory:
         """
         self._check_chunk(chunk_size)
         arrays = self._prepare(q, k, v, eta, alpha, beta)
+        mv = lambda a: jnp.moveaxis(a, 2, 0)
+
+        def token(st, inp, boundary=None):
+            qt, kt, vt, et, at_, bt = inp
+            if not self.inclusive:
+                y = self.read(st, qt)
+            st = self.write(st, kt, vt, et, at_, bt, at=boundary)
+            if self.inclusive:
+                y = self.read(st, qt)
+            return st, y
+
+        if chunk_size == 1:
+            # every token is its own boundary: one flat scan, gradients at the current state
+            state, y = jax.lax.scan(token, state, tuple(mv(a) for a in arrays))
+            return state, jnp.swapaxes(jnp.moveaxis(y, 0, 2), 1, 2)
 
         def chunk(state, qc, kc, vc, ec, ac, bc):
             boundary = state
 
-            def token(st, inp):
-                qt, kt, vt, et, at_, bt = inp
-                if not self.inclusive:
-                    y = self.read(st, qt)
-                st = self.write(st, kt, vt, et, at_, bt, at=boundary)
-                if self.inclusive:
-                    y = self.read(st, qt)
-                return st, y
-
-            mv = lambda a: jnp.moveaxis(a, 2, 0)
-            state, y = jax.lax.scan(token, state, tuple(mv(a) for a in (qc, kc, vc, ec, ac, bc)))
+            step = lambda st, inp: token(st, inp, boundary)
+            state, y = jax.lax.scan(step, state, tuple(mv(a) for a in (qc, kc, vc, ec, ac, bc)))
             return state, jnp.moveaxis(y, 0, 2)
 
         state, y = self._scan_chunks(chunk, state, arrays, chunk_size)
