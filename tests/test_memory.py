@@ -255,14 +255,16 @@ def test_chunked_gradients_equal_token_by_token(name, chunk):
     assert float(jnp.abs(g1[argnums.index(2)]).sum()) > 0  # gradient reaches the keys
 
 
-def test_mlp_memory_check_grads_through_three_inner_steps():
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_mlp_memory_check_grads_through_three_inner_steps(chunk):
+    """Three inner writes: three sequential steps (chunk 1) or one chunk of three (chunk 3)."""
     mem = MLPMemory(5, rule=DGD(0.9))
     q, k, v, eta, alpha, beta = _inputs(3, jax.random.key(11), eta_scale=0.3)
     params = mem.init_params(jax.random.key(12), heads=H, d_k=D, d_v=D)
 
     def f(params, q, k, v, eta):
         st = mem.init_state(params, B)
-        _, y = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=3)
+        _, y = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=chunk)
         return y
 
     with jax.numpy_dtype_promotion("standard"):
@@ -398,3 +400,15 @@ def test_exact_mode_rejects_unsupported_rules():
         LinearMemory(L2(), Momentum(0.9), gradient_at="token")
     with pytest.raises(ValueError, match="gradient_at must be"):
         LinearMemory(gradient_at="chunk")
+
+
+@pytest.mark.parametrize("name", ["linear-l2-dgd", "mlp-l2-momentum", "softmax-window"])
+def test_write_read_chunk_is_one_chunk_in_the_sequence_layout(name):
+    mem = MEMORIES[name]
+    q, k, v, eta, alpha, beta = _inputs(7, jax.random.key(31), eta_scale=0.3)
+    st = _state(mem)
+    s1, y1 = mem.write_read_chunk(st, q, k, v, eta, alpha, beta)
+    s2, y2 = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=7)
+    assert y1.shape == v.shape
+    _close(y1, y2, atol=1e-6, rtol=1e-6)  # same math; XLA fuses differently inside a scan
+    _close(s1, s2, atol=1e-6, rtol=1e-6)

@@ -6,7 +6,7 @@ of a per-sample, per-head state pytree:
 * ``write(state, k, v, eta, alpha, beta, at=None)`` and ``read(state, q)`` act on one token
   (``k, v, q: [batch, heads, dim]``; rates ``[batch, heads]``).
 * ``write_read_chunk(state, q, k, v, eta, alpha, beta)`` processes one chunk in parallel
-  (``[batch, heads, C, dim]``, rates ``[batch, heads, C]``): every inner gradient is taken at the
+  (``[batch, C, heads, dim]``, rates ``[batch, C, heads]``): every inner gradient is taken at the
   chunk-boundary state and token ``t`` reads the per-token state after the writes of tokens ``< t``.
 * :meth:`AbstractMemory.write_read` runs a whole sequence (``[batch, seq, heads, dim]``) chunk by
   chunk inside ``lax.scan``; :meth:`AbstractMemory.write_read_reference` is its slow twin, a
@@ -61,10 +61,19 @@ class AbstractMemory:
         """The state-dependent part of one chunk: ``(state, y)``."""
         raise NotImplementedError
 
-    def write_read_chunk(self, state, q, k, v, eta, alpha, beta):
-        """One chunk in parallel: ``q, k: [B, H, C, d_k]``, ``v: [B, H, C, d_v]``, rates
-        ``[B, H, C]``. Returns ``(state, y)`` with ``y: [B, H, C, d_v]``."""
+    def _chunk(self, state, q, k, v, eta, alpha, beta):
+        """One chunk in the internal layout (``[B, H, C, d]``, rates ``[B, H, C]``)."""
         return self._chunk_step(state, *self._chunk_prep(q, k, v, eta, alpha, beta))
+
+    def write_read_chunk(self, state, q, k, v, eta=None, alpha=None, beta=None):
+        """One chunk in parallel: all ``C`` tokens of the inputs form a single chunk.
+
+        Same layout as :meth:`write_read` (``q, k: [batch, C, heads, d_k]``, rates
+        ``[batch, C, heads]``); equal to ``write_read(..., chunk_size=C)``.
+        """
+        arrays = self._prepare(q, k, v, eta, alpha, beta)
+        state, y = self._chunk(state, *arrays)
+        return state, jnp.swapaxes(y, 1, 2)
 
     def _default_rates(self, like):
         """Rates used when the caller passes None: (eta, alpha, beta) for ``like: [B, T, H, d]``."""
