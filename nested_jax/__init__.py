@@ -6,7 +6,7 @@ Sub-packages:
            non-parametric memories with chunk-parallel forms and token-by-token twins (§2, §3.5)
 """
 
-from nested_jax import memory
+from nested_jax import memory, optim
 from nested_jax.levels import Level, LevelsResult, firing_schedule, run_levels, run_levels_reference
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __all__ = [
     "LevelsResult",
     "firing_schedule",
     "memory",
+    "optim",
     "run_levels",
     "run_levels_reference",
 ]

@@ -1,0 +1,50 @@
+"""Optimizers as associative memories, as Optax transformations (paper §3; DESIGN §2.4, §4).
+
+Where things are:
+  momentum.py       momentum as a memory; delta momentum (L2 objective)
+  adam.py           Adam as the optimal associative memory (EMA == optax.adam, literal)
+  newton_schulz.py  Newton-Schulz output nonlinearity (Muon's direction), cubic/quintic
+  m3.py             M3, Multi-scale Momentum Muon (Algorithm 1), non-matrix leaves to AdamW
+  base.py           read_memory: look inside any of these optimizers' memories
+"""
+
+from nested_jax.optim.adam import AdamMemoryState, AdamReading, adam_memory, scale_by_adam_memory
+from nested_jax.optim.base import read_memory, register_reader
+from nested_jax.optim.m3 import M3Reading, M3State, m3, scale_by_m3
+from nested_jax.optim.momentum import (
+    MomentumMemoryState,
+    delta_momentum,
+    momentum_memory,
+    scale_by_delta_momentum,
+    scale_by_momentum_memory,
+)
+from nested_jax.optim.newton_schulz import (
+    CUBIC,
+    QUINTIC,
+    newton_schulz,
+    orthogonality_gd_step,
+    scale_by_newton_schulz,
+)
+
+__all__ = [
+    "CUBIC",
+    "QUINTIC",
+    "AdamMemoryState",
+    "AdamReading",
+    "M3Reading",
+    "M3State",
+    "MomentumMemoryState",
+    "adam_memory",
+    "delta_momentum",
+    "m3",
+    "momentum_memory",
+    "newton_schulz",
+    "orthogonality_gd_step",
+    "read_memory",
+    "register_reader",
+    "scale_by_adam_memory",
+    "scale_by_delta_momentum",
+    "scale_by_m3",
+    "scale_by_momentum_memory",
+    "scale_by_newton_schulz",
+]

@@ -1,0 +1,230 @@
+"""Optimizers as memories: reduced cases equal optax, M3 equals Algorithm 1, memories readable."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nested_jax import optim
+
+
+def _grads(key, n, shape=(4, 3)):
+    return jax.random.normal(key, (n,) + shape)
+
+
+def _run(tx, params, grads):
+    """Apply ``tx`` to a fixed gradient sequence (a pytree like ``params`` with a leading time
+    axis, or one array used for every leaf of matching shape); returns every params iterate."""
+    state = tx.init(params)
+    if not isinstance(grads, dict):
+        grads = jax.tree.map(lambda _: grads, params)
+
+    def step(carry, g):
+        p, s = carry
+        u, s = tx.update(g, s, p)
+        p = optax.apply_updates(p, u)
+        return (p, s), p
+
+    (_, state), ps = jax.lax.scan(step, (params, state), grads)
+    return ps, state
+
+
+# ------------------------------------------------------------------------- reduced cases
+@pytest.mark.parametrize("decay", [0.0, 0.9])
+def test_momentum_memory_equals_optax_sgd(decay):
+    p0 = {"w": jnp.ones((4, 3))}
+    grads = _grads(jax.random.key(0), 100)
+    ours, _ = _run(optim.momentum_memory(0.05, decay), p0, grads)
+    ref, _ = _run(optax.sgd(0.05, momentum=decay if decay else None), p0, grads)
+    np.testing.assert_allclose(np.asarray(ours["w"]), np.asarray(ref["w"]), atol=1e-6, rtol=1e-6)
+
+
+def test_adam_memory_equals_optax_adam():
+    p0 = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    grads = {"w": _grads(jax.random.key(1), 100), "b": _grads(jax.random.key(10), 100, (3,))}
+    tx_ref = optax.adam(1e-2)
+    ours, _ = _run(optim.adam_memory(1e-2), p0, grads)
+    with jax.numpy_dtype_promotion("standard"):  # optax's adam is not strict-clean
+        ref, _ = _run(tx_ref, p0, grads)
+    for k in p0:
+        np.testing.assert_allclose(np.asarray(ours[k]), np.asarray(ref[k]), atol=1e-6, rtol=1e-6)
+
+
+def test_adam_literal_is_appendix_b_formula():
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    tx = optim.scale_by_adam_memory(b1, b2, eps, variant="literal")
+    g = np.asarray(_grads(jax.random.key(2), 5))
+    state = tx.init(jnp.zeros((4, 3)))
+    m = np.zeros((4, 3))
+    h = np.zeros((4, 3))
+    for t in range(5):
+        d, state = tx.update(jnp.asarray(g[t]), state)
+        m, h = m + b1 * g[t], h + b2 * g[t] ** 2
+        # m* = P M / H with P = sqrt(H / b2): the step is M / (sqrt(b2) (sqrt(H) + eps))
+        np.testing.assert_allclose(np.asarray(d), m / (np.sqrt(b2) * (np.sqrt(h) + eps)), rtol=1e-5)
+
+
+def test_delta_momentum_rule_and_reduction():
+    decay, beta = 0.9, 0.5
+    g = np.asarray(_grads(jax.random.key(3), 6), np.float64)
+    tx = optim.scale_by_delta_momentum(decay, beta)
+    state = tx.init(jnp.zeros((4, 3)))
+    m = np.zeros((4, 3))
+    for t in range(6):
+        d, state = tx.update(jnp.asarray(g[t], jnp.float32), state)
+        gh = g[t] / np.linalg.norm(g[t])
+        m = decay * m - beta * gh * np.sum(gh * m) + g[t]
+        np.testing.assert_allclose(np.asarray(d), m, rtol=1e-5, atol=1e-6)
+    # beta = 0: heavy-ball momentum
+    a, _ = _run(
+        optim.delta_momentum(0.1, decay, beta=0.0),
+        {"w": jnp.ones((4, 3))},
+        _grads(jax.random.key(4), 20),
+    )
+    b, _ = _run(
+        optax.sgd(0.1, momentum=decay), {"w": jnp.ones((4, 3))}, _grads(jax.random.key(4), 20)
+    )
+    np.testing.assert_allclose(np.asarray(a["w"]), np.asarray(b["w"]), atol=1e-6)
+
+
+def test_delta_momentum_forgets_along_the_new_gradient():
+    """Writing the same direction twice: the L2 memory decays the old copy, the dot one does not."""
+    g = jnp.ones((4, 3))
+    dot = optim.scale_by_momentum_memory(1.0)
+    l2 = optim.scale_by_momentum_memory(1.0, objective="l2", beta=1.0)
+    for tx, expected in ((dot, 2.0), (l2, 1.0)):
+        s = tx.init(g)
+        _, s = tx.update(g, s)
+        d, s = tx.update(g, s)
+        np.testing.assert_allclose(np.asarray(d), expected * np.ones((4, 3)), rtol=1e-6)
+
+
+def test_cubic_newton_schulz_is_one_gd_step_on_orthogonality():
+    g = jax.random.normal(jax.random.key(5), (5, 3))
+    g = g / jnp.linalg.norm(g)
+    one = optim.newton_schulz(g, steps=1, coeffs="cubic", eps=0.0)
+    np.testing.assert_allclose(
+        np.asarray(one), np.asarray(optim.orthogonality_gd_step(g, 0.25)), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (5, 8), (16, 16)])
+def test_quintic_newton_schulz_orthogonalises(shape):
+    x = jax.random.normal(jax.random.key(6), shape)
+    o = optim.newton_schulz(x, steps=5)
+    s = np.linalg.svd(np.asarray(o), compute_uv=False)
+    # Muon's quintic maps singular values into roughly [0.7, 1.2]
+    assert s.min() > 0.6 and s.max() < 1.25
+    u, _, vt = np.linalg.svd(np.asarray(x), full_matrices=False)
+    polar = u @ vt
+    cos = np.sum(polar * np.asarray(o)) / (np.linalg.norm(polar) * np.linalg.norm(o))
+    assert cos > 0.97
+
+
+def test_momentum_plus_newton_schulz_is_muon_direction():
+    """Muon (optax.contrib, no Nesterov) normalises an EMA momentum, ours a heavy-ball sum: the
+    two differ by the scalar (1 - beta) / (1 - beta^t), which the Frobenius normalisation inside
+    Newton-Schulz removes. (optax's ``muon`` alias additionally scales by
+    sqrt(max(1, fan_out / fan_in)); see docs/decisions.md.)"""
+    beta = 0.95
+    ours = optax.chain(optim.scale_by_momentum_memory(beta), optim.scale_by_newton_schulz())
+    ref = optax.contrib.scale_by_muon(beta=beta, nesterov=False)
+    g = _grads(jax.random.key(7), 12, (6, 4))
+    s1, s2 = ours.init(g[0]), ref.init(g[0])
+    for t in range(12):
+        d1, s1 = ours.update(g[t], s1)
+        with jax.numpy_dtype_promotion("standard"):  # optax's own code is not strict-clean
+            d2, s2 = ref.update(g[t], s2)
+        np.testing.assert_allclose(np.asarray(d1), np.asarray(d2), atol=2e-5, rtol=2e-4)
+
+
+# --------------------------------------------------------------------------------------- M3
+def _m3_python(grads, *, b1, b2, b3, alpha, eps, f, variant, steps=5):
+    """Algorithm 1 as a plain loop (NS from the library: its own tests cover it)."""
+    ns = lambda x: np.asarray(optim.newton_schulz(jnp.asarray(x, jnp.float32), steps))
+    m1 = np.zeros(grads[0].shape)
+    m2, v, buf, o2 = m1.copy(), m1.copy(), m1.copy(), m1.copy()
+    out = []
+    for t, g in enumerate(grads):
+        if variant == "literal":
+            m1, v = m1 + b1 * g, v + b2 * g * g
+        else:
+            m1, v = b1 * m1 + g, b2 * v + (1 - b2) * g * g
+        buf = buf + g
+        out.append((ns(m1) + alpha * o2) / (np.sqrt(v) + eps))
+        if (t + 1) % f == 0:
+            m2 = m2 + b3 * buf if variant == "literal" else b3 * m2 + buf
+            o2, buf = ns(m2), np.zeros_like(buf)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("variant", ["literal", "ema"])
+def test_m3_follows_algorithm_1(variant):
+    hp = dict(b1=0.9, b2=0.99, b3=0.8, alpha=0.5, eps=1e-8)
+    g = np.asarray(_grads(jax.random.key(8), 11, (5, 4)))
+    tx = optim.scale_by_m3(**hp, slow_period=4, variant=variant)
+    state = tx.init(jnp.zeros((5, 4)))
+    got = []
+    for t in range(11):
+        d, state = tx.update(jnp.asarray(g[t]), state)
+        got.append(np.asarray(d))
+    expected = _m3_python(g, **hp, f=4, variant=variant)
+    np.testing.assert_allclose(np.stack(got), expected, rtol=2e-4, atol=2e-5)
+    assert int(state.count) == 11
+    reading = optim.read_memory(state)
+    assert isinstance(reading, optim.M3Reading)
+    np.testing.assert_allclose(np.asarray(reading.slow_orthogonal), np.asarray(state.o2))
+
+
+def test_m3_sends_non_matrix_leaves_to_adamw():
+    params = {"w": jnp.ones((5, 4)), "b": jnp.ones(4), "emb": jnp.ones((7, 4))}
+    tx = optim.m3(0.01, embeddings=lambda p: {"w": False, "b": False, "emb": True})
+    ref = optax.adamw(0.01, weight_decay=0.0)
+    g = {k: jax.random.normal(jax.random.key(9), v.shape) for k, v in params.items()}
+    other = {"b": params["b"], "emb": params["emb"]}
+    with jax.numpy_dtype_promotion("standard"):  # optax's adamw is not strict-clean
+        u, s = tx.update(g, tx.init(params), params)
+        ru, _ = ref.update({"b": g["b"], "emb": g["emb"]}, ref.init(other), other)
+    np.testing.assert_allclose(np.asarray(u["b"]), np.asarray(ru["b"]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(u["emb"]), np.asarray(ru["emb"]), rtol=1e-6)
+    assert not np.allclose(np.asarray(u["w"]), 0.0)
+    assert isinstance(optim.read_memory(s), optim.M3Reading)
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="objective must be"):
+        optim.scale_by_momentum_memory(objective="cosine")
+    with pytest.raises(ValueError, match="variant must be"):
+        optim.scale_by_adam_memory(variant="amsgrad")
+    with pytest.raises(ValueError, match="slow_period"):
+        optim.scale_by_m3(slow_period=0)
+    with pytest.raises(ValueError, match="coeffs"):
+        optim.scale_by_newton_schulz(coeffs="septic")
+    with pytest.raises(ValueError, match="acts on matrices"):
+        optim.scale_by_m3().init({"b": jnp.ones(3)})
+    with pytest.raises(ValueError, match="no nested_jax optimizer memory"):
+        optim.read_memory(optax.adam(1e-3).init(jnp.ones(3)))
+
+
+# ----------------------------------------------------------------------------- read_memory
+def test_read_memory_through_wrappers():
+    params = jnp.ones((4, 3))
+    g = jnp.full((4, 3), 0.5)
+    tx = optax.inject_hyperparams(optim.momentum_memory)(learning_rate=0.1, decay=0.5)
+    s = tx.init(params)
+    _, s = tx.update(g, s, params)
+    _, s = tx.update(g, s, params)
+    np.testing.assert_allclose(np.asarray(optim.read_memory(s)), 0.75 * np.ones((4, 3)))
+    adam = optax.MultiSteps(optim.adam_memory(0.1), every_k_schedule=1)
+    s = adam.init(params)
+    with jax.numpy_dtype_promotion("standard"):  # MultiSteps' own code is not strict-clean
+        _, s = adam.update(g, s, params)
+    r = optim.read_memory(s, probe=params)
+    assert isinstance(r, optim.AdamReading)
+    np.testing.assert_allclose(np.asarray(r.momentum), 0.05 * np.ones((4, 3)), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(r.preconditioned_probe),
+        1.0 / np.sqrt(0.001 * 0.25) * np.ones((4, 3)),
+        rtol=1e-4,
+    )
