@@ -70,13 +70,19 @@ def scale_by_m3(
       b1, b2, b3: fast momentum, second moment and slow momentum factors.
       alpha: weight of the slow (orthogonalised) momentum.
       eps: added to ``sqrt(V)``.
-      slow_period: ``f``, steps per slow update.
+      slow_period: ``f``, steps per slow update (with ``optax.inject_hyperparams``, pass
+        ``static_args=("ns_steps",)``: the number of Newton-Schulz steps must be static).
       ns_steps, ns_coeffs: Newton-Schulz steps and coefficients (``"quintic"`` or ``"cubic"``).
       variant: ``"literal"`` (Algorithm 1's undecayed sums) or ``"ema"`` (decayed, Muon-style).
     """
     if variant not in ("literal", "ema"):
         raise ValueError(f"variant must be 'literal' or 'ema', got {variant!r}.")
-    if isinstance(slow_period, bool) or not isinstance(slow_period, int) or slow_period < 1:
+    # slow_period may arrive as an array (e.g. injected by optax.inject_hyperparams); only a
+    # Python value can be checked here.
+    if isinstance(slow_period, bool) or (
+        isinstance(slow_period, int | float)
+        and (slow_period < 1 or slow_period != int(slow_period))
+    ):
         raise ValueError(f"slow_period must be a positive int, got {slow_period!r}.")
     _coeffs(ns_coeffs)
     ns = lambda x: newton_schulz(x, ns_steps, ns_coeffs)
