@@ -28,7 +28,10 @@ OPTIMIZERS = {
     "adam_literal": (partial(optim.adam_memory, variant="literal"), 0.3, 0.03, True, False),
     "m3": (partial(optim.m3, slow_period=5), 0.01, 0.03, False, True),
     "m3_literal": (partial(optim.m3, slow_period=5, variant="literal"), 0.3, 0.3, False, False),
+    "dmgd": (partial(optim.dmgd, inner_lr=0.01, decay=0.99), 0.2, 1.2e-3, True, True),
 }
+# hyperparameters that shape arrays or Python loops must stay static under inject_hyperparams
+STATIC = {"m3": ("ns_steps",), "m3_literal": ("ns_steps",), "dmgd": ("hidden_factor", "seed")}
 STEPS = 3000
 
 
@@ -120,8 +123,7 @@ def test_no_recompilation_on_second_call(name):
 def test_identical_under_inject_hyperparams(name):
     make, lr, *_ = OPTIMIZERS[name]
     plain = make(lr)
-    static = ("ns_steps",) if name.startswith("m3") else ()
-    injected = optax.inject_hyperparams(make, static_args=static)(learning_rate=lr)
+    injected = optax.inject_hyperparams(make, static_args=STATIC.get(name, ()))(learning_rate=lr)
     p = _params()
     g = jax.tree.map(lambda a: jnp.sin(a) + 0.1, p)
     with jax.numpy_dtype_promotion("standard"):  # inject_hyperparams is not strict-clean

@@ -118,6 +118,11 @@ class MLPMemory(AbstractMemory):
         out = jnp.einsum("...vh,...h->...v", w1, h)
         return z + out if self.residual else out
 
+    def apply(self, params: MLPParams | MLPState, z: jax.Array) -> jax.Array:
+        """The memory's map ``M(z)`` with the weights of ``params`` (any leading dims that
+        broadcast: ``w1: [..., d_v, hid]``, ``w2: [..., hid, d_k]``, ``z: [..., d_k]``)."""
+        return self._apply(params.w1, params.w2, z)
+
     def read(self, state: MLPState, q):
         """``q: [batch, heads, d_k] -> [batch, heads, d_v]``."""
         return self._apply(state.w1, state.w2, q.astype(jnp.float32))

@@ -5,11 +5,13 @@ Where things are:
   adam.py           Adam as the optimal associative memory (EMA == optax.adam, literal)
   newton_schulz.py  Newton-Schulz output nonlinearity (Muon's direction), cubic/quintic
   m3.py             M3, Multi-scale Momentum Muon (Algorithm 1), non-matrix leaves to AdamW
+  dmgd.py           DMGD, deep momentum: an MLP memory per parameter leaf, meta-learnable init
   base.py           read_memory: look inside any of these optimizers' memories
 """
 
 from nested_jax.optim.adam import AdamMemoryState, AdamReading, adam_memory, scale_by_adam_memory
 from nested_jax.optim.base import read_memory, register_reader
+from nested_jax.optim.dmgd import DMGDState, dmgd, dmgd_memory, init_dmgd_memory, scale_by_dmgd
 from nested_jax.optim.m3 import M3Reading, M3State, m3, scale_by_m3
 from nested_jax.optim.momentum import (
     MomentumMemoryState,
@@ -31,11 +33,15 @@ __all__ = [
     "QUINTIC",
     "AdamMemoryState",
     "AdamReading",
+    "DMGDState",
     "M3Reading",
     "M3State",
     "MomentumMemoryState",
     "adam_memory",
     "delta_momentum",
+    "dmgd",
+    "dmgd_memory",
+    "init_dmgd_memory",
     "m3",
     "momentum_memory",
     "newton_schulz",
@@ -44,6 +50,7 @@ __all__ = [
     "register_reader",
     "scale_by_adam_memory",
     "scale_by_delta_momentum",
+    "scale_by_dmgd",
     "scale_by_m3",
     "scale_by_momentum_memory",
     "scale_by_newton_schulz",
