@@ -299,3 +299,35 @@ def test_dmgd_initial_memory_can_be_meta_learned():
                 mem = optax.apply_updates(mem, up)
         after = float(_meta_loss(mem, test))
         assert after < 0.8 * before, (seed, before, after)
+
+
+# ------------------------------------------------------------------- preconditioned momentum
+def test_preconditioned_momentum_identity_is_heavy_ball():
+    p0 = {"w": jnp.ones((4, 3))}
+    grads = _grads(jax.random.key(30), 50)
+    a, _ = _run(optim.preconditioned_momentum(0.05, 0.9), p0, grads)
+    b, _ = _run(optax.sgd(0.05, momentum=0.9), p0, grads)
+    np.testing.assert_allclose(np.asarray(a["w"]), np.asarray(b["w"]), atol=1e-6)
+
+
+def test_preconditioned_momentum_diagonal_and_random_features_formulas():
+    g = np.asarray(_grads(jax.random.key(31), 4), np.float64)
+    tx = optim.scale_by_preconditioned_momentum(0.8, preconditioner="diagonal", b2=0.9, eps=1e-8)
+    s = tx.init(jnp.zeros((4, 3)))
+    m = np.zeros((4, 3))
+    v = np.zeros((4, 3))
+    for t in range(4):
+        d, s = tx.update(jnp.asarray(g[t], jnp.float32), s)
+        v = 0.9 * v + 0.1 * g[t] ** 2
+        m = 0.8 * m + g[t] / (np.sqrt(v / (1 - 0.9 ** (t + 1))) + 1e-8)
+        np.testing.assert_allclose(np.asarray(d), m, rtol=1e-4, atol=1e-5)
+    tx = optim.scale_by_preconditioned_momentum(
+        0.8, preconditioner="random_features", num_features=7
+    )
+    s = tx.init(jnp.zeros((4, 3)))
+    r = np.asarray(s.features[0], np.float64)
+    assert r.shape == (7, 3)
+    d, s = tx.update(jnp.asarray(g[0], jnp.float32), s)
+    np.testing.assert_allclose(np.asarray(d), np.tanh(g[0] @ r.T) @ r / 7, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="preconditioner must be"):
+        optim.scale_by_preconditioned_momentum(preconditioner="kfac")

@@ -28,10 +28,30 @@ OPTIMIZERS = {
     "adam_literal": (partial(optim.adam_memory, variant="literal"), 0.3, 0.03, True, False),
     "m3": (partial(optim.m3, slow_period=5), 0.01, 0.03, False, True),
     "m3_literal": (partial(optim.m3, slow_period=5, variant="literal"), 0.3, 0.3, False, False),
+    "precond_diagonal": (
+        partial(optim.preconditioned_momentum, decay=0.9, preconditioner="diagonal"),
+        0.01,
+        0.002,
+        True,
+        True,
+    ),
+    "precond_random_features": (
+        partial(optim.preconditioned_momentum, decay=0.9, preconditioner="random_features"),
+        0.05,
+        1e-3,
+        True,
+        True,
+    ),
     "dmgd": (partial(optim.dmgd, inner_lr=0.01, decay=0.99), 0.2, 1.2e-3, True, True),
 }
 # hyperparameters that shape arrays or Python loops must stay static under inject_hyperparams
-STATIC = {"m3": ("ns_steps",), "m3_literal": ("ns_steps",), "dmgd": ("hidden_factor", "seed")}
+STATIC = {
+    "m3": ("ns_steps",),
+    "m3_literal": ("ns_steps",),
+    "dmgd": ("hidden_factor", "seed"),
+    "precond_diagonal": ("num_features", "seed"),
+    "precond_random_features": ("num_features", "seed"),
+}
 STEPS = 3000
 
 

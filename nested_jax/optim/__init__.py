@@ -2,6 +2,7 @@
 
 Where things are:
   momentum.py       momentum as a memory; delta momentum (L2 objective)
+  preconditioned.py preconditioned momentum (identity, diagonal second moment, random features)
   adam.py           Adam as the optimal associative memory (EMA == optax.adam, literal)
   newton_schulz.py  Newton-Schulz output nonlinearity (Muon's direction), cubic/quintic
   m3.py             M3, Multi-scale Momentum Muon (Algorithm 1), non-matrix leaves to AdamW
@@ -27,6 +28,11 @@ from nested_jax.optim.newton_schulz import (
     orthogonality_gd_step,
     scale_by_newton_schulz,
 )
+from nested_jax.optim.preconditioned import (
+    PreconditionedMomentumState,
+    preconditioned_momentum,
+    scale_by_preconditioned_momentum,
+)
 
 __all__ = [
     "CUBIC",
@@ -37,6 +43,7 @@ __all__ = [
     "M3Reading",
     "M3State",
     "MomentumMemoryState",
+    "PreconditionedMomentumState",
     "adam_memory",
     "delta_momentum",
     "dmgd",
@@ -46,6 +53,7 @@ __all__ = [
     "momentum_memory",
     "newton_schulz",
     "orthogonality_gd_step",
+    "preconditioned_momentum",
     "read_memory",
     "register_reader",
     "scale_by_adam_memory",
@@ -54,4 +62,5 @@ __all__ = [
     "scale_by_m3",
     "scale_by_momentum_memory",
     "scale_by_newton_schulz",
+    "scale_by_preconditioned_momentum",
 ]
