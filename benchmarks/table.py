@@ -24,15 +24,37 @@ def memory_chunked_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def optim_step_table(data: dict) -> str:
+    m = data["machine"]
+    c = data["config"]
+    lines = [
+        f"Machine: {m['cpu_count']} CPU cores ({m['processor']}), {m['platform']}, jax {m['jax']}. "
+        f"{c['n_matrices']} matrices of {tuple(c['shape'])} ({c['n_params'] / 1e6:.1f}M params); "
+        "median of >= 5 jitted steps after warm-up.",
+        "",
+        "| optimizer | step (ms) | vs AdamW | vs Muon | compile (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        lines.append(
+            f"| {r['optimizer']} | {r['median_s'] * 1e3:.1f} | {r['vs_adamw']:.2f}x | "
+            f"{r['vs_muon']:.2f}x | {r['compile_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+TABLES = {"memory_chunked": memory_chunked_table, "optim_step": optim_step_table}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         raise SystemExit("usage: python -m benchmarks.table PATH.json")
     with open(argv[0]) as f:
         data = json.load(f)
-    if data.get("benchmark") != "memory_chunked":
+    if data.get("benchmark") not in TABLES:
         raise SystemExit(f"no table format for benchmark {data.get('benchmark')!r}")
-    print(memory_chunked_table(data))
+    print(TABLES[data["benchmark"]](data))
 
 
 if __name__ == "__main__":

@@ -27,3 +27,13 @@ def test_quick_benchmark_writes_json(tmp_path):
 def test_harness_rejects_too_few_repeats():
     with pytest.raises(ValueError, match="repeats must be >= 5"):
         harness.time_jitted(lambda x: x, (1.0,), repeats=2)
+
+
+def test_quick_optim_benchmark_writes_json(tmp_path):
+    out = tmp_path / "os.json"
+    run.main(["optim_step", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    names = {r["optimizer"] for r in data["results"]}
+    assert {"adamw", "muon", "m3", "dmgd_hidden_2x"} <= names
+    adamw = next(r for r in data["results"] if r["optimizer"] == "adamw")
+    assert adamw["vs_adamw"] == pytest.approx(1.0)
