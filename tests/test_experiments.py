@@ -1,0 +1,47 @@
+"""Each experiment's smoke mode runs and writes its JSON and PNG (the full runs are not tests)."""
+
+import json
+
+import pytest
+
+from experiments.continual_regression import run as continual
+from experiments.toy_surface import run as toy
+
+
+def test_toy_surface_smoke(tmp_path):
+    payload = toy.run(smoke=True, out=tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data == json.loads(json.dumps(payload))
+    assert (tmp_path / "surface.png").stat().st_size > 10_000
+    names = {r["optimizer"] for r in data["results"]}
+    assert {"momentum", "delta_momentum", "adam", "m3"} <= names
+    for r in data["results"]:
+        assert r["lr"] in data["config"]["lrs"]
+        assert r["steps_to_tol"] is None or 1 <= r["steps_to_tol"] <= data["config"]["max_steps"]
+
+
+def test_toy_surface_steps_to_tol():
+    import numpy as np
+
+    assert toy.steps_to(np.array([3.0, 2.0, 1e-5, 5.0]), 1e-4) == 3
+    assert toy.steps_to(np.array([3.0, np.nan]), 1e-4) is None
+
+
+def test_continual_regression_smoke(tmp_path):
+    continual.run(smoke=True, out=tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "forgetting.png").stat().st_size > 10_000
+    by = {r["optimizer"]: r for r in data["results"]}
+    assert {"sgd", "momentum", "delta_momentum", "adam", "m3"} == set(by)
+    # orthogonal input subspaces: plain SGD cannot forget (its gradients never touch old tasks)
+    assert abs(by["sgd"]["forgetting_mean"]) < 1e-6
+    assert by["sgd"]["old_subspace_momentum"] is None
+    n = data["config"]["n_tasks"]
+    assert len(by["momentum"]["old_subspace_momentum"]) == n - 1
+    assert all(0.0 <= f <= 1.0 + 1e-6 for f in by["momentum"]["old_subspace_momentum"])
+
+
+@pytest.mark.parametrize("mod", [toy, continual])
+def test_experiment_cli_smoke(mod, tmp_path, capsys):
+    mod.main(["--smoke", "--out", str(tmp_path)])
+    assert "wrote" in capsys.readouterr().out
