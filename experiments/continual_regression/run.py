@@ -10,7 +10,7 @@ optimizer; after every task we record the loss on every task. We report:
 * ``old_subspace_momentum``: after training each task ``t >= 2``, the fraction of the optimizer's
   momentum memory (``nested_jax.optim.read_memory``) lying in the *earlier* tasks' input
   subspaces, i.e. how much of the old gradient subspace the memory still holds — the quantity the
-  paper's argument is about.
+  paper's argument is about (``old_subspace_slow_momentum``: the same for M3's slow memory).
 
 Note what the setting implies: with orthogonal input subspaces plain SGD cannot forget (each
 task's gradients only touch ``W`` on its own subspace); any forgetting comes from optimizer state
@@ -87,31 +87,33 @@ def train(tx, tasks, steps, batch, key):
         return w, state
 
     losses = np.zeros((n, n))
-    old_fraction = []
+    old_fraction, old_fraction_slow = [], []
     for t in range(n):
         w, state = run_task(w, state, bases[t], targets[t], jax.random.fold_in(key, t))
         for s in range(n):
             losses[t, s] = float(task_loss(w["w"], bases[s], targets[s], eval_key))
         if t > 0:
-            mem = _momentum_of(state)
-            if mem is not None:
-                old = jnp.concatenate(bases[:t], axis=1)  # the earlier tasks' subspaces
-                proj = mem @ old @ old.T
-                old_fraction.append(float(jnp.linalg.norm(proj) / (jnp.linalg.norm(mem) + 1e-12)))
-    return losses, old_fraction
+            old = jnp.concatenate(bases[:t], axis=1)  # the earlier tasks' subspaces
+            frac = lambda m: float(jnp.linalg.norm(m @ old @ old.T) / (jnp.linalg.norm(m) + 1e-12))
+            fast, slow = _memories_of(state)
+            if fast is not None:
+                old_fraction.append(frac(fast))
+            if slow is not None:
+                old_fraction_slow.append(frac(slow))
+    return losses, old_fraction, old_fraction_slow
 
 
-def _momentum_of(state):
-    """The fast momentum matrix held by a nested_jax optimizer state, or None (plain SGD)."""
+def _memories_of(state):
+    """(fast, slow) momentum matrices of a nested_jax optimizer state (None where absent)."""
     try:
         reading = optim.read_memory(state)
     except ValueError:
-        return None
+        return None, None
     if isinstance(reading, optim.AdamReading):
-        return reading.momentum["w"]
+        return reading.momentum["w"], None
     if isinstance(reading, optim.M3Reading):
-        return reading.fast["w"]
-    return reading["w"]
+        return reading.fast["w"], reading.slow["w"]
+    return reading["w"], None
 
 
 def summarise(losses):
@@ -125,7 +127,7 @@ def run(*, smoke: bool = False, out: str | Path = "runs/continual_regression") -
     out.mkdir(parents=True, exist_ok=True)
     n_tasks, d, d_out = (3, 12, 4) if smoke else (4, 32, 8)
     steps = 40 if smoke else 300
-    lrs = [0.03, 0.1] if smoke else [0.003, 0.01, 0.03, 0.1, 0.3]
+    lrs = [0.03, 0.1] if smoke else [3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3]
     seeds = [0] if smoke else [0, 1, 2]
     t0 = time.perf_counter()
     results = []
@@ -138,15 +140,15 @@ def run(*, smoke: bool = False, out: str | Path = "runs/continual_regression") -
                 for seed in seeds:
                     key = jax.random.key(seed)
                     tasks = make_tasks(key, n_tasks, d, d_out, noise=0.1)
-                    losses, frac = train(make(lr), tasks, steps, 32, jax.random.fold_in(key, 7))
-                    per_seed.append((losses, frac))
-                finals = [summarise(ls)[0] for ls, _ in per_seed]
+                    per_seed.append(train(make(lr), tasks, steps, 32, jax.random.fold_in(key, 7)))
+                finals = [summarise(r[0])[0] for r in per_seed]
                 score = float(np.mean(finals)) if np.all(np.isfinite(finals)) else np.inf
                 if best is None or score < best[0]:
                     best = (score, lr, per_seed)
             _, lr, per_seed = best
-            summaries = [summarise(ls) for ls, _ in per_seed]
-            fracs = [f for _, f in per_seed if f]
+            summaries = [summarise(r[0]) for r in per_seed]
+            fracs = [r[1] for r in per_seed if r[1]]
+            slow = [r[2] for r in per_seed if r[2]]
             results.append(
                 {
                     "optimizer": name,
@@ -156,6 +158,7 @@ def run(*, smoke: bool = False, out: str | Path = "runs/continual_regression") -
                     "forgetting_mean": float(np.mean([s[1] for s in summaries])),
                     "forgetting_std": float(np.std([s[1] for s in summaries])),
                     "old_subspace_momentum": np.mean(fracs, axis=0).tolist() if fracs else None,
+                    "old_subspace_slow_momentum": np.mean(slow, axis=0).tolist() if slow else None,
                     "loss_matrix_seed0": per_seed[0][0].tolist(),
                 }
             )
@@ -208,11 +211,13 @@ def main(argv=None):
     payload = run(smoke=args.smoke, out=args.out)
     for r in payload["results"]:
         frac = r["old_subspace_momentum"]
+        slow = r["old_subspace_slow_momentum"]
         print(
             f"{r['optimizer']:>15} lr={r['lr']:<6g} final avg loss "
             f"{r['final_avg_loss_mean']:.4f} +- {r['final_avg_loss_std']:.4f}  forgetting "
             f"{r['forgetting_mean']:+.4f}  momentum in old subspaces "
             f"{'-' if frac is None else [round(f, 3) for f in frac]}"
+            + ("" if slow is None else f"  slow memory {[round(f, 3) for f in slow]}")
         )
     print(f"wrote {Path(args.out) / 'results.json'} and forgetting.png")
 
