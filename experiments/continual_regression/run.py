@@ -94,13 +94,17 @@ def train(tx, tasks, steps, batch, key):
             losses[t, s] = float(task_loss(w["w"], bases[s], targets[s], eval_key))
         if t > 0:
             old = jnp.concatenate(bases[:t], axis=1)  # the earlier tasks' subspaces
-            frac = lambda m: float(jnp.linalg.norm(m @ old @ old.T) / (jnp.linalg.norm(m) + 1e-12))
             fast, slow = _memories_of(state)
             if fast is not None:
-                old_fraction.append(frac(fast))
+                old_fraction.append(_fraction_in(fast, old))
             if slow is not None:
-                old_fraction_slow.append(frac(slow))
+                old_fraction_slow.append(_fraction_in(slow, old))
     return losses, old_fraction, old_fraction_slow
+
+
+def _fraction_in(m, basis):
+    """||m projected on span(basis)|| / ||m|| (rows of ``m`` live in input space)."""
+    return float(jnp.linalg.norm(m @ basis @ basis.T) / (jnp.linalg.norm(m) + 1e-12))
 
 
 def _memories_of(state):

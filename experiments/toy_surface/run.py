@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -85,9 +86,7 @@ def run(*, smoke: bool = False, out: str | Path = "runs/toy_surface") -> dict:
             for name, make in optimizers().items():
                 best = None
                 for lr in lrs:
-                    run_one = jax.jit(
-                        lambda tx=make(lr), omega=omega: trajectory(tx, omega, max_steps)
-                    )
+                    run_one = jax.jit(partial(trajectory, make(lr), omega, max_steps))
                     losses, xs = (np.asarray(a) for a in run_one())
                     n = steps_to(losses, tol)
                     final = float(losses[-1])
