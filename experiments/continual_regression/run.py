@@ -131,7 +131,7 @@ def run(*, smoke: bool = False, out: str | Path = "runs/continual_regression") -
     out.mkdir(parents=True, exist_ok=True)
     n_tasks, d, d_out = (3, 12, 4) if smoke else (4, 32, 8)
     steps = 40 if smoke else 300
-    lrs = [0.03, 0.1] if smoke else [3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3]
+    lrs = [0.03, 0.1] if smoke else [3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3]
     seeds = [0] if smoke else [0, 1, 2]
     t0 = time.perf_counter()
     results = []
