@@ -4,6 +4,8 @@ Sub-packages:
   levels   learning levels and the multi-frequency runner (paper §2.3, §4.1)
   memory   associative memories: objectives, update rules (GD, momentum, DGD), linear / MLP /
            non-parametric memories with chunk-parallel forms and token-by-token twins (§2, §3.5)
+  optim    optimizers as memories, as Optax transformations: momentum, delta / preconditioned
+           momentum, Adam, DMGD, Newton-Schulz, M3, read_memory (§3)
 """
 
 from nested_jax import memory, optim
