@@ -24,8 +24,6 @@ Run: ``python -m experiments.continual_regression.run [--smoke] [--out DIR]``
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.common import parse_args, pyplot, save_figure, write_results
 from nested_jax import optim
 
 
@@ -181,17 +180,13 @@ def run(*, smoke: bool = False, out: str | Path = "runs/continual_regression") -
         "results": results,
         "seconds": time.perf_counter() - t0,
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(out, payload)
     _plot(curves, out / "forgetting.png")
     return payload
 
 
 def _plot(curves, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, losses in curves.items():
         ax.plot(np.arange(1, losses.shape[0] + 1), losses[:, 0], marker="o", label=name)
@@ -202,16 +197,11 @@ def _plot(curves, path):
         title="Task 1 loss as later orthogonal tasks are learned (seed 0)",
     )
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--smoke", action="store_true", help="seconds-long run (tests use it)")
-    p.add_argument("--out", default="runs/continual_regression")
-    args = p.parse_args(argv)
+    args = parse_args(__doc__, "runs/continual_regression", argv)
     payload = run(smoke=args.smoke, out=args.out)
     for r in payload["results"]:
         frac = r["old_subspace_momentum"]

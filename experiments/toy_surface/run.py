@@ -13,8 +13,6 @@ Run: ``python -m experiments.toy_surface.run [--smoke] [--out DIR]`` -> results.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.common import parse_args, pyplot, save_figure, write_results
 from nested_jax import optim
 
 K, A = 10.0, 1.0
@@ -111,17 +110,13 @@ def run(*, smoke: bool = False, out: str | Path = "runs/toy_surface") -> dict:
         "results": results,
         "seconds": time.perf_counter() - t0,
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(out, payload)
     _plot(best_traj, omegas, out / "surface.png")
     return payload
 
 
 def _plot(best_traj, omegas, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(omegas), figsize=(5 * len(omegas), 8), squeeze=False)
     rr, tt = np.meshgrid(np.linspace(-4, 1.5, 200), np.linspace(-3, 3, 200))
     for j, omega in enumerate(omegas):
@@ -144,16 +139,11 @@ def _plot(best_traj, omegas, path):
         )
         axes[1, j].set(xlabel="step", ylabel="psi", title="loss (best lr each)")
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--smoke", action="store_true", help="seconds-long run (tests use it)")
-    p.add_argument("--out", default="runs/toy_surface")
-    args = p.parse_args(argv)
+    args = parse_args(__doc__, "runs/toy_surface", argv)
     payload = run(smoke=args.smoke, out=args.out)
     for r in payload["results"]:
         n = r["steps_to_tol"]

@@ -1,0 +1,35 @@
+"""Shared plumbing of the experiments: the command line, JSON output and figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def parse_args(doc: str, default_out: str, argv=None) -> argparse.Namespace:
+    """``--smoke`` (a seconds-long run, used by the tests) and ``--out DIR``."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="seconds-long run (tests use it)")
+    p.add_argument("--out", default=default_out, help="folder for results.json and the plot")
+    return p.parse_args(argv)
+
+
+def write_results(out: Path, payload: dict) -> None:
+    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def pyplot():
+    """matplotlib's pyplot on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
