@@ -1,0 +1,63 @@
+"""Transformer++ block (the baseline of paper Table 2): RMSNorm, RoPE, SwiGLU, causal softmax
+attention — the attention *is* the non-parametric memory :class:`~nested_jax.memory.SoftmaxMemory`
+(paper §2.2.4), so streaming decode carries its state like any other memory.
+
+``x <- x + W_o Attn(RoPE(q), RoPE(k), v)`` on ``RMSNorm(x)``, then ``x <- x + SwiGLU(RMSNorm(x))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from nested_jax.memory import SoftmaxMemory, SoftmaxState
+from nested_jax.models.config import ModelConfig
+from nested_jax.models.layers import dense_init, rms_norm, rope, swiglu, swiglu_init
+
+__all__ = ["TransformerBlock"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerBlock:
+    """One Transformer++ layer; params are a dict, the state a ``SoftmaxState`` (the KV memory)."""
+
+    config: ModelConfig
+
+    @property
+    def memory(self) -> SoftmaxMemory:
+        return SoftmaxMemory(capacity=self.config.max_len)
+
+    def init(self, key) -> dict:
+        c = self.config
+        kq, kk, kv, ko, km = jax.random.split(key, 5)
+        hd = c.n_heads * c.head_dim
+        return {
+            "attn_norm": jnp.ones((c.d_model,), jnp.float32),
+            "wq": dense_init(kq, (c.d_model, hd)),
+            "wk": dense_init(kk, (c.d_model, hd)),
+            "wv": dense_init(kv, (c.d_model, hd)),
+            "wo": dense_init(ko, (hd, c.d_model)),
+            "mlp_norm": jnp.ones((c.d_model,), jnp.float32),
+            "mlp": swiglu_init(km, c.d_model, c.d_ff),
+        }
+
+    def init_state(self, batch_size: int) -> SoftmaxState:
+        c = self.config
+        return self.memory.init_state(batch_size, heads=c.n_heads, d_k=c.head_dim, d_v=c.head_dim)
+
+    def __call__(self, p: dict, state: SoftmaxState, x: jax.Array):
+        """``x: [B, C, d_model]`` (a chunk continuing ``state``) -> ``(x, state)``."""
+        c = self.config
+        b, t, _ = x.shape
+        h = rms_norm(x, p["attn_norm"], c.norm_eps)
+        split = lambda a: a.reshape(b, t, c.n_heads, c.head_dim)
+        positions = state.count[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
+        q = rope(split(h @ p["wq"]), positions, c.rope_base)
+        k = rope(split(h @ p["wk"]), positions, c.rope_base)
+        v = split(h @ p["wv"])
+        state, y = self.memory.write_read_chunk(state, q, k, v)
+        x = x + y.reshape(b, t, -1) @ p["wo"]
+        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], c.norm_eps))
+        return x, state

@@ -1,0 +1,138 @@
+"""Models: parallel == token-by-token == streaming, causality, isolation, training, configs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nested_jax import optim
+from nested_jax.models import LanguageModel, ModelConfig, get_config, list_configs
+from nested_jax.models.layers import rms_norm, rope, swiglu
+
+MODELS = ["tiny"]  # grows as Titans / Hope arrive
+
+
+def _setup(name, batch=2, length=10, seed=0):
+    model = LanguageModel(get_config(name))
+    params = model.init(jax.random.key(seed))
+    tokens = jax.random.randint(jax.random.key(seed + 1), (batch, length), 0, 256)
+    return model, params, tokens
+
+
+def _stream(model, params, tokens, chunk):
+    state = model.init_state(params, tokens.shape[0])
+    outs = []
+    for start in range(0, tokens.shape[1], chunk):
+        logits, state = model.step(params, state, tokens[:, start : start + chunk])
+        outs.append(logits)
+    return jnp.concatenate(outs, axis=1), state
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+def test_parallel_equals_reference_equals_streaming(name, chunk):
+    model, params, tokens = _setup(name)
+    par, s_par = jax.jit(model.apply)(params, tokens)
+    ref, s_ref = jax.jit(model.apply_reference)(params, tokens)
+    stream, s_stream = _stream(model, params, tokens, chunk)
+    np.testing.assert_allclose(np.asarray(par), np.asarray(ref), atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(par), np.asarray(stream), atol=2e-5, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(s_par), jax.tree.leaves(s_stream), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+
+
+def test_transformer_block_is_a_plain_transformer():
+    """The block (attention through SoftmaxMemory) equals a Transformer++ layer written directly."""
+    model, params, tokens = _setup("tiny", length=12)
+    c = model.config
+    p = jax.tree.map(lambda a: a[0], params["layers"])
+    x = params["embed"][tokens]
+    got, _ = model.block(p, model.block.init_state(2), x)
+    h = rms_norm(x, p["attn_norm"])
+    pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
+    split = lambda a: a.reshape(2, 12, c.n_heads, c.head_dim)
+    q, k = rope(split(h @ p["wq"]), pos), rope(split(h @ p["wk"]), pos)
+    att = jax.nn.dot_product_attention(q, k, split(h @ p["wv"]), is_causal=True)
+    y = x + att.reshape(2, 12, -1) @ p["wo"]
+    y = y + swiglu(p["mlp"], rms_norm(y, p["mlp_norm"]))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(y), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_causality_and_batch_isolation(name):
+    model, params, tokens = _setup(name, length=12)
+    f = jax.jit(lambda t: model.apply(params, t)[0])
+    base = f(tokens)
+    t0 = 7
+    changed = f(tokens.at[1, t0].set((tokens[1, t0] + 1) % 256))
+    np.testing.assert_array_equal(np.asarray(changed[:, :t0]), np.asarray(base[:, :t0]))
+    np.testing.assert_array_equal(np.asarray(changed[0]), np.asarray(base[0]))
+    assert not np.allclose(np.asarray(changed[1, t0:]), np.asarray(base[1, t0:]))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_no_recompilation_on_second_call(name):
+    model, params, tokens = _setup(name)
+    traces = []
+
+    def fwd(p, t):
+        traces.append(1)
+        return model.apply(p, t)[0]
+
+    f = jax.jit(fwd)
+    f(params, tokens)
+    f(jax.tree.map(lambda a: a * 1.01, params), (tokens + 1) % 256)
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_two_training_steps_lower_the_loss(name):
+    model, params, tokens = _setup(name, batch=4, length=32)
+    tx = optim.adam_memory(1e-2)
+    state = tx.init(params)
+
+    @jax.jit
+    def train_step(params, state):
+        loss, g = jax.value_and_grad(model.loss)(params, tokens)
+        u, state = tx.update(g, state, params)
+        return optax.apply_updates(params, u), state, loss
+
+    params, state, l0 = train_step(params, state)
+    params, state, l1 = train_step(params, state)
+    l2 = model.loss(params, tokens)
+    assert float(l2) < float(l1) < float(l0)
+
+
+def test_gradients_reach_every_parameter():
+    model, params, tokens = _setup("tiny")
+    g = jax.grad(model.loss)(params, tokens)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(g):
+        assert np.all(np.isfinite(np.asarray(leaf))), path
+        assert float(jnp.abs(leaf).sum()) > 0, jax.tree_util.keystr(path)
+
+
+def test_registry_sizes():
+    assert {"tiny", "small"} <= set(list_configs())
+    small = LanguageModel(get_config("small"))
+    n = small.num_params(jax.eval_shape(small.init, jax.random.key(0)))
+    assert 9e6 < n < 12e6
+    assert get_config("tiny", n_layers=3).n_layers == 3
+
+
+def test_bad_configs_and_inputs():
+    with pytest.raises(ValueError, match="unknown config"):
+        get_config("huge")
+    with pytest.raises(ValueError, match="kind must be"):
+        ModelConfig(kind="rnn")
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        ModelConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="must be\\s+even"):
+        ModelConfig(d_model=30, n_heads=2)
+    with pytest.raises(ValueError, match="positive int"):
+        ModelConfig(n_layers=0)
+    model, params, tokens = _setup("tiny")
+    with pytest.raises(ValueError, match="integer array"):
+        model.apply(params, tokens.astype(jnp.float32))
+    with pytest.raises(ValueError, match="exceeds the model's max_len"):
+        model.apply(params, jnp.zeros((1, 129), jnp.int32))
