@@ -412,3 +412,25 @@ def test_write_read_chunk_is_one_chunk_in_the_sequence_layout(name):
     assert y1.shape == v.shape
     _close(y1, y2, atol=1e-6, rtol=1e-6)  # same math; XLA fuses differently inside a scan
     _close(s1, s2, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name", ["linear-l2-dgd", "linear-hebb-dgd-momentum", "mlp-l2-dgd-momentum", "softmax-window"]
+)
+@pytest.mark.parametrize("cuts", [(5, 3, 11), (1, 18), (4, 4, 4, 7)])
+def test_stream_in_pieces_equals_write_read(name, cuts):
+    """Streaming arbitrary pieces keeps the chunk boundaries of the parallel form (chunk 4)."""
+    mem = MEMORIES[name]
+    q, k, v, eta, alpha, beta = _inputs(19, jax.random.key(40), eta_scale=0.3)
+    st = _state(mem)
+    s_all, y_all = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=4)
+    stream = mem.init_stream(st)
+    ys, start = [], 0
+    for n in cuts:
+        sl = lambda a, start=start, n=n: a[:, start : start + n]
+        stream, y = mem.stream(stream, *(sl(a) for a in (q, k, v, eta, alpha, beta)), chunk_size=4)
+        ys.append(y)
+        start += n
+    _close(jnp.concatenate(ys, axis=1), y_all)
+    _close(stream.state, s_all)
+    assert int(stream.offset) == 19 % 4

@@ -10,7 +10,7 @@ Where things are:
   base.py           AbstractMemory: sequence drivers (chunked and token-by-token reference)
 """
 
-from nested_jax.memory.base import AbstractMemory
+from nested_jax.memory.base import AbstractMemory, StreamState
 from nested_jax.memory.chunkwise import rank1_chunk, unit_lower_inverse
 from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
 from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState
@@ -33,6 +33,7 @@ __all__ = [
     "Momentum",
     "SoftmaxMemory",
     "SoftmaxState",
+    "StreamState",
     "dgd_rate",
     "rank1_chunk",
     "rule_step",

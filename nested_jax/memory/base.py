@@ -16,14 +16,26 @@ of a per-sample, per-head state pytree:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 PyTree = Any
 
-__all__ = ["AbstractMemory"]
+__all__ = ["AbstractMemory", "StreamState"]
+
+
+class StreamState(NamedTuple):
+    """A memory state that can be continued at any token (see :meth:`AbstractMemory.stream`).
+
+    ``state``: the per-token memory state; ``boundary``: the state at the start of the current
+    chunk (where inner gradients are taken); ``offset``: tokens written since that boundary.
+    """
+
+    state: PyTree
+    boundary: PyTree
+    offset: jax.Array
 
 
 def _rates(x, like: jax.Array, name: str) -> jax.Array:
@@ -167,6 +179,41 @@ class AbstractMemory:
             self._chunk_step, state, arrays, chunk_size, prep=self._chunk_prep, remat=True
         )
         return state, jnp.swapaxes(y, 1, 2)
+
+    def init_stream(self, state) -> StreamState:
+        """Start a stream at a chunk boundary."""
+        return StreamState(state, state, jnp.zeros([], jnp.int32))
+
+    def stream(
+        self, stream: StreamState, q, k, v, eta=None, alpha=None, beta=None, *, chunk_size: int
+    ):
+        """Continue a stream with the next tokens (``[batch, n, heads, dim]``, any ``n``).
+
+        Cutting a sequence into pieces of any lengths and streaming them one after the other gives
+        exactly what :meth:`write_read` gives on the whole sequence with the same ``chunk_size``:
+        the chunk boundaries stay where they were (every ``chunk_size`` tokens from the start of
+        the stream), because the stream carries the boundary state and the offset within the chunk.
+        Token by token (a scan); meant for decoding and for resuming, not for training.
+
+        Returns:
+          ``(stream, y)`` with ``y: [batch, n, heads, d_v]``.
+        """
+        self._check_chunk(chunk_size)
+        arrays = self._prepare(q, k, v, eta, alpha, beta)
+
+        def token(carry, inp):
+            st, bnd, off = carry
+            bnd = jax.tree.map(lambda a, b: jnp.where(off == 0, a, b), st, bnd)
+            qt, kt, vt, et, at_, bt = inp
+            if not self.inclusive:
+                y = self.read(st, qt)
+            st = self.write(st, kt, vt, et, at_, bt, at=bnd)
+            if self.inclusive:
+                y = self.read(st, qt)
+            return (st, bnd, (off + 1) % chunk_size), y
+
+        carry, y = jax.lax.scan(token, tuple(stream), tuple(jnp.moveaxis(a, 2, 0) for a in arrays))
+        return StreamState(*carry), jnp.swapaxes(jnp.moveaxis(y, 0, 2), 1, 2)
 
     def write_read_reference(
         self, state, q, k, v, eta=None, alpha=None, beta=None, *, chunk_size: int
