@@ -434,3 +434,20 @@ def test_stream_in_pieces_equals_write_read(name, cuts):
     _close(jnp.concatenate(ys, axis=1), y_all)
     _close(stream.state, s_all)
     assert int(stream.offset) == 19 % 4
+
+
+@pytest.mark.parametrize("name", ["linear-l2-dgd", "mlp-l2-momentum", "softmax"])
+@pytest.mark.parametrize("first", [4, 6, 3])
+def test_start_stream_then_stream_equals_write_read(name, first):
+    """A chunk-parallel prompt (start_stream) continued token by token (stream) == write_read."""
+    mem = MEMORIES[name]
+    q, k, v, eta, alpha, beta = _inputs(13, jax.random.key(41), eta_scale=0.3)
+    st = _state(mem)
+    s_all, y_all = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=4)
+    head = lambda a: a[:, :first]
+    tail = lambda a: a[:, first:]
+    stream, y1 = mem.start_stream(st, *(head(a) for a in (q, k, v, eta, alpha, beta)), chunk_size=4)
+    assert int(stream.offset) == first % 4
+    stream, y2 = mem.stream(stream, *(tail(a) for a in (q, k, v, eta, alpha, beta)), chunk_size=4)
+    _close(jnp.concatenate([y1, y2], axis=1), y_all)
+    _close(stream.state, s_all)

@@ -10,7 +10,7 @@ from nested_jax import optim
 from nested_jax.models import LanguageModel, ModelConfig, get_config, list_configs
 from nested_jax.models.layers import rms_norm, rope, swiglu
 
-MODELS = ["tiny"]  # grows as Titans / Hope arrive
+MODELS = ["tiny", "titans_tiny"]  # grows as self-modifying Titans / Hope arrive
 
 
 def _setup(name, batch=2, length=10, seed=0):
@@ -48,7 +48,7 @@ def test_transformer_block_is_a_plain_transformer():
     c = model.config
     p = jax.tree.map(lambda a: a[0], params["layers"])
     x = params["embed"][tokens]
-    got, _ = model.block(p, model.block.init_state(2), x)
+    got, _ = model.block(p, model.block.init_state(p, 2), x)
     h = rms_norm(x, p["attn_norm"])
     pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
     split = lambda a: a.reshape(2, 12, c.n_heads, c.head_dim)

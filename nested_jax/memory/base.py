@@ -180,6 +180,32 @@ class AbstractMemory:
         )
         return state, jnp.swapaxes(y, 1, 2)
 
+    def start_stream(
+        self, state, q, k, v, eta=None, alpha=None, beta=None, *, chunk_size: int
+    ) -> tuple[StreamState, jax.Array]:
+        """:meth:`write_read` from a chunk boundary, returning a :class:`StreamState` that
+        :meth:`stream` continues exactly (the chunk-parallel way to begin a stream, e.g. a
+        prompt). Same outputs as ``write_read``."""
+        self._check_chunk(chunk_size)
+        t = q.shape[1]
+        full = (t // chunk_size) * chunk_size
+        rest = (eta, alpha, beta)
+        cut = lambda a, sl: a if a is None or jnp.ndim(a) == 0 else a[:, sl]
+        ys = []
+        if full:
+            state, y = self.write_read(
+                state, *(cut(a, slice(0, full)) for a in (q, k, v, *rest)), chunk_size=chunk_size
+            )
+            ys.append(y)
+        boundary = state
+        if t > full:
+            state, y = self.write_read_chunk(
+                state, *(cut(a, slice(full, t)) for a in (q, k, v, *rest))
+            )
+            ys.append(y)
+        y = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=1)
+        return StreamState(state, boundary, jnp.asarray(t - full, jnp.int32)), y
+
     def init_stream(self, state) -> StreamState:
         """Start a stream at a chunk boundary."""
         return StreamState(state, state, jnp.zeros([], jnp.int32))

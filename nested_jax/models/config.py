@@ -6,7 +6,7 @@ import dataclasses
 
 __all__ = ["ModelConfig", "get_config", "list_configs"]
 
-KINDS = ("transformer",)
+KINDS = ("transformer", "titans")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +18,10 @@ class ModelConfig:
       vocab_size, d_model, n_layers, n_heads, d_ff: sizes (``d_ff``: SwiGLU hidden width).
       max_len: longest context a state can hold (the attention memory's capacity).
       rope_base, norm_eps: RoPE base and RMSNorm epsilon.
+      mem_chunk: chunk size of the neural memory's parallel form (Titans).
+      mem_expansion: hidden width of the MLP memory, in multiples of the head dimension.
+      eta_max: the memory's largest learning rate (``eta = eta_max * sigmoid(.)``).
+      conv_width: width of the causal depthwise convolution on q, k, v.
     """
 
     kind: str = "transformer"
@@ -29,11 +33,25 @@ class ModelConfig:
     max_len: int = 256
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
+    mem_chunk: int = 16
+    mem_expansion: int = 2
+    eta_max: float = 0.1
+    conv_width: int = 4
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}.")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "d_ff",
+            "max_len",
+            "mem_chunk",
+            "mem_expansion",
+            "conv_width",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}.")
@@ -55,6 +73,16 @@ class ModelConfig:
 _REGISTRY = {
     # tests: seconds on a CPU
     "tiny": ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=128),
+    "titans_tiny": ModelConfig(
+        kind="titans",
+        vocab_size=256,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_ff=64,
+        max_len=128,
+        mem_chunk=4,
+    ),
     # CPU experiments: ~10.8M parameters (byte vocabulary)
     "small": ModelConfig(
         vocab_size=256, d_model=384, n_layers=6, n_heads=6, d_ff=1024, max_len=512

@@ -21,11 +21,12 @@ import jax.numpy as jnp
 
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import rms_norm
+from nested_jax.models.titans import TitansBlock
 from nested_jax.models.transformer import TransformerBlock
 
 __all__ = ["LanguageModel"]
 
-_BLOCKS = {"transformer": TransformerBlock}
+_BLOCKS = {"transformer": TransformerBlock, "titans": TitansBlock}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +51,8 @@ class LanguageModel:
         }
 
     def init_state(self, params: dict, batch_size: int) -> Any:
-        """Every layer's fresh state, stacked over layers."""
-        del params  # Transformer++ has no learned initial state; Hope's memories will
-        one = self.block.init_state(batch_size)
-        return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.config.n_layers,) + a.shape), one)
+        """Every layer's fresh state (from its learned initial memories), stacked over layers."""
+        return jax.vmap(lambda p: self.block.init_state(p, batch_size))(params["layers"])
 
     def _check_tokens(self, tokens):
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -66,26 +65,32 @@ class LanguageModel:
                 f"{self.config.max_len}; raise max_len in the config or stream in chunks."
             )
 
-    def step(self, params: dict, state: Any, tokens: jax.Array):
-        """Process a chunk ``tokens: [B, C]`` continuing ``state``: ``(logits [B, C, V], state)``."""
+    def _run(self, params: dict, state: Any, tokens: jax.Array, parallel: bool):
         self._check_tokens(tokens)
         x = params["embed"][tokens]
         block = self.block
 
         def layer(x, inp):
             p, s = inp
-            x, s = block(p, s, x)
+            x, s = block(p, s, x, parallel=parallel)
             return x, s
 
         x, state = jax.lax.scan(layer, x, (params["layers"], state))
         x = rms_norm(x, params["final_norm"], self.config.norm_eps)
         return x @ params["head"], state
 
+    def step(self, params: dict, state: Any, tokens: jax.Array):
+        """Streaming: process ``tokens: [B, C]`` continuing ``state`` (any ``C``, any cut points):
+        ``(logits [B, C, V], state)``. Chunked memories run token by token here so that their
+        chunk boundaries stay where the parallel form puts them."""
+        return self._run(params, state, tokens, parallel=False)
+
     def apply(self, params: dict, tokens: jax.Array, state: Any = None):
-        """Parallel forward over a whole sequence (from a fresh state unless one is given)."""
-        if state is None:
-            state = self.init_state(params, tokens.shape[0])
-        return self.step(params, state, tokens)
+        """The training form: a whole sequence from a fresh state, chunk-parallel. With a carried
+        ``state`` it continues the stream exactly (as :meth:`step`)."""
+        if state is not None:
+            return self.step(params, state, tokens)
+        return self._run(params, self.init_state(params, tokens.shape[0]), tokens, parallel=True)
 
     def apply_reference(self, params: dict, tokens: jax.Array, state: Any = None):
         """Slow twin of :meth:`apply`: one token at a time through :meth:`step` (a scan)."""

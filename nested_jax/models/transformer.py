@@ -43,12 +43,16 @@ class TransformerBlock:
             "mlp": swiglu_init(km, c.d_model, c.d_ff),
         }
 
-    def init_state(self, batch_size: int) -> SoftmaxState:
+    def init_state(self, params: dict, batch_size: int) -> SoftmaxState:
+        del params  # no learned initial state: the context starts empty
         c = self.config
         return self.memory.init_state(batch_size, heads=c.n_heads, d_k=c.head_dim, d_v=c.head_dim)
 
-    def __call__(self, p: dict, state: SoftmaxState, x: jax.Array):
-        """``x: [B, C, d_model]`` (a chunk continuing ``state``) -> ``(x, state)``."""
+    def __call__(self, p: dict, state: SoftmaxState, x: jax.Array, *, parallel: bool = True):
+        """``x: [B, C, d_model]`` (a chunk continuing ``state``) -> ``(x, state)``.
+
+        Attention is exact in both forms, so ``parallel`` changes nothing here."""
+        del parallel
         c = self.config
         b, t, _ = x.shape
         h = rms_norm(x, p["attn_norm"], c.norm_eps)

@@ -1,0 +1,110 @@
+"""Titans (LMM): the deep neural memory as a sequence layer (paper §5.1, from the Titans paper).
+
+Per layer: ``h = RMSNorm(x)``; ``q, k, v`` projections, each through a causal depthwise
+convolution (width 4) and SiLU; ``q, k`` L2-normalised per head. Data-dependent gates per token
+and head: learning rate ``eta = eta_max sigmoid(.)``, retention ``alpha = sigmoid(. + 4.6)``
+(about 0.99 at init; Titans' forgetting gate is ``1 - alpha``) and momentum ``beta = sigmoid(. +
+2.2)`` (about 0.9). The memory is :class:`~nested_jax.memory.MLPMemory` with the L2 objective and
+the momentum rule (``S <- beta S + grad; M <- alpha M - eta S``), one per head, whose initial
+state is a learned parameter (meta-learned through the inner updates). Read-out:
+``x <- x + W_o (RMSNorm(y) * silu(h W_g))``, then ``x <- x + SwiGLU(RMSNorm(x))``.
+
+Training uses the chunk-parallel form (gradients at chunk boundaries, ``mem_chunk`` tokens);
+streaming uses :meth:`~nested_jax.memory.AbstractMemory.stream`, which keeps those boundaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from nested_jax.memory import L2, MLPMemory, Momentum, StreamState
+from nested_jax.models.config import ModelConfig
+from nested_jax.models.layers import dense_init, rms_norm, swiglu, swiglu_init
+
+__all__ = ["TitansBlock", "causal_conv"]
+
+
+def causal_conv(w: jax.Array, x: jax.Array, history: jax.Array):
+    """Depthwise causal convolution. ``w: [K, D]``, ``x: [B, T, D]``, ``history: [B, K-1, D]``
+    (the previous inputs). Returns ``(y [B, T, D], new history)``."""
+    k = w.shape[0]
+    full = jnp.concatenate([history, x], axis=1)  # [B, K-1+T, D]
+    t = x.shape[1]
+    y = sum(full[:, i : i + t] * w[i][None, None] for i in range(k))
+    return y, full[:, t:]
+
+
+def _l2n(a: jax.Array, eps: float = 1e-6) -> jax.Array:
+    return a * jax.lax.rsqrt(jnp.sum(a * a, axis=-1, keepdims=True) + eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class TitansBlock:
+    """One Titans (LMM) layer. State: ``{"memory": StreamState, "conv": [B, K-1, 3 D]}``."""
+
+    config: ModelConfig
+
+    @property
+    def memory(self) -> MLPMemory:
+        c = self.config
+        return MLPMemory(c.mem_expansion * c.head_dim, objective=L2(), rule=Momentum())
+
+    def init(self, key) -> dict:
+        c = self.config
+        ks = jax.random.split(key, 8)
+        d, h = c.d_model, c.n_heads
+        conv = jnp.zeros((c.conv_width, 3 * d), jnp.float32).at[-1].set(1.0)  # identity at init
+        return {
+            "norm": jnp.ones((d,), jnp.float32),
+            "wqkv": dense_init(ks[0], (d, 3 * d)),
+            "conv": conv,
+            "w_gates": dense_init(ks[1], (d, 3 * h), scale=0.1),
+            "b_gates": jnp.concatenate(
+                [jnp.zeros((h,)), jnp.full((h,), 4.6), jnp.full((h,), 2.2)]
+            ).astype(jnp.float32),
+            "memory": self.memory.init_params(ks[2], heads=h, d_k=c.head_dim, d_v=c.head_dim),
+            "out_norm": jnp.ones((d,), jnp.float32),
+            "w_gate_out": dense_init(ks[3], (d, d)),
+            "wo": dense_init(ks[4], (d, d)),
+            "mlp_norm": jnp.ones((d,), jnp.float32),
+            "mlp": swiglu_init(ks[5], d, c.d_ff),
+        }
+
+    def init_state(self, params: dict, batch_size: int) -> dict:
+        c = self.config
+        mem_state = self.memory.init_state(params["memory"], batch_size)
+        return {
+            "memory": self.memory.init_stream(mem_state),
+            "conv": jnp.zeros((batch_size, c.conv_width - 1, 3 * c.d_model), jnp.float32),
+        }
+
+    def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True):
+        """``x: [B, T, d_model]`` -> ``(x, state)``; ``parallel``: chunk-parallel from a chunk
+        boundary (training); otherwise token-by-token streaming that keeps chunk boundaries."""
+        c = self.config
+        b, t, d = x.shape
+        h = rms_norm(x, p["norm"], c.norm_eps)
+        qkv, conv_state = causal_conv(p["conv"], h @ p["wqkv"], state["conv"])
+        qkv = jax.nn.silu(qkv).reshape(b, t, 3, c.n_heads, c.head_dim)
+        q, k, v = _l2n(qkv[:, :, 0]), _l2n(qkv[:, :, 1]), qkv[:, :, 2]
+        gates = (h @ p["w_gates"] + p["b_gates"][None, None]).reshape(b, t, 3, c.n_heads)
+        eta = c.eta_max * jax.nn.sigmoid(gates[:, :, 0])
+        alpha = jax.nn.sigmoid(gates[:, :, 1])
+        beta = jax.nn.sigmoid(gates[:, :, 2])
+        mem = self.memory
+        stream: StreamState = state["memory"]
+        if parallel:  # from a fresh state (a chunk boundary): the training form
+            stream, y = mem.start_stream(
+                stream.state, q, k, v, eta, alpha, beta, chunk_size=c.mem_chunk
+            )
+        else:
+            stream, y = mem.stream(stream, q, k, v, eta, alpha, beta, chunk_size=c.mem_chunk)
+        y = rms_norm(y.reshape(b, t, d), p["out_norm"], c.norm_eps) * jax.nn.silu(
+            h @ p["w_gate_out"]
+        )
+        x = x + y @ p["wo"]
+        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], c.norm_eps))
+        return x, {"memory": stream, "conv": conv_state}
