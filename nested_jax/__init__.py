@@ -6,9 +6,10 @@ Sub-packages:
            non-parametric memories with chunk-parallel forms and token-by-token twins (§2, §3.5)
   optim    optimizers as memories, as Optax transformations: momentum, delta / preconditioned
            momentum, Adam, DMGD, Newton-Schulz, M3, read_memory (§3)
+  models   language models on the memories: Transformer++, Titans (§5-§6; in progress)
 """
 
-from nested_jax import memory, optim
+from nested_jax import memory, models, optim
 from nested_jax.levels import Level, LevelsResult, firing_schedule, run_levels, run_levels_reference
 
 __version__ = "0.2.0"
@@ -18,6 +19,7 @@ __all__ = [
     "LevelsResult",
     "firing_schedule",
     "memory",
+    "models",
     "optim",
     "run_levels",
     "run_levels_reference",
