@@ -37,3 +37,12 @@ def test_quick_optim_benchmark_writes_json(tmp_path):
     assert {"adamw", "muon", "m3", "dmgd_hidden_2x"} <= names
     adamw = next(r for r in data["results"] if r["optimizer"] == "adamw")
     assert adamw["vs_adamw"] == pytest.approx(1.0)
+
+
+def test_quick_model_throughput_writes_json(tmp_path):
+    out = tmp_path / "mt.json"
+    run.main(["model_throughput", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    models = {r["model"] for r in data["results"]}
+    assert {"transformer", "titans", "titans/transformer speed"} == models
+    assert all(r["ratio"] > 0 for r in data["results"] if "ratio" in r)
