@@ -6,66 +6,93 @@ import json
 import sys
 
 
-def memory_chunked_table(data: dict) -> str:
-    m = data["machine"]
-    lines = [
-        f"Machine: {m['cpu_count']} CPU cores ({m['processor']}), {m['platform']}, "
-        f"jax {m['jax']}. Times are medians of >= 5 runs after warm-up, compile excluded.",
-        "",
-        "| memory | seq | batch | chunk | mode | token scan (ms) | chunked (ms) | speedup |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in data["results"]:
-        lines.append(
-            f"| {r['memory']} | {r['seq']} | {r['batch']} | {r['chunk']} | {r['mode']} | "
-            f"{r['token_scan']['median_s'] * 1e3:.2f} | {r['chunked']['median_s'] * 1e3:.2f} | "
-            f"{r['speedup']:.1f}x |"
-        )
+def _machine(m: dict) -> str:
+    return (
+        f"Machine: {m['cpu_count']} CPU cores ({m['processor']}), {m['platform']}, jax {m['jax']}."
+    )
+
+
+def _table(caption: str, columns: list[str], rows: list[list[str]]) -> str:
+    lines = [caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def memory_chunked_table(data: dict) -> str:
+    rows = [
+        [
+            r["memory"],
+            str(r["seq"]),
+            str(r["batch"]),
+            str(r["chunk"]),
+            r["mode"],
+            f"{r['token_scan']['median_s'] * 1e3:.2f}",
+            f"{r['chunked']['median_s'] * 1e3:.2f}",
+            f"{r['speedup']:.1f}x",
+        ]
+        for r in data["results"]
+    ]
+    return _table(
+        _machine(data["machine"]) + " Medians of >= 5 runs after warm-up, compile excluded.",
+        ["memory", "seq", "batch", "chunk", "mode", "token scan (ms)", "chunked (ms)", "speedup"],
+        rows,
+    )
 
 
 def optim_step_table(data: dict) -> str:
-    m = data["machine"]
     c = data["config"]
-    lines = [
-        f"Machine: {m['cpu_count']} CPU cores ({m['processor']}), {m['platform']}, jax {m['jax']}. "
-        f"{c['n_matrices']} matrices of {tuple(c['shape'])} ({c['n_params'] / 1e6:.1f}M params); "
-        "median of >= 5 jitted steps after warm-up.",
-        "",
-        "| optimizer | step (ms) | vs AdamW | vs Muon | compile (s) |",
-        "|---|---|---|---|---|",
+    rows = [
+        [
+            r["optimizer"],
+            f"{r['median_s'] * 1e3:.1f}",
+            f"{r['vs_adamw']:.2f}x",
+            f"{r['vs_muon']:.2f}x",
+            f"{r['compile_s']:.2f}",
+        ]
+        for r in data["results"]
     ]
-    for r in data["results"]:
-        lines.append(
-            f"| {r['optimizer']} | {r['median_s'] * 1e3:.1f} | {r['vs_adamw']:.2f}x | "
-            f"{r['vs_muon']:.2f}x | {r['compile_s']:.2f} |"
-        )
-    return "\n".join(lines)
+    caption = (
+        f"{_machine(data['machine'])} {c['n_matrices']} matrices of {tuple(c['shape'])} "
+        f"({c['n_params'] / 1e6:.1f}M params); median of >= 5 jitted steps after warm-up."
+    )
+    return _table(caption, ["optimizer", "step (ms)", "vs AdamW", "vs Muon", "compile (s)"], rows)
 
 
 def model_throughput_table(data: dict) -> str:
-    m = data["machine"]
     c = data["config"]
-    lines = [
-        f"Machine: {m['cpu_count']} CPU cores ({m['processor']}), {m['platform']}, jax {m['jax']}. "
-        f"d_model {c['d_model']}, {c['n_layers']} layers, {c['n_heads']} heads, batch 1; one step = "
-        "forward + backward + Adam update; median of >= 5 steps after warm-up.",
-        "",
-        "| model | seq | params | step (ms) | tokens/s | ms per token | compile (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for r in data["results"]:
         if "ratio" in r:
-            lines.append(
-                f"| Titans speed / Transformer++ speed | {r['seq']} | | | "
-                f"**{r['ratio']:.2f}x** | | |"
+            rows.append(
+                [
+                    "Titans speed / Transformer++ speed",
+                    str(r["seq"]),
+                    "",
+                    "",
+                    f"**{r['ratio']:.2f}x**",
+                    "",
+                    "",
+                ]
             )
             continue
-        lines.append(
-            f"| {r['model']} | {r['seq']} | {r['params'] / 1e6:.2f}M | {r['median_s'] * 1e3:.0f} | "
-            f"{r['tokens_per_s']:.0f} | {r['median_s'] * 1e3 / r['seq']:.3f} | {r['compile_s']:.1f} |"
+        rows.append(
+            [
+                r["model"],
+                str(r["seq"]),
+                f"{r['params'] / 1e6:.2f}M",
+                f"{r['median_s'] * 1e3:.0f}",
+                f"{r['tokens_per_s']:.0f}",
+                f"{r['median_s'] * 1e3 / r['seq']:.3f}",
+                f"{r['compile_s']:.1f}",
+            ]
         )
-    return "\n".join(lines)
+    caption = (
+        f"{_machine(data['machine'])} d_model {c['d_model']}, {c['n_layers']} layers, "
+        f"{c['n_heads']} heads, batch 1; one step = forward + backward + Adam update; median of "
+        ">= 5 steps after warm-up."
+    )
+    columns = ["model", "seq", "params", "step (ms)", "tokens/s", "ms per token", "compile (s)"]
+    return _table(caption, columns, rows)
 
 
 TABLES = {

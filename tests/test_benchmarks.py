@@ -46,3 +46,18 @@ def test_quick_model_throughput_writes_json(tmp_path):
     models = {r["model"] for r in data["results"]}
     assert {"transformer", "titans", "titans/transformer speed"} == models
     assert all(r["ratio"] > 0 for r in data["results"] if "ratio" in r)
+
+
+def test_tables_render_every_stored_result(capsys):
+    """Every committed result file prints as a markdown table with the machine named."""
+    import pathlib
+
+    from benchmarks import table
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    results = sorted((root / "benchmarks" / "results").glob("*.json"))
+    assert results, "no committed benchmark results"
+    for path in results:
+        table.main([str(path)])
+        out = capsys.readouterr().out
+        assert out.startswith("Machine: ") and "|---|" in out

@@ -206,6 +206,17 @@ class AbstractMemory:
         y = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=1)
         return StreamState(state, boundary, jnp.asarray(t - full, jnp.int32)), y
 
+    def _token_step(self, st, inp, boundary=None):
+        """One token of the reference and streaming drivers: read and write in the memory's order
+        (``inclusive`` memories write first), the gradient taken at ``boundary``."""
+        qt, kt, vt, et, at_, bt = inp
+        if not self.inclusive:
+            y = self.read(st, qt)
+        st = self.write(st, kt, vt, et, at_, bt, at=boundary)
+        if self.inclusive:
+            y = self.read(st, qt)
+        return st, y
+
     def init_stream(self, state) -> StreamState:
         """Start a stream at a chunk boundary."""
         return StreamState(state, state, jnp.zeros([], jnp.int32))
@@ -230,12 +241,7 @@ class AbstractMemory:
         def token(carry, inp):
             st, bnd, off = carry
             bnd = jax.tree.map(lambda a, b: jnp.where(off == 0, a, b), st, bnd)
-            qt, kt, vt, et, at_, bt = inp
-            if not self.inclusive:
-                y = self.read(st, qt)
-            st = self.write(st, kt, vt, et, at_, bt, at=bnd)
-            if self.inclusive:
-                y = self.read(st, qt)
+            st, y = self._token_step(st, inp, bnd)
             return (st, bnd, (off + 1) % chunk_size), y
 
         carry, y = jax.lax.scan(token, tuple(stream), tuple(jnp.moveaxis(a, 2, 0) for a in arrays))
@@ -253,15 +259,7 @@ class AbstractMemory:
         arrays = self._prepare(q, k, v, eta, alpha, beta)
         mv = lambda a: jnp.moveaxis(a, 2, 0)
 
-        def token(st, inp, boundary=None):
-            qt, kt, vt, et, at_, bt = inp
-            if not self.inclusive:
-                y = self.read(st, qt)
-            st = self.write(st, kt, vt, et, at_, bt, at=boundary)
-            if self.inclusive:
-                y = self.read(st, qt)
-            return st, y
-
+        token = self._token_step
         if chunk_size == 1:
             # every token is its own boundary: one flat scan, gradients at the current state
             state, y = jax.lax.scan(token, state, tuple(mv(a) for a in arrays))
