@@ -33,7 +33,7 @@ def time_jitted(fn: Callable, args: tuple, *, repeats: int = 5, warmup: int = 1)
     """Time ``jax.jit(fn)(*args)``.
 
     Returns compile seconds (lower + compile, measured on its own), the median and every timed run
-    (seconds, each ending in ``block_until_ready``).
+    (seconds, each ending in ``block_until_ready``) and the compiled memory analysis.
     """
     if repeats < 5:
         raise ValueError(f"repeats must be >= 5 for a median worth reporting, got {repeats}.")
@@ -48,7 +48,31 @@ def time_jitted(fn: Callable, args: tuple, *, repeats: int = 5, warmup: int = 1)
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         runs.append(time.perf_counter() - t0)
-    return {"compile_s": compile_s, "median_s": statistics.median(runs), "runs_s": runs}
+    return {
+        "compile_s": compile_s,
+        "median_s": statistics.median(runs),
+        "runs_s": runs,
+        "memory": compiled_memory(compiled),
+    }
+
+
+def compiled_memory(compiled) -> dict[str, int] | None:
+    """XLA's memory analysis of a compiled function (peak, temporaries, arguments, outputs in
+    bytes), or None where the backend does not provide it. A static figure: what the executable
+    needs, not what the process's allocator happened to hold."""
+    try:
+        m = compiled.memory_analysis()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    if m is None:
+        return None
+    fields = (
+        "peak_memory_in_bytes",
+        "temp_size_in_bytes",
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+    )
+    return {f.replace("_in_bytes", "").replace("_size", ""): int(getattr(m, f, 0)) for f in fields}
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:

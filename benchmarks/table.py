@@ -58,22 +58,22 @@ def optim_step_table(data: dict) -> str:
     return _table(caption, ["optimizer", "step (ms)", "vs AdamW", "vs Muon", "compile (s)"], rows)
 
 
+def _buffers_mib(r: dict) -> str:
+    """The executable's buffers (arguments + outputs + temporaries), an upper bound on its
+    footprint, from XLA's compiled memory analysis."""
+    m = r.get("memory")
+    if not m:
+        return "n/a"
+    return f"{(m['argument'] + m['output'] + m['temp']) / 2**20:.0f}"
+
+
 def model_throughput_table(data: dict) -> str:
     c = data["config"]
     rows = []
     for r in data["results"]:
         if "ratio" in r:
-            rows.append(
-                [
-                    "Titans speed / Transformer++ speed",
-                    str(r["seq"]),
-                    "",
-                    "",
-                    f"**{r['ratio']:.2f}x**",
-                    "",
-                    "",
-                ]
-            )
+            rows.append(["Titans speed / Transformer++ speed", str(r["seq"])] + [""] * 6)
+            rows[-1][4] = f"**{r['ratio']:.2f}x**"
             continue
         rows.append(
             [
@@ -83,15 +83,25 @@ def model_throughput_table(data: dict) -> str:
                 f"{r['median_s'] * 1e3:.0f}",
                 f"{r['tokens_per_s']:.0f}",
                 f"{r['median_s'] * 1e3 / r['seq']:.3f}",
+                _buffers_mib(r),
                 f"{r['compile_s']:.1f}",
             ]
         )
     caption = (
         f"{_machine(data['machine'])} d_model {c['d_model']}, {c['n_layers']} layers, "
         f"{c['n_heads']} heads, batch 1; one step = forward + backward + Adam update; median of "
-        ">= 5 steps after warm-up."
+        ">= 5 steps after warm-up. Buffers: XLA's compiled arguments + outputs + temporaries."
     )
-    columns = ["model", "seq", "params", "step (ms)", "tokens/s", "ms per token", "compile (s)"]
+    columns = [
+        "model",
+        "seq",
+        "params",
+        "step (ms)",
+        "tokens/s",
+        "ms per token",
+        "buffers (MiB)",
+        "compile (s)",
+    ]
     return _table(caption, columns, rows)
 
 
