@@ -10,7 +10,7 @@ Where things are:
   base.py           AbstractMemory: sequence drivers (chunked and token-by-token reference)
 """
 
-from nested_jax.memory.base import AbstractMemory, StreamState
+from nested_jax.memory.base import AbstractMemory, StreamState, first_order_update
 from nested_jax.memory.chunkwise import rank1_chunk, unit_lower_inverse
 from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
 from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState
@@ -35,6 +35,7 @@ __all__ = [
     "SoftmaxState",
     "StreamState",
     "dgd_rate",
+    "first_order_update",
     "rank1_chunk",
     "rule_step",
     "unit_lower_inverse",

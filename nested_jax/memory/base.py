@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 PyTree = Any
 
-__all__ = ["AbstractMemory", "StreamState"]
+__all__ = ["AbstractMemory", "StreamState", "first_order_update"]
 
 
 class StreamState(NamedTuple):
@@ -49,6 +49,29 @@ def _rates(x, like: jax.Array, name: str) -> jax.Array:
             f"{name} must be a scalar or have shape [batch, seq, heads] = {shape}, got {x.shape}."
         )
     return jnp.broadcast_to(x, shape)
+
+
+def first_order_update(new, old):
+    """``old + stop_gradient(new - old)``: the values of ``new``, the gradient of ``old`` (the
+    first-order approximation of differentiating through an inner update)."""
+    return jax.tree.map(lambda n, o: o + jax.lax.stop_gradient(n - o), new, old)
+
+
+def advance_stream(st, bnd, off, chunk_size):
+    """One token later in a stream: at a chunk end the boundary moves to the current state (so
+    a stream at offset 0 always has ``boundary == state``, as :meth:`AbstractMemory.start_stream`
+    returns it)."""
+    off = (off + 1) % chunk_size
+    bnd = jax.tree.map(lambda a, b: jnp.where(off == 0, a, b), st, bnd)
+    return st, bnd, off
+
+
+def _first_order(fn):
+    def wrapped(state, *args):
+        new, y = fn(state, *args)
+        return first_order_update(new, state), y
+
+    return wrapped
 
 
 class AbstractMemory:
@@ -129,13 +152,15 @@ class AbstractMemory:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
 
     @staticmethod
-    def _scan_chunks(fn, state, arrays, chunk_size, prep=None, remat=False):
+    def _scan_chunks(fn, state, arrays, chunk_size, prep=None, remat=False, first_order=False):
         """Apply ``fn(state, *prep(*chunk_arrays)) -> (state, y)`` over chunks along axis 2, then
         over the tail. ``prep`` (state-independent) runs once on all full chunks, outside the scan.
 
         ``arrays`` are ``[B, H, T, ...]``; returns ``(state, y[B, H, T, ...])``.
         """
         prep = prep or (lambda *a: a)
+        if first_order:
+            fn = _first_order(fn)
         body = jax.checkpoint(fn) if remat else fn
         t = arrays[0].shape[2]
         n, r = divmod(t, chunk_size)
@@ -157,7 +182,19 @@ class AbstractMemory:
         y = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
         return state, y
 
-    def write_read(self, state, q, k, v, eta=None, alpha=None, beta=None, *, chunk_size: int):
+    def write_read(
+        self,
+        state,
+        q,
+        k,
+        v,
+        eta=None,
+        alpha=None,
+        beta=None,
+        *,
+        chunk_size: int,
+        first_order: bool = False,
+    ):
         """Chunk-parallel write-and-read over a sequence.
 
         Args:
@@ -166,6 +203,10 @@ class AbstractMemory:
           eta, alpha, beta: learning rate, retention and momentum per token (``[batch, seq, heads]``)
             or scalars; ``None`` uses the memory's defaults.
           chunk_size: tokens per chunk; the sequence need not be a multiple of it.
+          first_order: stop the outer gradient through the inner updates: the state carried from
+            one chunk to the next is ``state_prev + stop_gradient(state_new - state_prev)`` (same
+            values; the carried state's gradient passes straight to the previous state, as in
+            first-order MAML). Inside a chunk, reads still differentiate through that chunk's writes.
 
         Returns:
           ``(state, y)`` with ``y: [batch, seq, heads, d_v]``.
@@ -176,12 +217,28 @@ class AbstractMemory:
         # pass is faster than storing its residuals (measured: ~2x for the MLP memory), and it
         # keeps training memory at one state per chunk.
         state, y = self._scan_chunks(
-            self._chunk_step, state, arrays, chunk_size, prep=self._chunk_prep, remat=True
+            self._chunk_step,
+            state,
+            arrays,
+            chunk_size,
+            prep=self._chunk_prep,
+            remat=True,
+            first_order=first_order,
         )
         return state, jnp.swapaxes(y, 1, 2)
 
     def start_stream(
-        self, state, q, k, v, eta=None, alpha=None, beta=None, *, chunk_size: int
+        self,
+        state,
+        q,
+        k,
+        v,
+        eta=None,
+        alpha=None,
+        beta=None,
+        *,
+        chunk_size: int,
+        first_order: bool = False,
     ) -> tuple[StreamState, jax.Array]:
         """:meth:`write_read` from a chunk boundary, returning a :class:`StreamState` that
         :meth:`stream` continues exactly (the chunk-parallel way to begin a stream, e.g. a
@@ -194,7 +251,10 @@ class AbstractMemory:
         ys = []
         if full:
             state, y = self.write_read(
-                state, *(cut(a, slice(0, full)) for a in (q, k, v, *rest)), chunk_size=chunk_size
+                state,
+                *(cut(a, slice(0, full)) for a in (q, k, v, *rest)),
+                chunk_size=chunk_size,
+                first_order=first_order,
             )
             ys.append(y)
         boundary = state
@@ -240,9 +300,8 @@ class AbstractMemory:
 
         def token(carry, inp):
             st, bnd, off = carry
-            bnd = jax.tree.map(lambda a, b: jnp.where(off == 0, a, b), st, bnd)
             st, y = self._token_step(st, inp, bnd)
-            return (st, bnd, (off + 1) % chunk_size), y
+            return advance_stream(st, bnd, off, chunk_size), y
 
         carry, y = jax.lax.scan(token, tuple(stream), tuple(jnp.moveaxis(a, 2, 0) for a in arrays))
         return StreamState(*carry), jnp.swapaxes(jnp.moveaxis(y, 0, 2), 1, 2)

@@ -64,6 +64,10 @@ class MLPMemory(AbstractMemory):
       rule: ``GD()``, ``Momentum(beta)`` or ``DGD(beta=None)`` (see module docstring per layer).
       activation: elementwise nonlinearity (default SiLU, as in Titans).
       residual: add ``z`` to the output (needs ``d_k == d_v``).
+      self_target: the memory generates its own values (paper §5.2, self-modifying Titans): a
+        write of ``(k, v)`` regresses ``M(k)`` onto ``v_hat = stop_gradient(M_b(v))``, where
+        ``M_b`` is the memory at the state where the gradient is taken (the chunk boundary). ``v``
+        then lives in the key space (``d_k``) and ``v_hat`` in the output space (``d_v``).
     """
 
     hidden: int
@@ -71,6 +75,7 @@ class MLPMemory(AbstractMemory):
     rule: GD | Momentum | DGD = GD()
     activation: Callable[[jax.Array], jax.Array] = jax.nn.silu
     residual: bool = True
+    self_target: bool = False
 
     def __post_init__(self):
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
@@ -118,6 +123,11 @@ class MLPMemory(AbstractMemory):
         out = jnp.einsum("...vh,...h->...v", w1, h)
         return z + out if self.residual else out
 
+    def _seq_apply(self, w1, w2, z):
+        """``z: [B, H, C, d_k]`` through per-(sample, head) weights ``[B, H, ...]``."""
+        out = self.activation(z @ _t(w2)) @ _t(w1)
+        return z + out if self.residual else out
+
     def apply(self, params: MLPParams | MLPState, z: jax.Array) -> jax.Array:
         """The memory's map ``M(z)`` with the weights of ``params`` (any leading dims that
         broadcast: ``w1: [..., d_v, hid]``, ``w2: [..., hid, d_k]``, ``z: [..., d_k]``)."""
@@ -137,6 +147,8 @@ class MLPMemory(AbstractMemory):
         k = k.astype(jnp.float32)
         v = v.astype(jnp.float32)
         src = state if at is None else at
+        if self.self_target:
+            v = jax.lax.stop_gradient(self._apply(src.w1, src.w2, v))
 
         def loss(w1, w2):
             return jnp.sum(self.objective.loss(self._apply(w1, w2, k), v))
@@ -161,6 +173,8 @@ class MLPMemory(AbstractMemory):
 
     def _chunk_step(self, state: MLPState, q, k, v, eta2, c2, c1, gq, dq, gk, inv):
         zs = lambda z, s0: None if s0 is None else z @ _t(s0)
+        if self.self_target:  # v_hat = M_boundary(v), a fixed target
+            v = jax.lax.stop_gradient(self._seq_apply(state.w1, state.w2, v))
         # boundary forward on the keys and the per-token surprise (errors) of both layers
         pre = k @ _t(state.w2)  # [B, H, C, hid]
         h, act_vjp = jax.vjp(self.activation, pre)

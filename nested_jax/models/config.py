@@ -6,7 +6,10 @@ import dataclasses
 
 __all__ = ["ModelConfig", "get_config", "list_configs"]
 
-KINDS = ("transformer", "titans")
+KINDS = ("transformer", "titans", "selfmod", "hope", "hope_attention")
+CMS_VARIANTS = ("sequential", "nested", "independent")
+CMS_SIGNALS = ("ntp", "local")
+SM_MAINS = ("mlp", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +25,27 @@ class ModelConfig:
       mem_expansion: hidden width of the MLP memory, in multiples of the head dimension.
       eta_max: the memory's largest learning rate (``eta = eta_max * sigmoid(.)``).
       conv_width: width of the causal depthwise convolution on q, k, v.
+
+    Self-modifying Titans (``kind="selfmod"``, and the sequence layer of ``"hope"``; spec §5.2):
+      sm_chunk: chunk size of the k / v / eta / alpha (/ q) memories (``mem_chunk``: the main one).
+      sm_adaptive_q: q from its own memory (NeurIPS reading) instead of a fixed projection (arXiv).
+      sm_momentum: momentum of every memory's DGD rule (``None``: no momentum).
+      sm_main: ``"mlp"`` (default: residual MLP memory, L2, DGD, self-generated targets) or
+        ``"linear"`` (a linear Hebbian memory with its given values: linear attention; the reduced
+        case used to test the wiring).
+      sm_adaptive: whether the k / v / eta / alpha memories learn in context (``False``: they stay at
+        their meta-learned initial state, i.e. fixed projections).
+
+    Continuum Memory System (``kind="hope"`` / ``"hope_attention"``; spec §4):
+      cms_periods: one period per level, in tokens (``0`` = frozen). Non-frozen periods must be
+        multiples of the smallest one.
+      cms_variant: ``"sequential"`` (default), ``"nested"`` or ``"independent"``.
+      cms_signal: ``"ntp"`` (default: the next-token loss gradient of each chunk) or ``"local"``.
+      cms_lr: the levels' inner learning rate.
+      cms_persistent: :meth:`LanguageModel.next_sequence` keeps the CMS weights (deployed /
+        continual mode) instead of resetting them to their learned initial values.
+
+      first_order: stop outer gradients through inner updates (all memories and CMS levels).
     """
 
     kind: str = "transformer"
@@ -37,6 +61,17 @@ class ModelConfig:
     mem_expansion: int = 2
     eta_max: float = 0.1
     conv_width: int = 4
+    sm_chunk: int = 4
+    sm_adaptive_q: bool = False
+    sm_momentum: float | None = 0.9
+    sm_main: str = "mlp"
+    sm_adaptive: bool = True
+    cms_periods: tuple = (8, 32)
+    cms_variant: str = "sequential"
+    cms_signal: str = "ntp"
+    cms_lr: float = 0.1
+    cms_persistent: bool = False
+    first_order: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -51,6 +86,7 @@ class ModelConfig:
             "mem_chunk",
             "mem_expansion",
             "conv_width",
+            "sm_chunk",
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -64,6 +100,59 @@ class ModelConfig:
                 f"the head dimension d_model / n_heads = {self.d_model // self.n_heads} must be "
                 "even (RoPE rotates pairs)."
             )
+
+        if self.sm_main not in SM_MAINS:
+            raise ValueError(f"sm_main must be one of {SM_MAINS}, got {self.sm_main!r}.")
+        if self.sm_momentum is not None and not 0.0 <= self.sm_momentum < 1.0:
+            raise ValueError(f"sm_momentum must be None or in [0, 1), got {self.sm_momentum}.")
+        self._check_cms()
+
+    def _check_cms(self):
+        if self.cms_variant not in CMS_VARIANTS:
+            raise ValueError(
+                f"cms_variant must be one of {CMS_VARIANTS}, got {self.cms_variant!r}."
+            )
+        if self.cms_signal not in CMS_SIGNALS:
+            raise ValueError(f"cms_signal must be one of {CMS_SIGNALS}, got {self.cms_signal!r}.")
+        periods = tuple(self.cms_periods)
+        if not periods or any(
+            isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in periods
+        ):
+            raise ValueError(
+                f"cms_periods must be a non-empty tuple of ints >= 0 (0 = frozen), got {periods!r}."
+            )
+        object.__setattr__(self, "cms_periods", periods)
+        live = [p for p in periods if p]
+        if live and any(p % min(live) for p in live):
+            raise ValueError(
+                f"every non-frozen CMS period must be a multiple of the smallest, got {periods}; "
+                "e.g. (8, 32, 128)."
+            )
+        if self.cms_variant == "nested" and any(b % a for a, b in zip(live, live[1:])):
+            raise ValueError(
+                f"the nested CMS needs each period to divide the next, in order; got {periods}."
+            )
+        if not self.cms_lr >= 0:
+            raise ValueError(f"cms_lr must be >= 0, got {self.cms_lr}.")
+        if self.kind in ("hope", "hope_attention") and self.cms_signal == "ntp" and live:
+            c = min(live)
+            if c < 2:
+                raise ValueError(
+                    "cms_signal='ntp' needs the smallest CMS period >= 2 (a chunk's next-token "
+                    f"loss uses the pairs inside it); got {c}."
+                )
+            if self.kind == "hope" and (c % self.mem_chunk or c % self.sm_chunk):
+                raise ValueError(
+                    f"cms_signal='ntp' recomputes each CMS chunk in parallel from a memory chunk "
+                    f"boundary, so the smallest CMS period ({c}) must be a multiple of mem_chunk "
+                    f"({self.mem_chunk}) and sm_chunk ({self.sm_chunk})."
+                )
+
+    @property
+    def cms_chunk(self) -> int:
+        """The CMS's step in tokens: the smallest non-frozen period (0 when all are frozen)."""
+        live = [p for p in self.cms_periods if p]
+        return min(live) if live else 0
 
     @property
     def head_dim(self) -> int:
@@ -82,6 +171,39 @@ _REGISTRY = {
         d_ff=64,
         max_len=128,
         mem_chunk=4,
+    ),
+    "selfmod_tiny": ModelConfig(
+        kind="selfmod",
+        vocab_size=256,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_ff=64,
+        max_len=128,
+        mem_chunk=4,
+        sm_chunk=2,
+    ),
+    "hope_tiny": ModelConfig(
+        kind="hope",
+        vocab_size=256,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_ff=64,
+        max_len=128,
+        mem_chunk=4,
+        sm_chunk=2,
+        cms_periods=(4, 8),
+    ),
+    "hope_attention_tiny": ModelConfig(
+        kind="hope_attention",
+        vocab_size=256,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_ff=64,
+        max_len=128,
+        cms_periods=(4, 8),
     ),
     # CPU experiments: ~10.8M parameters (byte vocabulary)
     "small": ModelConfig(

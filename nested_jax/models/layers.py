@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["dense_init", "rms_norm", "rope", "swiglu", "swiglu_init"]
+__all__ = ["dense_init", "l2_normalize", "rms_norm", "rope", "swiglu", "swiglu_init"]
 
 
 def dense_init(key, shape, scale: float = 1.0) -> jax.Array:
@@ -22,6 +22,11 @@ def rms_norm(x: jax.Array, gain: jax.Array, eps: float = 1e-6) -> jax.Array:
     inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     gain = jnp.broadcast_to(gain, x.shape)  # explicit: the suite forbids implicit rank promotion
     return (x32 * inv * gain).astype(x.dtype)
+
+
+def l2_normalize(a: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """``a / ||a||`` over the last axis (``eps`` inside the root keeps zeros finite)."""
+    return a * jax.lax.rsqrt(jnp.sum(a * a, axis=-1, keepdims=True) + eps)
 
 
 def rope(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:

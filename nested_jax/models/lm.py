@@ -5,28 +5,59 @@
 ``logits, state = model.apply(params, tokens, state=None)`` (the parallel/training form);
 ``logits, state = model.step(params, state, tokens_chunk)`` (streaming with carried state);
 ``model.apply_reference(params, tokens)`` (the slow twin: one token at a time through ``step``);
-``model.loss(params, tokens)`` (next-token cross-entropy).
+``model.loss(params, tokens)`` (next-token cross-entropy);
+``state = model.next_sequence(params, state)`` (a fresh context; CMS weights kept by option).
 
 Layers are stacked and run under ``lax.scan`` (compile time independent of depth); every layer's
 state (its memories) is stacked the same way.
+
+CMS with the ``"ntp"`` signal (Hope, Hope-Attention; DESIGN §4): the forward is a scan over chunks
+of ``C = config.cms_chunk`` tokens. For chunk ``c`` the whole network runs (chunk-parallel, from
+the memories' state at the chunk start) with the CMS weights ``theta_c``; the gradient of that
+chunk's next-token loss (the mean over the ``C - 1`` pairs inside the chunk, per sample) with
+respect to every layer's CMS weights is the update term ``-lr * g`` that the CMS commits at the
+chunk's end, so it acts from chunk ``c + 1`` on: causal, and outputs never see their own targets.
+The outer gradient differentiates through those inner gradients (second order) unless
+``first_order``. Streaming buffers the current chunk's tokens and the state at its start, and
+recomputes the chunk when it completes, so any cut gives the parallel result.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from nested_jax.models.cms import ContinuumMemory
 from nested_jax.models.config import ModelConfig
+from nested_jax.models.hope import HopeBlock
 from nested_jax.models.layers import rms_norm
+from nested_jax.models.self_modifying import SelfModifyingBlock
 from nested_jax.models.titans import TitansBlock
 from nested_jax.models.transformer import TransformerBlock
 
-__all__ = ["LanguageModel"]
+__all__ = ["LanguageModel", "NTPState"]
 
-_BLOCKS = {"transformer": TransformerBlock, "titans": TitansBlock}
+_BLOCKS = {
+    "transformer": TransformerBlock,
+    "titans": TitansBlock,
+    "selfmod": SelfModifyingBlock,
+    "hope": HopeBlock,
+    "hope_attention": HopeBlock,
+}
+
+
+class NTPState(NamedTuple):
+    """Model state when the CMS learns from the next-token loss: ``layers`` (every layer's state
+    now), ``start`` (every layer's state at the start of the current CMS chunk), ``buf`` (that
+    chunk's tokens so far, ``[batch, C]``) and ``off`` (how many)."""
+
+    layers: Any
+    start: Any
+    buf: jax.Array
+    off: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +81,43 @@ class LanguageModel:
             "head": jax.random.normal(kh, (c.d_model, c.vocab_size), jnp.float32) / c.d_model**0.5,
         }
 
+    @property
+    def ntp(self) -> bool:
+        """Whether the CMS learns from the next-token loss (the LM drives its updates)."""
+        c = self.config
+        return c.kind in ("hope", "hope_attention") and c.cms_signal == "ntp" and c.cms_chunk > 0
+
     def init_state(self, params: dict, batch_size: int) -> Any:
         """Every layer's fresh state (from its learned initial memories), stacked over layers."""
-        return jax.vmap(lambda p: self.block.init_state(p, batch_size))(params["layers"])
+        layers = jax.vmap(lambda p: self.block.init_state(p, batch_size))(params["layers"])
+        if self.ntp:
+            buf = jnp.zeros((batch_size, self.config.cms_chunk), jnp.int32)
+            return NTPState(layers, layers, buf, jnp.zeros([], jnp.int32))
+        return layers
+
+    def next_sequence(self, params: dict, state: Any) -> Any:
+        """A fresh state for a new sequence (training resets every memory to its learned initial
+        state). With ``cms_persistent`` the CMS levels keep the weights they learned (continual /
+        deployed mode); everything else restarts."""
+        if self.config.kind not in ("hope", "hope_attention"):
+            raise ValueError(
+                f"next_sequence is for models with a CMS (hope, hope_attention); for "
+                f"{self.config.kind!r} use init_state(params, batch_size)."
+            )
+        old = state.layers if self.ntp else state
+        batch = jax.tree.leaves(old["cms"].params)[0].shape[1]  # [layers, batch, ...]
+        fresh = self.init_state(params, batch)
+        if not self.config.cms_persistent:
+            return fresh
+
+        def keep(new_layers):
+            cms = new_layers["cms"]._replace(params=old["cms"].params)
+            return {**new_layers, "cms": cms}
+
+        if self.ntp:
+            layers = keep(fresh.layers)
+            return fresh._replace(layers=layers, start=layers)
+        return keep(fresh)
 
     def _check_tokens(self, tokens):
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -65,8 +130,8 @@ class LanguageModel:
                 f"{self.config.max_len}; raise max_len in the config or stream in chunks."
             )
 
-    def _run(self, params: dict, state: Any, tokens: jax.Array, parallel: bool):
-        self._check_tokens(tokens)
+    def _forward(self, params: dict, layers: Any, tokens: jax.Array, parallel: bool):
+        """Embeddings -> every layer (scanned) -> head; ``(logits, layers)``."""
         x = params["embed"][tokens]
         block = self.block
 
@@ -75,9 +140,86 @@ class LanguageModel:
             x, s = block(p, s, x, parallel=parallel)
             return x, s
 
-        x, state = jax.lax.scan(layer, x, (params["layers"], state))
+        x, layers = jax.lax.scan(layer, x, (params["layers"], layers))
         x = rms_norm(x, params["final_norm"], self.config.norm_eps)
-        return x @ params["head"], state
+        return x @ params["head"], layers
+
+    def _run(self, params: dict, state: Any, tokens: jax.Array, parallel: bool):
+        self._check_tokens(tokens)
+        if self.ntp:
+            run = self._ntp_parallel if parallel else self._ntp_stream
+            return run(params, state, tokens)
+        return self._forward(params, state, tokens, parallel)
+
+    # --- CMS driven by the next-token loss -------------------------------------------------------
+    def _ntp_chunk(self, params: dict, layers: Any, tokens: jax.Array):
+        """One complete CMS chunk ``tokens: [B, C]`` from a chunk start: ``(logits, layers)`` with
+        the CMS update committed."""
+        cms = ContinuumMemory(self.config)
+
+        def chunk_loss(fast):
+            ls = {**layers, "cms": layers["cms"]._replace(params=fast)}
+            logits, new = self._forward(params, ls, tokens, parallel=True)
+            logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+            nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+            return jnp.sum(jnp.mean(nll, axis=1)), (logits, new)  # per-sample mean
+
+        g, (logits, new) = jax.grad(chunk_loss, has_aux=True)(layers["cms"].params)
+        lr = self.config.cms_lr
+        live = set(cms.live)
+        inc = tuple(
+            jax.tree.map(lambda a: -lr * a, gi) if i in live else None for i, gi in enumerate(g)
+        )
+
+        def commit(p, st, inc):
+            return cms.commit(p, st, inc, tokens.shape[1])
+
+        new_cms = jax.vmap(commit)(params["layers"]["cms"], new["cms"], inc)
+        return logits, {**new, "cms": new_cms}
+
+    def _ntp_parallel(self, params: dict, state: NTPState, tokens: jax.Array):
+        c = self.config.cms_chunk
+        b, t = tokens.shape
+        n, r = divmod(t, c)
+        layers = state.layers
+        outs = []
+        if n:
+            chunks = jnp.moveaxis(tokens[:, : n * c].reshape(b, n, c), 1, 0)
+
+            @jax.checkpoint
+            def body(ls, tc):
+                logits, ls = self._ntp_chunk(params, ls, tc)
+                return ls, logits
+
+            layers, logits = jax.lax.scan(body, layers, chunks)
+            outs.append(jnp.moveaxis(logits, 0, 1).reshape(b, n * c, -1))
+        start = layers
+        buf = jnp.zeros((b, c), jnp.int32)
+        if r:
+            logits, layers = self._forward(params, layers, tokens[:, n * c :], parallel=True)
+            outs.append(logits)
+            buf = buf.at[:, :r].set(tokens[:, n * c :].astype(jnp.int32))
+        logits = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+        return logits, NTPState(layers, start, buf, jnp.asarray(r, jnp.int32))
+
+    def _ntp_stream(self, params: dict, state: NTPState, tokens: jax.Array):
+        c = self.config.cms_chunk
+
+        def token(st: NTPState, tok):
+            logits, layers = self._forward(params, st.layers, tok[:, None], parallel=False)
+            buf = st.buf.at[:, st.off].set(tok.astype(jnp.int32))
+            off = st.off + 1
+
+            def complete(_):
+                _, new = self._ntp_chunk(params, st.start, buf)
+                return new, new
+
+            layers, start = jax.lax.cond(off == c, complete, lambda _: (layers, st.start), None)
+            buf = jnp.where(off == c, jnp.zeros_like(buf), buf)  # a new chunk starts empty
+            return NTPState(layers, start, buf, off % c), logits[:, 0]
+
+        state, logits = jax.lax.scan(token, state, tokens.T)
+        return jnp.swapaxes(logits, 0, 1), state
 
     def step(self, params: dict, state: Any, tokens: jax.Array):
         """Streaming: process ``tokens: [B, C]`` continuing ``state`` (any ``C``, any cut points):

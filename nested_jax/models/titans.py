@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from nested_jax.memory import L2, MLPMemory, Momentum, StreamState
 from nested_jax.models.config import ModelConfig
-from nested_jax.models.layers import dense_init, rms_norm, swiglu, swiglu_init
+from nested_jax.models.layers import dense_init, l2_normalize, rms_norm, swiglu, swiglu_init
 
 __all__ = ["TitansBlock", "causal_conv"]
 
@@ -35,10 +35,6 @@ def causal_conv(w: jax.Array, x: jax.Array, history: jax.Array):
     t = x.shape[1]
     y = sum(full[:, i : i + t] * w[i][None, None] for i in range(k))
     return y, full[:, t:]
-
-
-def _l2n(a: jax.Array, eps: float = 1e-6) -> jax.Array:
-    return a * jax.lax.rsqrt(jnp.sum(a * a, axis=-1, keepdims=True) + eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +85,7 @@ class TitansBlock:
         h = rms_norm(x, p["norm"], c.norm_eps)
         qkv, conv_state = causal_conv(p["conv"], h @ p["wqkv"], state["conv"])
         qkv = jax.nn.silu(qkv).reshape(b, t, 3, c.n_heads, c.head_dim)
-        q, k, v = _l2n(qkv[:, :, 0]), _l2n(qkv[:, :, 1]), qkv[:, :, 2]
+        q, k, v = l2_normalize(qkv[:, :, 0]), l2_normalize(qkv[:, :, 1]), qkv[:, :, 2]
         gates = (h @ p["w_gates"] + p["b_gates"][None, None]).reshape(b, t, 3, c.n_heads)
         eta = c.eta_max * jax.nn.sigmoid(gates[:, :, 0])
         alpha = jax.nn.sigmoid(gates[:, :, 1])

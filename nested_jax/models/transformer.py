@@ -16,12 +16,15 @@ from nested_jax.memory import SoftmaxMemory, SoftmaxState
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import dense_init, rms_norm, rope, swiglu, swiglu_init
 
-__all__ = ["TransformerBlock"]
+__all__ = ["Attention", "TransformerBlock"]
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerBlock:
-    """One Transformer++ layer; params are a dict, the state a ``SoftmaxState`` (the KV memory)."""
+class Attention:
+    """The attention sublayer (the "mixer" of Transformer++ and Hope-Attention).
+
+    Params: ``attn_norm``, ``wq``, ``wk``, ``wv``, ``wo``; state: a ``SoftmaxState`` (the KV memory).
+    """
 
     config: ModelConfig
 
@@ -31,7 +34,7 @@ class TransformerBlock:
 
     def init(self, key) -> dict:
         c = self.config
-        kq, kk, kv, ko, km = jax.random.split(key, 5)
+        kq, kk, kv, ko = jax.random.split(key, 4)
         hd = c.n_heads * c.head_dim
         return {
             "attn_norm": jnp.ones((c.d_model,), jnp.float32),
@@ -39,8 +42,6 @@ class TransformerBlock:
             "wk": dense_init(kk, (c.d_model, hd)),
             "wv": dense_init(kv, (c.d_model, hd)),
             "wo": dense_init(ko, (hd, c.d_model)),
-            "mlp_norm": jnp.ones((c.d_model,), jnp.float32),
-            "mlp": swiglu_init(km, c.d_model, c.d_ff),
         }
 
     def init_state(self, params: dict, batch_size: int) -> SoftmaxState:
@@ -49,7 +50,7 @@ class TransformerBlock:
         return self.memory.init_state(batch_size, heads=c.n_heads, d_k=c.head_dim, d_v=c.head_dim)
 
     def __call__(self, p: dict, state: SoftmaxState, x: jax.Array, *, parallel: bool = True):
-        """``x: [B, C, d_model]`` (a chunk continuing ``state``) -> ``(x, state)``.
+        """``x: [B, C, d_model]`` (a chunk continuing ``state``) -> ``(x + attention, state)``.
 
         Attention is exact in both forms, so ``parallel`` changes nothing here."""
         del parallel
@@ -62,6 +63,32 @@ class TransformerBlock:
         k = rope(split(h @ p["wk"]), positions, c.rope_base)
         v = split(h @ p["wv"])
         state, y = self.memory.write_read_chunk(state, q, k, v)
-        x = x + y.reshape(b, t, -1) @ p["wo"]
-        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], c.norm_eps))
+        return x + y.reshape(b, t, -1) @ p["wo"], state
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerBlock:
+    """One Transformer++ layer: :class:`Attention` then a SwiGLU MLP (params in one flat dict)."""
+
+    config: ModelConfig
+
+    @property
+    def mixer(self) -> Attention:
+        return Attention(self.config)
+
+    def init(self, key) -> dict:
+        c = self.config
+        ka, km = jax.random.split(key)
+        return {
+            **self.mixer.init(ka),
+            "mlp_norm": jnp.ones((c.d_model,), jnp.float32),
+            "mlp": swiglu_init(km, c.d_model, c.d_ff),
+        }
+
+    def init_state(self, params: dict, batch_size: int) -> SoftmaxState:
+        return self.mixer.init_state(params, batch_size)
+
+    def __call__(self, p: dict, state: SoftmaxState, x: jax.Array, *, parallel: bool = True):
+        x, state = self.mixer(p, state, x, parallel=parallel)
+        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], self.config.norm_eps))
         return x, state

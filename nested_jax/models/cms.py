@@ -1,0 +1,195 @@
+"""Continuum Memory System (paper §4, arXiv §7.1; DESIGN §4 "CMS").
+
+A CMS is a spectrum of MLP blocks (levels) whose weights are *fast*: each level ``l`` keeps
+per-sample weights ``theta_l`` that start every sequence at their meta-learned initial value (a
+parameter) and change every ``P_l`` tokens (``cms_periods``; ``0`` = frozen) by the sum of the
+update terms of those tokens, all evaluated at the weights the level had when its chunk began —
+the level semantics of :mod:`nested_jax.levels` (``Level`` / ``run_levels``), which the tests use
+as the reference.
+
+Each level is a pre-norm residual SwiGLU, ``z <- z + SwiGLU_theta(RMSNorm(z))``, chained in config
+order (``"sequential"``, the default), or run side by side on the same input and summed with
+learned weights (``"independent"``); ``"nested"`` chains them and, whenever a level fires, resets
+the next faster level to its initial weights (spec §4.2: the fast block restarts from its
+meta-learned initial state at each slower boundary).
+
+Where the update terms come from (``cms_signal``):
+
+* ``"local"``: ``-lr * grad 1/(2D) ||SwiGLU_theta(n_t) - n_t W_t||^2`` with the level's normalised
+  input ``n_t`` and a learned target map ``W_t`` (a slow parameter): label-free, computed here;
+* ``"ntp"`` (default): ``-lr * grad`` of the next-token loss of the chunk, which needs the whole
+  network, so :class:`~nested_jax.models.lm.LanguageModel` computes it and calls :meth:`commit`.
+
+Because every non-frozen period is a multiple of the smallest one (``C``, ``config.cms_chunk``),
+the chunk-parallel form is one scan over chunks of ``C`` tokens: inside a chunk no level changes,
+so all its tokens run in parallel; at the chunk's end :meth:`commit` adds the chunk's update terms
+to each level's accumulator and fires the levels whose period ends there. Streaming is the same
+code with chunks of one token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nested_jax.memory import first_order_update
+from nested_jax.models.config import ModelConfig
+from nested_jax.models.layers import dense_init, rms_norm, swiglu_init
+
+__all__ = ["CMSState", "ContinuumMemory", "batched_swiglu"]
+
+
+class CMSState(NamedTuple):
+    """``params``: per level, the fast SwiGLU weights ``[batch, ...]``; ``acc``: per level, the
+    accumulated (not yet applied) update terms; ``pos``: tokens since the sequence start."""
+
+    params: tuple
+    acc: tuple
+    pos: jax.Array
+
+
+def batched_swiglu(p: dict, x: jax.Array) -> jax.Array:
+    """SwiGLU with per-sample weights: ``x: [B, T, D]``, ``p["w_gate"]: [B, D, F]`` etc."""
+    g = jnp.einsum("btd,bdf->btf", x, p["w_gate"])
+    u = jnp.einsum("btd,bdf->btf", x, p["w_up"])
+    return jnp.einsum("btf,bfd->btd", jax.nn.silu(g) * u, p["w_down"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ContinuumMemory:
+    """The CMS of one layer (replaces the Transformer's MLP sublayer)."""
+
+    config: ModelConfig
+
+    @property
+    def periods(self) -> tuple:
+        return tuple(self.config.cms_periods)
+
+    @property
+    def live(self) -> tuple:
+        """Indices of the levels that learn (non-zero period)."""
+        return tuple(i for i, p in enumerate(self.periods) if p)
+
+    # --- params and state ------------------------------------------------------------------------
+    def init(self, key) -> dict:
+        c = self.config
+        n = len(self.periods)
+        ks = jax.random.split(key, 2 * n)
+        levels = []
+        for i in range(n):
+            lv = {
+                "norm": jnp.ones((c.d_model,), jnp.float32),
+                "mlp": swiglu_init(ks[2 * i], c.d_model, c.d_ff),
+            }
+            if c.cms_signal == "local" and self.periods[i]:  # the local objective's target map
+                lv["w_target"] = dense_init(ks[2 * i + 1], (c.d_model, c.d_model))
+            levels.append(lv)
+        levels = tuple(levels)
+        p = {"levels": levels}
+        if c.cms_variant == "independent":
+            p["mix"] = jnp.ones((n,), jnp.float32)
+        return p
+
+    def init_state(self, params: dict, batch_size: int) -> CMSState:
+        fast = tuple(self._broadcast(lv["mlp"], batch_size) for lv in params["levels"])
+        acc = tuple(jax.tree.map(jnp.zeros_like, f) for f in fast)
+        return CMSState(fast, acc, jnp.zeros([], jnp.int32))
+
+    @staticmethod
+    def _broadcast(mlp: dict, batch_size: int) -> dict:
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), mlp)
+
+    # --- one chunk at frozen fast weights --------------------------------------------------------
+    def forward(self, p: dict, fast: tuple, z: jax.Array, *, local: bool = False):
+        """``z: [B, C, D]`` through the levels at weights ``fast``: ``(y, increments)``.
+
+        ``increments`` (with ``local=True``) are the levels' summed local update terms for this
+        chunk (``None`` for frozen levels), else ``None``."""
+        c = self.config
+        lr = c.cms_lr
+        variant = c.cms_variant
+        incs = []
+        total = z
+        for i, (lv, theta) in enumerate(zip(p["levels"], fast, strict=True)):
+            src = z if variant == "independent" else total
+            n = rms_norm(src, lv["norm"], c.norm_eps)
+            if local and self.periods[i]:
+                target = n @ lv["w_target"]
+
+                def loss(th, n=n, target=target):
+                    out = batched_swiglu(th, n)
+                    return 0.5 * jnp.sum(jnp.mean((out - target) ** 2, axis=-1)), out
+
+                g, out = jax.grad(loss, has_aux=True)(theta)
+                incs.append(jax.tree.map(lambda a: -lr * a, g))
+            else:
+                out = batched_swiglu(theta, n)
+                incs.append(None)
+            if variant == "independent":
+                total = total + p["mix"][i] * out
+            else:
+                total = total + out
+        return total, (tuple(incs) if local else None)
+
+    def commit(self, p: dict, state: CMSState, increments: tuple, n_tokens) -> CMSState:
+        """Add a chunk's update terms (``None`` entries: nothing) to the accumulators, advance by
+        ``n_tokens`` and fire every level whose period ends there (nested: then reset the next
+        faster level to its initial weights). Chunks must not straddle a period boundary."""
+        c = self.config
+        pos = state.pos + n_tokens
+        params, accs = list(state.params), list(state.acc)
+        for i in self.live:
+            if increments[i] is not None:
+                inc = increments[i]
+                if c.first_order:
+                    inc = jax.tree.map(jax.lax.stop_gradient, inc)
+                accs[i] = jax.tree.map(jnp.add, accs[i], inc)
+            fire = pos % self.periods[i] == 0
+            new = jax.tree.map(jnp.add, params[i], accs[i])
+            if c.first_order:
+                new = first_order_update(new, params[i])
+            params[i] = jax.tree.map(lambda a, b, f=fire: jnp.where(f, a, b), new, params[i])
+            accs[i] = jax.tree.map(lambda a, f=fire: jnp.where(f, jnp.zeros_like(a), a), accs[i])
+        if c.cms_variant == "nested":
+            for i in self.live:
+                slower = [self.periods[j] for j in self.live if self.periods[j] > self.periods[i]]
+                if not slower:
+                    continue
+                reset = pos % min(slower) == 0
+                b = jax.tree.leaves(params[i])[0].shape[0]
+                init = self._broadcast(p["levels"][i]["mlp"], b)
+                params[i] = jax.tree.map(
+                    lambda a, b_, f=reset: jnp.where(f, a, b_), init, params[i]
+                )
+        return CMSState(tuple(params), tuple(accs), pos)
+
+    # --- the sublayer ----------------------------------------------------------------------------
+    def __call__(self, p: dict, state: CMSState, z: jax.Array, *, parallel: bool = True):
+        """``z: [B, T, D]`` -> ``(y, state)``. With the ``"local"`` signal the levels learn here
+        (chunk-parallel, or token by token when not ``parallel``); with ``"ntp"`` (or all levels
+        frozen) the weights in ``state`` are applied as they are and the language model commits
+        the updates."""
+        c = self.config
+        if c.cms_signal != "local" or not self.live:
+            y, _ = self.forward(p, state.params, z)
+            return y, state
+        step = c.cms_chunk if parallel else 1
+        t = z.shape[1]
+        n, r = divmod(t, step)
+
+        def chunk(state, zc):
+            y, inc = self.forward(p, state.params, zc, local=True)
+            return self.commit(p, state, inc, zc.shape[1]), y
+
+        ys = []
+        if n:
+            zs = jnp.moveaxis(z[:, : n * step].reshape(z.shape[0], n, step, -1), 1, 0)
+            state, y = jax.lax.scan(jax.checkpoint(chunk), state, zs)
+            ys.append(jnp.moveaxis(y, 0, 1).reshape(z.shape[0], n * step, -1))
+        if r:
+            state, y = chunk(state, z[:, n * step :])
+            ys.append(y)
+        return (ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=1)), state

@@ -1,0 +1,56 @@
+"""Hope and Hope-Attention (paper §6, arXiv Eqs. 94-97, Fig. 5).
+
+Hope = self-modifying Titans in place of attention, and a Continuum Memory System in place of the
+MLP: per layer ``x <- SelfModTitans(x)`` (pre-norm, residual, gated output; see
+:mod:`~nested_jax.models.self_modifying`), then ``x <- CMS(x)`` (each level a pre-norm residual
+SwiGLU; see :mod:`~nested_jax.models.cms`). Hope-Attention = the same block with global causal
+softmax attention (:class:`~nested_jax.models.transformer.Attention`) as the sequence layer, i.e.
+Transformer++ + CMS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from nested_jax.models.cms import ContinuumMemory
+from nested_jax.models.config import ModelConfig
+from nested_jax.models.self_modifying import SelfModifyingTitans
+from nested_jax.models.transformer import Attention
+
+__all__ = ["HopeBlock"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HopeBlock:
+    """One Hope (``kind="hope"``) or Hope-Attention (``kind="hope_attention"``) layer.
+
+    Params ``{"mixer": ..., "cms": ...}``; state ``{"mixer": ..., "cms": CMSState}``."""
+
+    config: ModelConfig
+
+    @property
+    def mixer(self):
+        if self.config.kind == "hope_attention":
+            return Attention(self.config)
+        return SelfModifyingTitans(self.config)
+
+    @property
+    def cms(self) -> ContinuumMemory:
+        return ContinuumMemory(self.config)
+
+    def init(self, key) -> dict:
+        k1, k2 = jax.random.split(key)
+        return {"mixer": self.mixer.init(k1), "cms": self.cms.init(k2)}
+
+    def init_state(self, params: dict, batch_size: int) -> dict:
+        return {
+            "mixer": self.mixer.init_state(params["mixer"], batch_size),
+            "cms": self.cms.init_state(params["cms"], batch_size),
+        }
+
+    def __call__(self, p: dict, state: dict, x, *, parallel: bool = True):
+        x, ms = self.mixer(p["mixer"], state["mixer"], x, parallel=parallel)
+        x, cs = self.cms(p["cms"], state["cms"], x, parallel=parallel)
+        return x, {"mixer": ms, "cms": cs}

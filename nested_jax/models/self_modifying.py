@@ -1,0 +1,287 @@
+"""Self-modifying Titans (paper §5.2-§5.3, arXiv §8): a sequence layer whose projections are memories.
+
+Per layer and head (``d`` = head dimension), from ``h = RMSNorm(x)``:
+
+* ``x_t = silu(conv4(h W_in))`` (the memories' input) and, unless ``sm_adaptive_q``, a fixed query
+  ``q_t = l2norm(silu(conv4(h W_q)))``;
+* ``k_t = l2norm(M_k(x_t))``, ``v_t = M_v(x_t)``, (``q_t = l2norm(M_q(x_t))`` by flag),
+  ``eta_t = eta_max sigmoid(M_eta(x_t) + b_eta)``, ``alpha_t = sigmoid(M_alpha(x_t) + b_alpha)``,
+  where every ``M`` is a :class:`~nested_jax.memory.MLPMemory` (residual 2-layer MLP; ``M_eta``,
+  ``M_alpha`` scalar-output, no residual);
+* every memory (the main one included) writes ``(k_t, v_t)`` with its *self-generated* target
+  ``v_hat = stop_gradient(M(v_t))`` (``MLPMemory(self_target=True)``), L2 objective, DGD with
+  retention ``alpha_t`` and rate ``eta_t`` plus momentum (``sm_momentum``);
+* the output ``y_t = M_mem(q_t)`` with the per-token main memory (read before write), then
+  ``x + W_o (RMSNorm(y) * silu(h W_g))``.
+
+Chunking (spec §5.3, with the causal index of §5.4.1): the k / v / eta / alpha (/ q) memories
+generate a whole chunk of ``sm_chunk`` tokens from their state at the chunk's start (its boundary)
+and then take that chunk's writes, gradients at the boundary; the main memory runs its own chunk
+size ``mem_chunk``. Chunk ``c`` therefore uses only tokens before it. Memories of the same shape
+are stacked along the head axis (k, v, q share one kernel call; eta, alpha another).
+
+Streaming keeps both boundaries (a :class:`~nested_jax.memory.StreamState` per group), so any cut
+of the sequence gives the chunk-parallel result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from nested_jax.memory import (
+    DGD,
+    GD,
+    L2,
+    AbstractMemory,
+    DotProduct,
+    LinearMemory,
+    MLPMemory,
+    StreamState,
+    first_order_update,
+)
+from nested_jax.memory.base import advance_stream
+from nested_jax.models.config import ModelConfig
+from nested_jax.models.layers import dense_init, l2_normalize, rms_norm, swiglu, swiglu_init
+from nested_jax.models.titans import causal_conv
+
+__all__ = ["SelfModifyingBlock", "SelfModifyingTitans"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfModifyingTitans:
+    """The self-modifying Titans sequence layer (the "mixer"; Hope adds CMS after it).
+
+    Params: ``norm``, ``w_in [D, 2D]`` (memory input and fixed q), ``conv``, ``proj``
+    (``MLPParams`` of the k, v (, q) memories, stacked on the head axis), ``gate`` (eta and alpha
+    memories), ``b_gate [2H]``, ``main``, ``out_norm``, ``w_gate_out``, ``wo``. Every memory's
+    initial state is a parameter, so the outer loss meta-learns it through the inner updates.
+
+    State: ``{"gen": StreamState((proj, gate)), "main": StreamState, "conv": [B, K-1, 2D]}``.
+    """
+
+    config: ModelConfig
+
+    # --- the memories ----------------------------------------------------------------------------
+    @property
+    def _rule(self):
+        return DGD(beta=self.config.sm_momentum)
+
+    @property
+    def n_proj(self) -> int:
+        return 3 if self.config.sm_adaptive_q else 2
+
+    @property
+    def hidden(self) -> int:
+        return self.config.mem_expansion * self.config.head_dim
+
+    @property
+    def proj_memory(self) -> MLPMemory:
+        return MLPMemory(self.hidden, objective=L2(), rule=self._rule, self_target=True)
+
+    @property
+    def gate_memory(self) -> MLPMemory:
+        return MLPMemory(
+            self.hidden, objective=L2(), rule=self._rule, residual=False, self_target=True
+        )
+
+    @property
+    def main_memory(self) -> AbstractMemory:
+        if self.config.sm_main == "linear":
+            return LinearMemory(objective=DotProduct(), rule=GD())
+        return MLPMemory(self.hidden, objective=L2(), rule=self._rule, self_target=True)
+
+    # --- params and state ------------------------------------------------------------------------
+    def init(self, key) -> dict:
+        c = self.config
+        d, h, hd = c.d_model, c.n_heads, c.head_dim
+        ks = jax.random.split(key, 7)
+        conv = jnp.zeros((c.conv_width, 2 * d), jnp.float32).at[-1].set(1.0)
+        main_p = self.main_memory.init_params(ks[3], heads=h, d_k=hd, d_v=hd)
+        return {
+            "norm": jnp.ones((d,), jnp.float32),
+            "w_in": dense_init(ks[0], (d, 2 * d)),
+            "conv": conv,
+            "proj": self.proj_memory.init_params(ks[1], heads=self.n_proj * h, d_k=hd, d_v=hd),
+            "gate": self.gate_memory.init_params(ks[2], heads=2 * h, d_k=hd, d_v=1),
+            # eta = eta_max * sigmoid(-2) ~ 0.12 eta_max; alpha = sigmoid(4.6) ~ 0.99
+            "b_gate": jnp.concatenate([jnp.full((h,), -2.0), jnp.full((h,), 4.6)]).astype(
+                jnp.float32
+            ),
+            "main": main_p,
+            "out_norm": jnp.ones((d,), jnp.float32),
+            "w_gate_out": dense_init(ks[4], (d, d)),
+            "wo": dense_init(ks[5], (d, d)),
+        }
+
+    def init_state(self, params: dict, batch_size: int) -> dict:
+        c = self.config
+        gen = (
+            self.proj_memory.init_state(params["proj"], batch_size),
+            self.gate_memory.init_state(params["gate"], batch_size),
+        )
+        main = self.main_memory.init_state(params["main"], batch_size)
+        return {
+            "gen": StreamState(gen, gen, jnp.zeros([], jnp.int32)),
+            "main": self.main_memory.init_stream(main),
+            "conv": jnp.zeros((batch_size, c.conv_width - 1, 2 * c.d_model), jnp.float32),
+        }
+
+    # --- generation: k, v, (q), eta, alpha from the memories' boundary state ---------------------
+    def _generate(self, p: dict, gen, xm):
+        """``xm: [B, H, C, d]`` -> ``(k, v, q | None, eta, alpha)`` in the memories' internal layout
+        (``[B, H, C, d]``, rates ``[B, H, C]``), every value from the states ``gen``."""
+        c = self.config
+        h = c.n_heads
+        proj, gate = gen
+        pm, gm = self.proj_memory, self.gate_memory
+        out = pm._seq_apply(proj.w1, proj.w2, jnp.concatenate([xm] * self.n_proj, axis=1))
+        k = l2_normalize(out[:, :h])
+        v = out[:, h : 2 * h]
+        q = l2_normalize(out[:, 2 * h :]) if c.sm_adaptive_q else None
+        g = gm._seq_apply(gate.w1, gate.w2, jnp.concatenate([xm, xm], axis=1))[..., 0]
+        g = g + p["b_gate"][None, :, None]
+        eta = c.eta_max * jax.nn.sigmoid(g[:, :h])
+        alpha = jax.nn.sigmoid(g[:, h:])
+        return k, v, q, eta, alpha
+
+    def _gen_write_chunk(self, gen, k, v, eta, alpha):
+        """The generator memories take one chunk of writes (internal layout), gradients at ``gen``."""
+        n = self.n_proj
+        tile = lambda a, m: jnp.concatenate([a] * m, axis=1)
+        beta = lambda a: jnp.full_like(a, 0.0 if self._rule.beta is None else self._rule.beta)
+        proj, gate = gen
+        pm, gm = self.proj_memory, self.gate_memory
+        e, a = tile(eta, n), tile(alpha, n)
+        proj, _ = pm._chunk(proj, tile(k, n), tile(k, n), tile(v, n), e, a, beta(e))
+        e, a = tile(eta, 2), tile(alpha, 2)
+        gate, _ = gm._chunk(gate, tile(k, 2), tile(k, 2), tile(v, 2), e, a, beta(e))
+        return proj, gate
+
+    def _gen_parallel(self, p, gen_stream: StreamState, xm):
+        """Chunk-parallel generation over ``xm: [B, H, T, d]`` from a boundary."""
+        c = self.config
+        first_order = c.first_order
+
+        def chunk(gen, xc):
+            k, v, q, eta, alpha = self._generate(p, gen, xc)
+            if c.sm_adaptive:
+                new = self._gen_write_chunk(gen, k, v, eta, alpha)
+                gen = first_order_update(new, gen) if first_order else new
+            parts = [k, v] + ([q] if q is not None else []) + [eta[..., None], alpha[..., None]]
+            return gen, jnp.concatenate(parts, axis=-1)
+
+        t = xm.shape[2]
+        cs = c.sm_chunk
+        full = (t // cs) * cs
+        gen = gen_stream.state
+        outs = []
+        if full:
+            gen, y = AbstractMemory._scan_chunks(chunk, gen, (xm[:, :, :full],), cs, remat=True)
+            outs.append(y)
+        boundary = gen
+        if t > full:
+            gen, y = chunk(gen, xm[:, :, full:])
+            outs.append(y)
+        y = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+        return StreamState(gen, boundary, jnp.asarray(t - full, jnp.int32)), self._unpack(y)
+
+    def _gen_stream(self, p, gen_stream: StreamState, xm):
+        """Token-by-token generation (the slow twin; streaming), keeping the chunk boundaries."""
+        c = self.config
+        n = self.n_proj
+        pm, gm = self.proj_memory, self.gate_memory
+        beta = 0.0 if self._rule.beta is None else self._rule.beta
+
+        def token(carry, xt):  # xt: [B, H, d]
+            st, bnd, off = carry
+            k, v, q, eta, alpha = self._generate(p, bnd, xt[:, :, None])
+            if c.sm_adaptive:
+                k1, v1, e1, a1 = k[:, :, 0], v[:, :, 0], eta[:, :, 0], alpha[:, :, 0]
+                tile = lambda a, m: jnp.concatenate([a] * m, axis=1)
+                proj = pm.write(
+                    st[0], tile(k1, n), tile(v1, n), tile(e1, n), tile(a1, n), beta, at=bnd[0]
+                )
+                gate = gm.write(
+                    st[1], tile(k1, 2), tile(v1, 2), tile(e1, 2), tile(a1, 2), beta, at=bnd[1]
+                )
+                st = (proj, gate)
+            parts = [k, v] + ([q] if q is not None else []) + [eta[..., None], alpha[..., None]]
+            y = jnp.concatenate(parts, axis=-1)[:, :, 0]
+            return advance_stream(st, bnd, off, c.sm_chunk), y
+
+        carry, y = jax.lax.scan(token, tuple(gen_stream), jnp.moveaxis(xm, 2, 0))
+        return StreamState(*carry), self._unpack(jnp.moveaxis(y, 0, 2))
+
+    def _unpack(self, y):
+        d = self.config.head_dim
+        k, v = y[..., :d], y[..., d : 2 * d]
+        q = y[..., 2 * d : 3 * d] if self.config.sm_adaptive_q else None
+        return k, v, q, y[..., -2], y[..., -1]
+
+    # --- the layer -------------------------------------------------------------------------------
+    def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True):
+        """``x: [B, T, D]`` -> ``(x + mixer output, state)``."""
+        c = self.config
+        b, t, d = x.shape
+        nh, hd = c.n_heads, c.head_dim
+        h = rms_norm(x, p["norm"], c.norm_eps)
+        a, conv_state = causal_conv(p["conv"], h @ p["w_in"], state["conv"])
+        a = jax.nn.silu(a).reshape(b, t, 2, nh, hd)
+        xm = jnp.swapaxes(a[:, :, 0], 1, 2)  # [B, H, T, d]
+        gen_fn = self._gen_parallel if parallel else self._gen_stream
+        gen, (k, v, q, eta, alpha) = gen_fn(p, state["gen"], xm)
+        q = jnp.swapaxes(q, 1, 2) if q is not None else l2_normalize(a[:, :, 1])
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+        eta, alpha = jnp.swapaxes(eta, 1, 2), jnp.swapaxes(alpha, 1, 2)
+        mem = self.main_memory
+        if isinstance(mem, LinearMemory):
+            alpha = None  # plain (ungated) linear attention: the reduced case
+        stream = state["main"]
+        if parallel:
+            stream, y = mem.start_stream(
+                stream.state,
+                q,
+                k,
+                v,
+                eta,
+                alpha,
+                chunk_size=c.mem_chunk,
+                first_order=c.first_order,
+            )
+        else:
+            stream, y = mem.stream(stream, q, k, v, eta, alpha, chunk_size=c.mem_chunk)
+        y = rms_norm(y.reshape(b, t, d), p["out_norm"], c.norm_eps) * jax.nn.silu(
+            h @ p["w_gate_out"]
+        )
+        return x + y @ p["wo"], {"gen": gen, "main": stream, "conv": conv_state}
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfModifyingBlock:
+    """A self-modifying Titans layer followed by a SwiGLU MLP (``kind="selfmod"``)."""
+
+    config: ModelConfig
+
+    @property
+    def mixer(self) -> SelfModifyingTitans:
+        return SelfModifyingTitans(self.config)
+
+    def init(self, key) -> dict:
+        k1, k2 = jax.random.split(key)
+        c = self.config
+        return {
+            "mixer": self.mixer.init(k1),
+            "mlp_norm": jnp.ones((c.d_model,), jnp.float32),
+            "mlp": swiglu_init(k2, c.d_model, c.d_ff),
+        }
+
+    def init_state(self, params: dict, batch_size: int) -> dict:
+        return self.mixer.init_state(params["mixer"], batch_size)
+
+    def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True):
+        x, state = self.mixer(p["mixer"], state, x, parallel=parallel)
+        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], self.config.norm_eps))
+        return x, state
