@@ -128,9 +128,12 @@ class ModelConfig:
                 f"every non-frozen CMS period must be a multiple of the smallest, got {periods}; "
                 "e.g. (8, 32, 128)."
             )
-        if self.cms_variant == "nested" and any(b % a for a, b in zip(live, live[1:])):
+        ordered = sorted(live)
+        if self.cms_variant == "nested" and any(
+            b % a for a, b in zip(ordered, ordered[1:], strict=False)
+        ):
             raise ValueError(
-                f"the nested CMS needs each period to divide the next, in order; got {periods}."
+                f"the nested CMS needs each period to divide the next larger one; got {periods}."
             )
         if not self.cms_lr >= 0:
             raise ValueError(f"cms_lr must be >= 0, got {self.cms_lr}.")
