@@ -1,9 +1,14 @@
-"""Training throughput of the models at several sequence lengths (issue 4, first part).
+"""Training throughput of the models at several sequence lengths (issue 4).
 
-One training step = forward + backward + an Adam-as-memory update (equal to optax.adam), jitted,
-batch 1, tokens/s = sequence length / median step time. Models: Transformer++ and Titans (LMM)
-with the same width, depth and heads (parameter counts reported: Titans has 17% more, in its
-gates, output gate and learned initial memories). Hope and Hope-Attention join when they exist.
+One training step = forward + backward + an AdamW step (``optax.adamw``), jitted, batch 1,
+tokens/s = sequence length / median step time; compile seconds and XLA's compiled memory figures
+(peak, temporaries) beside each. Models at (nearly) equal parameter counts, same width, depth and
+heads: Transformer++ (SwiGLU width ``d_ff``), Titans (LMM), Hope-Attention and Hope (CMS of two
+levels, each of width ``d_ff / 2``, periods 16 and 64 tokens, next-token signal; Hope's
+self-modifying memories chunk 16 (main) and 8 (the others)). Parameter counts are reported.
+
+Reported per length: each model's speed relative to Transformer++, and each model's cost per token
+relative to its own at the shortest length (the "flat cost" check: within 1.25x for Hope).
 
 Run: ``python -m benchmarks.run model_throughput`` (``--quick``: tiny models, short sequences).
 """
@@ -14,48 +19,91 @@ import jax
 import optax
 
 from benchmarks.harness import time_jitted
-from nested_jax import optim
 from nested_jax.models import LanguageModel, get_config
 
-FULL = {"seqs": (512, 2048, 8192), "d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 683}
-QUICK = {"seqs": (64, 128), "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64}
+FULL = {
+    "seqs": (512, 2048, 8192),
+    "d_model": 256,
+    "n_layers": 4,
+    "n_heads": 4,
+    "d_ff": 683,
+    "models": ("transformer", "titans", "hope_attention", "hope"),
+}
+QUICK = {
+    "seqs": (32, 64),
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "d_ff": 64,
+    "models": ("transformer", "titans", "hope_attention", "hope"),
+}
+
+_NAMES = {
+    "transformer": "tiny",
+    "titans": "titans_tiny",
+    "hope_attention": "hope_attention_tiny",
+    "hope": "hope_tiny",
+}
 
 
-def run(quick: bool = False, repeats: int = 5) -> dict:
-    cfg = QUICK if quick else FULL
+def model_config(kind: str, seq: int, cfg: dict):
     sizes = {k: cfg[k] for k in ("d_model", "n_layers", "n_heads", "d_ff")}
+    extra = {"mem_chunk": 16}
+    if kind in ("hope", "hope_attention"):
+        sizes["d_ff"] = cfg["d_ff"] // 2  # two CMS levels: the same MLP parameters in total
+        extra.update(cms_periods=(16, 64), sm_chunk=8)
+    return get_config(_NAMES[kind], max_len=seq, **sizes, **extra)
+
+
+def run(quick: bool = False, repeats: int = 5, models=None) -> dict:
+    cfg = QUICK if quick else FULL
+    models = tuple(models or cfg["models"])
     rows = []
+    first = {}
     for seq in cfg["seqs"]:
         per_model = {}
-        for kind, name in (("transformer", "tiny"), ("titans", "titans_tiny")):
-            model = LanguageModel(get_config(name, max_len=seq, mem_chunk=16, **sizes))
+        for kind in models:
+            model = LanguageModel(model_config(kind, seq, cfg))
             params = model.init(jax.random.key(0))
-            tx = optim.adam_memory(1e-3)
+            tx = optax.adamw(1e-3, weight_decay=0.1)
             opt_state = tx.init(params)
             tokens = jax.random.randint(jax.random.key(1), (1, seq), 0, model.config.vocab_size)
 
             def train_step(params, opt_state, tokens, model=model, tx=tx):
                 loss, g = jax.value_and_grad(model.loss)(params, tokens)
-                u, opt_state = tx.update(g, opt_state, params)
+                with jax.numpy_dtype_promotion("standard"):
+                    u, opt_state = tx.update(g, opt_state, params)
                 return optax.apply_updates(params, u), opt_state, loss
 
             t = time_jitted(train_step, (params, opt_state, tokens), repeats=repeats)
             per_model[kind] = t
+            per_token = t["median_s"] / seq
+            first.setdefault(kind, per_token)
             rows.append(
                 {
                     "model": kind,
                     "seq": seq,
                     "params": model.num_params(params),
                     "tokens_per_s": seq / t["median_s"],
+                    "cost_per_token_vs_shortest": per_token / first[kind],
                     **t,
                 }
             )
             print(
-                f"{kind:>12} seq={seq:<5} {t['median_s'] * 1e3:9.1f} ms/step "
-                f"{seq / t['median_s']:9.0f} tok/s  compile {t['compile_s']:.1f}s",
+                f"{kind:>15} seq={seq:<5} {t['median_s'] * 1e3:9.1f} ms/step "
+                f"{seq / t['median_s']:9.0f} tok/s  compile {t['compile_s']:.1f}s  "
+                f"cost/token x{per_token / first[kind]:.2f} vs shortest",
                 flush=True,
             )
-        ratio = per_model["transformer"]["median_s"] / per_model["titans"]["median_s"]
-        rows.append({"model": "titans/transformer speed", "seq": seq, "ratio": ratio})
-        print(f"{'':>12} seq={seq:<5} Titans speed / Transformer++ speed = {ratio:.2f}", flush=True)
-    return {"benchmark": "model_throughput", "config": {**cfg, "quick": quick}, "results": rows}
+        if "transformer" in per_model:
+            for kind in models:
+                if kind == "transformer":
+                    continue
+                ratio = per_model["transformer"]["median_s"] / per_model[kind]["median_s"]
+                rows.append({"model": f"{kind}/transformer speed", "seq": seq, "ratio": ratio})
+                print(f"{'':>15} seq={seq:<5} {kind} speed / Transformer++ = {ratio:.2f}")
+    return {
+        "benchmark": "model_throughput",
+        "config": {**cfg, "models": list(models), "quick": quick},
+        "results": rows,
+    }

@@ -7,7 +7,7 @@ import importlib
 
 from benchmarks.harness import write_json
 
-BENCHMARKS = ("memory_chunked", "optim_step", "model_throughput")
+BENCHMARKS = ("memory_chunked", "optim_step", "model_throughput", "selfmod_chunked")
 
 
 def main(argv: list[str] | None = None) -> None:

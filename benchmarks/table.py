@@ -72,7 +72,9 @@ def model_throughput_table(data: dict) -> str:
     rows = []
     for r in data["results"]:
         if "ratio" in r:
-            rows.append(["Titans speed / Transformer++ speed", str(r["seq"])] + [""] * 6)
+            name = r["model"].replace("/transformer speed", "")
+            label = f"{name.replace('_', '-')} speed / Transformer++ speed"
+            rows.append([label, str(r["seq"])] + [""] * 7)
             rows[-1][4] = f"**{r['ratio']:.2f}x**"
             continue
         rows.append(
@@ -83,13 +85,16 @@ def model_throughput_table(data: dict) -> str:
                 f"{r['median_s'] * 1e3:.0f}",
                 f"{r['tokens_per_s']:.0f}",
                 f"{r['median_s'] * 1e3 / r['seq']:.3f}",
+                f"{r['cost_per_token_vs_shortest']:.2f}x"
+                if "cost_per_token_vs_shortest" in r
+                else "",
                 _buffers_mib(r),
                 f"{r['compile_s']:.1f}",
             ]
         )
     caption = (
         f"{_machine(data['machine'])} d_model {c['d_model']}, {c['n_layers']} layers, "
-        f"{c['n_heads']} heads, batch 1; one step = forward + backward + Adam update; median of "
+        f"{c['n_heads']} heads, batch 1; one step = forward + backward + optimizer update; median of "
         ">= 5 steps after warm-up. Buffers: XLA's compiled arguments + outputs + temporaries."
     )
     columns = [
@@ -99,9 +104,37 @@ def model_throughput_table(data: dict) -> str:
         "step (ms)",
         "tokens/s",
         "ms per token",
+        "per token vs shortest",
         "buffers (MiB)",
         "compile (s)",
     ]
+    return _table(caption, columns, rows)
+
+
+def selfmod_chunked_table(data: dict) -> str:
+    c = data["config"]
+    rows, times = [], {}
+    for r in data["results"]:
+        key = (r["seq"], r["mem_chunk"], r["sm_chunk"])
+        if r["form"] == "speedup":
+            t = times[key]
+            rows.append(
+                [
+                    str(r["seq"]),
+                    f"{r['mem_chunk']} / {r['sm_chunk']}",
+                    f"{t['reference'] * 1e3:.0f}",
+                    f"{t['chunked'] * 1e3:.0f}",
+                    f"**{r['ratio']:.1f}x**",
+                ]
+            )
+        else:
+            times.setdefault(key, {})[r["form"]] = r["median_s"]
+    caption = (
+        f"{_machine(data['machine'])} Self-modifying Titans LM, d_model {c['d_model']}, "
+        f"{c['n_layers']} layers, {c['n_heads']} heads, batch 1; loss + gradient w.r.t. every "
+        "parameter; medians of >= 5 runs after warm-up."
+    )
+    columns = ["seq", "chunks (main / others)", "reference (ms)", "chunked (ms)", "speedup"]
     return _table(caption, columns, rows)
 
 
@@ -109,6 +142,7 @@ TABLES = {
     "memory_chunked": memory_chunked_table,
     "optim_step": optim_step_table,
     "model_throughput": model_throughput_table,
+    "selfmod_chunked": selfmod_chunked_table,
 }
 
 

@@ -41,12 +41,26 @@ def test_quick_optim_benchmark_writes_json(tmp_path):
 
 
 def test_quick_model_throughput_writes_json(tmp_path):
-    out = tmp_path / "mt.json"
-    run.main(["model_throughput", "--quick", "--out", str(out)])
+    from benchmarks import model_throughput, table
+
+    data = model_throughput.run(quick=True, models=("transformer", "titans"))
+    out = harness.write_json(tmp_path / "mt.json", data)
     data = json.loads(out.read_text())
     models = {r["model"] for r in data["results"]}
     assert {"transformer", "titans", "titans/transformer speed"} == models
     assert all(r["ratio"] > 0 for r in data["results"] if "ratio" in r)
+    firsts = [r for r in data["results"] if r.get("seq") == 32 and "params" in r]
+    assert all(r["cost_per_token_vs_shortest"] == pytest.approx(1.0) for r in firsts)
+    assert "titans speed / Transformer++" in table.model_throughput_table(data)
+
+
+def test_quick_selfmod_chunked_writes_json(tmp_path):
+    out = tmp_path / "sm.json"
+    run.main(["selfmod_chunked", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    forms = {r["form"] for r in data["results"]}
+    assert forms == {"chunked", "reference", "speedup"}
+    assert all(r["ratio"] > 0 for r in data["results"] if r["form"] == "speedup")
 
 
 def test_tables_render_every_stored_result(capsys):

@@ -212,6 +212,45 @@ _REGISTRY = {
     "small": ModelConfig(
         vocab_size=256, d_model=384, n_layers=6, n_heads=6, d_ff=1024, max_len=512
     ),
+    "hope_small": ModelConfig(
+        kind="hope",
+        vocab_size=256,
+        d_model=384,
+        n_layers=6,
+        n_heads=6,
+        d_ff=384,
+        max_len=512,
+        mem_chunk=16,
+        sm_chunk=8,
+        cms_periods=(16, 64),
+    ),
+    # Paper scale (arXiv §9: 760M / 30B tokens and 1.3B / 100B tokens; 32K vocabulary, 4K
+    # context). Widths, depths, heads, levels and chunk sizes are not reported (spec §6, §11):
+    # these follow the Titans paper's model shapes and are declarative (for accelerators).
+    "hope_760m": ModelConfig(
+        kind="hope",
+        vocab_size=32000,
+        d_model=1536,
+        n_layers=24,
+        n_heads=12,
+        d_ff=1152,
+        max_len=4096,
+        mem_chunk=64,
+        sm_chunk=8,
+        cms_periods=(64, 256, 1024),
+    ),
+    "hope_1.3b": ModelConfig(
+        kind="hope",
+        vocab_size=32000,
+        d_model=2048,
+        n_layers=18,
+        n_heads=16,
+        d_ff=2560,
+        max_len=4096,
+        mem_chunk=64,
+        sm_chunk=8,
+        cms_periods=(64, 256, 1024),
+    ),
 }
 
 
