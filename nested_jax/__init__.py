@@ -12,7 +12,7 @@ Sub-packages:
 from nested_jax import memory, models, optim
 from nested_jax.levels import Level, LevelsResult, firing_schedule, run_levels, run_levels_reference
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Level",

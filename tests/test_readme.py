@@ -21,3 +21,12 @@ def test_readme_example_runs():
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-4, rtol=1e-3)
     assert ns["res"].fired.shape == (20, 2)
     assert int(jnp.sum(ns["res"].fired[:, 1])) == 2
+
+
+def test_readme_model_example_runs():
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    ns: dict = {"jax": jax}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["logits"].shape == (2, 16, 256) and ns["more"].shape == (2, 3, 256)
+    assert np.isfinite(float(ns["loss"]))
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(ns["grads"]))

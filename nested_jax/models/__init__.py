@@ -1,21 +1,35 @@
 """Models built from the memory primitives (paper §4-§6; issue 4).
 
 Where things are:
-  config.py       ModelConfig and the registry of named configs (tiny, small)
-  layers.py       RMSNorm, RoPE, SwiGLU, initialisers
-  transformer.py  Transformer++ block (attention = SoftmaxMemory)
-  titans.py       Titans (LMM) block (deep MLPMemory with momentum and forgetting, short conv)
-  lm.py           LanguageModel: the one API (init, init_state, apply, step, apply_reference, loss)
+  config.py          ModelConfig and the registry of named configs (tiny ... hope_1.3b)
+  layers.py          RMSNorm, RoPE, SwiGLU, L2 normalisation, initialisers
+  transformer.py     Attention (= SoftmaxMemory) and the Transformer++ block
+  titans.py          Titans (LMM) block (deep MLPMemory with momentum and forgetting, short conv)
+  self_modifying.py  self-modifying Titans (k, v, eta, alpha memories, self-generated targets)
+  cms.py             Continuum Memory System (levels of fast MLPs at different periods)
+  hope.py            Hope (self-modifying Titans + CMS) and Hope-Attention (attention + CMS)
+  lm.py              LanguageModel: the one API (init, init_state, apply, step, apply_reference,
+                     loss, next_sequence); drives the CMS's next-token-loss inner loop
 """
 
+from nested_jax.models.cms import CMSState, ContinuumMemory
 from nested_jax.models.config import ModelConfig, get_config, list_configs
-from nested_jax.models.lm import LanguageModel
+from nested_jax.models.hope import HopeBlock
+from nested_jax.models.lm import LanguageModel, NTPState
+from nested_jax.models.self_modifying import SelfModifyingBlock, SelfModifyingTitans
 from nested_jax.models.titans import TitansBlock
-from nested_jax.models.transformer import TransformerBlock
+from nested_jax.models.transformer import Attention, TransformerBlock
 
 __all__ = [
+    "Attention",
+    "CMSState",
+    "ContinuumMemory",
+    "HopeBlock",
     "LanguageModel",
     "ModelConfig",
+    "NTPState",
+    "SelfModifyingBlock",
+    "SelfModifyingTitans",
     "TitansBlock",
     "TransformerBlock",
     "get_config",
