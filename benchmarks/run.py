@@ -16,9 +16,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness only")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case (>= 5)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/NAME.json)")
+    p.add_argument(
+        "--models", nargs="+", default=None, help="model_throughput only: which models to run"
+    )
     args = p.parse_args(argv)
     mod = importlib.import_module(f"benchmarks.{args.name}")
-    payload = mod.run(quick=args.quick, repeats=args.repeats)
+    kwargs = {"models": args.models} if args.models else {}
+    if kwargs and args.name != "model_throughput":
+        raise SystemExit("--models applies to model_throughput only.")
+    payload = mod.run(quick=args.quick, repeats=args.repeats, **kwargs)
     suffix = "_quick" if args.quick else ""
     out = args.out or f"benchmarks/results/{args.name}{suffix}.json"
     print(f"wrote {write_json(out, payload)}")

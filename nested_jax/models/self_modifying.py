@@ -106,8 +106,9 @@ class SelfModifyingTitans:
             "conv": conv,
             "proj": self.proj_memory.init_params(ks[1], heads=self.n_proj * h, d_k=hd, d_v=hd),
             "gate": self.gate_memory.init_params(ks[2], heads=2 * h, d_k=hd, d_v=1),
-            # eta = eta_max * sigmoid(-2) ~ 0.12 eta_max; alpha = sigmoid(4.6) ~ 0.99
-            "b_gate": jnp.concatenate([jnp.full((h,), -2.0), jnp.full((h,), 4.6)]).astype(
+            # eta = eta_max * sigmoid(-4.6) ~ 0.01 eta_max (the MLP memories diverge above about
+            # 2 (1 - beta) / (0.35 hidden), see memory/mlp.py); alpha = sigmoid(4.6) ~ 0.99
+            "b_gate": jnp.concatenate([jnp.full((h,), -4.6), jnp.full((h,), 4.6)]).astype(
                 jnp.float32
             ),
             "main": main_p,

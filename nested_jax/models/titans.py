@@ -2,11 +2,13 @@
 
 Per layer: ``h = RMSNorm(x)``; ``q, k, v`` projections, each through a causal depthwise
 convolution (width 4) and SiLU; ``q, k`` L2-normalised per head. Data-dependent gates per token
-and head: learning rate ``eta = eta_max sigmoid(.)``, retention ``alpha = sigmoid(. + 4.6)``
-(about 0.99 at init; Titans' forgetting gate is ``1 - alpha``) and momentum ``beta = sigmoid(. +
-2.2)`` (about 0.9). The memory is :class:`~nested_jax.memory.MLPMemory` with the L2 objective and
-the momentum rule (``S <- beta S + grad; M <- alpha M - eta S``), one per head, whose initial
-state is a learned parameter (meta-learned through the inner updates). Read-out:
+and head: learning rate ``eta = eta_max sigmoid(. - 4.6)`` (about 0.01 eta_max at init: the MLP
+memory diverges above about ``2 (1 - beta) / (0.35 hidden)``, see ``memory/mlp.py``), retention
+``alpha = sigmoid(. + 4.6)`` (about 0.99 at init; Titans' forgetting gate is ``1 - alpha``) and
+momentum ``beta = sigmoid(. + 2.2)`` (about 0.9). The memory is
+:class:`~nested_jax.memory.MLPMemory` with the L2 objective and the momentum rule
+(``S <- beta S + grad; M <- alpha M - eta S``), one per head, whose initial state is a learned
+parameter (meta-learned through the inner updates). Read-out:
 ``x <- x + W_o (RMSNorm(y) * silu(h W_g))``, then ``x <- x + SwiGLU(RMSNorm(x))``.
 
 Training uses the chunk-parallel form (gradients at chunk boundaries, ``mem_chunk`` tokens);
@@ -59,7 +61,7 @@ class TitansBlock:
             "conv": conv,
             "w_gates": dense_init(ks[1], (d, 3 * h), scale=0.1),
             "b_gates": jnp.concatenate(
-                [jnp.zeros((h,)), jnp.full((h,), 4.6), jnp.full((h,), 2.2)]
+                [jnp.full((h,), -4.6), jnp.full((h,), 4.6), jnp.full((h,), 2.2)]
             ).astype(jnp.float32),
             "memory": self.memory.init_params(ks[2], heads=h, d_k=c.head_dim, d_v=c.head_dim),
             "out_norm": jnp.ones((d,), jnp.float32),
