@@ -356,3 +356,14 @@ def test_bad_model_configs():
         ModelConfig(sm_main="deep")
     with pytest.raises(ValueError, match="sm_momentum"):
         ModelConfig(sm_momentum=1.5)
+
+
+@pytest.mark.parametrize("name", ["titans_tiny", "selfmod_tiny"])
+def test_memory_layers_stay_finite_at_head_dim_64_over_long_sequences(name):
+    """Regression: with head dimension 64 (memory hidden 128) the initial inner learning rate
+    used to exceed the MLP memory's stability bound and the logits became NaN after ~50 tokens."""
+    model, params, tokens = _setup(
+        name, batch=1, length=512, d_model=128, n_heads=2, n_layers=1, max_len=512, mem_chunk=16
+    )
+    logits, _ = jax.jit(model.apply)(params, tokens)
+    assert np.all(np.isfinite(np.asarray(logits)))
