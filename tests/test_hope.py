@@ -12,37 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from model_helpers import close, setup, stream
 
 from nested_jax.levels import Level, run_levels, run_levels_reference
 from nested_jax.models import LanguageModel, ModelConfig, get_config
 from nested_jax.models.cms import ContinuumMemory, batched_swiglu
 from nested_jax.models.layers import l2_normalize, rms_norm, swiglu
 from nested_jax.models.titans import causal_conv
-
-ATOL, RTOL = 2e-5, 1e-4
-
-
-def _setup(name, batch=2, length=10, seed=0, **overrides):
-    model = LanguageModel(get_config(name, **overrides))
-    params = model.init(jax.random.key(seed))
-    tokens = jax.random.randint(jax.random.key(seed + 1), (batch, length), 0, 256)
-    return model, params, tokens
-
-
-def _stream(model, params, tokens, chunk, state=None, start=0):
-    state = model.init_state(params, tokens.shape[0]) if state is None else state
-    step = jax.jit(model.step)
-    outs = []
-    for s in range(start, tokens.shape[1], chunk):
-        logits, state = step(params, state, tokens[:, s : s + chunk])
-        outs.append(logits)
-    return jnp.concatenate(outs, axis=1), state
-
-
-def _close(a, b, atol=ATOL, rtol=RTOL):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
-
 
 VARIANTS = [
     ("selfmod_tiny", {"sm_adaptive_q": True}),
@@ -59,12 +35,12 @@ def test_variants_parallel_equals_streaming(name, overrides):
     """Each variant: the parallel form == a parallel prefix (ending mid-chunk) continued by
     token-by-token streaming in pieces of 3 (``step`` is the token-by-token form; the registry's
     default configs also go through ``apply_reference`` in test_models.py)."""
-    model, params, tokens = _setup(name, length=11, **overrides)
+    model, params, tokens = setup(name, length=11, **overrides)
     par, s_par = jax.jit(model.apply)(params, tokens)
     head, state = jax.jit(model.apply)(params, tokens[:, :5])
-    tail, s_stream = _stream(model, params, tokens, 3, state=state, start=5)
-    _close(par, jnp.concatenate([head, tail], axis=1))
-    _close(s_par, s_stream)
+    tail, s_stream = stream(model, params, tokens, 3, state=state, start=5)
+    close(par, jnp.concatenate([head, tail], axis=1))
+    close(s_par, s_stream)
 
 
 # --- CMS -------------------------------------------------------------------------------------
@@ -72,12 +48,12 @@ def test_variants_parallel_equals_streaming(name, overrides):
 
 def test_frozen_hope_attention_is_transformer_pp():
     """Hope-Attention with one frozen CMS level is exactly Transformer++ with the same weights."""
-    hope, hp, tokens = _setup("hope_attention_tiny", length=12, cms_periods=(0,))
+    hope, hp, tokens = setup("hope_attention_tiny", length=12, cms_periods=(0,))
     tf = LanguageModel(get_config("tiny"))
     lv = hp["layers"]["cms"]["levels"][0]
     layers = {**hp["layers"]["mixer"], "mlp_norm": lv["norm"], "mlp": lv["mlp"]}
     tp = {**hp, "layers": layers}
-    _close(hope.apply(hp, tokens)[0], tf.apply(tp, tokens)[0])
+    close(hope.apply(hp, tokens)[0], tf.apply(tp, tokens)[0])
 
 
 @pytest.mark.parametrize("variant", ["sequential", "nested", "independent"])
@@ -92,7 +68,7 @@ def test_cms_with_every_level_frozen_is_a_plain_mlp_chain(variant):
         src = z if variant == "independent" else want
         out = swiglu(lv["mlp"], rms_norm(src, lv["norm"]))
         want = want + (p["mix"][i] * out if variant == "independent" else out)
-    _close(y, want)
+    close(y, want)
 
 
 def test_cms_local_equals_the_levels_reference():
@@ -133,9 +109,9 @@ def test_cms_local_equals_the_levels_reference():
         run_levels(levels, state.params, xs, form="nested"),
         run_levels_reference(levels, state.params, xs),
     ):
-        _close(y, jnp.swapaxes(res.outputs[-1], 0, 1))
-        _close(final.params, res.states)
-        _close(tuple(a for a in final.acc), res.pending)
+        close(y, jnp.swapaxes(res.outputs[-1], 0, 1))
+        close(final.params, res.states)
+        close(tuple(a for a in final.acc), res.pending)
 
 
 def test_nested_cms_resets_the_faster_level_at_each_slower_boundary():
@@ -145,20 +121,20 @@ def test_nested_cms_resets_the_faster_level_at_each_slower_boundary():
     z = jax.random.normal(jax.random.key(8), (2, 8, config.d_model))
     _, st = cms(p, cms.init_state(p, 2), z)
     init = cms.init_state(p, 2).params
-    _close(st.params[0], init[0], atol=0, rtol=0)  # reset at token 8 (a level-1 boundary)
+    close(st.params[0], init[0], atol=0, rtol=0)  # reset at token 8 (a level-1 boundary)
     assert not np.allclose(np.asarray(st.params[1]["w_up"]), np.asarray(init[1]["w_up"]))
     _, st6 = cms(p, cms.init_state(p, 2), z[:, :6])  # token 6: level 0 fired, not reset
     assert not np.allclose(np.asarray(st6.params[0]["w_up"]), np.asarray(init[0]["w_up"]))
 
 
 def test_ntp_cms_learns_in_context_and_fires_on_schedule():
-    model, params, tokens = _setup("hope_attention_tiny", length=16, cms_periods=(4, 8))
+    model, params, tokens = setup("hope_attention_tiny", length=16, cms_periods=(4, 8))
     init = model.init_state(params, 2).layers["cms"].params
     outs = {}
     for t in (3, 4, 8):
         _, st = model.apply(params, tokens[:, :t])
         outs[t] = st.layers["cms"].params
-    _close(outs[3], init, atol=0, rtol=0)  # nothing fires before token 4
+    close(outs[3], init, atol=0, rtol=0)  # nothing fires before token 4
     changed = lambda a, b: not np.allclose(np.asarray(a["w_up"]), np.asarray(b["w_up"]))
     assert changed(outs[4][0], init[0]) and not changed(outs[4][1], init[1])
     assert changed(outs[8][1], init[1])
@@ -167,7 +143,7 @@ def test_ntp_cms_learns_in_context_and_fires_on_schedule():
 def test_ntp_update_is_minus_lr_times_the_chunk_gradient():
     """The first CMS chunk's update equals -lr * grad of that chunk's next-token loss, computed
     here by differentiating the frozen network directly."""
-    model, params, tokens = _setup("hope_attention_tiny", length=4, cms_periods=(4,))
+    model, params, tokens = setup("hope_attention_tiny", length=4, cms_periods=(4,))
     _, st = model.apply(params, tokens)
     frozen = LanguageModel(dataclasses.replace(model.config, cms_periods=(0,)))
 
@@ -185,21 +161,21 @@ def test_ntp_update_is_minus_lr_times_the_chunk_gradient():
         g = jax.grad(lambda m, s=s: chunk_loss(m)[s])(lv0)
         want = jax.tree.map(lambda a, gg: a - model.config.cms_lr * gg, lv0, g)
         got = jax.tree.map(lambda a, s=s: a[:, s], st.layers["cms"].params[0])
-        _close(got, want, atol=1e-5, rtol=1e-4)
+        close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_next_sequence_resets_or_keeps_the_cms():
     for persistent in (False, True):
-        model, params, tokens = _setup("hope_attention_tiny", length=8, cms_persistent=persistent)
+        model, params, tokens = setup("hope_attention_tiny", length=8, cms_persistent=persistent)
         _, st = model.apply(params, tokens)
         fresh = model.next_sequence(params, st)
         init = model.init_state(params, 2)
         want = st.layers["cms"].params if persistent else init.layers["cms"].params
-        _close(fresh.layers["cms"].params, want, atol=0, rtol=0)
-        _close(fresh.layers["mixer"], init.layers["mixer"], atol=0, rtol=0)
+        close(fresh.layers["cms"].params, want, atol=0, rtol=0)
+        close(fresh.layers["mixer"], init.layers["mixer"], atol=0, rtol=0)
         assert int(fresh.off) == 0 and int(fresh.layers["cms"].pos[0]) == 0
     with pytest.raises(ValueError, match="next_sequence is for models with a CMS"):
-        m, p, _ = _setup("tiny")
+        m, p, _ = setup("tiny")
         m.next_sequence(p, m.init_state(p, 2))
 
 
@@ -209,13 +185,13 @@ def test_next_sequence_resets_or_keeps_the_cms():
 def test_reduced_hope_is_linear_attention():
     """Hope with CMS frozen and self-modifying Titans reduced to a fixed linear memory (fixed k, v,
     eta memories, Hebbian linear main memory) is a linear-attention model, written out here."""
-    model, params, tokens = _setup(
+    model, params, tokens = setup(
         "hope_tiny", length=9, sm_main="linear", sm_adaptive=False, cms_periods=(0,)
     )
     c = model.config
     got, _ = model.apply(params, tokens)
     ref, _ = model.apply_reference(params, tokens)
-    _close(got, ref)
+    close(got, ref)
     b, t = tokens.shape
     x = params["embed"][tokens]
     for layer in range(c.n_layers):
@@ -244,7 +220,7 @@ def test_reduced_hope_is_linear_attention():
         lv = lp["cms"]["levels"][0]
         x = x + swiglu(lv["mlp"], rms_norm(x, lv["norm"]))
     want = rms_norm(x, params["final_norm"]) @ params["head"]
-    _close(got, want, atol=1e-4, rtol=1e-4)
+    close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def _meta_leaves(params):
@@ -267,7 +243,7 @@ def _meta_leaves(params):
 )
 def test_outer_gradient_reaches_every_initial_state_and_parameter(name, overrides):
     """(The registry's default configs, Hope's included, are checked in test_models.py.)"""
-    model, params, tokens = _setup(name, length=16, **overrides)
+    model, params, tokens = setup(name, length=16, **overrides)
     g = jax.jit(jax.grad(model.loss))(params, tokens)
     for path, leaf in jax.tree_util.tree_leaves_with_path(g):
         assert np.all(np.isfinite(np.asarray(leaf))), jax.tree_util.keystr(path)
@@ -282,9 +258,9 @@ def test_outer_gradient_reaches_every_initial_state_and_parameter(name, override
 def test_first_order_keeps_values_and_changes_only_gradients(name):
     """``first_order``: same outputs; gradients still reach the initial states (straight through)
     but no longer through the inner updates, so they differ from the full ones."""
-    model, params, tokens = _setup(name, length=8)
+    model, params, tokens = setup(name, length=8)
     fo = LanguageModel(dataclasses.replace(model.config, first_order=True))
-    _close(model.apply(params, tokens)[0], fo.apply(params, tokens)[0], atol=1e-5, rtol=1e-5)
+    close(model.apply(params, tokens)[0], fo.apply(params, tokens)[0], atol=1e-5, rtol=1e-5)
     g_full = jax.jit(jax.grad(model.loss))(params, tokens)
     g_fo = jax.jit(jax.grad(fo.loss))(params, tokens)
     for leaf in jax.tree.leaves(g_fo):
@@ -302,7 +278,7 @@ def test_check_grads_through_the_inner_loop(name):
     """Numerical vs autodiff directional derivatives of the loss w.r.t. the initial states of the
     memories (self-modifying Titans) and of the CMS levels (ntp: through the inner gradients,
     second order)."""
-    model, params, tokens = _setup(name, batch=1, length=8, d_model=16, d_ff=16)
+    model, params, tokens = setup(name, batch=1, length=8, d_model=16, d_ff=16)
     meta = _meta_leaves(params)
 
     @jax.jit
@@ -362,7 +338,7 @@ def test_bad_model_configs():
 def test_memory_layers_stay_finite_at_head_dim_64_over_long_sequences(name):
     """Regression: with head dimension 64 (memory hidden 128) the initial inner learning rate
     used to exceed the MLP memory's stability bound and the logits became NaN after ~50 tokens."""
-    model, params, tokens = _setup(
+    model, params, tokens = setup(
         name, batch=1, length=512, d_model=128, n_heads=2, n_layers=1, max_len=512, mem_chunk=16
     )
     logits, _ = jax.jit(model.apply)(params, tokens)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from model_helpers import close, setup, stream
 
 from nested_jax import optim
 from nested_jax.models import LanguageModel, ModelConfig, get_config, list_configs
@@ -13,51 +14,28 @@ from nested_jax.models.layers import rms_norm, rope, swiglu
 MODELS = ["tiny", "titans_tiny", "selfmod_tiny", "hope_tiny", "hope_attention_tiny"]
 
 
-def _setup(name, batch=2, length=10, seed=0):
-    model = LanguageModel(get_config(name))
-    params = model.init(jax.random.key(seed))
-    tokens = jax.random.randint(jax.random.key(seed + 1), (batch, length), 0, 256)
-    return model, params, tokens
-
-
-def _stream(model, params, tokens, chunk, state=None, start=0):
-    """Stream ``tokens[:, start:]`` in pieces of ``chunk`` through a jitted ``step``."""
-    state = model.init_state(params, tokens.shape[0]) if state is None else state
-    step = jax.jit(model.step)
-    outs = []
-    for s in range(start, tokens.shape[1], chunk):
-        logits, state = step(params, state, tokens[:, s : s + chunk])
-        outs.append(logits)
-    return jnp.concatenate(outs, axis=1), state
-
-
-def _close(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5, rtol=1e-4)
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_parallel_equals_reference_equals_streaming(name):
     """Three-way equivalence, streaming in pieces that divide the length (1) and that do not (3),
     and continuing a parallel prefix that ends mid-chunk."""
-    model, params, tokens = _setup(name)
+    model, params, tokens = setup(name)
     par, s_par = jax.jit(model.apply)(params, tokens)
     ref, s_ref = jax.jit(model.apply_reference)(params, tokens)
-    _close(par, ref)
-    _close(s_par, s_ref)
+    close(par, ref)
+    close(s_par, s_ref)
     for chunk in (1, 3):
-        stream, s_stream = _stream(model, params, tokens, chunk)
-        _close(par, stream)
-        _close(s_par, s_stream)
+        streamed, s_stream = stream(model, params, tokens, chunk)
+        close(par, streamed)
+        close(s_par, s_stream)
     head, state = jax.jit(model.apply)(params, tokens[:, :7])
-    tail, s_tail = _stream(model, params, tokens, 3, state=state, start=7)
-    _close(par, jnp.concatenate([head, tail], axis=1))
-    _close(s_par, s_tail)
+    tail, s_tail = stream(model, params, tokens, 3, state=state, start=7)
+    close(par, jnp.concatenate([head, tail], axis=1))
+    close(s_par, s_tail)
 
 
 def test_transformer_block_is_a_plain_transformer():
     """The block (attention through SoftmaxMemory) equals a Transformer++ layer written directly."""
-    model, params, tokens = _setup("tiny", length=12)
+    model, params, tokens = setup("tiny", length=12)
     c = model.config
     p = jax.tree.map(lambda a: a[0], params["layers"])
     x = params["embed"][tokens]
@@ -74,7 +52,7 @@ def test_transformer_block_is_a_plain_transformer():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_causality_and_batch_isolation(name):
-    model, params, tokens = _setup(name, length=12)
+    model, params, tokens = setup(name, length=12)
     f = jax.jit(lambda t: model.apply(params, t)[0])
     base = f(tokens)
     t0 = 7
@@ -86,7 +64,7 @@ def test_causality_and_batch_isolation(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_no_recompilation_on_second_call(name):
-    model, params, tokens = _setup(name)
+    model, params, tokens = setup(name)
     traces = []
 
     def fwd(p, t):
@@ -101,7 +79,7 @@ def test_no_recompilation_on_second_call(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_two_training_steps_lower_the_loss_and_gradients_reach_every_parameter(name):
-    model, params, tokens = _setup(name, batch=4, length=16)
+    model, params, tokens = setup(name, batch=4, length=16)
     tx = optim.adam_memory(1e-2)
     state = tx.init(params)
 
@@ -139,7 +117,7 @@ def test_bad_configs_and_inputs():
         ModelConfig(d_model=30, n_heads=2)
     with pytest.raises(ValueError, match="positive int"):
         ModelConfig(n_layers=0)
-    model, params, tokens = _setup("tiny")
+    model, params, tokens = setup("tiny")
     with pytest.raises(ValueError, match="integer array"):
         model.apply(params, tokens.astype(jnp.float32))
     with pytest.raises(ValueError, match="exceeds the model's max_len"):

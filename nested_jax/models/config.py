@@ -162,52 +162,26 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
 
+_TINY = {"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_len": 128}
+# Paper scale (arXiv §9: 760M / 30B tokens and 1.3B / 100B tokens; 32K vocabulary, 4K context).
+# Widths, depths, heads, levels and chunk sizes are not reported (spec §6, §11): these follow the
+# Titans paper's model shapes and are declarative (for accelerators).
+_PAPER = {
+    "kind": "hope",
+    "vocab_size": 32000,
+    "max_len": 4096,
+    "mem_chunk": 64,
+    "sm_chunk": 8,
+    "cms_periods": (64, 256, 1024),
+}
+
 _REGISTRY = {
     # tests: seconds on a CPU
-    "tiny": ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=128),
-    "titans_tiny": ModelConfig(
-        kind="titans",
-        vocab_size=256,
-        d_model=32,
-        n_layers=2,
-        n_heads=2,
-        d_ff=64,
-        max_len=128,
-        mem_chunk=4,
-    ),
-    "selfmod_tiny": ModelConfig(
-        kind="selfmod",
-        vocab_size=256,
-        d_model=32,
-        n_layers=2,
-        n_heads=2,
-        d_ff=64,
-        max_len=128,
-        mem_chunk=4,
-        sm_chunk=2,
-    ),
-    "hope_tiny": ModelConfig(
-        kind="hope",
-        vocab_size=256,
-        d_model=32,
-        n_layers=2,
-        n_heads=2,
-        d_ff=64,
-        max_len=128,
-        mem_chunk=4,
-        sm_chunk=2,
-        cms_periods=(4, 8),
-    ),
-    "hope_attention_tiny": ModelConfig(
-        kind="hope_attention",
-        vocab_size=256,
-        d_model=32,
-        n_layers=2,
-        n_heads=2,
-        d_ff=64,
-        max_len=128,
-        cms_periods=(4, 8),
-    ),
+    "tiny": ModelConfig(**_TINY),
+    "titans_tiny": ModelConfig(kind="titans", mem_chunk=4, **_TINY),
+    "selfmod_tiny": ModelConfig(kind="selfmod", mem_chunk=4, sm_chunk=2, **_TINY),
+    "hope_tiny": ModelConfig(kind="hope", mem_chunk=4, sm_chunk=2, cms_periods=(4, 8), **_TINY),
+    "hope_attention_tiny": ModelConfig(kind="hope_attention", cms_periods=(4, 8), **_TINY),
     # CPU experiments: ~10.8M parameters (byte vocabulary)
     "small": ModelConfig(
         vocab_size=256, d_model=384, n_layers=6, n_heads=6, d_ff=1024, max_len=512
@@ -224,33 +198,8 @@ _REGISTRY = {
         sm_chunk=8,
         cms_periods=(16, 64),
     ),
-    # Paper scale (arXiv §9: 760M / 30B tokens and 1.3B / 100B tokens; 32K vocabulary, 4K
-    # context). Widths, depths, heads, levels and chunk sizes are not reported (spec §6, §11):
-    # these follow the Titans paper's model shapes and are declarative (for accelerators).
-    "hope_760m": ModelConfig(
-        kind="hope",
-        vocab_size=32000,
-        d_model=1536,
-        n_layers=24,
-        n_heads=12,
-        d_ff=1152,
-        max_len=4096,
-        mem_chunk=64,
-        sm_chunk=8,
-        cms_periods=(64, 256, 1024),
-    ),
-    "hope_1.3b": ModelConfig(
-        kind="hope",
-        vocab_size=32000,
-        d_model=2048,
-        n_layers=18,
-        n_heads=16,
-        d_ff=2560,
-        max_len=4096,
-        mem_chunk=64,
-        sm_chunk=8,
-        cms_periods=(64, 256, 1024),
-    ),
+    "hope_760m": ModelConfig(d_model=1536, n_layers=24, n_heads=12, d_ff=1152, **_PAPER),
+    "hope_1.3b": ModelConfig(d_model=2048, n_layers=18, n_heads=16, d_ff=2560, **_PAPER),
 }
 
 

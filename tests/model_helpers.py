@@ -1,0 +1,34 @@
+"""Shared helpers of the model tests (test_models.py, test_hope.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nested_jax.models import LanguageModel, get_config
+
+ATOL, RTOL = 2e-5, 1e-4
+
+
+def setup(name, batch=2, length=10, seed=0, **overrides):
+    """A registry model (fields overridden), its params and random byte tokens ``[batch, length]``."""
+    model = LanguageModel(get_config(name, **overrides))
+    params = model.init(jax.random.key(seed))
+    tokens = jax.random.randint(jax.random.key(seed + 1), (batch, length), 0, 256)
+    return model, params, tokens
+
+
+def stream(model, params, tokens, chunk, state=None, start=0):
+    """Stream ``tokens[:, start:]`` in pieces of ``chunk`` through a jitted ``step``."""
+    state = model.init_state(params, tokens.shape[0]) if state is None else state
+    step = jax.jit(model.step)
+    outs = []
+    for s in range(start, tokens.shape[1], chunk):
+        logits, state = step(params, state, tokens[:, s : s + chunk])
+        outs.append(logits)
+    return jnp.concatenate(outs, axis=1), state
+
+
+def close(a, b, atol=ATOL, rtol=RTOL):
+    """Every leaf of two pytrees equal within tolerance."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
