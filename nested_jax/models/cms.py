@@ -35,7 +35,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nested_jax.memory import first_order_update
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import dense_init, rms_norm, swiglu_init
 
@@ -149,8 +148,6 @@ class ContinuumMemory:
                 accs[i] = jax.tree.map(jnp.add, accs[i], inc)
             fire = pos % self.periods[i] == 0
             new = jax.tree.map(jnp.add, params[i], accs[i])
-            if c.first_order:
-                new = first_order_update(new, params[i])
             params[i] = jax.tree.map(lambda a, b, f=fire: jnp.where(f, a, b), new, params[i])
             accs[i] = jax.tree.map(lambda a, f=fire: jnp.where(f, jnp.zeros_like(a), a), accs[i])
         if c.cms_variant == "nested":
