@@ -1,12 +1,163 @@
-"""Command-line entry point: ``nested-jax COMMAND [options]``."""
+"""Command-line entry point: ``nested-jax COMMAND [options]`` (also ``python -m nested_jax``).
+
+Commands: ``quickstart`` (train the tiny Hope on Shakespeare bytes, CPU, ~2 minutes), ``train``,
+``eval``, ``generate``, ``configs`` and ``levels-demo``. Errors in configs and inputs are printed
+as one message and exit with status 2; a non-finite loss under ``nan_policy=stop`` exits with 3.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
+import time
 
 COMMANDS = {
-    "quickstart": "a two-level associative memory learning a drifting map in context (CPU, seconds)",
+    "quickstart": "train the tiny Hope on Shakespeare bytes (CPU, ~2 min), checkpoint, sample",
+    "train": "train or resume a run: --config NAME [--set key=value ...] [--out DIR]",
+    "eval": "validation loss and bits per byte of a run's newest checkpoint: --run DIR",
+    "generate": "sample from a run's newest checkpoint: --run DIR --prompt TEXT",
+    "configs": "list the named training and model configs",
+    "levels-demo": "a two-level associative memory learning a drifting map in context (seconds)",
 }
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break a tqdm progress bar."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except ImportError:  # pragma: no cover
+            print(self.format(record), file=sys.stderr)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("nested_jax")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        h = _TqdmHandler()
+        h.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(h)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for noisy in ("absl", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _train_parser(prog: str, default_config: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--config", default=default_config, required=default_config is None)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. steps=500, data.seq_len=256, model.d_model=64",
+    )
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--fresh", action="store_true", help="do not resume (the directory must be new)")
+    return p
+
+
+def _train(argv, *, quickstart: bool) -> int:
+    from nested_jax import train as tr
+
+    prog = "nested-jax quickstart" if quickstart else "nested-jax train"
+    p = _train_parser(prog, "quickstart" if quickstart else None)
+    if quickstart:
+        p.add_argument("--steps", type=int, default=None, help="training steps (default 150)")
+        p.add_argument("--prompt", default="ROMEO:\n", help="prompt for the sample")
+    a = p.parse_args(argv)
+    overrides = list(a.overrides)
+    if quickstart and a.steps is not None:
+        overrides.append(f"steps={a.steps}")
+    cfg = tr.get_train_config(a.config, overrides)
+    out = a.out or (
+        time.strftime("runs/quickstart-%Y%m%d-%H%M%S") if quickstart else f"runs/{a.config}"
+    )
+    from pathlib import Path
+
+    if (
+        a.fresh
+        and (Path(out) / "checkpoints").exists()
+        and any((Path(out) / "checkpoints").iterdir())
+    ):
+        print(
+            f"{prog}: --fresh but {out} already holds checkpoints; choose a new --out.",
+            file=sys.stderr,
+        )
+        return 2
+    if quickstart:
+        print(
+            f"nested_jax quickstart: {cfg.model} ({dict(cfg.model_overrides)}) on "
+            f"{cfg.data.corpus} bytes, {cfg.steps} steps of {cfg.data.batch_size} x "
+            f"{cfg.data.seq_len} tokens -> {out}",
+            flush=True,
+        )
+    res = tr.train(cfg, out, progress=not a.no_progress)
+    if quickstart:
+        rec = [r for r in tr.read_metrics(out) if "loss" in r]
+        print(
+            f"\ntrain loss fell from {rec[0]['loss']:.3f} (step {rec[0]['step']}) to "
+            f"{rec[-1]['loss']:.3f} (step {rec[-1]['step']}); validation {res.val_loss:.3f} nats "
+            f"= {res.val_bpb:.3f} bits/byte (uniform over bytes: 8.000)"
+        )
+        print(f"checkpoint: {res.checkpoint}\nmetrics: {out}/metrics.jsonl, plot: {out}/loss.png")
+        text = tr.generate(out, a.prompt, length=200, temperature=0.8)
+        print(f"\nsample (temperature 0.8):\n{a.prompt}{text}")
+    return 0
+
+
+def _eval(argv) -> int:
+    from nested_jax import train as tr
+
+    p = argparse.ArgumentParser(prog="nested-jax eval")
+    p.add_argument("--run", required=True, help="a run directory")
+    a = p.parse_args(argv)
+    r = tr.evaluate(a.run)
+    print(
+        f"step {r['step']}: validation loss {r['val_loss']:.4f} nats, {r['val_bpb']:.4f} bits/byte"
+    )
+    return 0
+
+
+def _generate(argv) -> int:
+    from nested_jax import train as tr
+
+    p = argparse.ArgumentParser(prog="nested-jax generate")
+    p.add_argument("--run", required=True, help="a run directory")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--length", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.length < 1 or a.temperature < 0 or a.top_k < 0:
+        p.error("--length must be >= 1, --temperature >= 0, --top-k >= 0")
+    text = tr.generate(
+        a.run, a.prompt, length=a.length, temperature=a.temperature, top_k=a.top_k, seed=a.seed
+    )
+    print(a.prompt + text)
+    return 0
+
+
+def _configs(argv) -> int:
+    from nested_jax.models import list_configs
+    from nested_jax.train import list_train_configs
+
+    print("training configs (nested-jax train --config NAME):", ", ".join(list_train_configs()))
+    print("model configs (--set model=NAME):", ", ".join(list_configs()))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,16 +168,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<12} {text}")
         return 0
     cmd, rest = argv[0], argv[1:]
-    if cmd == "quickstart":
-        from nested_jax import quickstart
+    if cmd not in COMMANDS:
+        print(
+            f"nested-jax: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if cmd == "levels-demo":
+        from nested_jax import levels_demo
 
-        quickstart.main(rest)
+        levels_demo.main(rest)
         return 0
-    print(
-        f"nested-jax: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}",
-        file=sys.stderr,
+    _setup_logging()
+    from nested_jax.train import (
+        CheckpointMismatchError,
+        ConfigError,
+        DataError,
+        NonFiniteLossError,
     )
-    return 2
+
+    try:
+        if cmd in ("quickstart", "train"):
+            return _train(rest, quickstart=cmd == "quickstart")
+        return {"eval": _eval, "generate": _generate, "configs": _configs}[cmd](rest)
+    except (ConfigError, DataError, CheckpointMismatchError, FileNotFoundError, ValueError) as e:
+        print(f"nested-jax {cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"nested-jax {cmd}: stopped: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

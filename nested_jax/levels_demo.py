@@ -1,4 +1,4 @@
-"""Quickstart: a two-level associative memory learning a drifting map in context.
+"""Levels demo: a two-level associative memory learning a drifting map in context.
 
 The stream is key/value pairs ``v_t = (A + Delta_c) k_t + noise`` where ``A`` is a persistent map and
 ``Delta_c`` a context-specific perturbation that changes every ``context_len`` tokens. Two levels of
@@ -74,7 +74,7 @@ def run(
     noise: float = 0.05,
     seed: int = 0,
 ) -> dict:
-    """Run the quickstart and return its summary (also used by the tests)."""
+    """Run the demo and return its summary (also used by the tests)."""
     keys, values, a, maps = make_stream(
         jax.random.key(seed),
         length=length,
@@ -117,7 +117,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="nested-jax quickstart", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="nested-jax levels-demo", description=__doc__.split("\n")[0])
     p.add_argument("--length", type=int, default=8192, help="tokens in the stream")
     p.add_argument("--slow-period", type=int, default=16, help="tokens between slow-level updates")
     p.add_argument("--seed", type=int, default=0)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.slow_period < 1:
         p.error("--slow-period must be >= 1")
 
-    print(f"nested_jax quickstart on {jax.devices()[0].platform.upper()}: two levels, one scan")
+    print(f"nested_jax levels demo on {jax.devices()[0].platform.upper()}: two levels, one scan")
     s = run(length=args.length, slow_period=args.slow_period, seed=args.seed)
     print(f"  stream: {s['tokens']} tokens, d=16, context switches every 256 tokens")
     print(f"  compiled + ran in {s['seconds']:.2f}s")

@@ -1,0 +1,137 @@
+"""Checkpoints with orbax-checkpoint v1 (``ocp.training.Checkpointer``).
+
+A checkpoint at step ``s`` holds the train state after ``s`` steps (``"state"``: parameters,
+optimizer state, step, RNG), the data iterator's position (``"data"``: the grain iterator, a JSON
+checkpointable) and, as custom metadata, the run's config, its model config and a fingerprint
+of the state (per-leaf sums) checked on restore. Orbax writes each checkpoint to a temporary
+directory and renames it on commit, so a crash mid-save never leaves a partial step; the newest
+``keep`` are kept.
+
+:meth:`Checkpoints.restore` starts from the newest step; a step that cannot be read (truncated,
+corrupted, fingerprint mismatch) is reported by name, moved aside to ``corrupt-<step>`` (nothing
+is deleted) and the previous one is tried. A checkpoint made for a different model (vocabulary,
+shapes) is not corruption: it raises :class:`CheckpointMismatchError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Checkpoints", "CheckpointMismatchError", "CorruptCheckpointError", "fingerprint"]
+
+log = logging.getLogger("nested_jax.train")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was written for a different model or vocabulary than the config gives."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint step exists but cannot be restored."""
+
+
+@jax.jit
+def _sums(tree):
+    return [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+
+
+def fingerprint(tree) -> list[float]:
+    """Per-leaf ``sum |x|`` of the numeric leaves (a cheap corruption check)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.number)]
+    return [float(s) for s in _sums(leaves)]
+
+
+def _same(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
+
+
+class Checkpoints:
+    """The run's checkpoints under ``directory``; keeps the newest ``keep``."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3):
+        from orbax.checkpoint import v1 as ocp
+
+        self.directory = Path(directory).absolute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._ck = ocp.training.Checkpointer(
+            self.directory,
+            preservation_policy=ocp.training.preservation_policies.LatestN(keep),
+            cleanup_tmp_directories=True,
+        )
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(c.step for c in self._ck.checkpoints)
+
+    def path(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def save(self, step: int, state: Any, data_iter: Any, meta: dict) -> Path:
+        """Save synchronously (returns once committed)."""
+        meta = dict(meta, fingerprint=fingerprint(state))
+        items = {"state": state} if data_iter is None else {"state": state, "data": data_iter}
+        self._ck.save_checkpointables(step, items, custom_metadata=meta, force=True, overwrite=True)
+        self._ck.wait()
+        return self.path(step)
+
+    def metadata(self, step: int) -> dict:
+        meta = self._ck.metadata(step).custom_metadata
+        if not isinstance(meta, dict):
+            raise CorruptCheckpointError(f"checkpoint {self.path(step)} has no run metadata.")
+        return meta
+
+    def _quarantine(self, step: int, err: Exception) -> None:
+        src = self.path(step)
+        dst = self.directory / f"corrupt-{step}"
+        n = 1
+        while dst.exists():
+            n += 1
+            dst = self.directory / f"corrupt-{step}.{n}"
+        log.error(
+            "checkpoint %s cannot be restored (%s: %s); moved it to %s and trying the previous one.",
+            src,
+            type(err).__name__,
+            str(err).splitlines()[0][:300],
+            dst,
+        )
+        os.rename(src, dst)
+        self._ck.reload()
+
+    def restore(self, abstract_state: Any, data_iter: Any, check_meta=None):
+        """Restore the newest readable step: ``(step, state, meta)``, or ``None`` if there is none.
+
+        ``abstract_state``: a pytree of ``jax.ShapeDtypeStruct`` (with shardings) giving the
+        structure, shapes, dtypes and placement. ``data_iter`` (may be ``None``) is restored in
+        place. ``check_meta(meta, path)`` may raise :class:`CheckpointMismatchError`.
+        """
+        for step in reversed(self.steps):
+            try:
+                meta = self.metadata(step)
+            except Exception as e:  # unreadable metadata: corrupt
+                self._quarantine(step, e)
+                continue
+            if check_meta is not None:
+                check_meta(meta, self.path(step))  # a mismatch is the user's to fix: raise
+            items = {"state": abstract_state}
+            if data_iter is not None:
+                items["data"] = data_iter
+            try:
+                out = self._ck.load_checkpointables(step, items)
+                state = out["state"]
+                if not _same(fingerprint(state), meta.get("fingerprint", [])):
+                    raise CorruptCheckpointError("the restored values do not match the fingerprint")
+            except Exception as e:
+                self._quarantine(step, e)
+                continue
+            return step, state, meta
+        return None
+
+    def close(self):
+        self._ck.close()

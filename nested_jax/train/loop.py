@@ -1,0 +1,516 @@
+"""The training loop: :class:`Run` (everything a run needs, built and checked once) and
+:func:`train` / :func:`evaluate` / :func:`generate` on top of it.
+
+A run lives in one directory::
+
+    OUT/config.json        the TrainConfig (resuming re-reads nothing else)
+    OUT/checkpoints/<step> orbax checkpoints (state + data position + metadata), newest `keep`
+    OUT/metrics.jsonl      one JSON object per logged step / evaluation (append-only, flushed)
+    OUT/loss.png           the loss curve (at the end)
+    OUT/tokenizer.json     the BPE vocabulary (BPE runs only)
+    OUT/tb/                TensorBoard events (``tensorboard=True``)
+
+Running the same command again resumes from the newest good checkpoint, with the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nested_jax.models import LanguageModel
+from nested_jax.train import data as data_lib
+from nested_jax.train import sharding as sh
+from nested_jax.train.checkpoint import CheckpointMismatchError, Checkpoints
+from nested_jax.train.config import ConfigError, TrainConfig, dumps, model_config, validate
+from nested_jax.train.step import (
+    bits_per_byte,
+    eval_step,
+    init_train_state,
+    make_optimizer,
+    make_schedule,
+    train_step,
+)
+
+__all__ = ["Run", "RunResult", "NonFiniteLossError", "train", "evaluate", "generate", "sample"]
+
+log = logging.getLogger("nested_jax.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A step produced a non-finite loss or gradient (the update was not applied)."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    out_dir: Path
+    step: int
+    train_loss: float
+    val_loss: float
+    val_bpb: float
+    checkpoint: Path | None
+    skipped: int
+
+
+def _json_model(mc) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(mc)))
+
+
+class Run:
+    """A configured run: data, model, optimizer, mesh, jitted steps and checkpoints.
+
+    ``load_data=False`` (for ``generate``) skips the corpus; the vocabulary then comes from the
+    run directory (its checkpoints and saved tokenizer)."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, load_data: bool = True):
+        self.cfg = cfg = validate(cfg)
+        self.out_dir = Path(out_dir)
+        if cfg.distributed:
+            sh.initialize_distributed()
+        d = cfg.data
+        self.splits = None
+        if load_data:
+            self.splits = data_lib.prepare(
+                d.corpus,
+                tokenizer=d.tokenizer,
+                bpe_vocab=d.bpe_vocab,
+                val_fraction=d.val_fraction,
+                seed=cfg.seed,
+                cache_dir=d.cache_dir,
+            )
+            self.tokenizer, vocab = self.splits.tokenizer, self.splits.vocab_size
+            data_lib._check_length(self.splits.train, d.seq_len, "training")
+        else:
+            self.tokenizer, vocab = self._saved_tokenizer()
+        self.model_config = model_config(cfg, vocab_size=vocab)
+        self.model = LanguageModel(self.model_config)
+        try:
+            self.mesh = sh.make_mesh(*cfg.mesh)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        n_data = self.mesh.shape["data"]
+        if d.batch_size % (n_data * jax.process_count()) and d.batch_size % n_data:
+            raise ConfigError(
+                f"data.batch_size={d.batch_size} must be a multiple of the mesh's data axis "
+                f"({n_data} devices); change data.batch_size or mesh."
+            )
+        self.opt = make_optimizer(cfg.optim, cfg.steps)
+        self.schedule = make_schedule(cfg.optim, cfg.steps)
+        init = functools.partial(init_train_state, self.model, self.opt)
+        abstract = jax.eval_shape(init, jax.random.key(0))
+        self.state_sharding = sh.param_sharding(abstract, self.mesh)
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract,
+            self.state_sharding,
+        )
+        bs, rep = sh.batch_sharding(self.mesh), sh.replicated(self.mesh)
+        self._init = jax.jit(init, out_shardings=self.state_sharding)
+        self._step = jax.jit(
+            functools.partial(train_step, self.model, self.opt),
+            in_shardings=(self.state_sharding, bs),
+            out_shardings=(self.state_sharding, rep),
+            donate_argnums=0,
+        )
+        self._eval = jax.jit(
+            functools.partial(eval_step, self.model),
+            in_shardings=(self.state_sharding.params, bs),
+            out_shardings=rep,
+        )
+        self.ckpt = Checkpoints(self.out_dir / "checkpoints", cfg.keep)
+
+    # ---------------------------------------------------------------------------- helpers
+    def _saved_tokenizer(self):
+        path = self.out_dir / "tokenizer.json"
+        if self.cfg.data.tokenizer == "bpe":
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: this BPE run's vocabulary is gone.")
+            import tokenizers
+
+            tok = data_lib.BPETokenizer(tokenizers.Tokenizer.from_file(str(path)))
+            return tok, tok.vocab_size
+        if Path(self.cfg.data.corpus).suffix == ".npy":
+            ck = Checkpoints(self.out_dir / "checkpoints", self.cfg.keep)
+            if not ck.steps:
+                raise FileNotFoundError(f"no checkpoint in {ck.directory}.")
+            return None, int(ck.metadata(ck.steps[-1])["model"]["vocab_size"])
+        return data_lib.ByteTokenizer(), 256
+
+    def meta(self) -> dict:
+        tok = self.tokenizer.name if self.tokenizer is not None else "npy"
+        return {
+            "config": self.cfg.to_json(),
+            "model": _json_model(self.model_config),
+            "tokenizer": tok,
+        }
+
+    def check_meta(self, meta: dict, path: Path) -> None:
+        mine = _json_model(self.model_config)
+        theirs = meta.get("model", {})
+        if theirs.get("vocab_size") != mine["vocab_size"]:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was trained with vocab_size {theirs.get('vocab_size')} "
+                f"(tokenizer {meta.get('tokenizer')!r}), but this config gives "
+                f"{mine['vocab_size']} (tokenizer {self.meta()['tokenizer']!r}). Use the run's "
+                "own data/tokenizer settings, or a new output directory for a new run."
+            )
+        diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+        if diff:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was trained with a different model: "
+                + ", ".join(f"{k}={theirs.get(k)!r} (config: {mine[k]!r})" for k in diff)
+                + ". Use the run's config, or a new output directory for a new run."
+            )
+
+    def data_iterator(self):
+        import grain
+
+        d = self.cfg.data
+        local = d.batch_size // jax.process_count()
+        ds = data_lib.train_dataset(
+            self.splits.train,
+            seq_len=d.seq_len,
+            batch_size=local,
+            seed=self.cfg.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        opts = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+        return iter(ds.to_iter_dataset(read_options=opts))
+
+    def init_state(self):
+        return self._init(jax.random.key(self.cfg.seed))
+
+    def restore(self, data_iter=None):
+        """``(step, state)`` from the newest good checkpoint, or ``None``."""
+        got = self.ckpt.restore(self.abstract_state, data_iter, check_meta=self.check_meta)
+        if got is None:
+            return None
+        step, state, _ = got
+        return step, state
+
+    def save(self, step: int, state, data_iter) -> Path:
+        return self.ckpt.save(step, state, data_iter, self.meta())
+
+    def batch(self, local: np.ndarray) -> jax.Array:
+        return sh.global_batch(np.asarray(local, np.int32), self.mesh)
+
+    def evaluate(self, params) -> dict:
+        """Validation loss (nats / token) and bits per byte over ``eval_batches`` batches."""
+        d = self.cfg.data
+        if self.splits is None or len(self.splits.val) == 0:
+            return {"val_loss": float("nan"), "val_bpb": float("nan")}
+        w = data_lib.eval_windows(self.splits.val, seq_len=d.seq_len, max_windows=10**9)
+        n = min(len(w) // d.batch_size, d.eval_batches)
+        if n == 0:
+            raise data_lib.DataError(
+                f"the validation split holds {len(w)} windows of {d.seq_len} tokens, fewer than "
+                f"one batch ({d.batch_size}); lower data.batch_size or data.seq_len, or raise "
+                "data.val_fraction."
+            )
+        pc, pi = jax.process_count(), jax.process_index()
+        losses = []
+        for i in range(n):
+            rows = w[i * d.batch_size : (i + 1) * d.batch_size][pi::pc]
+            losses.append(float(self._eval(params, self.batch(rows))))
+        loss = float(np.mean(losses))
+        return {"val_loss": loss, "val_bpb": bits_per_byte(loss, self.splits.bytes_per_token)}
+
+
+# ----------------------------------------------------------------------------- metrics sink
+class _Metrics:
+    """Append-only JSONL (flushed per record), optional TensorBoard, the PNG at the end."""
+
+    def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool):
+        self.path = out_dir / "metrics.jsonl"
+        if self.path.exists():  # drop records past the step we resume from (they are redone)
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step
+            ]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
+        self.f = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        self.tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError as e:
+                raise ConfigError(
+                    "tensorboard=True needs the tensorboardX package: pip install tensorboardX"
+                ) from e
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+
+    def write(self, record: dict) -> None:
+        self.f.write(json.dumps(record) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(out_dir) -> list[dict]:
+    path = Path(out_dir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def plot_losses(out_dir) -> Path | None:
+    """``OUT/loss.png`` from ``metrics.jsonl`` (``None`` if matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no loss plot.")
+        return None
+    rec = read_metrics(out_dir)
+    tr = [(r["step"], r["loss"]) for r in rec if "loss" in r]
+    va = [(r["step"], r["val_loss"]) for r in rec if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if tr:
+        ax.plot(*zip(*tr, strict=True), label="train")
+    if va:
+        ax.plot(*zip(*va, strict=True), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("next-token loss (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = Path(out_dir) / "loss.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------- the loop
+def train(
+    cfg: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True, resume: bool = True
+) -> RunResult:
+    """Train (or resume) the run in ``out_dir``. Raises :class:`NonFiniteLossError` on a
+    non-finite step under ``nan_policy="stop"`` (the last good checkpoint stays as it was)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(cfg, out_dir)
+    cfg = run.cfg
+    saved = out_dir / "config.json"
+    if saved.exists() and resume and run.ckpt.steps:
+        old = TrainConfig.from_json(json.loads(saved.read_text()))
+        if dataclasses.replace(old, steps=cfg.steps) != dataclasses.replace(cfg, steps=old.steps):
+            log.warning("%s differs from this run's config; resuming with the new one.", saved)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(dumps(cfg))
+    os.replace(tmp, saved)
+    if run.tokenizer is not None and run.tokenizer.name == "bpe":
+        run.tokenizer._tok.save(str(out_dir / "tokenizer.json"))
+
+    it = run.data_iterator()
+    got = run.restore(it) if resume else None
+    if got is None:
+        step, state = 0, run.init_state()
+    else:
+        step, state = got
+        log.info("resumed from %s at step %d", run.ckpt.path(step), step)
+    metrics = _Metrics(out_dir, step, cfg.tensorboard)
+    n_params = run.model.num_params(state.params)
+    log.info(
+        "model %s (%s, %.2fM parameters), %s on %d device(s) mesh %s; %d tokens/step",
+        cfg.model,
+        run.model_config.kind,
+        n_params / 1e6,
+        cfg.optim.name,
+        jax.device_count(),
+        dict(run.mesh.shape),
+        cfg.data.batch_size * cfg.data.seq_len,
+    )
+    try:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, disable=not progress, unit="step")
+    except ImportError:  # pragma: no cover
+        bar = None
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    last_ckpt = run.ckpt.path(run.ckpt.steps[-1]) if run.ckpt.steps else None
+    loss = float("nan")
+    skips_in_row = 0
+    t_last, steps_since = time.perf_counter(), 0
+    try:
+        while step < cfg.steps:
+            batch = run.batch(next(it))
+            state, m = run._step(state, batch)
+            step += 1
+            loss, gnorm = float(m["loss"]), float(m["grad_norm"])
+            if not bool(m["finite"]):
+                where = (
+                    f"non-finite loss ({loss}) or gradient norm ({gnorm}) at step {step} "
+                    f"(data batch {step - 1}); the update was not applied"
+                )
+                good = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint"
+                skips_in_row += 1
+                if cfg.nan_policy == "stop" or skips_in_row > cfg.max_skips:
+                    why = "" if cfg.nan_policy == "stop" else f" ({skips_in_row} in a row)"
+                    raise NonFiniteLossError(f"{where}{why}. Stopping; {good}.")
+                log.warning("%s; skipping (nan_policy='skip').", where)
+                metrics.write({"step": step, "skipped": True})
+            else:
+                skips_in_row = 0
+            steps_since += 1
+            if cfg.log_every and step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                rate = steps_since * tokens / max(now - t_last, 1e-9)
+                t_last, steps_since = now, 0
+                rec = {
+                    "step": step,
+                    "loss": loss,
+                    "grad_norm": gnorm,
+                    "lr": float(run.schedule(step - 1)),
+                    "tokens_per_s": rate,
+                }
+                metrics.write(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+            if bar is not None:
+                bar.update(1)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                ev = run.evaluate(state.params)
+                metrics.write({"step": step, **ev})
+                log.info("step %d: val loss %.4f, %.3f bits/byte", step, *ev.values())
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                last_ckpt = run.save(step, state, it)
+            if cfg.step_sleep:
+                time.sleep(cfg.step_sleep)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        if not run.ckpt.steps or run.ckpt.steps[-1] != step:
+            last_ckpt = run.save(step, state, it)
+        log.warning("interrupted at step %d; saved %s. Run again to resume.", step, last_ckpt)
+        metrics.close()
+        raise
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        metrics.close()
+        raise
+    if bar is not None:
+        bar.close()
+    if not run.ckpt.steps or run.ckpt.steps[-1] != step:
+        last_ckpt = run.save(step, state, it)
+    ev = run.evaluate(state.params)
+    metrics.write({"step": step, **ev})
+    metrics.close()
+    if cfg.plot:
+        plot_losses(out_dir)
+    skipped = int(state.skipped)
+    log.info(
+        "done: step %d, train loss %.4f, val loss %.4f (%.3f bits/byte); checkpoint %s",
+        step,
+        loss,
+        ev["val_loss"],
+        ev["val_bpb"],
+        last_ckpt,
+    )
+    run.ckpt.close()
+    return RunResult(out_dir, step, loss, ev["val_loss"], ev["val_bpb"], last_ckpt, skipped)
+
+
+def load_run(out_dir, *, load_data: bool = True) -> tuple[Run, Any, int]:
+    """The run in ``out_dir`` and its newest good state: ``(run, state, step)``."""
+    out_dir = Path(out_dir)
+    saved = out_dir / "config.json"
+    if not saved.exists():
+        raise FileNotFoundError(f"{saved} not found: {out_dir} is not a training run directory.")
+    run = Run(TrainConfig.from_json(json.loads(saved.read_text())), out_dir, load_data=load_data)
+    got = run.restore(None)
+    if got is None:
+        raise FileNotFoundError(f"no restorable checkpoint in {run.ckpt.directory}.")
+    step, state = got
+    return run, state, step
+
+
+def evaluate(out_dir) -> dict:
+    """Validation loss and bits per byte of the newest checkpoint in ``out_dir``."""
+    run, state, step = load_run(out_dir)
+    return {"step": step, **run.evaluate(state.params)}
+
+
+def sample(
+    model: LanguageModel,
+    params,
+    prompt: jax.Array,
+    key,
+    *,
+    length: int,
+    temperature=1.0,
+    top_k: int = 0,
+) -> jax.Array:
+    """Continue ``prompt: int [B, P]`` by ``length`` sampled tokens (``temperature=0``: greedy).
+    The prompt runs chunk-parallel; the continuation streams one token at a time."""
+    logits, state = model.apply(params, prompt)
+
+    def pick(lg, k):
+        lg = lg.astype(jnp.float32)
+        if temperature == 0:
+            return jnp.argmax(lg, axis=-1).astype(jnp.int32)
+        if top_k:
+            kth = jax.lax.top_k(lg, top_k)[0][..., -1:]
+            lg = jnp.where(lg < kth, -jnp.inf, lg)
+        return jax.random.categorical(k, lg / temperature, axis=-1).astype(jnp.int32)
+
+    def one(carry, k):
+        st, lg = carry
+        tok = pick(lg, k)
+        out, st = model.step(params, st, tok[:, None])
+        return (st, out[:, 0]), tok
+
+    _, toks = jax.lax.scan(one, (state, logits[:, -1]), jax.random.split(key, length))
+    return toks.T
+
+
+def generate(
+    out_dir,
+    prompt: str,
+    *,
+    length: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    seed: int = 0,
+) -> str:
+    """Sample a continuation of ``prompt`` from the newest checkpoint in ``out_dir``."""
+    run, state, _ = load_run(out_dir, load_data=False)
+    if run.tokenizer is None:
+        raise ValueError("this run was trained on a token array (.npy): no tokenizer to decode.")
+    ids = run.tokenizer.encode(prompt or "\n")
+    mc = run.model_config
+    if mc.kind in ("transformer", "hope_attention") and len(ids) + length > mc.max_len:
+        raise ValueError(
+            f"prompt ({len(ids)} tokens) + length ({length}) exceeds the model's attention "
+            f"context max_len={mc.max_len}; shorten them."
+        )
+    if len(ids) > mc.max_len:
+        raise ValueError(f"the prompt ({len(ids)} tokens) exceeds max_len={mc.max_len}.")
+    params = jax.device_get(state.params)
+    fn = jax.jit(
+        functools.partial(sample, run.model, length=length, temperature=temperature, top_k=top_k)
+    )
+    out = fn(params, jnp.asarray(ids, jnp.int32)[None], jax.random.key(seed))
+    return run.tokenizer.decode(np.asarray(out[0]))

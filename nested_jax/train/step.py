@@ -1,0 +1,121 @@
+"""Train state, the outer optimizer, and the jitted train / eval steps."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nested_jax import optim as nj_optim
+from nested_jax.models import LanguageModel
+from nested_jax.train.config import OptimConfig
+
+__all__ = [
+    "TrainState",
+    "make_schedule",
+    "make_optimizer",
+    "init_train_state",
+    "train_step",
+    "eval_step",
+]
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes: ``params``, ``opt_state``, ``step`` (applied updates + skipped
+    ones), ``rng`` (raw key data, advanced every step), ``skipped`` (non-finite steps not applied).
+    The data iterator's position lives beside it (it is host state, checkpointed with it)."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array
+    skipped: jax.Array
+
+
+def make_schedule(o: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up to ``lr`` then ``constant`` / ``cosine`` / ``linear`` decay to
+    ``lr * final_lr_fraction`` at ``total_steps``."""
+    warm = min(o.warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warm, 1)
+    end = o.lr * o.final_lr_fraction
+    if o.schedule == "constant":
+        main = optax.constant_schedule(o.lr)
+    elif o.schedule == "cosine":
+        main = optax.cosine_decay_schedule(o.lr, decay_steps, alpha=o.final_lr_fraction)
+    else:
+        main = optax.linear_schedule(o.lr, end, decay_steps)
+    if warm == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warm), main], [warm])
+
+
+def make_optimizer(o: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """Clip (``clip_norm``) then the named optimizer with the schedule."""
+    lr = make_schedule(o, total_steps)
+    if o.name == "adamw":
+        opt = optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+    elif o.name == "adam":
+        opt = optax.adam(lr, b1=o.b1, b2=o.b2)
+    elif o.name == "sgd":
+        opt = optax.sgd(lr)
+    elif o.name == "momentum":
+        opt = nj_optim.momentum_memory(lr, o.b1)
+    elif o.name == "delta_momentum":
+        opt = nj_optim.delta_momentum(lr, o.b1)
+    elif o.name == "adam_memory":
+        opt = nj_optim.adam_memory(lr, o.b1, o.b2)
+    elif o.name == "m3":
+        opt = nj_optim.m3(
+            lr,
+            weight_decay=o.weight_decay,
+            adam_weight_decay=o.weight_decay,
+            embeddings=lambda p: jax.tree.map(lambda _: False, p) | {"embed": True, "head": True},
+        )
+    elif o.name == "dmgd":
+        opt = nj_optim.dmgd(lr)
+    else:  # validated in config
+        raise ValueError(f"unknown optimizer {o.name!r}")
+    if o.clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
+    return opt
+
+
+def init_train_state(model: LanguageModel, opt, key) -> TrainState:
+    kp, kr = jax.random.split(key)
+    params = model.init(kp)
+    zero = jnp.zeros([], jnp.int32)
+    return TrainState(params, opt.init(params), zero, jax.random.key_data(kr), zero)
+
+
+def train_step(model: LanguageModel, opt, state: TrainState, batch: jax.Array):
+    """One outer step on ``batch: int32 [B, T]``: ``(state, metrics)``.
+
+    A non-finite loss or gradient norm leaves ``params`` and ``opt_state`` unchanged (the update
+    is not applied), counts the step in ``skipped`` and reports ``finite = False``."""
+    loss, grads = jax.value_and_grad(model.loss)(state.params, batch)
+    gnorm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+    new = TrainState(
+        keep(params, state.params),
+        keep(opt_state, state.opt_state),
+        state.step + 1,
+        rng,
+        state.skipped + (~finite).astype(jnp.int32),
+    )
+    return new, {"loss": loss, "grad_norm": gnorm, "finite": finite}
+
+
+def eval_step(model: LanguageModel, params, batch: jax.Array) -> jax.Array:
+    """Mean next-token loss (nats) of ``batch``."""
+    return model.loss(params, batch)
+
+
+def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
+    return loss_nats / math.log(2) / bytes_per_token
