@@ -83,7 +83,7 @@ class Checkpoints:
 
     def metadata(self, step: int) -> dict:
         meta = self._ck.metadata(step).custom_metadata
-        if not isinstance(meta, dict):
+        if not isinstance(meta, dict) or not {"model", "fingerprint"} <= set(meta):
             raise CorruptCheckpointError(f"checkpoint {self.path(step)} has no run metadata.")
         return meta
 

@@ -245,8 +245,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.nan_policy in NAN_POLICIES, f"nan_policy must be one of {NAN_POLICIES}.")
     need(cfg.max_skips >= 1, f"max_skips must be >= 1, got {cfg.max_skips}.")
     need(
-        len(cfg.mesh) == 2 and all(isinstance(m, int) and m >= 0 for m in cfg.mesh),
-        f"mesh must be (data, fsdp) non-negative ints (0 = all remaining devices), got {cfg.mesh}.",
+        len(cfg.mesh) == 2
+        and all(isinstance(m, int) and m >= 0 for m in cfg.mesh)
+        and cfg.mesh[1] >= 1,
+        f"mesh must be (data >= 0, fsdp >= 1) ints (data 0 = all remaining devices), got {cfg.mesh}.",
     )
     need(cfg.step_sleep >= 0, "step_sleep must be >= 0.")
     return cfg

@@ -33,18 +33,22 @@ def initialize_distributed() -> None:
 
 
 def make_mesh(data: int = 0, fsdp: int = 1, devices=None) -> Mesh:
-    """A ``(data, fsdp)`` mesh; ``data=0`` takes every device ``fsdp`` leaves."""
+    """A ``(data, fsdp)`` mesh over the first ``data * fsdp`` devices; ``data=0`` takes every
+    device that ``fsdp`` leaves."""
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
-    if fsdp < 1 or n % fsdp:
-        raise ValueError(f"mesh fsdp={fsdp} must be >= 1 and divide the {n} devices.")
-    data = data or n // fsdp
-    if data * fsdp != n:
+    if fsdp < 1 or data < 0:
+        raise ValueError(f"mesh (data={data}, fsdp={fsdp}) needs fsdp >= 1 and data >= 0.")
+    if data == 0:
+        if n % fsdp:
+            raise ValueError(f"mesh fsdp={fsdp} does not divide the {n} visible devices.")
+        data = n // fsdp
+    if data * fsdp > n:
         raise ValueError(
             f"mesh (data={data}, fsdp={fsdp}) needs {data * fsdp} devices, but {n} are visible; "
             "set mesh=(0, fsdp) to use them all."
         )
-    return Mesh(np.asarray(devices).reshape(data, fsdp), ("data", "fsdp"))
+    return Mesh(np.asarray(devices[: data * fsdp]).reshape(data, fsdp), ("data", "fsdp"))
 
 
 def _leaf_spec(shape, fsdp: int) -> P:

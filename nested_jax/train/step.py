@@ -87,7 +87,9 @@ def init_train_state(model: LanguageModel, opt, key) -> TrainState:
     kp, kr = jax.random.split(key)
     params = model.init(kp)
     zero = jnp.zeros([], jnp.int32)
-    return TrainState(params, opt.init(params), zero, jax.random.key_data(kr), zero)
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = opt.init(params)
+    return TrainState(params, opt_state, zero, jax.random.key_data(kr), zero)
 
 
 def train_step(model: LanguageModel, opt, state: TrainState, batch: jax.Array):
@@ -96,10 +98,11 @@ def train_step(model: LanguageModel, opt, state: TrainState, batch: jax.Array):
     A non-finite loss or gradient norm leaves ``params`` and ``opt_state`` unchanged (the update
     is not applied), counts the step in ``skipped`` and reports ``finite = False``."""
     loss, grads = jax.value_and_grad(model.loss)(state.params, batch)
-    gnorm = optax.global_norm(grads)
+    gnorm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-    updates, opt_state = opt.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.numpy_dtype_promotion("standard"):  # optax's own code is not strict-promotion clean
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
     new = TrainState(

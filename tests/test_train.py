@@ -1,0 +1,293 @@
+"""Training: configs, steps, the loop, checkpoints, NaN policy, CLI (issue 5)."""
+
+import json
+import logging
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from train_helpers import tiny_config, write_corpus
+
+from nested_jax import cli
+from nested_jax.models import LanguageModel, get_config
+from nested_jax.train import (
+    CheckpointMismatchError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    Run,
+    evaluate,
+    generate,
+    get_train_config,
+    load_run,
+    read_metrics,
+    train,
+)
+from nested_jax.train.config import OPTIMIZERS, OptimConfig, TrainConfig
+from nested_jax.train.step import init_train_state, make_optimizer, make_schedule, train_step
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "docs")
+
+
+def params_of(out_dir):
+    _, state, step = load_run(out_dir, load_data=False)
+    return step, jax.device_get(state)
+
+
+def assert_same_tree(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ------------------------------------------------------------------------------------- configs
+def test_overrides_parse_and_round_trip():
+    cfg = get_train_config(
+        "quickstart",
+        ["steps=7", "data.seq_len=64", "optim.lr=1e-3", "model.cms_periods=(16, 32)", "plot=False"],
+    )
+    assert cfg.steps == 7 and cfg.data.seq_len == 64 and cfg.optim.lr == 1e-3 and not cfg.plot
+    assert dict(cfg.model_overrides)["cms_periods"] == (16, 32)
+    assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("steps=0", "steps must be >= 1"),
+        ("steps=2.5", "steps must be an integer"),
+        ("data.seq_len=4096", "exceeds the model's max_len"),
+        ("optim.name=lion", "optim.name must be one of"),
+        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("data.tokenizer=words", "data.tokenizer"),
+        ("model.cms_periods=(3, 8)", "multiple of the smallest"),
+        ("model.colour=1", "unknown model field 'colour'"),
+        ("banana=1", "unknown config key 'banana'"),
+        ("steps", "not of the form key=value"),
+        ("mesh=(0, 0)", "mesh"),
+        ("nan_policy=ignore", "nan_policy"),
+    ],
+)
+def test_bad_configs_are_rejected_before_anything_runs(override, match):
+    with pytest.raises(ConfigError, match=match):
+        get_train_config("quickstart", [override])
+
+
+def test_unknown_config_name():
+    with pytest.raises(ConfigError, match="unknown training config"):
+        get_train_config("gpt5")
+
+
+def test_schedule_warms_up_and_decays():
+    o = OptimConfig(lr=1.0, warmup_steps=10, schedule="cosine", final_lr_fraction=0.1)
+    s = make_schedule(o, 110)
+    assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.5)
+    assert float(s(10)) == pytest.approx(1.0) and float(s(110)) == pytest.approx(0.1)
+    lin = make_schedule(OptimConfig(lr=1.0, warmup_steps=0, schedule="linear"), 100)
+    assert float(lin(50)) == pytest.approx(0.55)
+
+
+# --------------------------------------------------------------------------------------- steps
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_trains_a_step(name):
+    model = LanguageModel(get_config("tiny"))
+    opt = make_optimizer(OptimConfig(name=name, lr=1e-2, warmup_steps=0), 10)
+    state = init_train_state(model, opt, jax.random.key(0))
+    batch = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
+    new, m = jax.jit(lambda s, b: train_step(model, opt, s, b))(state, batch)
+    assert bool(m["finite"]) and int(new.step) == 1 and int(new.skipped) == 0
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params), strict=True)
+    ]
+    assert any(moved)
+
+
+def test_nonfinite_step_is_not_applied():
+    model = LanguageModel(get_config("tiny"))
+    opt = optax.adam(1e-2)
+    state = init_train_state(model, opt, jax.random.key(0))
+    params = dict(state.params, final_norm=state.params["final_norm"].at[0].set(jnp.nan))
+    state = state._replace(params=params)
+    batch = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
+    new, m = train_step(model, opt, state, batch)
+    assert not bool(m["finite"]) and int(new.skipped) == 1 and int(new.step) == 1
+    assert_same_tree(new.params, state.params)
+    assert_same_tree(new.opt_state, state.opt_state)
+
+
+# ---------------------------------------------------------------------------------------- loop
+def test_train_writes_metrics_checkpoints_plot_and_resumes_exactly(corpus, tmp_path):
+    cfg = tiny_config(corpus, "plot=True", "tensorboard=True")
+    res = train(cfg, tmp_path / "full", progress=False)
+    assert (
+        res.step == 12
+        and np.isfinite(res.val_loss)
+        and res.val_bpb == pytest.approx(res.val_loss / np.log(2))
+    )
+    rec = read_metrics(tmp_path / "full")
+    losses = [r["loss"] for r in rec if "loss" in r]
+    assert [r["step"] for r in rec if "loss" in r] == [2, 4, 6, 8, 10, 12]
+    assert losses[-1] < losses[0]  # it learns
+    assert [r["step"] for r in rec if "val_loss" in r] == [6, 12]
+    assert sorted(int(p.name) for p in (tmp_path / "full/checkpoints").iterdir()) == [4, 8, 12]
+    assert (tmp_path / "full/loss.png").stat().st_size > 1000
+    assert list((tmp_path / "full/tb").glob("events.out.tfevents*"))
+    # stop after 6 steps, then resume to 12: identical final state and iterator position
+    train(tiny_config(corpus, "steps=6"), tmp_path / "part", progress=False)
+    train(tiny_config(corpus), tmp_path / "part", progress=False)
+    sa, a = params_of(tmp_path / "full")
+    sb, b = params_of(tmp_path / "part")
+    assert sa == sb == 12
+    assert_same_tree(a, b)
+    rec_b = read_metrics(tmp_path / "part")
+    assert [r["step"] for r in rec_b if "loss" in r] == [2, 4, 6, 8, 10, 12]
+    ev = evaluate(tmp_path / "full")
+    assert ev["step"] == 12 and ev["val_loss"] == pytest.approx(res.val_loss, rel=1e-6)
+    text = generate(tmp_path / "full", "the ", length=20, temperature=0.0)
+    assert isinstance(text, str) and len(text.encode("utf-8", "replace")) >= 10
+
+
+@pytest.mark.parametrize("damage", ["truncate", "scramble", "metadata"])
+def test_corrupt_latest_checkpoint_falls_back_to_previous(corpus, tmp_path, caplog, damage):
+    cfg = tiny_config(corpus, "steps=8")
+    train(cfg, tmp_path / "run", progress=False)
+    latest = tmp_path / "run/checkpoints/8"
+    if damage == "metadata":
+        target = latest / "_CHECKPOINT_METADATA"
+    else:
+        target = max(
+            (p for p in (latest / "state").rglob("*") if p.is_file()),
+            key=lambda p: p.stat().st_size,
+        )
+    raw = target.read_bytes()
+    if damage == "scramble":
+        target.write_bytes(raw[:20] + bytes(255 - b for b in raw[20:]))
+    else:
+        target.write_bytes(raw[: len(raw) // 2])
+    with caplog.at_level(logging.ERROR, logger="nested_jax.train"):
+        res = train(tiny_config(corpus), tmp_path / "run", progress=False)
+    assert any(
+        "checkpoints/8" in r.getMessage() and "cannot be restored" in r.getMessage()
+        for r in caplog.records
+    )
+    assert (tmp_path / "run/checkpoints/corrupt-8").is_dir()  # kept aside, not deleted
+    assert res.step == 12
+    train(tiny_config(corpus), tmp_path / "straight", progress=False)
+    assert_same_tree(params_of(tmp_path / "run")[1], params_of(tmp_path / "straight")[1])
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+    cfg = tiny_config(
+        corpus, "optim.name='sgd'", "optim.lr=1e12", "optim.clip_norm=0.0", "ckpt_every=1"
+    )
+    with pytest.raises(
+        NonFiniteLossError, match=r"at step \d+ .*last good checkpoint is .*checkpoints/\d+"
+    ):
+        train(cfg, tmp_path / "nan", progress=False)
+    step, state = params_of(tmp_path / "nan")
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+    # skip: warns and goes on, until max_skips in a row
+    cfg = tiny_config(
+        corpus,
+        "optim.name='sgd'",
+        "optim.lr=1e12",
+        "optim.clip_norm=0.0",
+        "nan_policy='skip'",
+        "max_skips=2",
+    )
+    with pytest.raises(NonFiniteLossError, match="3 in a row"):
+        train(cfg, tmp_path / "skip", progress=False)
+    assert any(r.get("skipped") for r in read_metrics(tmp_path / "skip"))
+
+
+def test_bad_inputs_are_clear_errors(corpus, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        train(tiny_config(empty), tmp_path / "a", progress=False)
+    short = tmp_path / "short.txt"
+    short.write_text("too short for a window")
+    with pytest.raises(DataError, match="fewer than seq_len=32"):
+        train(tiny_config(short), tmp_path / "b", progress=False)
+    # a checkpoint made with one vocabulary, resumed with another
+    train(tiny_config(corpus, "steps=4"), tmp_path / "c", progress=False)
+    with pytest.raises(CheckpointMismatchError, match="vocab_size 256.*gives 300"):
+        train(
+            tiny_config(
+                corpus,
+                "data.tokenizer='bpe'",
+                "data.bpe_vocab=300",
+                f"data.cache_dir={str(tmp_path / 'bpe')!r}",
+            ),
+            tmp_path / "c",
+            progress=False,
+        )
+    with pytest.raises(CheckpointMismatchError, match="d_model=32 .config: 64"):
+        train(tiny_config(corpus, "model.d_model=64"), tmp_path / "c", progress=False)
+    with pytest.raises(ConfigError, match="needs 2 devices, but 1 are visible"):
+        Run(tiny_config(corpus, "mesh=(2, 1)"), tmp_path / "d")
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def test_cli_train_eval_generate(corpus, tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    args = [
+        "--set",
+        f"data.corpus={corpus}",
+        "--set",
+        "steps=4",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "plot=False",
+        "--out",
+        out,
+        "--no-progress",
+    ]
+    assert cli.main(["train", "--config", "shakespeare_transformer", *args]) == 0
+    assert cli.main(["eval", "--run", out]) == 0
+    assert "bits/byte" in capsys.readouterr().out
+    assert cli.main(["generate", "--run", out, "--prompt", "the", "--length", "8"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+    assert cli.main(["train", "--config", "shakespeare_transformer", "--set", "steps=0"]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+    assert cli.main(["eval", "--run", str(tmp_path / "nowhere")]) == 2
+    assert "not a training run directory" in capsys.readouterr().err
+    assert cli.main(["configs"]) == 0 and "quickstart" in capsys.readouterr().out
+
+
+def test_quickstart_trains_hope_checkpoints_and_samples(corpus, tmp_path, capsys):
+    out = tmp_path / "qs"
+    code = cli.main(
+        [
+            "quickstart",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            f"data.corpus={corpus}",
+            "--set",
+            "data.seq_len=32",
+            "--set",
+            "log_every=1",
+            "--set",
+            "plot=False",
+            "--set",
+            "data.val_fraction=0.3",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "train loss fell from" in text and "sample (temperature 0.8)" in text
+    assert (out / "checkpoints/3").is_dir()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "hope_tiny"
+    shutil.rmtree(out)
