@@ -100,10 +100,11 @@ class Run:
         except ValueError as e:
             raise ConfigError(str(e)) from e
         n_data = self.mesh.shape["data"]
-        if d.batch_size % (n_data * jax.process_count()) and d.batch_size % n_data:
+        if d.batch_size % n_data or d.batch_size % jax.process_count():
             raise ConfigError(
                 f"data.batch_size={d.batch_size} must be a multiple of the mesh's data axis "
-                f"({n_data} devices); change data.batch_size or mesh."
+                f"({n_data} devices) and of the number of hosts ({jax.process_count()}); change "
+                "data.batch_size or mesh."
             )
         self.opt = make_optimizer(cfg.optim, cfg.steps)
         self.schedule = make_schedule(cfg.optim, cfg.steps)
