@@ -122,42 +122,62 @@ def test_nonfinite_step_is_not_applied():
 
 
 # ---------------------------------------------------------------------------------------- loop
-def test_train_writes_metrics_checkpoints_plot_and_resumes_exactly(corpus, tmp_path):
-    cfg = tiny_config(corpus, "plot=True", "tensorboard=True")
-    res = train(cfg, tmp_path / "full", progress=False)
+@pytest.fixture(scope="module")
+def full_run(corpus, tmp_path_factory):
+    """12 uninterrupted steps: the reference every cut-and-resumed run must equal exactly."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    res = train(tiny_config(corpus, "plot=True", "tensorboard=True"), out, progress=False)
+    return out, res
+
+
+@pytest.fixture(scope="module")
+def cut_run(corpus, tmp_path_factory):
+    """The same run stopped after 8 steps (checkpoints at 4 and 8)."""
+    out = tmp_path_factory.mktemp("cut") / "run"
+    train(tiny_config(corpus, "steps=8"), out, progress=False)
+    return out
+
+
+def test_train_writes_metrics_checkpoints_plot_and_resumes_exactly(
+    corpus, full_run, cut_run, tmp_path
+):
+    full, res = full_run
     assert (
         res.step == 12
         and np.isfinite(res.val_loss)
         and res.val_bpb == pytest.approx(res.val_loss / np.log(2))
     )
-    rec = read_metrics(tmp_path / "full")
+    rec = read_metrics(full)
     losses = [r["loss"] for r in rec if "loss" in r]
     assert [r["step"] for r in rec if "loss" in r] == [2, 4, 6, 8, 10, 12]
     assert losses[-1] < losses[0]  # it learns
     assert [r["step"] for r in rec if "val_loss" in r] == [6, 12]
-    assert sorted(int(p.name) for p in (tmp_path / "full/checkpoints").iterdir()) == [4, 8, 12]
-    assert (tmp_path / "full/loss.png").stat().st_size > 1000
-    assert list((tmp_path / "full/tb").glob("events.out.tfevents*"))
-    # stop after 6 steps, then resume to 12: identical final state and iterator position
-    train(tiny_config(corpus, "steps=6"), tmp_path / "part", progress=False)
-    train(tiny_config(corpus), tmp_path / "part", progress=False)
-    sa, a = params_of(tmp_path / "full")
-    sb, b = params_of(tmp_path / "part")
+    assert sorted(int(p.name) for p in (full / "checkpoints").iterdir()) == [4, 8, 12]
+    assert (full / "loss.png").stat().st_size > 1000
+    assert list((full / "tb").glob("events.out.tfevents*"))
+    # stopped after 8 steps, then resumed to 12: identical final state and iterator position
+    part = tmp_path / "part"
+    shutil.copytree(cut_run, part)
+    train(tiny_config(corpus), part, progress=False)
+    sa, a = params_of(full)
+    sb, b = params_of(part)
     assert sa == sb == 12
     assert_same_tree(a, b)
-    rec_b = read_metrics(tmp_path / "part")
+    rec_b = read_metrics(part)
     assert [r["step"] for r in rec_b if "loss" in r] == [2, 4, 6, 8, 10, 12]
-    ev = evaluate(tmp_path / "full")
+    ev = evaluate(full)
     assert ev["step"] == 12 and ev["val_loss"] == pytest.approx(res.val_loss, rel=1e-6)
-    text = generate(tmp_path / "full", "the ", length=20, temperature=0.0)
+    text = generate(full, "the ", length=20, temperature=0.0)
     assert isinstance(text, str) and len(text.encode("utf-8", "replace")) >= 10
 
 
 @pytest.mark.parametrize("damage", ["truncate", "scramble", "metadata"])
-def test_corrupt_latest_checkpoint_falls_back_to_previous(corpus, tmp_path, caplog, damage):
-    cfg = tiny_config(corpus, "steps=8")
-    train(cfg, tmp_path / "run", progress=False)
-    latest = tmp_path / "run/checkpoints/8"
+def test_corrupt_latest_checkpoint_falls_back_to_previous(
+    corpus, full_run, cut_run, tmp_path, caplog, damage
+):
+    run = tmp_path / "run"
+    shutil.copytree(cut_run, run)
+    latest = run / "checkpoints/8"
     if damage == "metadata":
         target = latest / "_CHECKPOINT_METADATA"
     else:
@@ -171,15 +191,14 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(corpus, tmp_path, capl
     else:
         target.write_bytes(raw[: len(raw) // 2])
     with caplog.at_level(logging.ERROR, logger="nested_jax.train"):
-        res = train(tiny_config(corpus), tmp_path / "run", progress=False)
+        res = train(tiny_config(corpus), run, progress=False)
     assert any(
         "checkpoints/8" in r.getMessage() and "cannot be restored" in r.getMessage()
         for r in caplog.records
     )
-    assert (tmp_path / "run/checkpoints/corrupt-8").is_dir()  # kept aside, not deleted
-    assert res.step == 12
-    train(tiny_config(corpus), tmp_path / "straight", progress=False)
-    assert_same_tree(params_of(tmp_path / "run")[1], params_of(tmp_path / "straight")[1])
+    assert (run / "checkpoints/corrupt-8").is_dir()  # kept aside, not deleted
+    assert res.step == 12  # resumed from step 4, and nothing else was lost:
+    assert_same_tree(params_of(run)[1], params_of(full_run[0])[1])
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):

@@ -67,6 +67,51 @@ def _json_model(mc) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(mc)))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Compiled:
+    opt: Any
+    schedule: Any
+    state_sharding: Any
+    abstract_state: Any
+    init: Any
+    step: Any
+    eval: Any
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(model_config, optim_config, steps: int, mesh) -> _Compiled:
+    """The jitted init / train / eval functions of one (model, optimizer, steps, mesh), shared
+    by every :class:`Run` that has them (re-creating a run, or resuming in the same process,
+    does not recompile)."""
+    model = LanguageModel(model_config)
+    opt = make_optimizer(optim_config, steps)
+    init = functools.partial(init_train_state, model, opt)
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    state_sharding = sh.param_sharding(abstract, mesh)
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
+    )
+    bs, rep = sh.batch_sharding(mesh), sh.replicated(mesh)
+    return _Compiled(
+        opt,
+        make_schedule(optim_config, steps),
+        state_sharding,
+        abstract_state,
+        jax.jit(init, out_shardings=state_sharding),
+        jax.jit(
+            functools.partial(train_step, model, opt),
+            in_shardings=(state_sharding, bs),
+            out_shardings=(state_sharding, rep),
+            donate_argnums=0,
+        ),
+        jax.jit(
+            functools.partial(eval_step, model),
+            in_shardings=(state_sharding.params, bs),
+            out_shardings=rep,
+        ),
+    )
+
+
 class Run:
     """A configured run: data, model, optimizer, mesh, jitted steps and checkpoints.
 
@@ -106,29 +151,10 @@ class Run:
                 f"({n_data} devices) and of the number of hosts ({jax.process_count()}); change "
                 "data.batch_size or mesh."
             )
-        self.opt = make_optimizer(cfg.optim, cfg.steps)
-        self.schedule = make_schedule(cfg.optim, cfg.steps)
-        init = functools.partial(init_train_state, self.model, self.opt)
-        abstract = jax.eval_shape(init, jax.random.key(0))
-        self.state_sharding = sh.param_sharding(abstract, self.mesh)
-        self.abstract_state = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract,
-            self.state_sharding,
-        )
-        bs, rep = sh.batch_sharding(self.mesh), sh.replicated(self.mesh)
-        self._init = jax.jit(init, out_shardings=self.state_sharding)
-        self._step = jax.jit(
-            functools.partial(train_step, self.model, self.opt),
-            in_shardings=(self.state_sharding, bs),
-            out_shardings=(self.state_sharding, rep),
-            donate_argnums=0,
-        )
-        self._eval = jax.jit(
-            functools.partial(eval_step, self.model),
-            in_shardings=(self.state_sharding.params, bs),
-            out_shardings=rep,
-        )
+        c = _compiled(self.model_config, cfg.optim, cfg.steps, self.mesh)
+        self.opt, self.schedule = c.opt, c.schedule
+        self.state_sharding, self.abstract_state = c.state_sharding, c.abstract_state
+        self._init, self._step, self._eval = c.init, c.step, c.eval
         self.ckpt = Checkpoints(self.out_dir / "checkpoints", cfg.keep)
 
     # ---------------------------------------------------------------------------- helpers
