@@ -1,6 +1,7 @@
 """Each experiment's smoke mode runs and writes its JSON and PNG (the full runs are not tests)."""
 
 import json
+import math
 
 import pytest
 
@@ -45,3 +46,17 @@ def test_continual_regression_smoke(tmp_path):
 def test_experiment_cli_smoke(mod, tmp_path, capsys):
     mod.main(["--smoke", "--out", str(tmp_path)])
     assert "wrote" in capsys.readouterr().out
+
+
+def test_knowledge_transfer_smoke(tmp_path):
+    from experiments.knowledge_transfer import run as kt
+
+    kt.run(smoke=True, out=tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "levels.png").stat().st_size > 10_000
+    mse = data["online_mse_held_out"]
+    assert all(math.isfinite(v) for v in mse.values())
+    assert mse["nest (meta-learned init + medium + fast)"] < mse["predict zero"]
+    first, last = data["meta_loss_first_last"]
+    assert last < first  # the slow level learns
+    assert len(data["what_each_level_learned"]) == 6
