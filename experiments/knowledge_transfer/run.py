@@ -23,6 +23,7 @@ levels.png.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -74,14 +75,8 @@ def stream_error(init, members, keys, values, cfg, use=("medium", "fast")):
     if "medium" in use:
         mods.append(medium.reset({"init": init}))
         etas.append(cfg["eta_medium"])
-    if "fast" in use:
-        mods.append(
-            fast
-            if "medium" in use
-            else fast.__class__(
-                fast.params, fast.state, fast.name, fast.period, fast.rule, fast.objective, "value"
-            )
-        )
+    if "fast" in use:  # alone, it writes the value itself (nothing precedes it)
+        mods.append(fast if "medium" in use else dataclasses.replace(fast, receives="value"))
         etas.append(cfg["eta_fast"])
     res = run_nest(tuple(mods), keys, values, tuple(etas), first_order=cfg["first_order"])
     return jnp.mean(jnp.sum((res.predictions - values) ** 2, axis=-1)), res

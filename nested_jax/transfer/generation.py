@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nested_jax.transfer.module import LearningModule, ModuleState
+from nested_jax.transfer.module import LearningModule
 
 __all__ = [
     "hypernet_init",
@@ -54,17 +54,7 @@ def hypernet_module(phi: dict, z: jax.Array, template: LearningModule) -> Learni
     """``template`` with its initial weights and memory generated from ``z`` (it can still
     learn in context from there: generation and in-context learning compose)."""
     d_out, d_in = template.state.w.shape
-    w = hypernet_weights(phi, z, d_out, d_in)
-    s = None if template.state.s is None else jnp.zeros_like(w)
-    return template.__class__(
-        {"init": w},
-        ModuleState(w, s),
-        template.name,
-        template.period,
-        template.rule,
-        template.objective,
-        template.receives,
-    )
+    return template.reset({"init": hypernet_weights(phi, z, d_out, d_in)})
 
 
 # -------------------------------------------------------------------------- learned optimizer
