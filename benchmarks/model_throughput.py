@@ -9,8 +9,9 @@ self-modifying memories chunk 16 (main) and 8 (the others)). Parameter counts ar
 
 Reported per length: each model's speed relative to Transformer++, and each model's cost per token
 relative to its own at the shortest length (the "flat cost" check: within 1.25x for Hope).
-``hope_local`` / ``hope_attention_local`` (by ``--models``): the same models with the CMS's
-``"local"`` signal instead of the next-token loss.
+``hope_local`` / ``hope_attention_local`` and ``hope_teach`` / ``hope_attention_teach`` (by
+``--models``): the same models with the CMS's ``"local"`` or two-pass ``"teach"`` signal instead of
+the exact next-token loss. ``--seqs`` restricts the lengths.
 
 Run: ``python -m benchmarks.run model_throughput`` (``--quick``: tiny models, short sequences).
 """
@@ -51,6 +52,8 @@ _NAMES = {
     "hope": "hope_tiny",
     "hope_local": "hope_tiny",  # Hope with the CMS's label-free local signal (no second order)
     "hope_attention_local": "hope_attention_tiny",
+    "hope_teach": "hope_tiny",  # the two-pass teach signal (first order in the errors)
+    "hope_attention_teach": "hope_attention_tiny",
 }
 
 
@@ -60,13 +63,16 @@ def model_config(kind: str, seq: int, cfg: dict):
     if kind.startswith("hope"):
         sizes["d_ff"] = cfg["d_ff"] // 2  # two CMS levels: the same MLP parameters in total
         extra.update(cms_periods=(16, 64), sm_chunk=8)
-    if kind.endswith("_local"):
-        extra["cms_signal"] = "local"
+    for signal in ("local", "teach"):
+        if kind.endswith("_" + signal):
+            extra["cms_signal"] = signal
     return get_config(_NAMES[kind], max_len=seq, **sizes, **extra)
 
 
-def run(quick: bool = False, repeats: int = 5, models=None) -> dict:
-    cfg = QUICK if quick else FULL
+def run(quick: bool = False, repeats: int = 5, models=None, seqs=None) -> dict:
+    cfg = dict(QUICK if quick else FULL)
+    if seqs:
+        cfg["seqs"] = tuple(seqs)
     models = tuple(models or cfg["models"])
     rows = []
     first = {}

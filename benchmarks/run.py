@@ -19,11 +19,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--models", nargs="+", default=None, help="model_throughput only: which models to run"
     )
+    p.add_argument(
+        "--seqs", nargs="+", type=int, default=None, help="model_throughput only: lengths"
+    )
     args = p.parse_args(argv)
     mod = importlib.import_module(f"benchmarks.{args.name}")
     kwargs = {"models": args.models} if args.models else {}
+    if args.seqs:
+        kwargs["seqs"] = args.seqs
     if kwargs and args.name != "model_throughput":
-        raise SystemExit("--models applies to model_throughput only.")
+        raise SystemExit("--models and --seqs apply to model_throughput only.")
     payload = mod.run(quick=args.quick, repeats=args.repeats, **kwargs)
     suffix = "_quick" if args.quick else ""
     out = args.out or f"benchmarks/results/{args.name}{suffix}.json"

@@ -23,10 +23,13 @@ from nested_jax.models.titans import causal_conv
 VARIANTS = [
     ("selfmod_tiny", {"sm_adaptive_q": True}),
     ("selfmod_tiny", {"sm_momentum": None, "mem_chunk": 3, "sm_chunk": 2}),
+    ("selfmod_tiny", {"inner_norm": False, "sm_unit_values": False}),  # the paper's literal rates
     ("hope_tiny", {"cms_variant": "nested", "cms_periods": (4, 0, 8), "first_order": True}),
     ("hope_tiny", {"cms_variant": "independent", "cms_signal": "local"}),
     ("hope_attention_tiny", {"cms_variant": "independent"}),
     ("hope_attention_tiny", {"cms_signal": "local", "cms_variant": "nested"}),
+    ("hope_tiny", {"cms_signal": "teach"}),
+    ("hope_attention_tiny", {"cms_signal": "teach", "cms_periods": (4, 0, 8)}),
 ]
 
 
@@ -150,7 +153,8 @@ def test_ntp_update_is_minus_lr_times_the_chunk_gradient():
     def chunk_loss(mlp):
         lv = params["layers"]["cms"]["levels"][0]
         p = {**params}
-        p["layers"] = {**params["layers"], "cms": {"levels": ({**lv, "mlp": mlp},)}}
+        cms = {**params["layers"]["cms"], "levels": ({**lv, "mlp": mlp},)}
+        p["layers"] = {**params["layers"], "cms": cms}
         logits, _ = frozen.apply(p, tokens)
         logp = jax.nn.log_softmax(logits[:, :-1], -1)
         nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
@@ -186,7 +190,12 @@ def test_reduced_hope_is_linear_attention():
     """Hope with CMS frozen and self-modifying Titans reduced to a fixed linear memory (fixed k, v,
     eta memories, Hebbian linear main memory) is a linear-attention model, written out here."""
     model, params, tokens = setup(
-        "hope_tiny", length=9, sm_main="linear", sm_adaptive=False, cms_periods=(0,)
+        "hope_tiny",
+        length=9,
+        sm_main="linear",
+        sm_adaptive=False,
+        sm_unit_values=False,
+        cms_periods=(0,),
     )
     c = model.config
     got, _ = model.apply(params, tokens)
@@ -343,3 +352,60 @@ def test_memory_layers_stay_finite_at_head_dim_64_over_long_sequences(name):
     )
     logits, _ = jax.jit(model.apply)(params, tokens)
     assert np.all(np.isfinite(np.asarray(logits)))
+
+
+# --- the two-pass teach signal -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["hope_tiny", "hope_attention_tiny"])
+def test_teach_is_exact_three_ways_and_causal(name):
+    """parallel == token by token == streaming in pieces, and no output sees a later token (the
+    first pass's gradients are cut between CMS chunks: a leak would change the updates)."""
+    model, params, tokens = setup(name, length=14, cms_signal="teach")
+    par, s_par = jax.jit(model.apply)(params, tokens)
+    ref, s_ref = jax.jit(model.apply_reference)(params, tokens)
+    close(par, ref)
+    close(s_par, s_ref)
+    t0 = 9
+    changed, _ = jax.jit(model.apply)(params, tokens.at[1, t0].set((tokens[1, t0] + 1) % 256))
+    np.testing.assert_array_equal(np.asarray(changed[:, :t0]), np.asarray(par[:, :t0]))
+    np.testing.assert_array_equal(np.asarray(changed[0]), np.asarray(par[0]))
+
+
+def test_teach_first_chunk_update_equals_ntp():
+    """On the first CMS chunk the sequence-start weights are the current ones, so the teach
+    signal's update is the exact next-token gradient step of "ntp"; later chunks differ."""
+    model, params, tokens = setup("hope_attention_tiny", length=8, cms_periods=(4,))
+    teach = LanguageModel(dataclasses.replace(model.config, cms_signal="teach"))
+    _, s_ntp = model.apply(params, tokens[:, :4])
+    _, s_teach = teach.apply(params, tokens[:, :4])
+    close(s_teach.layers["cms"].params, s_ntp.layers["cms"].params, atol=1e-6, rtol=1e-5)
+    _, s_ntp = model.apply(params, tokens)
+    _, s_teach = teach.apply(params, tokens)
+    a, b = s_teach.layers["cms"].params[0]["w_up"], s_ntp.layers["cms"].params[0]["w_up"]
+    assert not np.allclose(np.asarray(a), np.asarray(b), atol=1e-7, rtol=1e-6)
+
+
+def test_teach_errors_come_from_the_own_chunk_only():
+    """Pass 1's output errors of chunk c do not depend on the targets of later chunks."""
+    model, params, tokens = setup("hope_tiny", length=16, cms_signal="teach", cms_periods=(8,))
+    state = model.init_state(params, 2)
+    errs, _ = model._teach_signal(params, state.teach, tokens)
+    other = tokens.at[:, 9:].set((tokens[:, 9:] + 7) % 256)
+    errs2, _ = model._teach_signal(params, state.teach, other)
+    close(errs[0][:, :, :8], errs2[0][:, :, :8], atol=0, rtol=0)
+    assert not np.allclose(np.asarray(errs[0][:, :, 8:]), np.asarray(errs2[0][:, :, 8:]))
+    assert float(jnp.abs(errs[0][:, :, :8]).sum()) > 0
+
+
+def test_cms_rates_are_learned_and_bounded():
+    model, params, tokens = setup("hope_attention_tiny", length=8)
+    cms = ContinuumMemory(model.config)
+    p = jax.tree.map(lambda a: a[0], params["layers"]["cms"])
+    np.testing.assert_allclose(np.asarray(cms.rates(p)), model.config.cms_lr, rtol=1e-6)
+    big = {**p, "lr": jnp.full_like(p["lr"], 50.0)}
+    assert float(cms.rates(big).max()) <= 2 * model.config.cms_lr + 1e-7
+    g = jax.grad(model.loss)(params, tokens)
+    assert float(jnp.abs(g["layers"]["cms"]["lr"]).sum()) > 0
+    fixed = LanguageModel(dataclasses.replace(model.config, cms_learn_lr=False))
+    assert "lr" not in fixed.init(jax.random.key(0))["layers"]["cms"]

@@ -18,6 +18,7 @@ from nested_jax.memory import (
     Momentum,
     SoftmaxMemory,
     rule_step,
+    stable_step_norm,
     unit_lower_inverse,
 )
 
@@ -59,6 +60,9 @@ MEMORIES = {
     "mlp-l2-momentum": MLPMemory(8, rule=Momentum(0.8)),
     "mlp-l2-dgd-momentum": MLPMemory(8, rule=DGD(0.9)),
     "mlp-hebb-nores": MLPMemory(6, objective=DotProduct(), residual=False),
+    "mlp-l2-momentum-nlms": MLPMemory(8, rule=Momentum(0.8), step_norm=3.0),
+    "mlp-l2-dgd-momentum-nlms": MLPMemory(8, rule=DGD(0.9), step_norm=3.0),
+    "mlp-hebb-nores-nlms": MLPMemory(6, objective=DotProduct(), residual=False, step_norm=1.0),
     "softmax": SoftmaxMemory(capacity=32),
     "softmax-window": SoftmaxMemory(capacity=32, window=5),
 }
@@ -228,6 +232,7 @@ def test_chunked_equals_token_by_token(name, chunk):
         "linear-hebb-dgd-momentum",
         "mlp-l2-gd",
         "mlp-l2-dgd-momentum",
+        "mlp-l2-dgd-momentum-nlms",
         "softmax-window",
     ],
 )
@@ -472,3 +477,81 @@ def test_first_order_keeps_values_and_cuts_the_gradient_through_updates():
     assert not np.allclose(np.asarray(g_fo[1][:, :8]), np.asarray(g_full[1][:, :8]))
     assert not np.allclose(np.asarray(g_fo[0].w2), np.asarray(g_full[0].w2))
     assert float(jnp.abs(g_fo[0].w2).sum()) > 0
+
+
+def test_normalized_write_bounds_the_step_by_the_memory_gain():
+    """One write of the normalised memory (GD): both layers step along their gradients with
+    ``r = eta / (1 + nu eta (||h||^2 + ||k||^2 sum_j act'(p_j)^2 ||W1[:, j]||^2))``, and the output
+    at the key moves along the error by less than ``1 / nu`` of it, even at a huge ``eta``."""
+    nu = 2.0
+    mem = MLPMemory(8, rule=GD(), step_norm=nu)
+    st = _state(mem)
+    st = st._replace(w1=st.w1 * 30.0)  # a large second layer: W2's share of the step dominates
+    _, k, v, eta, _, _ = _inputs(1, jax.random.key(30), eta_scale=1e4)
+    k, v, eta = k[:, 0], v[:, 0], eta[:, 0]
+    new = mem.write(st, k, v, eta)
+    g1, g2 = jax.grad(
+        lambda w1, w2: jnp.sum(mem.objective.loss(mem._apply(w1, w2, k), v)), argnums=(0, 1)
+    )(st.w1, st.w2)
+    pre = jnp.einsum("bhjk,bhk->bhj", st.w2, k)
+    h = jax.nn.silu(pre)
+    dact = jax.vmap(jax.vmap(jax.vmap(jax.grad(jax.nn.silu))))(pre)
+    g = jnp.sum(dact**2 * jnp.sum(st.w1**2, axis=-2), -1)
+    gain = jnp.sum(h * h, -1) + jnp.sum(k * k, -1) * g
+    r = (eta / (1 + nu * eta * gain))[..., None, None]
+    _close(new.w1, st.w1 - r * g1)
+    _close(new.w2, st.w2 - r * g2)
+    err = mem.read(st, k) - v
+    moved = jnp.sum((mem.read(st, k) - mem.read(new, k)) * err, -1) / jnp.sum(err * err, -1)
+    assert float(moved.max()) < 1 / nu + 1e-3, moved  # first order; a tiny curvature margin
+    assert float(moved.min()) > 0
+
+
+def test_normalized_memory_is_stable_at_any_rate():
+    """Far above the plain memory's stability bound (hidden 128, momentum 0.9: eta <~ 0.01) the
+    plain memory blows up while the normalised one (``nu = C / (1 - beta)``) stays bounded,
+    chunked and token by token."""
+    n = 256
+    q, k, v, _, alpha, _ = _inputs(n, jax.random.key(31), d=16)
+    eta = jnp.full(k.shape[:3], 2.0)
+    sizes = []
+    for nu in (0.0, stable_step_norm(8, 0.9)):
+        mem = MLPMemory(128, rule=DGD(0.9), step_norm=nu)
+        st = mem.init_state(mem.init_params(jax.random.key(32), heads=H, d_k=16, d_v=16), B)
+        s, y = jax.jit(functools.partial(mem.write_read, chunk_size=8))(st, q, k, v, eta, alpha)
+        size = float(jnp.max(jnp.abs(y)))
+        sizes.append(size if np.isfinite(size) else np.inf)
+        if nu:
+            _, y_ref = jax.jit(functools.partial(mem.write_read_reference, chunk_size=8))(
+                st, q, k, v, eta, alpha
+            )
+            _close(y, y_ref, atol=1e-4, rtol=1e-3)
+    assert sizes[0] > 1e6, sizes  # the plain memory diverged
+    assert sizes[1] < 100.0, sizes  # values are ~N(0, 1): the normalised one tracks them
+
+
+@pytest.mark.parametrize("name", ["mlp-l2-dgd-momentum", "linear-l2-dgd", "softmax"])
+def test_gradient_cut_keeps_values_and_blocks_gradients_between_blocks(name):
+    """``gradient_cut=8``: same outputs; an output in block [8, 16) has no gradient with respect
+    to keys or values of block [0, 8), and keeps its gradient inside its own block."""
+    mem = MEMORIES[name]
+    q, k, v, eta, alpha, beta = _inputs(16, jax.random.key(33), eta_scale=0.3)
+    st = _state(mem)
+
+    def out(k, v, cut):
+        if isinstance(mem, SoftmaxMemory):
+            return mem.write_read_chunk(st, q, k, v, gradient_cut=cut)[1]
+        return mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=4, gradient_cut=cut)[1]
+
+    exact = not isinstance(mem, SoftmaxMemory)  # attention sums two einsums: rounding only
+    _close(out(k, v, 8), out(k, v, 0), **({"atol": 0, "rtol": 0} if exact else {}))
+    loss = lambda k, v, cut: jnp.sum(out(k, v, cut)[:, 8:] ** 2)
+    gk, gv = jax.grad(loss, argnums=(0, 1))(k, v, 8)
+    assert float(jnp.abs(gk[:, :8]).sum() + jnp.abs(gv[:, :8]).sum()) == 0.0
+    assert float(jnp.abs(gk[:, 8:]).sum()) > 0
+    gk0, _ = jax.grad(loss, argnums=(0, 1))(k, v, 0)
+    assert float(jnp.abs(gk0[:, :8]).sum()) > 0  # without the cut the gradient reaches back
+    with pytest.raises(ValueError, match="multiple of chunk_size"):
+        if isinstance(mem, SoftmaxMemory):
+            raise ValueError("gradient_cut must be a multiple of chunk_size")  # no chunks here
+        mem.write_read(st, q, k, v, chunk_size=4, gradient_cut=6)

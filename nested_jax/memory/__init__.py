@@ -13,7 +13,7 @@ Where things are:
 from nested_jax.memory.base import AbstractMemory, StreamState, first_order_update
 from nested_jax.memory.chunkwise import rank1_chunk, unit_lower_inverse
 from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
-from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState
+from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState, stable_step_norm
 from nested_jax.memory.nonparametric import SoftmaxMemory, SoftmaxState
 from nested_jax.memory.objectives import L2, DotProduct
 from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, rule_step
@@ -38,5 +38,6 @@ __all__ = [
     "first_order_update",
     "rank1_chunk",
     "rule_step",
+    "stable_step_norm",
     "unit_lower_inverse",
 ]

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 PyTree = Any
 
-__all__ = ["AbstractMemory", "StreamState", "first_order_update"]
+__all__ = ["AbstractMemory", "StreamState", "first_order_update", "sever"]
 
 
 class StreamState(NamedTuple):
@@ -64,6 +64,11 @@ def advance_stream(st, bnd, off, chunk_size):
     off = (off + 1) % chunk_size
     bnd = jax.tree.map(lambda a, b: jnp.where(off == 0, a, b), st, bnd)
     return st, bnd, off
+
+
+def sever(state, flag):
+    """``state`` with its gradient stopped where ``flag`` (a traced bool) is true: same values."""
+    return jax.tree.map(lambda a: jnp.where(flag, jax.lax.stop_gradient(a), a), state)
 
 
 def _first_order(fn):
@@ -152,12 +157,25 @@ class AbstractMemory:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
 
     @staticmethod
-    def _scan_chunks(fn, state, arrays, chunk_size, prep=None, remat=False, first_order=False):
+    def _check_cut(gradient_cut, chunk_size):
+        if gradient_cut and (gradient_cut < 0 or gradient_cut % chunk_size):
+            raise ValueError(
+                f"gradient_cut ({gradient_cut}) must be 0 or a multiple of chunk_size "
+                f"({chunk_size})."
+            )
+
+    @staticmethod
+    def _scan_chunks(
+        fn, state, arrays, chunk_size, prep=None, remat=False, first_order=False, gradient_cut=0
+    ):
         """Apply ``fn(state, *prep(*chunk_arrays)) -> (state, y)`` over chunks along axis 2, then
         over the tail. ``prep`` (state-independent) runs once on all full chunks, outside the scan.
+        ``gradient_cut``: stop the gradient of the state entering every chunk that starts at a
+        multiple of it (tokens from the start of ``arrays``; a multiple of ``chunk_size``).
 
         ``arrays`` are ``[B, H, T, ...]``; returns ``(state, y[B, H, T, ...])``.
         """
+        AbstractMemory._check_cut(gradient_cut, chunk_size)
         prep = prep or (lambda *a: a)
         if first_order:
             fn = _first_order(fn)
@@ -173,10 +191,17 @@ class AbstractMemory:
                 return jnp.moveaxis(a, 2, 0)
 
             prepared = prep(*(split(a) for a in arrays))
-            state, y = jax.lax.scan(lambda s, c: body(s, *c), state, prepared)
+            if gradient_cut:
+                cuts = (jnp.arange(n) * chunk_size) % gradient_cut == 0
+                step = lambda s, c: body(sever(s, c[0]), *c[1])
+                state, y = jax.lax.scan(step, state, (cuts, prepared))
+            else:
+                state, y = jax.lax.scan(lambda s, c: body(s, *c), state, prepared)
             y = jnp.moveaxis(y, 0, 2)
             outs.append(y.reshape(y.shape[:2] + (n * chunk_size,) + y.shape[4:]))
         if r:
+            if gradient_cut and (n * chunk_size) % gradient_cut == 0:
+                state = jax.tree.map(jax.lax.stop_gradient, state)
             state, y = fn(state, *prep(*(a[:, :, n * chunk_size :] for a in arrays)))
             outs.append(y)
         y = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
@@ -194,6 +219,7 @@ class AbstractMemory:
         *,
         chunk_size: int,
         first_order: bool = False,
+        gradient_cut: int = 0,
     ):
         """Chunk-parallel write-and-read over a sequence.
 
@@ -207,6 +233,9 @@ class AbstractMemory:
             one chunk to the next is ``state_prev + stop_gradient(state_new - state_prev)`` (same
             values; the carried state's gradient passes straight to the previous state, as in
             first-order MAML). Inside a chunk, reads still differentiate through that chunk's writes.
+          gradient_cut: ``0`` or a multiple of ``chunk_size``: no gradient flows through the state
+            carried into a block of ``gradient_cut`` tokens (same values), so an output's gradient
+            reaches only the inputs of its own block (the teach signal's first pass, DESIGN §10).
 
         Returns:
           ``(state, y)`` with ``y: [batch, seq, heads, d_v]``.
@@ -224,6 +253,7 @@ class AbstractMemory:
             prep=self._chunk_prep,
             remat=True,
             first_order=first_order,
+            gradient_cut=gradient_cut,
         )
         return state, jnp.swapaxes(y, 1, 2)
 
@@ -239,6 +269,7 @@ class AbstractMemory:
         *,
         chunk_size: int,
         first_order: bool = False,
+        gradient_cut: int = 0,
     ) -> tuple[StreamState, jax.Array]:
         """:meth:`write_read` from a chunk boundary, returning a :class:`StreamState` that
         :meth:`stream` continues exactly (the chunk-parallel way to begin a stream, e.g. a
@@ -255,10 +286,14 @@ class AbstractMemory:
                 *(cut(a, slice(0, full)) for a in (q, k, v, *rest)),
                 chunk_size=chunk_size,
                 first_order=first_order,
+                gradient_cut=gradient_cut,
             )
             ys.append(y)
         boundary = state
         if t > full:
+            self._check_cut(gradient_cut, chunk_size)
+            if gradient_cut and full % gradient_cut == 0:
+                state = jax.tree.map(jax.lax.stop_gradient, state)
             state, y = self.write_read_chunk(
                 state, *(cut(a, slice(full, t)) for a in (q, k, v, *rest))
             )

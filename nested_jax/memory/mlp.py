@@ -13,6 +13,19 @@ Step sizes: the second layer's step scales with ``eta ||h||^2``, and with the de
 ``||h||^2`` is about ``0.35 * hidden``; plain GD on it is stable only for ``eta`` below about
 ``2 / (0.35 * hidden)`` (divided by ``1 / (1 - beta)`` with momentum). E.g. hidden 128 with momentum
 0.9 wants ``eta <~ 0.01``; larger rates diverge to NaN, in the reference recurrence too.
+``step_norm = nu > 0`` removes that bound by construction (a normalised, NLMS-style rate for the
+whole memory): every token's rate becomes
+
+    r_t = eta_t / (1 + nu eta_t (||h_t||^2 + ||k_t||^2 g_t)),   g_t = sum_j act'(p_tj)^2 ||W1[:, j]||^2
+
+with the hidden ``h = act(p)``, ``p = W2 k`` and ``W1`` at the state where the gradient is taken
+(the chunk boundary). A gradient step on both layers moves the output at ``k`` along the error by
+at most ``r (||h||^2 + ||k||^2 ||W1 diag act'||^2) <= 1 / nu`` of it (the first term is ``W1``'s
+share, the second ``W2``'s through ``W1``), whatever ``eta``, the width or the weights; small rates
+are nearly unchanged. ``nu = 1`` bounds one token's step; a chunk of ``C`` tokens sharing the
+boundary gradient, each applied ``1 / (1 - beta)`` times by momentum, needs ``nu = C / (1 - beta)``
+(what the models use, :func:`stable_step_norm`). Both layers then use ``r`` (DGD's ``W2`` its own
+``r / (1 + r ||k||^2)`` of it).
 """
 
 from __future__ import annotations
@@ -33,9 +46,16 @@ from nested_jax.memory.chunkwise import (
     delta_inverse,
 )
 from nested_jax.memory.objectives import L2, DotProduct
-from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, rule_step
+from nested_jax.memory.rules import DGD, GD, Momentum, rule_step
 
-__all__ = ["MLPMemory", "MLPParams", "MLPState"]
+__all__ = ["MLPMemory", "MLPParams", "MLPState", "stable_step_norm"]
+
+
+def stable_step_norm(chunk_size: int, beta: float | None) -> float:
+    """The NLMS strength ``nu = C / (1 - beta)`` that bounds a chunk's total step (``C`` tokens
+    whose gradients share the boundary, each applied ``1 / (1 - beta)`` times by momentum) by one
+    error's worth: what the models pass as ``MLPMemory(step_norm=...)``."""
+    return float(chunk_size) / (1.0 - (beta or 0.0))
 
 
 class MLPParams(NamedTuple):
@@ -68,6 +88,9 @@ class MLPMemory(AbstractMemory):
         write of ``(k, v)`` regresses ``M(k)`` onto ``v_hat = stop_gradient(M_b(v))``, where
         ``M_b`` is the memory at the state where the gradient is taken (the chunk boundary). ``v``
         then lives in the key space (``d_k``) and ``v_hat`` in the output space (``d_v``).
+      step_norm: ``nu >= 0``; when positive, every token's rate is normalised by the memory's
+        gain at its key (see the module docstring), so no ``eta`` makes a step overshoot.
+        ``0`` (default): plain rates.
     """
 
     hidden: int
@@ -76,6 +99,7 @@ class MLPMemory(AbstractMemory):
     activation: Callable[[jax.Array], jax.Array] = jax.nn.silu
     residual: bool = True
     self_target: bool = False
+    step_norm: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
@@ -84,6 +108,25 @@ class MLPMemory(AbstractMemory):
             raise TypeError(f"objective must be DotProduct() or L2(), got {self.objective!r}.")
         if not isinstance(self.rule, GD | Momentum | DGD):
             raise TypeError(f"rule must be GD(), Momentum(...) or DGD(...), got {self.rule!r}.")
+        if not float(self.step_norm) >= 0.0:
+            raise ValueError(f"step_norm must be >= 0 (0 = off), got {self.step_norm!r}.")
+
+    @property
+    def normalized(self) -> bool:
+        return self.step_norm > 0
+
+    def _rate(self, eta, w1, pre, k):
+        """The normalised rate ``r = eta / (1 + nu eta (||h||^2 + ||k||^2 g))`` (see the module
+        docstring; ``eta`` itself when not ``normalized``). ``pre = W2 k: [..., hid]``, ``k``
+        ``[..., d_k]``, ``w1: [..., d_v, hid]`` with the same leading dims but the token axis."""
+        if not self.normalized:
+            return eta
+        cols = jnp.sum(w1 * w1, axis=-2)  # ||W1[:, j]||^2: [..., hid]
+        if pre.ndim > cols.ndim:  # a chunk: [B, H, C, hid] against per-(sample, head) weights
+            cols = cols[..., None, :]
+        h, dact = jax.jvp(self.activation, (pre,), (jnp.ones_like(pre),))
+        gain = jnp.sum(h * h, axis=-1) + jnp.sum(k * k, axis=-1) * jnp.sum(dact**2 * cols, -1)
+        return eta / (1.0 + self.step_norm * eta * gain)
 
     @property
     def _rule1(self):
@@ -154,29 +197,42 @@ class MLPMemory(AbstractMemory):
             return jnp.sum(self.objective.loss(self._apply(w1, w2, k), v))
 
         g1, g2 = jax.grad(loss, argnums=(0, 1))(src.w1, src.w2)
-        h = self.activation(jnp.einsum("bhjk,bhk->bhj", src.w2, k))
+        pre = jnp.einsum("bhjk,bhk->bhj", src.w2, k)
+        h = self.activation(pre)
+        eta = self._rate(eta, src.w1, pre, k)  # (DGD normalises W2's again inside rule_step)
         w2, s2 = rule_step(self.rule, state.w2, state.s2, g2, k, eta, alpha, beta)
         w1, s1 = rule_step(self._rule1, state.w1, state.s1, g1, h, eta, alpha, beta)
         return MLPState(w1, w2, s1, s2)
 
-    def _chunk_prep(self, q, k, v, eta, alpha, beta):
+    def _coefficients(self, eta, alpha, beta, qk, kk):
+        """Everything a chunk needs from its rates: ``(eta2, c2, c1, gq, dq, gk, inv)``."""
         momentum = self.rule.beta is not None
-        eta2 = dgd_rate(eta, k) if self.rule.delta else eta
+        # DGD's eta' = eta / (1 + eta ||k||^2), the squared norms read off the Gram matrix
+        eta2 = eta / (1.0 + eta * jnp.diagonal(kk, axis1=-2, axis2=-1)) if self.rule.delta else eta
         c2 = chunk_coefficients(eta2, alpha, beta, momentum=momentum)
         c1 = chunk_coefficients(eta, alpha, beta, momentum=momentum) if self.rule.delta else c2
-        qk = q @ _t(k)
         dq = gk = inv = None
         if self.rule.delta:
-            kk = k @ _t(k)
             dq, gk, inv = c2.da_prev * qk, c2.gamma_prev * kk, delta_inverse(c2, kk, eta2)
-        return (q, k, v, eta2, c2, c1, c2.gamma_prev * qk, dq, gk, inv)
+        return eta2, c2, c1, c2.gamma_prev * qk, dq, gk, inv
 
-    def _chunk_step(self, state: MLPState, q, k, v, eta2, c2, c1, gq, dq, gk, inv):
+    def _chunk_prep(self, q, k, v, eta, alpha, beta):
+        qk, kk = q @ _t(k), k @ _t(k)
+        if self.normalized:  # the rates depend on the boundary state: computed per chunk
+            return (q, k, v, (eta, alpha, beta, qk, kk))
+        return (q, k, v, self._coefficients(eta, alpha, beta, qk, kk))
+
+    def _chunk_step(self, state: MLPState, q, k, v, coefs):
         zs = lambda z, s0: None if s0 is None else z @ _t(s0)
         if self.self_target:  # v_hat = M_boundary(v), a fixed target
             v = jax.lax.stop_gradient(self._seq_apply(state.w1, state.w2, v))
         # boundary forward on the keys and the per-token surprise (errors) of both layers
         pre = k @ _t(state.w2)  # [B, H, C, hid]
+        if self.normalized:
+            eta, alpha, beta, qk, kk = coefs
+            eta = self._rate(eta, state.w1, pre, k)
+            coefs = self._coefficients(eta, alpha, beta, qk, kk)
+        eta2, c2, c1, gq, dq, gk, inv = coefs
         h, act_vjp = jax.vjp(self.activation, pre)
         pred = h @ _t(state.w1)
         if self.residual:

@@ -69,8 +69,11 @@ class SoftmaxMemory(AbstractMemory):
             jnp.zeros((batch_size,), jnp.int32),
         )
 
-    def _attend(self, state: SoftmaxState, q, qpos):
-        """``q: [B, H, C, d_k]`` at absolute positions ``qpos: [B, C]`` -> ``[B, H, C, d_v]``."""
+    def _attend(self, state: SoftmaxState, q, qpos, gradient_cut: int = 0):
+        """``q: [B, H, C, d_k]`` at absolute positions ``qpos: [B, C]`` -> ``[B, H, C, d_v]``.
+
+        ``gradient_cut > 0``: keys and values at positions in another block of ``gradient_cut``
+        positions than the query's enter with their gradient stopped (same values)."""
         scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
         logits = jnp.einsum("bhck,bhsk->bhcs", q, state.keys) * scale
         kpos = state.pos[:, None, :]  # [B, 1, cap]
@@ -78,10 +81,21 @@ class SoftmaxMemory(AbstractMemory):
         mask = (kpos >= 0) & (kpos <= qp)
         if self.window is not None:
             mask = mask & (kpos > qp - self.window)
+        same = None
+        if gradient_cut:
+            same = (kpos // gradient_cut == qp // gradient_cut)[:, None]
+            sg = jax.lax.stop_gradient
+            cross = jnp.einsum("bhck,bhsk->bhcs", q, sg(state.keys)) * scale
+            logits = jnp.where(same, logits, cross)
         logits = jnp.where(mask[:, None], logits, -jnp.inf)
         weights = jax.nn.softmax(logits, axis=-1)
         weights = jnp.where(mask[:, None], weights, 0.0)
-        return jnp.einsum("bhcs,bhsv->bhcv", weights, state.values)
+        if same is None:
+            return jnp.einsum("bhcs,bhsv->bhcv", weights, state.values)
+        own = jnp.where(same, weights, 0.0)
+        return jnp.einsum("bhcs,bhsv->bhcv", own, state.values) + jnp.einsum(
+            "bhcs,bhsv->bhcv", weights - own, jax.lax.stop_gradient(state.values)
+        )
 
     def _store(self, state: SoftmaxState, k, v):
         """Append ``k: [B, H, C, d_k]``, ``v`` at positions ``count .. count + C - 1``."""
@@ -108,7 +122,7 @@ class SoftmaxMemory(AbstractMemory):
         qpos = (state.count - 1)[:, None]
         return self._attend(state, q[:, :, None].astype(jnp.float32), qpos)[:, :, 0]
 
-    def _chunk_step(self, state, q, k, v, eta=None, alpha=None, beta=None):
+    def _chunk_step(self, state, q, k, v, eta=None, alpha=None, beta=None, gradient_cut=0):
         """Store the chunk, then every query attends causally (``[B, H, C, d]`` inputs)."""
         del eta, alpha, beta
         c = k.shape[2]
@@ -123,4 +137,12 @@ class SoftmaxMemory(AbstractMemory):
                 "needs capacity >= the whole context length."
             )
         state, qpos = self._store(state, k, v)
-        return state, self._attend(state, q.astype(jnp.float32), qpos)
+        return state, self._attend(state, q.astype(jnp.float32), qpos, gradient_cut)
+
+    def write_read_chunk(self, state, q, k, v, eta=None, alpha=None, beta=None, *, gradient_cut=0):
+        """One chunk in parallel (see :meth:`AbstractMemory.write_read_chunk`); with
+        ``gradient_cut > 0`` no gradient flows between positions in different blocks of
+        ``gradient_cut`` positions (same values; the teach signal's first pass)."""
+        arrays = self._prepare(q, k, v, eta, alpha, beta)
+        state, y = self._chunk_step(state, *arrays, gradient_cut=gradient_cut)
+        return state, jnp.swapaxes(y, 1, 2)

@@ -90,7 +90,17 @@ class ContinuumMemory:
         p = {"levels": levels}
         if c.cms_variant == "independent":
             p["mix"] = jnp.ones((n,), jnp.float32)
+        if c.cms_learn_lr:  # lr_l = 2 cms_lr sigmoid(rho_l): cms_lr at init, bounded by 2 cms_lr
+            p["lr"] = jnp.zeros((n,), jnp.float32)
         return p
+
+    def rates(self, p: dict) -> jax.Array:
+        """Each level's inner learning rate ``[n_levels]``: ``2 cms_lr sigmoid(rho)`` (learned,
+        bounded, ``cms_lr`` at init) or the fixed ``cms_lr``."""
+        c = self.config
+        if c.cms_learn_lr:
+            return 2.0 * c.cms_lr * jax.nn.sigmoid(p["lr"])
+        return jnp.full((len(self.periods),), c.cms_lr, jnp.float32)
 
     def init_state(self, params: dict, batch_size: int) -> CMSState:
         fast = tuple(self._broadcast(lv["mlp"], batch_size) for lv in params["levels"])
@@ -102,19 +112,27 @@ class ContinuumMemory:
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), mlp)
 
     # --- one chunk at frozen fast weights --------------------------------------------------------
-    def forward(self, p: dict, fast: tuple, z: jax.Array, *, local: bool = False):
+    def forward(
+        self, p: dict, fast: tuple, z: jax.Array, *, local: bool = False, teach=None, probe=None
+    ):
         """``z: [B, C, D]`` through the levels at weights ``fast``: ``(y, increments)``.
 
-        ``increments`` (with ``local=True``) are the levels' summed local update terms for this
-        chunk (``None`` for frozen levels), else ``None``."""
+        ``increments`` are the levels' summed update terms for this chunk (``None`` for frozen
+        levels) with ``local=True`` (the local objective) or ``teach`` (per level, the output
+        errors ``[B, C, D]`` of the teach signal: ``-lr grad_theta sum_t <MLP_theta(n_t),
+        delta_t>``, the dot-product objective), else ``None``. ``probe`` (per level ``[B, C, D]``
+        or ``None``) is added to the live levels' outputs (zero probes: their gradients are the
+        output errors)."""
         c = self.config
-        lr = c.cms_lr
+        lrs = self.rates(p)
         variant = c.cms_variant
+        learn = local or teach is not None
         incs = []
         total = z
         for i, (lv, theta) in enumerate(zip(p["levels"], fast, strict=True)):
             src = z if variant == "independent" else total
             n = rms_norm(src, lv["norm"], c.norm_eps)
+            lr = lrs[i]
             if local and self.periods[i]:
                 target = n @ lv["w_target"]
 
@@ -123,15 +141,21 @@ class ContinuumMemory:
                     return 0.5 * jnp.sum(jnp.mean((out - target) ** 2, axis=-1)), out
 
                 g, out = jax.grad(loss, has_aux=True)(theta)
-                incs.append(jax.tree.map(lambda a: -lr * a, g))
+                incs.append(jax.tree.map(lambda a, lr=lr: -lr * a, g))
+            elif teach is not None and self.periods[i]:
+                out, vjp = jax.vjp(lambda th, n=n: batched_swiglu(th, n), theta)
+                (g,) = vjp(teach[i])
+                incs.append(jax.tree.map(lambda a, lr=lr: -lr * a, g))
             else:
                 out = batched_swiglu(theta, n)
                 incs.append(None)
+            if probe is not None and probe[i] is not None:
+                out = out + probe[i]
             if variant == "independent":
                 total = total + p["mix"][i] * out
             else:
                 total = total + out
-        return total, (tuple(incs) if local else None)
+        return total, (tuple(incs) if learn else None)
 
     def commit(self, p: dict, state: CMSState, increments: tuple, n_tokens) -> CMSState:
         """Add a chunk's update terms (``None`` entries: nothing) to the accumulators, advance by
@@ -164,29 +188,53 @@ class ContinuumMemory:
         return CMSState(tuple(params), tuple(accs), pos)
 
     # --- the sublayer ----------------------------------------------------------------------------
-    def __call__(self, p: dict, state: CMSState, z: jax.Array, *, parallel: bool = True):
-        """``z: [B, T, D]`` -> ``(y, state)``. With the ``"local"`` signal the levels learn here
-        (chunk-parallel, or token by token when not ``parallel``); with ``"ntp"`` (or all levels
-        frozen) the weights in ``state`` are applied as they are and the language model commits
-        the updates."""
+    def __call__(
+        self,
+        p: dict,
+        state: CMSState,
+        z: jax.Array,
+        *,
+        parallel: bool = True,
+        probe=None,
+        teach=None,
+    ):
+        """``z: [B, T, D]`` -> ``(y, state)``.
+
+        * ``"local"`` signal: the levels learn here (chunk-parallel, or token by token when not
+          ``parallel``);
+        * ``teach`` given (the ``"teach"`` signal's second pass; per level the output errors
+          ``[B, T, D]``, ``T`` a multiple of the CMS chunk): the levels learn chunk by chunk from
+          them;
+        * otherwise (``"ntp"``, ``"teach"`` without errors, all levels frozen) the weights in
+          ``state`` are applied as they are (the language model commits the updates); ``probe``
+          adds zero probes to the live levels' outputs (the teach signal's first pass)."""
         c = self.config
-        if c.cms_signal != "local" or not self.live:
-            y, _ = self.forward(p, state.params, z)
+        if not self.live or (c.cms_signal != "local" and teach is None):
+            y, _ = self.forward(p, state.params, z, probe=probe)
             return y, state
-        step = c.cms_chunk if parallel else 1
+        step = c.cms_chunk if parallel or teach is not None else 1
         t = z.shape[1]
         n, r = divmod(t, step)
+        if teach is not None and r:
+            raise ValueError(f"teach errors need whole CMS chunks of {step}; got {t} tokens.")
+        teach = teach if teach is not None else tuple(None for _ in self.periods)
 
-        def chunk(state, zc):
-            y, inc = self.forward(p, state.params, zc, local=True)
+        def chunk(state, zc, tc):
+            local = c.cms_signal == "local"
+            tc = None if local else tc
+            y, inc = self.forward(p, state.params, zc, local=local, teach=tc)
             return self.commit(p, state, inc, zc.shape[1]), y
+
+        def split(a):
+            return None if a is None else jnp.moveaxis(a.reshape(a.shape[0], n, step, -1), 1, 0)
 
         ys = []
         if n:
-            zs = jnp.moveaxis(z[:, : n * step].reshape(z.shape[0], n, step, -1), 1, 0)
-            state, y = jax.lax.scan(jax.checkpoint(chunk), state, zs)
+            zs = split(z[:, : n * step])
+            ts = tuple(split(a) for a in teach)
+            state, y = jax.lax.scan(lambda s, x: jax.checkpoint(chunk)(s, *x), state, (zs, ts))
             ys.append(jnp.moveaxis(y, 0, 1).reshape(z.shape[0], n * step, -1))
         if r:
-            state, y = chunk(state, z[:, n * step :])
+            state, y = chunk(state, z[:, n * step :], None)
             ys.append(y)
         return (ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=1)), state

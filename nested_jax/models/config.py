@@ -8,7 +8,7 @@ __all__ = ["ModelConfig", "get_config", "list_configs"]
 
 KINDS = ("transformer", "titans", "selfmod", "hope", "hope_attention")
 CMS_VARIANTS = ("sequential", "nested", "independent")
-CMS_SIGNALS = ("ntp", "local")
+CMS_SIGNALS = ("ntp", "teach", "local")
 SM_MAINS = ("mlp", "linear")
 
 
@@ -25,6 +25,9 @@ class ModelConfig:
       mem_expansion: hidden width of the MLP memory, in multiples of the head dimension.
       eta_max: the memory's largest learning rate (``eta = eta_max * sigmoid(.)``).
       conv_width: width of the causal depthwise convolution on q, k, v.
+      inner_norm: normalise the deep (MLP) memories' inner steps (NLMS, ``MLPMemory(step_norm=
+        C / (1 - beta))`` with each memory's chunk size ``C`` and momentum ``beta``), so that no
+        ``eta_max`` makes them diverge (Titans and self-modifying Titans; ``False``: plain rates).
 
     Self-modifying Titans (``kind="selfmod"``, and the sequence layer of ``"hope"``; spec §5.2):
       sm_chunk: chunk size of the k / v / eta / alpha (/ q) memories (``mem_chunk``: the main one).
@@ -35,13 +38,21 @@ class ModelConfig:
         case used to test the wiring).
       sm_adaptive: whether the k / v / eta / alpha memories learn in context (``False``: they stay at
         their meta-learned initial state, i.e. fixed projections).
+      sm_unit_values: L2-normalise the generated values ``v_t`` (as the keys). The value memory's
+        self-generated target is ``M_v(v_t)`` with ``v_t = M_v(x_t)``, so its gain squares from
+        chunk to chunk and explodes once above 1; unit values make it neutral (decisions D51).
 
     Continuum Memory System (``kind="hope"`` / ``"hope_attention"``; spec §4):
       cms_periods: one period per level, in tokens (``0`` = frozen). Non-frozen periods must be
         multiples of the smallest one.
       cms_variant: ``"sequential"`` (default), ``"nested"`` or ``"independent"``.
-      cms_signal: ``"ntp"`` (default: the next-token loss gradient of each chunk) or ``"local"``.
-      cms_lr: the levels' inner learning rate.
+      cms_signal: ``"ntp"`` (the exact next-token loss gradient of each chunk, the whole network
+        re-run per chunk), ``"teach"`` (two passes: each level's output errors from one parallel
+        forward/backward at the sequence-start CMS weights, gradients blocked between CMS chunks,
+        then each level learns chunk by chunk from them) or ``"local"`` (label-free).
+      cms_lr: the levels' inner learning rate (with ``cms_learn_lr``: its value at init; each
+        level then learns its own, bounded by ``2 cms_lr``).
+      cms_learn_lr: learn each level's rate (``2 cms_lr sigmoid(rho)``) instead of fixing it.
       cms_persistent: :meth:`LanguageModel.next_sequence` keeps the CMS weights (deployed /
         continual mode) instead of resetting them to their learned initial values.
 
@@ -61,15 +72,18 @@ class ModelConfig:
     mem_expansion: int = 2
     eta_max: float = 0.1
     conv_width: int = 4
+    inner_norm: bool = True
     sm_chunk: int = 4
     sm_adaptive_q: bool = False
     sm_momentum: float | None = 0.9
     sm_main: str = "mlp"
     sm_adaptive: bool = True
+    sm_unit_values: bool = True
     cms_periods: tuple = (8, 32)
     cms_variant: str = "sequential"
     cms_signal: str = "ntp"
     cms_lr: float = 0.1
+    cms_learn_lr: bool = True
     cms_persistent: bool = False
     first_order: bool = False
 
@@ -137,16 +151,17 @@ class ModelConfig:
             )
         if not self.cms_lr >= 0:
             raise ValueError(f"cms_lr must be >= 0, got {self.cms_lr}.")
-        if self.kind in ("hope", "hope_attention") and self.cms_signal == "ntp" and live:
+        sig = self.cms_signal
+        if self.kind in ("hope", "hope_attention") and sig in ("ntp", "teach") and live:
             c = min(live)
             if c < 2:
                 raise ValueError(
-                    "cms_signal='ntp' needs the smallest CMS period >= 2 (a chunk's next-token "
+                    f"cms_signal={sig!r} needs the smallest CMS period >= 2 (a chunk's next-token "
                     f"loss uses the pairs inside it); got {c}."
                 )
             if self.kind == "hope" and (c % self.mem_chunk or c % self.sm_chunk):
                 raise ValueError(
-                    f"cms_signal='ntp' recomputes each CMS chunk in parallel from a memory chunk "
+                    f"cms_signal={sig!r} recomputes each CMS chunk in parallel from a memory chunk "
                     f"boundary, so the smallest CMS period ({c}) must be a multiple of mem_chunk "
                     f"({self.mem_chunk}) and sm_chunk ({self.sm_chunk})."
                 )

@@ -50,7 +50,12 @@ class HopeBlock:
             "cms": self.cms.init_state(params["cms"], batch_size),
         }
 
-    def __call__(self, p: dict, state: dict, x, *, parallel: bool = True):
-        x, ms = self.mixer(p["mixer"], state["mixer"], x, parallel=parallel)
-        x, cs = self.cms(p["cms"], state["cms"], x, parallel=parallel)
+    def __call__(
+        self, p: dict, state: dict, x, *, parallel: bool = True, cut=0, probe=None, teach=None
+    ):
+        """``cut``, ``probe``: the teach signal's first pass (gradients blocked between CMS
+        chunks; zero probes on the CMS levels' outputs); ``teach``: its second pass (the CMS
+        levels' output errors). See :class:`~nested_jax.models.lm.LanguageModel`."""
+        x, ms = self.mixer(p["mixer"], state["mixer"], x, parallel=parallel, cut=cut)
+        x, cs = self.cms(p["cms"], state["cms"], x, parallel=parallel, probe=probe, teach=teach)
         return x, {"mixer": ms, "cms": cs}

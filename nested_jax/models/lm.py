@@ -20,6 +20,18 @@ chunk's end, so it acts from chunk ``c + 1`` on: causal, and outputs never see t
 The outer gradient differentiates through those inner gradients (second order) unless
 ``first_order``. Streaming buffers the current chunk's tokens and the state at its start, and
 recomputes the chunk when it completes, so any cut gives the parallel result.
+
+CMS with the ``"teach"`` signal (two passes, DESIGN §10): pass 1 runs the whole sequence once in
+parallel with the CMS at its sequence-start weights and zero probes on every live level's output;
+the gradient of the chunks' next-token losses (per sample, the mean over each chunk's ``C - 1``
+inner pairs, as ``"ntp"``) with respect to the probes is each level's output error ``delta_t``.
+Gradients are blocked between CMS chunks inside the sequence layers (the memories' carried state,
+the convolution, attention across chunks), so ``delta_t`` of chunk ``c`` comes from chunk ``c``'s
+targets only: causal. Pass 2 is the ordinary forward in which every level learns chunk by chunk
+from those errors, ``-lr grad_theta sum_t <MLP_theta(n_t), delta_t>`` at its current weights, and
+the outer gradient flows through pass 2 only (the errors are constants). For the first chunk it
+equals ``"ntp"``; later chunks use errors from the sequence-start CMS weights. Streaming keeps
+pass 1's state beside pass 2's and runs both passes on each chunk as it completes.
 """
 
 from __future__ import annotations
@@ -40,6 +52,11 @@ from nested_jax.models.transformer import TransformerBlock
 
 __all__ = ["LanguageModel", "NTPState"]
 
+
+def _given(**kw):
+    """The keyword arguments that are not ``None``."""
+    return {k: v for k, v in kw.items() if v is not None}
+
 _BLOCKS = {
     "transformer": TransformerBlock,
     "titans": TitansBlock,
@@ -50,14 +67,17 @@ _BLOCKS = {
 
 
 class NTPState(NamedTuple):
-    """Model state when the CMS learns from the next-token loss: ``layers`` (every layer's state
-    now), ``start`` (every layer's state at the start of the current CMS chunk), ``buf`` (that
-    chunk's tokens so far, ``[batch, C]``) and ``off`` (how many)."""
+    """Model state when the CMS learns from the next-token loss (``"ntp"``, ``"teach"``):
+    ``layers`` (every layer's state now), ``start`` (every layer's state at the start of the
+    current CMS chunk), ``buf`` (that chunk's tokens so far, ``[batch, C]``), ``off`` (how many)
+    and, for ``"teach"``, ``teach`` (the first pass's layer states at the chunk start; its CMS
+    weights stay at the sequence start), else ``None``."""
 
     layers: Any
     start: Any
     buf: jax.Array
     off: jax.Array
+    teach: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,16 +103,26 @@ class LanguageModel:
 
     @property
     def ntp(self) -> bool:
-        """Whether the CMS learns from the next-token loss (the LM drives its updates)."""
+        """Whether the CMS learns from the next-token loss (``"ntp"`` or ``"teach"``: the LM
+        drives its updates and the state is an :class:`NTPState`)."""
         c = self.config
-        return c.kind in ("hope", "hope_attention") and c.cms_signal == "ntp" and c.cms_chunk > 0
+        return (
+            c.kind in ("hope", "hope_attention")
+            and c.cms_signal in ("ntp", "teach")
+            and c.cms_chunk > 0
+        )
+
+    @property
+    def teach(self) -> bool:
+        return self.ntp and self.config.cms_signal == "teach"
 
     def init_state(self, params: dict, batch_size: int) -> Any:
         """Every layer's fresh state (from its learned initial memories), stacked over layers."""
         layers = jax.vmap(lambda p: self.block.init_state(p, batch_size))(params["layers"])
         if self.ntp:
             buf = jnp.zeros((batch_size, self.config.cms_chunk), jnp.int32)
-            return NTPState(layers, layers, buf, jnp.zeros([], jnp.int32))
+            teach = layers if self.teach else None
+            return NTPState(layers, layers, buf, jnp.zeros([], jnp.int32), teach)
         return layers
 
     def next_sequence(self, params: dict, state: Any) -> Any:
@@ -116,7 +146,7 @@ class LanguageModel:
 
         if self.ntp:
             layers = keep(fresh.layers)
-            return fresh._replace(layers=layers, start=layers)
+            return fresh._replace(layers=layers, start=layers, teach=layers if self.teach else None)
         return keep(fresh)
 
     def _check_tokens(self, tokens):
@@ -130,17 +160,24 @@ class LanguageModel:
                 f"{self.config.max_len}; raise max_len in the config or stream in chunks."
             )
 
-    def _forward(self, params: dict, layers: Any, tokens: jax.Array, parallel: bool):
-        """Embeddings -> every layer (scanned) -> head; ``(logits, layers)``."""
+    def _forward(
+        self, params: dict, layers: Any, tokens: jax.Array, parallel: bool, cut=0, probes=None,
+        teach=None,
+    ):
+        """Embeddings -> every layer (scanned) -> head; ``(logits, layers)``. ``cut``, ``probes``,
+        ``teach`` (per CMS level, stacked over layers): the teach signal's passes (Hope blocks)."""
         x = params["embed"][tokens]
         block = self.block
+        extra = {}
+        if cut:
+            extra["cut"] = cut
 
         def layer(x, inp):
-            p, s = inp
-            x, s = block(p, s, x, parallel=parallel)
+            p, s, probe, tc = inp
+            x, s = block(p, s, x, parallel=parallel, **extra, **_given(probe=probe, teach=tc))
             return x, s
 
-        x, layers = jax.lax.scan(layer, x, (params["layers"], layers))
+        x, layers = jax.lax.scan(layer, x, (params["layers"], layers, probes, teach))
         x = rms_norm(x, params["final_norm"], self.config.norm_eps)
         return x @ params["head"], layers
 
@@ -152,6 +189,36 @@ class LanguageModel:
         return self._forward(params, state, tokens, parallel)
 
     # --- CMS driven by the next-token loss -------------------------------------------------------
+    def _teach_signal(self, params: dict, teach: Any, tokens: jax.Array):
+        """Pass 1 of the teach signal over whole CMS chunks ``tokens: [B, n C]`` from the first
+        pass's state ``teach``: ``(errors, teach)``, the errors per CMS level stacked over layers
+        (``[L, B, n C, D]``, ``None`` for frozen levels), both constants for the outer gradient."""
+        c = self.config
+        cms = ContinuumMemory(c)
+        b, t = tokens.shape
+        sg = jax.lax.stop_gradient
+        params = sg(params)
+        zeros = tuple(
+            jnp.zeros((c.n_layers, b, t, c.d_model), jnp.float32) if period else None
+            for period in cms.periods
+        )
+        inner = (jnp.arange(t - 1) % c.cms_chunk != c.cms_chunk - 1).astype(jnp.float32)
+
+        def loss(probes):
+            logits, new = self._forward(params, teach, tokens, True, c.cms_chunk, probes=probes)
+            logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+            nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+            return jnp.sum(nll * inner[None]) / (c.cms_chunk - 1), new  # per sample, chunk: mean
+
+        errors, new = jax.grad(loss, has_aux=True)(zeros)
+        return sg(errors), sg(new)
+
+    def _teach_chunks(self, params: dict, layers: Any, teach: Any, tokens: jax.Array):
+        """Both passes over whole CMS chunks: ``(logits, layers, teach)``."""
+        errors, teach = self._teach_signal(params, teach, tokens)
+        logits, layers = self._forward(params, layers, tokens, True, teach=errors)
+        return logits, layers, teach
+
     def _ntp_chunk(self, params: dict, layers: Any, tokens: jax.Array):
         """One complete CMS chunk ``tokens: [B, C]`` from a chunk start: ``(logits, layers)`` with
         the CMS update committed."""
@@ -165,10 +232,12 @@ class LanguageModel:
             return jnp.sum(jnp.mean(nll, axis=1)), (logits, new)  # per-sample mean
 
         g, (logits, new) = jax.grad(chunk_loss, has_aux=True)(layers["cms"].params)
-        lr = self.config.cms_lr
+        lrs = jax.vmap(cms.rates)(params["layers"]["cms"])  # [L, levels]
+        scale = lambda a, lr: -lr.reshape(lr.shape + (1,) * (a.ndim - 1)) * a
         live = set(cms.live)
         inc = tuple(
-            jax.tree.map(lambda a: -lr * a, gi) if i in live else None for i, gi in enumerate(g)
+            jax.tree.map(lambda a, i=i: scale(a, lrs[:, i]), gi) if i in live else None
+            for i, gi in enumerate(g)
         )
 
         def commit(p, st, inc):
@@ -181,9 +250,12 @@ class LanguageModel:
         c = self.config.cms_chunk
         b, t = tokens.shape
         n, r = divmod(t, c)
-        layers = state.layers
+        layers, teach = state.layers, state.teach
         outs = []
-        if n:
+        if n and self.teach:
+            logits, layers, teach = self._teach_chunks(params, layers, teach, tokens[:, : n * c])
+            outs.append(logits)
+        elif n:
             chunks = jnp.moveaxis(tokens[:, : n * c].reshape(b, n, c), 1, 0)
 
             @jax.checkpoint
@@ -200,7 +272,7 @@ class LanguageModel:
             outs.append(logits)
             buf = buf.at[:, :r].set(tokens[:, n * c :].astype(jnp.int32))
         logits = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-        return logits, NTPState(layers, start, buf, jnp.asarray(r, jnp.int32))
+        return logits, NTPState(layers, start, buf, jnp.asarray(r, jnp.int32), teach)
 
     def _ntp_stream(self, params: dict, state: NTPState, tokens: jax.Array):
         c = self.config.cms_chunk
@@ -211,12 +283,16 @@ class LanguageModel:
             off = st.off + 1
 
             def complete(_):
+                if self.teach:
+                    _, new, teach = self._teach_chunks(params, st.start, st.teach, buf)
+                    return new, new, teach
                 _, new = self._ntp_chunk(params, st.start, buf)
-                return new, new
+                return new, new, st.teach
 
-            layers, start = jax.lax.cond(off == c, complete, lambda _: (layers, st.start), None)
+            keep = lambda _: (layers, st.start, st.teach)
+            layers, start, teach = jax.lax.cond(off == c, complete, keep, None)
             buf = jnp.where(off == c, jnp.zeros_like(buf), buf)  # a new chunk starts empty
-            return NTPState(layers, start, buf, off % c), logits[:, 0]
+            return NTPState(layers, start, buf, off % c, teach), logits[:, 0]
 
         state, logits = jax.lax.scan(token, state, tokens.T)
         return jnp.swapaxes(logits, 0, 1), state

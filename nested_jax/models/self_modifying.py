@@ -34,13 +34,13 @@ import jax.numpy as jnp
 from nested_jax.memory import (
     DGD,
     GD,
-    L2,
     AbstractMemory,
     DotProduct,
     LinearMemory,
     MLPMemory,
     StreamState,
     first_order_update,
+    stable_step_norm,
 )
 from nested_jax.memory.base import advance_stream
 from nested_jax.models.config import ModelConfig
@@ -77,21 +77,28 @@ class SelfModifyingTitans:
     def hidden(self) -> int:
         return self.config.mem_expansion * self.config.head_dim
 
+    def _step_norm(self, chunk: int) -> float:
+        c = self.config
+        return stable_step_norm(chunk, c.sm_momentum) if c.inner_norm else 0.0
+
     @property
     def proj_memory(self) -> MLPMemory:
-        return MLPMemory(self.hidden, objective=L2(), rule=self._rule, self_target=True)
+        nu = self._step_norm(self.config.sm_chunk)
+        return MLPMemory(self.hidden, rule=self._rule, self_target=True, step_norm=nu)
 
     @property
     def gate_memory(self) -> MLPMemory:
+        nu = self._step_norm(self.config.sm_chunk)
         return MLPMemory(
-            self.hidden, objective=L2(), rule=self._rule, residual=False, self_target=True
+            self.hidden, rule=self._rule, residual=False, self_target=True, step_norm=nu
         )
 
     @property
     def main_memory(self) -> AbstractMemory:
         if self.config.sm_main == "linear":
             return LinearMemory(objective=DotProduct(), rule=GD())
-        return MLPMemory(self.hidden, objective=L2(), rule=self._rule, self_target=True)
+        nu = self._step_norm(self.config.mem_chunk)
+        return MLPMemory(self.hidden, rule=self._rule, self_target=True, step_norm=nu)
 
     # --- params and state ------------------------------------------------------------------------
     def init(self, key) -> dict:
@@ -141,6 +148,8 @@ class SelfModifyingTitans:
         out = pm._seq_apply(proj.w1, proj.w2, jnp.concatenate([xm] * self.n_proj, axis=1))
         k = l2_normalize(out[:, :h])
         v = out[:, h : 2 * h]
+        if c.sm_unit_values:  # breaks the value memory's squaring feedback (decisions D51)
+            v = l2_normalize(v)
         q = l2_normalize(out[:, 2 * h :]) if c.sm_adaptive_q else None
         g = gm._seq_apply(gate.w1, gate.w2, jnp.concatenate([xm, xm], axis=1))[..., 0]
         g = g + p["b_gate"][None, :, None]
@@ -161,8 +170,9 @@ class SelfModifyingTitans:
         gate, _ = gm._chunk(gate, tile(k, 2), tile(k, 2), tile(v, 2), e, a, beta(e))
         return proj, gate
 
-    def _gen_parallel(self, p, gen_stream: StreamState, xm):
-        """Chunk-parallel generation over ``xm: [B, H, T, d]`` from a boundary."""
+    def _gen_parallel(self, p, gen_stream: StreamState, xm, cut: int = 0):
+        """Chunk-parallel generation over ``xm: [B, H, T, d]`` from a boundary (``cut``: see
+        ``AbstractMemory.write_read``'s ``gradient_cut``)."""
         c = self.config
         first_order = c.first_order
 
@@ -180,10 +190,14 @@ class SelfModifyingTitans:
         gen = gen_stream.state
         outs = []
         if full:
-            gen, y = AbstractMemory._scan_chunks(chunk, gen, (xm[:, :, :full],), cs, remat=True)
+            gen, y = AbstractMemory._scan_chunks(
+                chunk, gen, (xm[:, :, :full],), cs, remat=True, gradient_cut=cut
+            )
             outs.append(y)
         boundary = gen
         if t > full:
+            if cut and full % cut == 0:
+                gen = jax.tree.map(jax.lax.stop_gradient, gen)
             gen, y = chunk(gen, xm[:, :, full:])
             outs.append(y)
         y = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
@@ -223,17 +237,23 @@ class SelfModifyingTitans:
         return k, v, q, y[..., -2], y[..., -1]
 
     # --- the layer -------------------------------------------------------------------------------
-    def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True):
-        """``x: [B, T, D]`` -> ``(x + mixer output, state)``."""
+    def __call__(
+        self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True, cut: int = 0
+    ):
+        """``x: [B, T, D]`` -> ``(x + mixer output, state)``. ``cut > 0`` (parallel, from a
+        fresh state): no gradient flows between blocks of ``cut`` tokens (same values; the
+        teach signal's first pass)."""
         c = self.config
         b, t, d = x.shape
         nh, hd = c.n_heads, c.head_dim
         h = rms_norm(x, p["norm"], c.norm_eps)
-        a, conv_state = causal_conv(p["conv"], h @ p["w_in"], state["conv"])
+        a, conv_state = causal_conv(p["conv"], h @ p["w_in"], state["conv"], cut=cut)
         a = jax.nn.silu(a).reshape(b, t, 2, nh, hd)
         xm = jnp.swapaxes(a[:, :, 0], 1, 2)  # [B, H, T, d]
-        gen_fn = self._gen_parallel if parallel else self._gen_stream
-        gen, (k, v, q, eta, alpha) = gen_fn(p, state["gen"], xm)
+        if parallel:
+            gen, (k, v, q, eta, alpha) = self._gen_parallel(p, state["gen"], xm, cut)
+        else:
+            gen, (k, v, q, eta, alpha) = self._gen_stream(p, state["gen"], xm)
         q = jnp.swapaxes(q, 1, 2) if q is not None else l2_normalize(a[:, :, 1])
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         eta, alpha = jnp.swapaxes(eta, 1, 2), jnp.swapaxes(alpha, 1, 2)
@@ -251,6 +271,7 @@ class SelfModifyingTitans:
                 alpha,
                 chunk_size=c.mem_chunk,
                 first_order=c.first_order,
+                gradient_cut=cut,
             )
         else:
             stream, y = mem.stream(stream, q, k, v, eta, alpha, chunk_size=c.mem_chunk)

@@ -22,20 +22,27 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from nested_jax.memory import L2, MLPMemory, Momentum, StreamState
+from nested_jax.memory import MLPMemory, Momentum, StreamState, stable_step_norm
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import dense_init, l2_normalize, rms_norm, swiglu, swiglu_init
 
 __all__ = ["TitansBlock", "causal_conv"]
 
 
-def causal_conv(w: jax.Array, x: jax.Array, history: jax.Array):
+def causal_conv(w: jax.Array, x: jax.Array, history: jax.Array, cut: int = 0):
     """Depthwise causal convolution. ``w: [K, D]``, ``x: [B, T, D]``, ``history: [B, K-1, D]``
-    (the previous inputs). Returns ``(y [B, T, D], new history)``."""
+    (the previous inputs). Returns ``(y [B, T, D], new history)``. ``cut > 0``: inputs from an
+    earlier block of ``cut`` tokens (counted from ``x``'s start) enter with their gradient stopped."""
     k = w.shape[0]
     full = jnp.concatenate([history, x], axis=1)  # [B, K-1+T, D]
     t = x.shape[1]
-    y = sum(full[:, i : i + t] * w[i][None, None] for i in range(k))
+    y = 0.0
+    for i in range(k):
+        xi, back = full[:, i : i + t], k - 1 - i  # tap i looks ``back`` tokens back
+        if cut and back:
+            own = (jnp.arange(t) % cut >= back)[None, :, None]
+            xi = jnp.where(own, xi, jax.lax.stop_gradient(xi))
+        y = y + xi * w[i][None, None]
     return y, full[:, t:]
 
 
@@ -48,7 +55,9 @@ class TitansBlock:
     @property
     def memory(self) -> MLPMemory:
         c = self.config
-        return MLPMemory(c.mem_expansion * c.head_dim, objective=L2(), rule=Momentum())
+        # beta is a per-token gate near 0.9 at init: the NLMS strength uses that nominal value
+        nu = stable_step_norm(c.mem_chunk, Momentum().beta) if c.inner_norm else 0.0
+        return MLPMemory(c.mem_expansion * c.head_dim, rule=Momentum(), step_norm=nu)
 
     def init(self, key) -> dict:
         c = self.config

@@ -49,10 +49,13 @@ class Attention:
         c = self.config
         return self.memory.init_state(batch_size, heads=c.n_heads, d_k=c.head_dim, d_v=c.head_dim)
 
-    def __call__(self, p: dict, state: SoftmaxState, x: jax.Array, *, parallel: bool = True):
+    def __call__(
+        self, p: dict, state: SoftmaxState, x: jax.Array, *, parallel: bool = True, cut: int = 0
+    ):
         """``x: [B, C, d_model]`` (a chunk continuing ``state``) -> ``(x + attention, state)``.
 
-        Attention is exact in both forms, so ``parallel`` changes nothing here."""
+        Attention is exact in both forms, so ``parallel`` changes nothing here. ``cut > 0``: no
+        gradient flows between positions in different blocks of ``cut`` tokens (same values)."""
         del parallel
         c = self.config
         b, t, _ = x.shape
@@ -62,7 +65,7 @@ class Attention:
         q = rope(split(h @ p["wq"]), positions, c.rope_base)
         k = rope(split(h @ p["wk"]), positions, c.rope_base)
         v = split(h @ p["wv"])
-        state, y = self.memory.write_read_chunk(state, q, k, v)
+        state, y = self.memory.write_read_chunk(state, q, k, v, gradient_cut=cut)
         return x + y.reshape(b, t, -1) @ p["wo"], state
 
 
