@@ -57,6 +57,7 @@ def _given(**kw):
     """The keyword arguments that are not ``None``."""
     return {k: v for k, v in kw.items() if v is not None}
 
+
 _BLOCKS = {
     "transformer": TransformerBlock,
     "titans": TitansBlock,
@@ -161,7 +162,13 @@ class LanguageModel:
             )
 
     def _forward(
-        self, params: dict, layers: Any, tokens: jax.Array, parallel: bool, cut=0, probes=None,
+        self,
+        params: dict,
+        layers: Any,
+        tokens: jax.Array,
+        parallel: bool,
+        cut=0,
+        probes=None,
         teach=None,
     ):
         """Embeddings -> every layer (scanned) -> head; ``(logits, layers)``. ``cut``, ``probes``,

@@ -237,9 +237,7 @@ class SelfModifyingTitans:
         return k, v, q, y[..., -2], y[..., -1]
 
     # --- the layer -------------------------------------------------------------------------------
-    def __call__(
-        self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True, cut: int = 0
-    ):
+    def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True, cut: int = 0):
         """``x: [B, T, D]`` -> ``(x + mixer output, state)``. ``cut > 0`` (parallel, from a
         fresh state): no gradient flows between blocks of ``cut`` tokens (same values; the
         teach signal's first pass)."""
