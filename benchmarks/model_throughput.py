@@ -52,6 +52,7 @@ _NAMES = {
     "hope": "hope_tiny",
     "hope_local": "hope_tiny",  # Hope with the CMS's label-free local signal (no second order)
     "hope_attention_local": "hope_attention_tiny",
+    "selfmod": "selfmod_tiny",  # self-modifying Titans with a SwiGLU MLP (Hope without CMS)
     "hope_teach": "hope_tiny",  # the two-pass teach signal (first order in the errors)
     "hope_attention_teach": "hope_attention_tiny",
 }
@@ -63,6 +64,8 @@ def model_config(kind: str, seq: int, cfg: dict):
     if kind.startswith("hope"):
         sizes["d_ff"] = cfg["d_ff"] // 2  # two CMS levels: the same MLP parameters in total
         extra.update(cms_periods=(16, 64), sm_chunk=8)
+    if kind == "selfmod":
+        extra["sm_chunk"] = 8
     for signal in ("local", "teach"):
         if kind.endswith("_" + signal):
             extra["cms_signal"] = signal

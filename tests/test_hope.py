@@ -376,7 +376,7 @@ def test_teach_first_chunk_update_equals_ntp():
     """On the first CMS chunk the sequence-start weights are the current ones, so the teach
     signal's update is the exact next-token gradient step of "ntp"; later chunks differ."""
     model, params, tokens = setup("hope_attention_tiny", length=8, cms_periods=(4,))
-    teach = LanguageModel(dataclasses.replace(model.config, cms_signal="teach"))
+    teach = LanguageModel(dataclasses.replace(model.config, cms_signal="teach", cms_norm=False))
     _, s_ntp = model.apply(params, tokens[:, :4])
     _, s_teach = teach.apply(params, tokens[:, :4])
     close(s_teach.layers["cms"].params, s_ntp.layers["cms"].params, atol=1e-6, rtol=1e-5)
@@ -409,3 +409,48 @@ def test_cms_rates_are_learned_and_bounded():
     assert float(jnp.abs(g["layers"]["cms"]["lr"]).sum()) > 0
     fixed = LanguageModel(dataclasses.replace(model.config, cms_learn_lr=False))
     assert "lr" not in fixed.init(jax.random.key(0))["layers"]["cms"]
+
+
+def test_swiglu_gain_bounds_a_gradient_step():
+    """A rate-r gradient step of <SwiGLU(n), e> on all three matrices moves the output at n along
+    e by r * (its projection) <= r * gain * ||e||^2 (first order: tiny r)."""
+    from nested_jax.models.cms import swiglu_gain
+    from nested_jax.models.layers import swiglu_init
+
+    d, f = 8, 16
+    p = jax.tree.map(lambda a: a[None], swiglu_init(jax.random.key(40), d, f))
+    for s in range(4):
+        n = jax.random.normal(jax.random.key(41 + s), (1, 1, d))
+        e = jax.random.normal(jax.random.key(51 + s), (1, 1, d))
+        g = jax.grad(lambda th, n=n, e=e: jnp.sum(batched_swiglu(th, n) * e))(p)
+        r = 1e-4
+        new = jax.tree.map(lambda a, b, r=r: a - r * b, p, g)
+        moved = -jnp.sum((batched_swiglu(new, n) - batched_swiglu(p, n)) * e) / r
+        bound = swiglu_gain(p, n)[0, 0] * jnp.sum(e * e)
+        assert 0 < float(moved) <= float(bound) * 1.01, (moved, bound)
+
+
+def test_teach_cms_step_is_bounded_at_any_rate():
+    """With ``cms_norm`` the teach signal's level stays finite and bounded for a huge rate over
+    many chunks; without it, it blows up."""
+    sizes = []
+    for norm in (False, True):
+        config = get_config(
+            "hope_attention_tiny",
+            cms_signal="teach",
+            cms_periods=(8,),
+            cms_lr=50.0,
+            cms_norm=norm,
+            d_model=64,
+            d_ff=128,
+        )
+        cms = ContinuumMemory(config)
+        p = cms.init(jax.random.key(42))
+        state = cms.init_state(p, 2)
+        z = jax.random.normal(jax.random.key(43), (2, 8 * 24, 64))
+        errs = (0.05 * jax.random.normal(jax.random.key(44), z.shape),)
+        y, _ = cms(p, state, z, teach=(errs, state.params))
+        size = float(jnp.max(jnp.abs(y)))
+        sizes.append(size if np.isfinite(size) else np.inf)
+    assert sizes[0] > 1e4, sizes
+    assert sizes[1] < 100, sizes

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import dense_init, rms_norm, swiglu_init
 
-__all__ = ["CMSState", "ContinuumMemory", "batched_swiglu"]
+__all__ = ["CMSState", "ContinuumMemory", "batched_swiglu", "swiglu_gain"]
 
 
 class CMSState(NamedTuple):
@@ -55,6 +55,24 @@ def batched_swiglu(p: dict, x: jax.Array) -> jax.Array:
     g = jnp.einsum("btd,bdf->btf", x, p["w_gate"])
     u = jnp.einsum("btd,bdf->btf", x, p["w_up"])
     return jnp.einsum("btf,bfd->btd", jax.nn.silu(g) * u, p["w_down"])
+
+
+def swiglu_gain(p: dict, n: jax.Array) -> jax.Array:
+    """How far one gradient step of rate 1 on all three matrices moves a SwiGLU's output at
+    ``n: [B, C, D]`` along its error, at most (first order): ``[B, C]``,
+
+        ||h||^2 + ||n||^2 sum_j (s_j^2 + (a_j s'_j)^2) ||W_down[j]||^2,
+
+    with ``g = n W_gate``, ``a = n W_up``, ``s = silu(g)``, ``h = s a`` (the ``W_down``,
+    ``W_up`` and ``W_gate`` shares). Dividing a rate by ``1 + rate * gain`` bounds the step
+    (the CMS's NLMS, as :class:`~nested_jax.memory.MLPMemory`'s ``step_norm``)."""
+    g = jnp.einsum("btd,bdf->btf", n, p["w_gate"])
+    a = jnp.einsum("btd,bdf->btf", n, p["w_up"])
+    s, ds = jax.jvp(jax.nn.silu, (g,), (jnp.ones_like(g),))
+    h = s * a
+    rows = jnp.sum(p["w_down"] ** 2, axis=-1)[:, None, :]  # [B, 1, F]
+    through = jnp.sum((s * s + (a * ds) ** 2) * rows, axis=-1)
+    return jnp.sum(h * h, axis=-1) + jnp.sum(n * n, axis=-1) * through
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,9 +136,14 @@ class ContinuumMemory:
         """``z: [B, C, D]`` through the levels at weights ``fast``: ``(y, increments)``.
 
         ``increments`` are the levels' summed update terms for this chunk (``None`` for frozen
-        levels) with ``local=True`` (the local objective) or ``teach`` (per level, the output
-        errors ``[B, C, D]`` of the teach signal: ``-lr grad_theta sum_t <MLP_theta(n_t),
-        delta_t>``, the dot-product objective), else ``None``. ``probe`` (per level ``[B, C, D]``
+        levels) with ``local=True`` (the local objective) or ``teach = (errors, starts)`` (per
+        level, the teach signal's output errors ``delta_t: [B, C, D]`` and the level's
+        sequence-start weights ``theta_s``: a GD step on ``1/m sum_t 1/2 ||MLP_theta(n_t) -
+        v_t||^2``, ``m = C - 1``, towards ``v_t = MLP_theta_s(n_t) - m delta_t``, i.e. "what the
+        sequence-start output should have been"; at ``theta = theta_s`` its gradient is exactly
+        the dot-product ``grad sum_t <MLP_theta(n_t), delta_t>``; with ``cms_norm`` each token's
+        rate is ``lr / (1 + lr gain_t / m)``, ``gain_t`` the level's gain at ``n_t``, see
+        :func:`swiglu_gain`), else ``None``. ``probe`` (per level ``[B, C, D]``
         or ``None``) is added to the live levels' outputs (zero probes: their gradients are the
         output errors)."""
         c = self.config
@@ -143,9 +166,15 @@ class ContinuumMemory:
                 g, out = jax.grad(loss, has_aux=True)(theta)
                 incs.append(jax.tree.map(lambda a, lr=lr: -lr * a, g))
             elif teach is not None and self.periods[i]:
+                errors, starts = teach
+                m = max(n.shape[1] - 1, 1)
                 out, vjp = jax.vjp(lambda th, n=n: batched_swiglu(th, n), theta)
-                (g,) = vjp(teach[i])
-                incs.append(jax.tree.map(lambda a, lr=lr: -lr * a, g))
+                anchor = jax.lax.stop_gradient(batched_swiglu(starts[i], n))
+                rate = lr
+                if c.cms_norm:  # per token [B, C, 1]
+                    rate = (lr / (1.0 + lr * swiglu_gain(theta, n) / m))[..., None]
+                (g,) = vjp(rate * ((out - anchor) / m + errors[i]))
+                incs.append(jax.tree.map(jnp.negative, g))
             else:
                 out = batched_swiglu(theta, n)
                 incs.append(None)
@@ -202,9 +231,9 @@ class ContinuumMemory:
 
         * ``"local"`` signal: the levels learn here (chunk-parallel, or token by token when not
           ``parallel``);
-        * ``teach`` given (the ``"teach"`` signal's second pass; per level the output errors
-          ``[B, T, D]``, ``T`` a multiple of the CMS chunk): the levels learn chunk by chunk from
-          them;
+        * ``teach = (errors, starts)`` given (the ``"teach"`` signal's second pass; per level the
+          output errors ``[B, T, D]``, ``T`` a multiple of the CMS chunk, and the sequence-start
+          weights): the levels learn chunk by chunk from them (see :meth:`forward`);
         * otherwise (``"ntp"``, ``"teach"`` without errors, all levels frozen) the weights in
           ``state`` are applied as they are (the language model commits the updates); ``probe``
           adds zero probes to the live levels' outputs (the teach signal's first pass)."""
@@ -217,11 +246,11 @@ class ContinuumMemory:
         n, r = divmod(t, step)
         if teach is not None and r:
             raise ValueError(f"teach errors need whole CMS chunks of {step}; got {t} tokens.")
-        teach = teach if teach is not None else tuple(None for _ in self.periods)
+        errors, starts = teach if teach is not None else (tuple(None for _ in self.periods), None)
 
-        def chunk(state, zc, tc):
+        def chunk(state, zc, ec):
             local = c.cms_signal == "local"
-            tc = None if local else tc
+            tc = None if local else (ec, starts)
             y, inc = self.forward(p, state.params, zc, local=local, teach=tc)
             return self.commit(p, state, inc, zc.shape[1]), y
 
@@ -231,7 +260,7 @@ class ContinuumMemory:
         ys = []
         if n:
             zs = split(z[:, : n * step])
-            ts = tuple(split(a) for a in teach)
+            ts = tuple(split(a) for a in errors)
             state, y = jax.lax.scan(lambda s, x: jax.checkpoint(chunk)(s, *x), state, (zs, ts))
             ys.append(jnp.moveaxis(y, 0, 1).reshape(z.shape[0], n * step, -1))
         if r:

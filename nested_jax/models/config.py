@@ -53,6 +53,8 @@ class ModelConfig:
       cms_lr: the levels' inner learning rate (with ``cms_learn_lr``: its value at init; each
         level then learns its own, bounded by ``2 cms_lr``).
       cms_learn_lr: learn each level's rate (``2 cms_lr sigmoid(rho)``) instead of fixing it.
+      cms_norm: with ``"teach"``, normalise each token's rate by the level's gain at its input
+        (``lr / (1 + lr gain / (C - 1))``; decisions D54), so no width or rate diverges.
       cms_persistent: :meth:`LanguageModel.next_sequence` keeps the CMS weights (deployed /
         continual mode) instead of resetting them to their learned initial values.
 
@@ -84,6 +86,7 @@ class ModelConfig:
     cms_signal: str = "ntp"
     cms_lr: float = 0.1
     cms_learn_lr: bool = True
+    cms_norm: bool = True
     cms_persistent: bool = False
     first_order: bool = False
 

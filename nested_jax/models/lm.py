@@ -28,9 +28,11 @@ inner pairs, as ``"ntp"``) with respect to the probes is each level's output err
 Gradients are blocked between CMS chunks inside the sequence layers (the memories' carried state,
 the convolution, attention across chunks), so ``delta_t`` of chunk ``c`` comes from chunk ``c``'s
 targets only: causal. Pass 2 is the ordinary forward in which every level learns chunk by chunk
-from those errors, ``-lr grad_theta sum_t <MLP_theta(n_t), delta_t>`` at its current weights, and
-the outer gradient flows through pass 2 only (the errors are constants). For the first chunk it
-equals ``"ntp"``; later chunks use errors from the sequence-start CMS weights. Streaming keeps
+from those errors: a GD step on ``1/2 ||MLP_theta(n_t) - (MLP_theta_s(n_t) - delta_t)||^2`` at its
+current weights (``theta_s``: its sequence-start weights), and the outer gradient flows through
+pass 2 only (the errors are constants). For the first chunk it equals ``"ntp"``; later chunks use
+errors from the sequence-start CMS weights, and the L2 target stops a level once it has moved its
+output by ``-delta`` (the dot-product objective alone grew the weights without bound). Streaming keeps
 pass 1's state beside pass 2's and runs both passes on each chunk as it completes.
 """
 
@@ -222,8 +224,9 @@ class LanguageModel:
 
     def _teach_chunks(self, params: dict, layers: Any, teach: Any, tokens: jax.Array):
         """Both passes over whole CMS chunks: ``(logits, layers, teach)``."""
+        starts = teach["cms"].params  # the sequence-start CMS weights (pass 1 never updates them)
         errors, teach = self._teach_signal(params, teach, tokens)
-        logits, layers = self._forward(params, layers, tokens, True, teach=errors)
+        logits, layers = self._forward(params, layers, tokens, True, teach=(errors, starts))
         return logits, layers, teach
 
     def _ntp_chunk(self, params: dict, layers: Any, tokens: jax.Array):
