@@ -28,6 +28,15 @@ def stream(model, params, tokens, chunk, state=None, start=0):
     return jnp.concatenate(outs, axis=1), state
 
 
+def check_prefix_then_stream(model, params, tokens, par, s_par, start, piece):
+    """A parallel prefix of ``start`` tokens continued by streaming in pieces of ``piece`` gives
+    the parallel outputs ``par`` and state ``s_par`` of the whole sequence."""
+    head, state = jax.jit(model.apply)(params, tokens[:, :start])
+    tail, s_tail = stream(model, params, tokens, piece, state=state, start=start)
+    close(par, jnp.concatenate([head, tail], axis=1))
+    close(s_par, s_tail)
+
+
 def close(a, b, atol=ATOL, rtol=RTOL):
     """Every leaf of two pytrees equal within tolerance."""
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):

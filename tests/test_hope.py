@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-from model_helpers import close, setup, stream
+from model_helpers import check_prefix_then_stream, close, setup
 
 from nested_jax.levels import Level, run_levels, run_levels_reference
 from nested_jax.models import LanguageModel, ModelConfig, get_config
@@ -38,10 +38,7 @@ def test_variants_parallel_equals_streaming(name, overrides):
     default configs also go through ``apply_reference`` in test_models.py)."""
     model, params, tokens = setup(name, length=11, **overrides)
     par, s_par = jax.jit(model.apply)(params, tokens)
-    head, state = jax.jit(model.apply)(params, tokens[:, :5])
-    tail, s_stream = stream(model, params, tokens, 3, state=state, start=5)
-    close(par, jnp.concatenate([head, tail], axis=1))
-    close(s_par, s_stream)
+    check_prefix_then_stream(model, params, tokens, par, s_par, start=5, piece=3)
 
 
 # --- CMS -------------------------------------------------------------------------------------
@@ -367,10 +364,7 @@ def test_teach_is_exact_three_ways_and_causal(name, periods):
     ref, s_ref = jax.jit(model.apply_reference)(params, tokens)
     close(par, ref)
     close(s_par, s_ref)
-    head, state = jax.jit(model.apply)(params, tokens[:, :6])
-    tail, s_stream = stream(model, params, tokens, 3, state=state, start=6)
-    close(par, jnp.concatenate([head, tail], axis=1))
-    close(s_par, s_stream)
+    check_prefix_then_stream(model, params, tokens, par, s_par, start=6, piece=3)
     t0 = 9
     changed, _ = jax.jit(model.apply)(params, tokens.at[1, t0].set((tokens[1, t0] + 1) % 256))
     np.testing.assert_array_equal(np.asarray(changed[:, :t0]), np.asarray(par[:, :t0]))

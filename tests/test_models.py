@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from model_helpers import close, setup, stream
+from model_helpers import check_prefix_then_stream, close, setup, stream
 
 from nested_jax import optim
 from nested_jax.models import LanguageModel, ModelConfig, get_config, list_configs
@@ -27,10 +27,7 @@ def test_parallel_equals_reference_equals_streaming(name):
         streamed, s_stream = stream(model, params, tokens, chunk)
         close(par, streamed)
         close(s_par, s_stream)
-    head, state = jax.jit(model.apply)(params, tokens[:, :7])
-    tail, s_tail = stream(model, params, tokens, 3, state=state, start=7)
-    close(par, jnp.concatenate([head, tail], axis=1))
-    close(s_par, s_tail)
+    check_prefix_then_stream(model, params, tokens, par, s_par, start=7, piece=3)
 
 
 def test_transformer_block_is_a_plain_transformer():
