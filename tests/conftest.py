@@ -1,5 +1,8 @@
 """Suite-wide strict numerics (STYLE.md, Equinox habit) and CPU-friendly defaults."""
 
+import os
+import tempfile
+
 import jax
 import pytest
 
@@ -9,6 +12,15 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # optimisations off (measured: ~40% less compile time for the Hope tests). Speed is measured in
 # benchmarks/, with full optimisation.
 jax.config.update("jax_disable_most_optimizations", True)
+# Many tests compile the same small programs (a registry model's apply at the default test shape,
+# ...): the two xdist workers of one run share XLA's persistent compilation cache, keyed on the
+# program and flags, so each is compiled once per run. Every run starts cold (a directory per
+# run id), so the suite's time stays what a clean clone pays.
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), f"nested_jax_tests_{_run}")
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture

@@ -17,10 +17,22 @@ def setup(name, batch=2, length=10, seed=0, **overrides):
     return model, params, tokens
 
 
+_JITTED = {}
+
+
+def jitted(model, name: str):
+    """``jax.jit(getattr(model, name))``, one per (model, method) so that a test calling it
+    twice at one shape compiles once (a new ``jax.jit`` of a bound method recompiles)."""
+    key = (model, name)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(getattr(model, name))
+    return _JITTED[key]
+
+
 def stream(model, params, tokens, chunk, state=None, start=0):
     """Stream ``tokens[:, start:]`` in pieces of ``chunk`` through a jitted ``step``."""
     state = model.init_state(params, tokens.shape[0]) if state is None else state
-    step = jax.jit(model.step)
+    step = jitted(model, "step")
     outs = []
     for s in range(start, tokens.shape[1], chunk):
         logits, state = step(params, state, tokens[:, s : s + chunk])
@@ -31,7 +43,7 @@ def stream(model, params, tokens, chunk, state=None, start=0):
 def check_prefix_then_stream(model, params, tokens, par, s_par, start, piece):
     """A parallel prefix of ``start`` tokens continued by streaming in pieces of ``piece`` gives
     the parallel outputs ``par`` and state ``s_par`` of the whole sequence."""
-    head, state = jax.jit(model.apply)(params, tokens[:, :start])
+    head, state = jitted(model, "apply")(params, tokens[:, :start])
     tail, s_tail = stream(model, params, tokens, piece, state=state, start=start)
     close(par, jnp.concatenate([head, tail], axis=1))
     close(s_par, s_tail)

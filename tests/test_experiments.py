@@ -60,3 +60,29 @@ def test_knowledge_transfer_smoke(tmp_path):
     first, last = data["meta_loss_first_last"]
     assert last < first  # the slow level learns
     assert len(data["what_each_level_learned"]) == 6
+
+
+def test_hope_ablation_smoke_and_resume(tmp_path):
+    """Two cells (Hope with its CMS on / off at evaluation, and Transformer++) train, evaluate,
+    aggregate and plot; a second call reuses the finished cells; parameter counts are matched."""
+    from experiments.hope_ablation import run as abl
+
+    payload = abl.run(smoke=True, variants=("hope", "transformer"), seeds=(0,), out=tmp_path)
+    assert (tmp_path / "loss_by_position.png").stat().st_size > 10_000
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data == json.loads(json.dumps(payload))
+    hope, tf = data["summary"]["shared/hope"], data["summary"]["shared/transformer"]
+    assert abs(tf["params"] - hope["params"]) / hope["params"] < 0.02
+    assert hope["tokens"] == tf["tokens"] == 3 * abl.SMOKE["batch"] * abl.SMOKE["seq_len"]
+    cell = next(c for c in data["cells"] if c["variant"] == "hope")
+    assert set(cell["bpb_by_position"]) == {"on", "off"}  # the CMS's updates on and off
+    assert len(cell["bpb_by_position"]["on"]) == abl.SMOKE["eval_len"] - 1
+    on, off = cell["bpb_heldout"]["on"], cell["bpb_heldout"]["off"]
+    assert math.isfinite(on) and math.isfinite(off) and on != off
+    assert set(next(c for c in data["cells"] if c["variant"] == "transformer")["bpb_heldout"]) == {
+        "on"
+    }
+    again = abl.run(smoke=True, variants=("hope",), seeds=(0,), out=tmp_path)
+    assert again["cells"] == data["cells"]  # finished cells are not rerun
+    with pytest.raises(ValueError, match="not in the 'large' budget"):
+        abl.run(budget="large", variants=("hope_ntp",), smoke=True, out=tmp_path)

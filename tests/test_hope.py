@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-from model_helpers import check_prefix_then_stream, close, setup
+from model_helpers import check_prefix_then_stream, close, jitted, setup
 
 from nested_jax.levels import Level, run_levels, run_levels_reference
 from nested_jax.models import LanguageModel, ModelConfig, get_config
@@ -37,7 +37,7 @@ def test_variants_parallel_equals_streaming(name, overrides):
     token-by-token streaming in pieces of 3 (``step`` is the token-by-token form; the registry's
     default configs also go through ``apply_reference`` in test_models.py)."""
     model, params, tokens = setup(name, length=11, **overrides)
-    par, s_par = jax.jit(model.apply)(params, tokens)
+    par, s_par = jitted(model, "apply")(params, tokens)
     check_prefix_then_stream(model, params, tokens, par, s_par, start=5, piece=3)
 
 
@@ -125,7 +125,7 @@ def test_nested_cms_resets_the_faster_level_at_each_slower_boundary():
     assert not np.allclose(np.asarray(st6.params[0]["w_up"]), np.asarray(init[0]["w_up"]))
 
 
-def test_ntp_cms_learns_in_context_and_fires_on_schedule():
+def test_cms_learns_in_context_and_fires_on_schedule():
     model, params, tokens = setup("hope_attention_tiny", length=16, cms_periods=(4, 8))
     init = model.init_state(params, 2).layers["cms"].params
     outs = {}
@@ -141,7 +141,9 @@ def test_ntp_cms_learns_in_context_and_fires_on_schedule():
 def test_ntp_update_is_minus_lr_times_the_chunk_gradient():
     """The first CMS chunk's update equals -lr * grad of that chunk's next-token loss, computed
     here by differentiating the frozen network directly."""
-    model, params, tokens = setup("hope_attention_tiny", length=4, cms_periods=(4,))
+    model, params, tokens = setup(
+        "hope_attention_tiny", length=4, cms_periods=(4,), cms_signal="ntp"
+    )
     _, st = model.apply(params, tokens)
     frozen = LanguageModel(dataclasses.replace(model.config, cms_periods=(0,)))
 
@@ -280,9 +282,10 @@ def test_first_order_keeps_values_and_changes_only_gradients(name):
 @pytest.mark.parametrize("name", ["selfmod_tiny", "hope_attention_tiny"])
 def test_check_grads_through_the_inner_loop(name):
     """Numerical vs autodiff directional derivatives of the loss w.r.t. the initial states of the
-    memories (self-modifying Titans) and of the CMS levels (ntp: through the inner gradients,
-    second order)."""
-    model, params, tokens = setup(name, batch=1, length=8, d_model=16, d_ff=16)
+    memories (self-modifying Titans) and of the CMS levels (the exact "ntp" signal: through the
+    inner gradients, second order; "teach" treats its first pass's errors as constants, so its
+    gradient is deliberately not the loss's full derivative)."""
+    model, params, tokens = setup(name, batch=1, length=8, d_model=16, d_ff=16, cms_signal="ntp")
     meta = _meta_leaves(params)
 
     @jax.jit
@@ -345,7 +348,7 @@ def test_memory_layers_stay_finite_at_head_dim_64_over_long_sequences(name):
     model, params, tokens = setup(
         name, batch=1, length=512, d_model=128, n_heads=2, n_layers=1, max_len=512, mem_chunk=16
     )
-    logits, _ = jax.jit(model.apply)(params, tokens)
+    logits, _ = jitted(model, "apply")(params, tokens)
     assert np.all(np.isfinite(np.asarray(logits)))
 
 
@@ -353,20 +356,23 @@ def test_memory_layers_stay_finite_at_head_dim_64_over_long_sequences(name):
 
 
 @pytest.mark.parametrize(
-    ("name", "periods"), [("hope_tiny", (4, 8)), ("hope_attention_tiny", (4, 0, 8))]
+    ("name", "periods", "signal"),
+    [("hope_tiny", (4, 8), "ntp"), ("hope_attention_tiny", (4, 0, 8), "teach")],
 )
-def test_teach_is_exact_three_ways_and_causal(name, periods):
+def test_cms_signal_is_exact_three_ways_and_causal(name, periods, signal):
     """parallel == token by token == a parallel prefix ending mid-chunk continued by streaming
-    in pieces of 3, and no output sees a later token (the first pass's gradients are cut between
-    CMS chunks: a leak would change the updates)."""
-    model, params, tokens = setup(name, length=14, cms_signal="teach", cms_periods=periods)
-    par, s_par = jax.jit(model.apply)(params, tokens)
-    ref, s_ref = jax.jit(model.apply_reference)(params, tokens)
+    in pieces of 3, and no output sees a later token: the exact "ntp" reference signal (the
+    registry's default "teach" Hope goes through test_models.py), and "teach" with a frozen
+    level between live ones (its first pass's gradients are cut between CMS chunks: a leak would
+    change the updates)."""
+    model, params, tokens = setup(name, length=14, cms_signal=signal, cms_periods=periods)
+    par, s_par = jitted(model, "apply")(params, tokens)
+    ref, s_ref = jitted(model, "apply_reference")(params, tokens)
     close(par, ref)
     close(s_par, s_ref)
     check_prefix_then_stream(model, params, tokens, par, s_par, start=6, piece=3)
     t0 = 9
-    changed, _ = jax.jit(model.apply)(params, tokens.at[1, t0].set((tokens[1, t0] + 1) % 256))
+    changed, _ = jitted(model, "apply")(params, tokens.at[1, t0].set((tokens[1, t0] + 1) % 256))
     np.testing.assert_array_equal(np.asarray(changed[:, :t0]), np.asarray(par[:, :t0]))
     np.testing.assert_array_equal(np.asarray(changed[0]), np.asarray(par[0]))
 
@@ -374,7 +380,9 @@ def test_teach_is_exact_three_ways_and_causal(name, periods):
 def test_teach_first_chunk_update_equals_ntp():
     """On the first CMS chunk the sequence-start weights are the current ones, so the teach
     signal's update is the exact next-token gradient step of "ntp"; later chunks differ."""
-    model, params, tokens = setup("hope_attention_tiny", length=8, cms_periods=(4,))
+    model, params, tokens = setup(
+        "hope_attention_tiny", length=8, cms_periods=(4,), cms_signal="ntp"
+    )
     teach = LanguageModel(dataclasses.replace(model.config, cms_signal="teach", cms_norm=False))
     _, s_ntp = model.apply(params, tokens[:, :4])
     _, s_teach = teach.apply(params, tokens[:, :4])

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from model_helpers import check_prefix_then_stream, close, setup, stream
+from model_helpers import check_prefix_then_stream, close, jitted, setup, stream
 
 from nested_jax import optim
 from nested_jax.models import LanguageModel, ModelConfig, get_config, list_configs
@@ -19,8 +19,8 @@ def test_parallel_equals_reference_equals_streaming(name):
     """Three-way equivalence, streaming in pieces that divide the length (1) and that do not (3),
     and continuing a parallel prefix that ends mid-chunk."""
     model, params, tokens = setup(name)
-    par, s_par = jax.jit(model.apply)(params, tokens)
-    ref, s_ref = jax.jit(model.apply_reference)(params, tokens)
+    par, s_par = jitted(model, "apply")(params, tokens)
+    ref, s_ref = jitted(model, "apply_reference")(params, tokens)
     close(par, ref)
     close(s_par, s_ref)
     for chunk in (1, 3):
@@ -49,8 +49,8 @@ def test_transformer_block_is_a_plain_transformer():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_causality_and_batch_isolation(name):
-    model, params, tokens = setup(name, length=12)
-    f = jax.jit(lambda t: model.apply(params, t)[0])
+    model, params, tokens = setup(name)  # the default test shape: the apply compiled once
+    f = lambda t: jitted(model, "apply")(params, t)[0]
     base = f(tokens)
     t0 = 7
     changed = f(tokens.at[1, t0].set((tokens[1, t0] + 1) % 256))

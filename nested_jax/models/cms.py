@@ -17,8 +17,13 @@ Where the update terms come from (``cms_signal``):
 
 * ``"local"``: ``-lr * grad 1/(2D) ||SwiGLU_theta(n_t) - n_t W_t||^2`` with the level's normalised
   input ``n_t`` and a learned target map ``W_t`` (a slow parameter): label-free, computed here;
-* ``"ntp"`` (default): ``-lr * grad`` of the next-token loss of the chunk, which needs the whole
-  network, so :class:`~nested_jax.models.lm.LanguageModel` computes it and calls :meth:`commit`.
+* ``"teach"`` (default): a gradient step towards ``MLP_start(n_t) - m delta_t``, where ``delta_t``
+  is the level's output error from one parallel forward/backward of the whole network at the
+  sequence-start weights (gradients cut between CMS chunks, so it is causal);
+  :class:`~nested_jax.models.lm.LanguageModel` computes the errors (pass 1) and passes them in;
+* ``"ntp"`` (the exact reference): ``-lr * grad`` of the next-token loss of the chunk, which needs
+  the whole network re-run per chunk, so :class:`~nested_jax.models.lm.LanguageModel` computes it
+  and calls :meth:`commit`.
 
 Because every non-frozen period is a multiple of the smallest one (``C``, ``config.cms_chunk``),
 the chunk-parallel form is one scan over chunks of ``C`` tokens: inside a chunk no level changes,

@@ -46,10 +46,11 @@ class ModelConfig:
       cms_periods: one period per level, in tokens (``0`` = frozen). Non-frozen periods must be
         multiples of the smallest one.
       cms_variant: ``"sequential"`` (default), ``"nested"`` or ``"independent"``.
-      cms_signal: ``"ntp"`` (the exact next-token loss gradient of each chunk, the whole network
-        re-run per chunk), ``"teach"`` (two passes: each level's output errors from one parallel
+      cms_signal: ``"teach"`` (default: two passes, each level's output errors from one parallel
         forward/backward at the sequence-start CMS weights, gradients blocked between CMS chunks,
-        then each level learns chunk by chunk from them) or ``"local"`` (label-free).
+        then each level learns chunk by chunk from them), ``"ntp"`` (the exact next-token loss
+        gradient of each chunk, the whole network re-run per chunk and differentiated through:
+        the reference, 2-4x slower) or ``"local"`` (label-free).
       cms_lr: the levels' inner learning rate (with ``cms_learn_lr``: its value at init; each
         level then learns its own, bounded by ``2 cms_lr``).
       cms_learn_lr: learn each level's rate (``2 cms_lr sigmoid(rho)``) instead of fixing it.
@@ -83,7 +84,7 @@ class ModelConfig:
     sm_unit_values: bool = True
     cms_periods: tuple = (8, 32)
     cms_variant: str = "sequential"
-    cms_signal: str = "ntp"
+    cms_signal: str = "teach"
     cms_lr: float = 0.1
     cms_learn_lr: bool = True
     cms_norm: bool = True
