@@ -206,7 +206,9 @@ class LanguageModel:
         cms = ContinuumMemory(c)
         b, t = tokens.shape
         sg = jax.lax.stop_gradient
-        params = sg(params)
+        # every input enters without a tangent (the outputs are constants anyway), so the outer
+        # gradient's trace passes this pass by instead of differentiating it and pruning after
+        params, teach = sg(params), sg(teach)
         zeros = tuple(
             jnp.zeros((c.n_layers, b, t, c.d_model), jnp.float32) if period else None
             for period in cms.periods
