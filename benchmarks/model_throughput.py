@@ -11,8 +11,10 @@ Reported per length: each model's speed relative to Transformer++, and each mode
 relative to its own at the shortest length (the "flat cost" check: within 1.25x for Hope).
 ``hope_local`` / ``hope_attention_local`` and ``hope_ntp`` / ``hope_attention_ntp`` (by
 ``--models``): the same models with the CMS's label-free ``"local"`` signal or the exact
-next-token ``"ntp"`` reference (second order) instead of ``"teach"``. ``--seqs`` restricts the
-lengths.
+next-token ``"ntp"`` reference (second order) instead of ``"teach"``. ``selfmod_c64`` /
+``hope_c64``: larger chunks (main memory 64, the others 16; Hope's CMS periods 64 and 256, as the
+teach signal needs them to be multiples of both). ``--seqs`` restricts the lengths, ``--batch``
+sets the batch size (the amortisation check).
 
 Run: ``python -m benchmarks.run model_throughput`` (``--quick``: tiny models, short sequences).
 """
@@ -56,6 +58,8 @@ _NAMES = {
     "selfmod": "selfmod_tiny",  # self-modifying Titans with a SwiGLU MLP (Hope without CMS)
     "hope_ntp": "hope_tiny",  # the exact next-token CMS signal (second order; the reference)
     "hope_attention_ntp": "hope_attention_tiny",
+    "selfmod_c64": "selfmod_tiny",  # larger chunks: main 64, others 16
+    "hope_c64": "hope_tiny",  # the same, CMS periods 64 / 256
 }
 
 
@@ -65,16 +69,21 @@ def model_config(kind: str, seq: int, cfg: dict):
     if kind.startswith("hope"):
         sizes["d_ff"] = cfg["d_ff"] // 2  # two CMS levels: the same MLP parameters in total
         extra.update(cms_periods=(16, 64), sm_chunk=8)
-    if kind == "selfmod":
+    if kind.startswith("selfmod"):
         extra["sm_chunk"] = 8
+    if kind.endswith("_c64"):
+        extra.update(mem_chunk=64, sm_chunk=16)
+        if kind.startswith("hope"):
+            extra["cms_periods"] = (64, 256)
     for signal in ("local", "ntp"):
         if kind.endswith("_" + signal):
             extra["cms_signal"] = signal
     return get_config(_NAMES[kind], max_len=seq, **sizes, **extra)
 
 
-def run(quick: bool = False, repeats: int = 5, models=None, seqs=None) -> dict:
+def run(quick: bool = False, repeats: int = 5, models=None, seqs=None, batch: int = 1) -> dict:
     cfg = dict(QUICK if quick else FULL)
+    cfg["batch"] = batch
     if seqs:
         cfg["seqs"] = tuple(seqs)
     models = tuple(models or cfg["models"])
@@ -90,7 +99,7 @@ def run(quick: bool = False, repeats: int = 5, models=None, seqs=None) -> dict:
             params = model.init(jax.random.key(0))
             tx = optax.adamw(1e-3, weight_decay=0.1)
             opt_state = tx.init(params)
-            tokens = jax.random.randint(jax.random.key(1), (1, seq), 0, model.config.vocab_size)
+            tokens = jax.random.randint(jax.random.key(1), (batch, seq), 0, model.config.vocab_size)
 
             def train_step(params, opt_state, tokens, model=model, tx=tx):
                 loss, g = jax.value_and_grad(model.loss)(params, tokens)
@@ -110,7 +119,8 @@ def run(quick: bool = False, repeats: int = 5, models=None, seqs=None) -> dict:
                     "model": kind,
                     "seq": seq,
                     "params": model.num_params(params),
-                    "tokens_per_s": seq / t["median_s"],
+                    "batch": batch,
+                    "tokens_per_s": batch * seq / t["median_s"],
                     "loss_at_init": loss,
                     "cost_per_token_vs_shortest": per_token / first[kind],
                     **t,
@@ -118,7 +128,7 @@ def run(quick: bool = False, repeats: int = 5, models=None, seqs=None) -> dict:
             )
             print(
                 f"{kind:>15} seq={seq:<5} {t['median_s'] * 1e3:9.1f} ms/step "
-                f"{seq / t['median_s']:9.0f} tok/s  compile {t['compile_s']:.1f}s  "
+                f"{batch * seq / t['median_s']:9.0f} tok/s  compile {t['compile_s']:.1f}s  "
                 f"cost/token x{per_token / first[kind]:.2f} vs shortest",
                 flush=True,
             )

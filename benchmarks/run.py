@@ -22,13 +22,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--seqs", nargs="+", type=int, default=None, help="model_throughput only: lengths"
     )
+    p.add_argument("--batch", type=int, default=1, help="model_throughput only: batch size")
     args = p.parse_args(argv)
     mod = importlib.import_module(f"benchmarks.{args.name}")
     kwargs = {"models": args.models} if args.models else {}
     if args.seqs:
         kwargs["seqs"] = args.seqs
+    if args.batch != 1:
+        kwargs["batch"] = args.batch
     if kwargs and args.name != "model_throughput":
-        raise SystemExit("--models and --seqs apply to model_throughput only.")
+        raise SystemExit("--models, --seqs and --batch apply to model_throughput only.")
     payload = mod.run(quick=args.quick, repeats=args.repeats, **kwargs)
     suffix = "_quick" if args.quick else ""
     out = args.out or f"benchmarks/results/{args.name}{suffix}.json"

@@ -94,7 +94,8 @@ def model_throughput_table(data: dict) -> str:
         )
     caption = (
         f"{_machine(data['machine'])} d_model {c['d_model']}, {c['n_layers']} layers, "
-        f"{c['n_heads']} heads, batch 1; one step = forward + backward + optimizer update; median of "
+        f"{c['n_heads']} heads, batch {c.get('batch', 1)}; one step = forward + backward + "
+        "optimizer update; median of "
         ">= 5 steps after warm-up. Buffers: XLA's compiled arguments + outputs + temporaries."
     )
     columns = [
