@@ -43,7 +43,7 @@ def test_quick_optim_benchmark_writes_json(tmp_path):
 def test_quick_model_throughput_writes_json(tmp_path):
     from benchmarks import model_throughput, table
 
-    data = model_throughput.run(quick=True, models=("transformer", "titans"))
+    data = model_throughput.run(quick=True, models=("transformer", "titans"), batch=2)
     out = harness.write_json(tmp_path / "mt.json", data)
     data = json.loads(out.read_text())
     models = {r["model"] for r in data["results"]}
@@ -51,7 +51,22 @@ def test_quick_model_throughput_writes_json(tmp_path):
     assert all(r["ratio"] > 0 for r in data["results"] if "ratio" in r)
     firsts = [r for r in data["results"] if r.get("seq") == 32 and "params" in r]
     assert all(r["cost_per_token_vs_shortest"] == pytest.approx(1.0) for r in firsts)
-    assert "titans speed / Transformer++" in table.model_throughput_table(data)
+    for r in (r for r in data["results"] if "params" in r):  # batch 2: tokens of both sequences
+        assert r["batch"] == 2
+        assert r["tokens_per_s"] == pytest.approx(2 * r["seq"] / r["median_s"])
+    text = table.model_throughput_table(data)
+    assert "titans speed / Transformer++" in text and "batch 2" in text
+
+
+def test_larger_chunk_benchmark_variants_keep_the_teach_constraints():
+    from benchmarks import model_throughput
+
+    cfg = model_throughput.model_config("hope_c64", 512, model_throughput.FULL)
+    assert (cfg.mem_chunk, cfg.sm_chunk, cfg.cms_periods) == (64, 16, (64, 256))
+    assert cfg.cms_signal == "teach"
+    assert model_throughput.model_config("hope_ntp", 512, model_throughput.FULL).cms_signal == "ntp"
+    sm = model_throughput.model_config("selfmod_c64", 512, model_throughput.FULL)
+    assert (sm.mem_chunk, sm.sm_chunk) == (64, 16)
 
 
 def test_quick_selfmod_chunked_writes_json(tmp_path):
