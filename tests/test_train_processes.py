@@ -75,6 +75,36 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 31))  # none twice
 
 
+def test_sigterm_saves_the_current_step_and_resumes(tmp_path):
+    """SIGTERM (a scheduler or an ending session) stops the run like Ctrl-C: a checkpoint at the
+    step it was stopped at, not only the last periodic one; running again resumes from it."""
+    corpus = write_corpus(tmp_path / "docs")
+    out = tmp_path / "termed"
+    proc = subprocess.Popen(
+        _train_cmd(corpus, out, "step_sleep=0.2", "ckpt_every=100"),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 3
+    ):
+        time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "interrupted at step" in err
+    steps = _committed_steps(out)
+    assert len(steps) == 1 and 3 <= steps[0] < 30  # saved where it stopped (ckpt_every is 100)
+    r = subprocess.run(_train_cmd(corpus, out), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr and 30 in _committed_steps(out)
+
+
 SHARDED = textwrap.dedent(
     """
     import json, sys, jax, numpy as np

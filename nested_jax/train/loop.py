@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -330,6 +332,19 @@ def plot_losses(out_dir) -> Path | None:
 
 
 # ------------------------------------------------------------------------------- the loop
+def _stop_on_sigterm():
+    """Make SIGTERM (what schedulers, CI and ending sessions send) stop a run like Ctrl-C: the
+    loop saves a checkpoint at the current step. Returns the previous handler (``None`` off the
+    main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def train(
     cfg: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True, resume: bool = True
 ) -> RunResult:
@@ -380,6 +395,7 @@ def train(
     loss = float("nan")
     skips_in_row = 0
     t_last, steps_since = time.perf_counter(), 0
+    old_handler = _stop_on_sigterm()
     try:
         while step < cfg.steps:
             batch = run.batch(next(it))
@@ -438,6 +454,9 @@ def train(
             bar.close()
         metrics.close()
         raise
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
     if bar is not None:
         bar.close()
     if not run.ckpt.steps or run.ckpt.steps[-1] != step:
