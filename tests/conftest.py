@@ -1,7 +1,10 @@
 """Suite-wide strict numerics (STYLE.md, Equinox habit) and CPU-friendly defaults."""
 
+import glob
 import os
+import shutil
 import tempfile
+import time
 
 import jax
 import pytest
@@ -17,6 +20,12 @@ jax.config.update("jax_disable_most_optimizations", True)
 # program and flags, so each is compiled once per run. Every run starts cold (a directory per
 # run id), so the suite's time stays what a clean clone pays.
 _run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+for _old in glob.glob(os.path.join(tempfile.gettempdir(), "nested_jax_tests_*")):
+    try:  # earlier runs' caches (untouched for an hour): they are never read again
+        if time.time() - os.path.getmtime(_old) > 3600:
+            shutil.rmtree(_old, ignore_errors=True)
+    except OSError:
+        pass
 jax.config.update(
     "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), f"nested_jax_tests_{_run}")
 )
