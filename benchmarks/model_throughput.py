@@ -13,8 +13,15 @@ relative to its own at the shortest length (the "flat cost" check: within 1.25x 
 ``--models``): the same models with the CMS's label-free ``"local"`` signal or the exact
 next-token ``"ntp"`` reference (second order) instead of ``"teach"``. ``selfmod_c64`` /
 ``hope_c64``: larger chunks (main memory 64, the others 16; Hope's CMS periods 64 and 256, as the
-teach signal needs them to be multiples of both). ``--seqs`` restricts the lengths, ``--batch``
-sets the batch size (the amortisation check).
+teach signal needs them to be multiples of both). ``transformer_pm``: Transformer++ with its MLP
+width chosen so that its parameter count matches Hope's (``hope`` has ~1.3x the parameters of
+``transformer`` at the same width and depth). ``--seqs`` restricts the lengths, ``--batch`` sets
+the batch size (the amortisation check).
+
+Each row also reports the step's matmul FLOPs counted on its jaxpr with every loop body times its
+trip count (:mod:`benchmarks.flops`; XLA's ``cost_analysis`` counts a loop body once) and the
+achieved matmul GFLOP/s (those FLOPs / the median step time), so a model's slowness splits into
+"more work" and "work done less efficiently".
 
 Run: ``python -m benchmarks.run model_throughput`` (``--quick``: tiny models, short sequences).
 """
@@ -26,8 +33,9 @@ import math
 import jax
 import optax
 
+from benchmarks.flops import matmul_flops
 from benchmarks.harness import time_jitted
-from nested_jax.models import LanguageModel, get_config
+from nested_jax.models import LanguageModel, count_params, get_config, matched_d_ff
 
 FULL = {
     "seqs": (512, 2048, 8192),
@@ -50,6 +58,7 @@ QUICK = {
 
 _NAMES = {
     "transformer": "tiny",
+    "transformer_pm": "tiny",  # MLP width matched to Hope's parameter count
     "titans": "titans_tiny",
     "hope_attention": "hope_attention_tiny",
     "hope": "hope_tiny",
@@ -78,7 +87,13 @@ def model_config(kind: str, seq: int, cfg: dict):
     for signal in ("local", "ntp"):
         if kind.endswith("_" + signal):
             extra["cms_signal"] = signal
-    return get_config(_NAMES[kind], max_len=seq, **sizes, **extra)
+    config = get_config(_NAMES[kind], max_len=seq, **sizes, **extra)
+    if kind == "transformer_pm":
+        target = count_params(model_config("hope", seq, cfg))
+        config = get_config(
+            _NAMES[kind], max_len=seq, **{**sizes, "d_ff": matched_d_ff(config, target)}
+        )
+    return config
 
 
 def run(quick: bool = False, repeats: int = 5, models=None, seqs=None, batch: int = 1) -> dict:
@@ -108,6 +123,7 @@ def run(quick: bool = False, repeats: int = 5, models=None, seqs=None, batch: in
                 return optax.apply_updates(params, u), opt_state, loss
 
             t = time_jitted(train_step, (params, opt_state, tokens), repeats=repeats)
+            flops = matmul_flops(train_step, params, opt_state, tokens)
             loss = float(jax.jit(model.loss)(params, tokens))
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{kind} at seq {seq}: the loss at init is {loss}.")
@@ -123,22 +139,27 @@ def run(quick: bool = False, repeats: int = 5, models=None, seqs=None, batch: in
                     "tokens_per_s": batch * seq / t["median_s"],
                     "loss_at_init": loss,
                     "cost_per_token_vs_shortest": per_token / first[kind],
+                    "matmul_gflop_per_step": flops / 1e9,
+                    "matmul_gflop_per_s": flops / 1e9 / t["median_s"],
                     **t,
                 }
             )
             print(
                 f"{kind:>15} seq={seq:<5} {t['median_s'] * 1e3:9.1f} ms/step "
                 f"{batch * seq / t['median_s']:9.0f} tok/s  compile {t['compile_s']:.1f}s  "
+                f"{flops / 1e9:7.1f} GFLOP ({flops / 1e9 / t['median_s']:5.1f} GFLOP/s)  "
                 f"cost/token x{per_token / first[kind]:.2f} vs shortest",
                 flush=True,
             )
-        if "transformer" in per_model:
+        for base in ("transformer", "transformer_pm"):
+            if base not in per_model:
+                continue
             for kind in models:
-                if kind == "transformer" or kind not in per_model:
+                if kind.startswith("transformer") or kind not in per_model:
                     continue
-                ratio = per_model["transformer"]["median_s"] / per_model[kind]["median_s"]
-                rows.append({"model": f"{kind}/transformer speed", "seq": seq, "ratio": ratio})
-                print(f"{'':>15} seq={seq:<5} {kind} speed / Transformer++ = {ratio:.2f}")
+                ratio = per_model[base]["median_s"] / per_model[kind]["median_s"]
+                rows.append({"model": f"{kind}/{base} speed", "seq": seq, "ratio": ratio})
+                print(f"{'':>15} seq={seq:<5} {kind} speed / {base} = {ratio:.2f}")
     return {
         "benchmark": "model_throughput",
         "config": {**cfg, "models": list(models), "quick": quick},

@@ -72,9 +72,10 @@ def model_throughput_table(data: dict) -> str:
     rows = []
     for r in data["results"]:
         if "ratio" in r:
-            name = r["model"].replace("/transformer speed", "")
-            label = f"{name.replace('_', '-')} speed / Transformer++ speed"
-            rows.append([label, str(r["seq"])] + [""] * 7)
+            name, base = r["model"].removesuffix(" speed").split("/")
+            base = "Transformer++" + (" (params matched)" if base == "transformer_pm" else "")
+            label = f"{name.replace('_', '-')} speed / {base} speed"
+            rows.append([label, str(r["seq"])] + [""] * 9)
             rows[-1][4] = f"**{r['ratio']:.2f}x**"
             continue
         rows.append(
@@ -88,6 +89,8 @@ def model_throughput_table(data: dict) -> str:
                 f"{r['cost_per_token_vs_shortest']:.2f}x"
                 if "cost_per_token_vs_shortest" in r
                 else "",
+                f"{r['matmul_gflop_per_step']:.1f}" if "matmul_gflop_per_step" in r else "",
+                f"{r['matmul_gflop_per_s']:.1f}" if "matmul_gflop_per_s" in r else "",
                 _buffers_mib(r),
                 f"{r['compile_s']:.1f}",
             ]
@@ -96,7 +99,9 @@ def model_throughput_table(data: dict) -> str:
         f"{_machine(data['machine'])} d_model {c['d_model']}, {c['n_layers']} layers, "
         f"{c['n_heads']} heads, batch {c.get('batch', 1)}; one step = forward + backward + "
         "optimizer update; median of "
-        ">= 5 steps after warm-up. Buffers: XLA's compiled arguments + outputs + temporaries."
+        ">= 5 steps after warm-up. Matmul GFLOP: counted on the step's jaxpr, loop bodies times "
+        "their trip counts (GFLOP/s: achieved, over the median step). Buffers: XLA's compiled "
+        "arguments + outputs + temporaries."
     )
     columns = [
         "model",
@@ -106,6 +111,8 @@ def model_throughput_table(data: dict) -> str:
         "tokens/s",
         "ms per token",
         "per token vs shortest",
+        "matmul GFLOP",
+        "GFLOP/s",
         "buffers (MiB)",
         "compile (s)",
     ]

@@ -43,19 +43,55 @@ def test_quick_optim_benchmark_writes_json(tmp_path):
 def test_quick_model_throughput_writes_json(tmp_path):
     from benchmarks import model_throughput, table
 
-    data = model_throughput.run(quick=True, models=("transformer", "titans"), batch=2)
+    data = model_throughput.run(
+        quick=True, models=("transformer", "transformer_pm", "titans"), batch=2
+    )
     out = harness.write_json(tmp_path / "mt.json", data)
     data = json.loads(out.read_text())
     models = {r["model"] for r in data["results"]}
-    assert {"transformer", "titans", "titans/transformer speed"} == models
+    speeds = {"titans/transformer speed", "titans/transformer_pm speed"}
+    assert {"transformer", "transformer_pm", "titans"} | speeds == models
     assert all(r["ratio"] > 0 for r in data["results"] if "ratio" in r)
     firsts = [r for r in data["results"] if r.get("seq") == 32 and "params" in r]
     assert all(r["cost_per_token_vs_shortest"] == pytest.approx(1.0) for r in firsts)
     for r in (r for r in data["results"] if "params" in r):  # batch 2: tokens of both sequences
         assert r["batch"] == 2
         assert r["tokens_per_s"] == pytest.approx(2 * r["seq"] / r["median_s"])
+    for r in (r for r in data["results"] if "params" in r):  # matmul work is counted and > 0
+        assert r["matmul_gflop_per_step"] > 0
+        assert r["matmul_gflop_per_s"] == pytest.approx(r["matmul_gflop_per_step"] / r["median_s"])
     text = table.model_throughput_table(data)
-    assert "titans speed / Transformer++" in text and "batch 2" in text
+    assert "titans speed / Transformer++ speed" in text and "batch 2" in text
+    assert "titans speed / Transformer++ (params matched) speed" in text
+
+
+def test_parameter_matched_transformer_has_hopes_parameter_count():
+    from benchmarks import model_throughput
+    from nested_jax.models import count_params
+
+    cfg = model_throughput.FULL
+    hope = count_params(model_throughput.model_config("hope", 512, cfg))
+    pm = model_throughput.model_config("transformer_pm", 512, cfg)
+    plain = model_throughput.model_config("transformer", 512, cfg)
+    assert pm.d_ff > plain.d_ff
+    # one more MLP unit changes the count by 3 * d_model * n_layers: the nearest is within half
+    assert abs(count_params(pm) - hope) <= 3 * cfg["d_model"] * cfg["n_layers"] / 2
+
+
+def test_matmul_flops_counts_loop_bodies_times_their_trip_counts():
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.flops import matmul_flops
+
+    a, b = jnp.ones((3, 5, 7)), jnp.ones((7, 11))
+    assert matmul_flops(lambda a, b: a @ b, a, b) == 2 * 3 * 5 * 7 * 11
+    scan = lambda a, b: jax.lax.scan(lambda c, x: (c + (x @ b).sum(), None), 0.0, a)[0]
+    assert matmul_flops(scan, a, b) == 3 * (2 * 5 * 7 * 11)  # XLA's cost analysis: 1x
+    nested = lambda a, b: jax.lax.scan(lambda c, x: (c + scan(a, b), None), 0.0, a)[0]
+    assert matmul_flops(nested, a, b) == 9 * (2 * 5 * 7 * 11)
+    batched = lambda x, w: jnp.einsum("gtd,gde->gte", x, w)
+    assert matmul_flops(batched, jnp.ones((2, 4, 8)), jnp.ones((2, 8, 16))) == 2 * 2 * 4 * 8 * 16
 
 
 def test_larger_chunk_benchmark_variants_keep_the_teach_constraints():

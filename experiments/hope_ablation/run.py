@@ -65,24 +65,16 @@ _BASE = {
 }
 
 
-def _n_params(name: str, overrides: tuple) -> int:
-    from nested_jax.models import LanguageModel, get_config
-
-    model = LanguageModel(get_config(name, **dict(overrides)))
-    return model.num_params(jax.eval_shape(model.init, jax.random.key(0)))
-
-
 def model_spec(variant: str, eval_len: int) -> tuple[str, tuple]:
-    """``(registry name, overrides)`` of a variant; Titans' and Transformer++'s MLP widths are
-    the ones whose parameter count is nearest Hope's."""
+    """``(registry name, overrides)`` of a variant; Titans' and Transformer++'s MLP widths (multiples
+    of 8) are the ones whose parameter count is nearest Hope's."""
+    from nested_jax.models import count_params, get_config, matched_d_ff
+
     name, extra = _BASE[variant]
     overrides = (("max_len", eval_len),) + extra
     if variant in ("titans", "transformer"):
-        target = _n_params("hope_tiny", overrides[:1])
-        best = min(
-            range(8, 1025, 8),
-            key=lambda f: abs(_n_params(name, overrides + (("d_ff", f),)) - target),
-        )
+        target = count_params(get_config("hope_tiny", max_len=eval_len))
+        best = matched_d_ff(get_config(name, **dict(overrides)), target, multiple=8)
         overrides = overrides + (("d_ff", best),)
     return name, overrides
 

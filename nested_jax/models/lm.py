@@ -52,7 +52,7 @@ from nested_jax.models.self_modifying import SelfModifyingBlock
 from nested_jax.models.titans import TitansBlock
 from nested_jax.models.transformer import TransformerBlock
 
-__all__ = ["LanguageModel", "NTPState"]
+__all__ = ["LanguageModel", "NTPState", "count_params", "matched_d_ff"]
 
 
 def _given(**kw):
@@ -344,3 +344,29 @@ class LanguageModel:
 
     def num_params(self, params: dict) -> int:
         return sum(int(a.size) for a in jax.tree.leaves(params))
+
+
+def count_params(config: ModelConfig) -> int:
+    """Parameters of a model with ``config`` (shapes only: nothing is initialised)."""
+    model = LanguageModel(config)
+    return model.num_params(jax.eval_shape(model.init, jax.random.key(0)))
+
+
+def matched_d_ff(config: ModelConfig, target_params: int, *, multiple: int = 1) -> int:
+    """The MLP width ``d_ff`` (a multiple of ``multiple``) whose model has the parameter count
+    nearest ``target_params`` (ties: the smaller width); every other field of ``config`` kept.
+
+    Parameters grow linearly in ``d_ff`` (``a + b d_ff``), so two shape-only counts solve it.
+    How baselines are matched to Hope (benchmarks, experiments)."""
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}.")
+    lo, hi = multiple, 2 * multiple
+    p_lo = count_params(dataclasses.replace(config, d_ff=lo))
+    slope = (count_params(dataclasses.replace(config, d_ff=hi)) - p_lo) / (hi - lo)
+    if slope <= 0:
+        raise ValueError(f"{config.kind!r} has no parameters that grow with d_ff.")
+    exact = lo + (target_params - p_lo) / slope
+    below = max(multiple, int(exact // multiple) * multiple)
+    above = below + multiple
+    p = lambda f: abs(p_lo + slope * (f - lo) - target_params)
+    return below if p(below) <= p(above) else above
