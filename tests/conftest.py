@@ -26,9 +26,9 @@ for _old in glob.glob(os.path.join(tempfile.gettempdir(), "nested_jax_tests_*"))
             shutil.rmtree(_old, ignore_errors=True)
     except OSError:
         pass
-jax.config.update(
-    "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), f"nested_jax_tests_{_run}")
-)
+_cache = os.path.join(tempfile.gettempdir(), f"nested_jax_tests_{_run}")
+jax.config.update("jax_compilation_cache_dir", _cache)
+os.environ["NESTED_JAX_COMPILE_CACHE"] = _cache  # CLI subprocesses: the run's cache, not ~/.cache
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

@@ -271,6 +271,8 @@ def test_cli_train_eval_generate(corpus, tmp_path, capsys):
         "--no-progress",
     ]
     assert cli.main(["train", "--config", "shakespeare_transformer", *args]) == 0
+    first = [r for r in read_metrics(out) if "first_step_s" in r]  # the compile wait, reported
+    assert len(first) == 1 and first[0]["step"] == 1 and first[0]["first_step_s"] > 0
     assert cli.main(["eval", "--run", out]) == 0
     assert "bits/byte" in capsys.readouterr().out
     assert cli.main(["generate", "--run", out, "--prompt", "the", "--length", "8"]) == 0
@@ -311,3 +313,30 @@ def test_quickstart_trains_hope_checkpoints_and_samples(corpus, tmp_path, capsys
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == "hope_tiny"
     shutil.rmtree(out)
+
+
+def test_cli_compile_cache_location_and_switch(tmp_path, monkeypatch):
+    """The CLI keeps compiled programs in a persistent cache: one directory per CPU type under
+    the user's cache home, ``NESTED_JAX_COMPILE_CACHE`` = a path or ``off``; a directory set
+    through JAX's own configuration wins."""
+    monkeypatch.delenv(cli.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    default = cli.compile_cache_dir()
+    assert default.startswith(str(tmp_path / "xdg" / "nested_jax" / "xla"))
+    assert default == cli.compile_cache_dir()  # the CPU tag is stable
+    monkeypatch.setenv(cli.CACHE_ENV, "off")
+    assert cli.compile_cache_dir() is None
+    monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "mine"))
+    assert cli.compile_cache_dir() == str(tmp_path / "mine")
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        cli._enable_compile_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+        assert (tmp_path / "mine").is_dir()
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "theirs"))
+        cli._enable_compile_cache()  # the user's JAX setting is kept
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "theirs")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

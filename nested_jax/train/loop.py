@@ -5,7 +5,9 @@ A run lives in one directory::
 
     OUT/config.json        the TrainConfig (resuming re-reads nothing else)
     OUT/checkpoints/<step> orbax checkpoints (state + data position + metadata), newest `keep`
-    OUT/metrics.jsonl      one JSON object per logged step / evaluation (append-only, flushed)
+    OUT/metrics.jsonl      one JSON object per logged step / evaluation (append-only, flushed);
+                           each process's first step also writes ``first_step_s`` (compile +
+                           one step: the wait before training starts)
     OUT/loss.png           the loss curve (at the end)
     OUT/tokenizer.json     the BPE vocabulary (BPE runs only)
     OUT/tb/                TensorBoard events (``tensorboard=True``)
@@ -395,13 +397,20 @@ def train(
     loss = float("nan")
     skips_in_row = 0
     t_last, steps_since = time.perf_counter(), 0
+    first = True
     old_handler = _stop_on_sigterm()
     try:
         while step < cfg.steps:
             batch = run.batch(next(it))
+            t_step = time.perf_counter()
             state, m = run._step(state, batch)
             step += 1
             loss, gnorm = float(m["loss"]), float(m["grad_norm"])
+            if first:  # compile (or a compile-cache load) + one step: what a user waits for
+                first = False
+                dt = time.perf_counter() - t_step
+                metrics.write({"step": step, "first_step_s": dt})
+                log.info("first step %.1f s (compiling the train step included)", dt)
             if not bool(m["finite"]):
                 where = (
                     f"non-finite loss ({loss}) or gradient norm ({gnorm}) at step {step} "
