@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.harness import time_jitted
-from nested_jax.models import LanguageModel, get_config
+from nested_jax.models import LanguageModel, get_config, token_nll
 
 FULL = {
     "seqs": (512, 2048),
@@ -32,8 +32,7 @@ QUICK = {"seqs": (64,), "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, 
 def _loss(model, apply_fn):
     def loss(params, tokens):
         logits, _ = apply_fn(params, tokens)
-        logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-        return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
+        return jnp.mean(token_nll(logits, tokens))
 
     return jax.value_and_grad(loss)
 

@@ -119,3 +119,24 @@ def test_bad_configs_and_inputs():
         model.apply(params, tokens.astype(jnp.float32))
     with pytest.raises(ValueError, match="exceeds the model's max_len"):
         model.apply(params, jnp.zeros((1, 129), jnp.int32))
+
+
+def test_token_nll_and_matched_d_ff():
+    """``token_nll`` is the per-position next-token loss the models, the teach signal and the
+    experiments share; ``matched_d_ff`` finds the MLP width of a parameter count."""
+    from nested_jax.models import count_params, matched_d_ff, token_nll
+
+    logits = jax.random.normal(jax.random.key(0), (2, 5, 7))
+    tokens = jax.random.randint(jax.random.key(1), (2, 5), 0, 7)
+    nll = token_nll(logits, tokens)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    for b in range(2):
+        for t in range(4):
+            assert float(nll[b, t]) == pytest.approx(-float(logp[b, t, tokens[b, t + 1]]), 1e-6)
+    config = get_config("tiny")
+    target = count_params(get_config("tiny", d_ff=100))
+    assert matched_d_ff(config, target) == 100
+    assert matched_d_ff(config, target, multiple=8) == 96  # 96 and 104 are 4 units away: smaller
+    assert count_params(get_config("tiny", d_ff=104)) > target
+    with pytest.raises(ValueError, match="multiple"):
+        matched_d_ff(config, target, multiple=0)

@@ -106,11 +106,11 @@ def loss_by_position(model, params, windows: np.ndarray, batch: int) -> np.ndarr
     """Mean next-token loss (nats) at each position ``1 .. L-1`` over ``windows [n, L]``."""
     import jax.numpy as jnp
 
+    from nested_jax.models import token_nll
+
     @jax.jit
     def nll(p, t):
-        logits, _ = model.apply(p, t)
-        logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
-        return -jnp.take_along_axis(logp, t[:, 1:, None], -1)[..., 0]
+        return token_nll(model.apply(p, t)[0], t)
 
     rows = [
         np.asarray(nll(params, jnp.asarray(windows[i : i + batch])))

@@ -15,7 +15,13 @@ Where things are:
 from nested_jax.models.cms import CMSState, ContinuumMemory
 from nested_jax.models.config import ModelConfig, get_config, list_configs
 from nested_jax.models.hope import HopeBlock
-from nested_jax.models.lm import LanguageModel, NTPState, count_params, matched_d_ff
+from nested_jax.models.lm import (
+    LanguageModel,
+    NTPState,
+    count_params,
+    matched_d_ff,
+    token_nll,
+)
 from nested_jax.models.self_modifying import SelfModifyingBlock, SelfModifyingTitans
 from nested_jax.models.titans import TitansBlock
 from nested_jax.models.transformer import Attention, TransformerBlock
@@ -36,4 +42,5 @@ __all__ = [
     "get_config",
     "list_configs",
     "matched_d_ff",
+    "token_nll",
 ]

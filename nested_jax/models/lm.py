@@ -52,7 +52,7 @@ from nested_jax.models.self_modifying import SelfModifyingBlock
 from nested_jax.models.titans import TitansBlock
 from nested_jax.models.transformer import TransformerBlock
 
-__all__ = ["LanguageModel", "NTPState", "count_params", "matched_d_ff"]
+__all__ = ["LanguageModel", "NTPState", "count_params", "matched_d_ff", "token_nll"]
 
 
 def _given(**kw):
@@ -217,8 +217,7 @@ class LanguageModel:
 
         def loss(probes):
             logits, new = self._forward(params, teach, tokens, True, c.cms_chunk, probes=probes)
-            logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-            nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+            nll = token_nll(logits, tokens)
             return jnp.sum(nll * inner[None]) / (c.cms_chunk - 1), new  # per sample, chunk: mean
 
         errors, new = jax.grad(loss, has_aux=True)(zeros)
@@ -239,8 +238,7 @@ class LanguageModel:
         def chunk_loss(fast):
             ls = {**layers, "cms": layers["cms"]._replace(params=fast)}
             logits, new = self._forward(params, ls, tokens, parallel=True)
-            logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-            nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+            nll = token_nll(logits, tokens)
             return jnp.sum(jnp.mean(nll, axis=1)), (logits, new)  # per-sample mean
 
         g, (logits, new) = jax.grad(chunk_loss, has_aux=True)(layers["cms"].params)
@@ -338,12 +336,17 @@ class LanguageModel:
     def loss(self, params: dict, tokens: jax.Array) -> jax.Array:
         """Mean next-token cross-entropy (nats) of ``tokens: [B, T]``."""
         logits, _ = self.apply(params, tokens)
-        logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-        target = tokens[:, 1:]
-        return -jnp.mean(jnp.take_along_axis(logp, target[..., None], axis=-1))
+        return jnp.mean(token_nll(logits, tokens))
 
     def num_params(self, params: dict) -> int:
         return sum(int(a.size) for a in jax.tree.leaves(params))
+
+
+def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Next-token negative log-likelihood (nats) of every position but the last:
+    ``logits: [B, T, V]`` (float32 softmax), ``tokens: [B, T]`` -> ``[B, T - 1]``."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
 def count_params(config: ModelConfig) -> int:
