@@ -44,7 +44,7 @@ def test_quick_model_throughput_writes_json(tmp_path):
     from benchmarks import model_throughput, table
 
     data = model_throughput.run(
-        quick=True, models=("transformer", "transformer_pm", "titans"), batch=2
+        quick=True, models=("transformer", "transformer_pm", "titans"), seqs=(32,), batch=2
     )
     out = harness.write_json(tmp_path / "mt.json", data)
     data = json.loads(out.read_text())
