@@ -7,7 +7,13 @@ import importlib
 
 from benchmarks.harness import write_json
 
-BENCHMARKS = ("memory_chunked", "optim_step", "model_throughput", "selfmod_chunked")
+BENCHMARKS = (
+    "memory_chunked",
+    "optim_step",
+    "model_throughput",
+    "selfmod_chunked",
+    "flop_split",
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -146,7 +146,29 @@ def selfmod_chunked_table(data: dict) -> str:
     return _table(caption, columns, rows)
 
 
+def flop_split_table(data: dict) -> str:
+    c = data["config"]
+    rows = [
+        [
+            r["model"],
+            ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "default",
+            f"{r['params'] / 1e6:.2f}M",
+            f"{r['forward_gflop']:.2f}",
+            f"{r['forward_backward_gflop']:.2f}",
+        ]
+        for r in data["results"]
+    ]
+    caption = (
+        f"{_machine(data['machine'])} d_model {c['d_model']}, {c['n_layers']} layers, "
+        f"{c['n_heads']} heads, batch 1, {data['results'][0]['seq']} tokens; matmul GFLOP counted "
+        "on the jaxpr (loop bodies times trip counts), nothing timed."
+    )
+    columns = ["model", "overrides", "params", "forward GFLOP", "forward + backward GFLOP"]
+    return _table(caption, columns, rows)
+
+
 TABLES = {
+    "flop_split": flop_split_table,
     "memory_chunked": memory_chunked_table,
     "optim_step": optim_step_table,
     "model_throughput": model_throughput_table,

@@ -127,3 +127,18 @@ def test_tables_render_every_stored_result(capsys):
         table.main([str(path)])
         out = capsys.readouterr().out
         assert out.startswith("Machine: ") and "|---|" in out
+
+
+def test_quick_flop_split_writes_json(tmp_path):
+    out = tmp_path / "fs.json"
+    run.main(["flop_split", "--quick", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    by = {(r["model"], json.dumps(r["overrides"])): r for r in rows}
+    assert len(by) == len(rows) == 7
+    for r in rows:  # a backward adds work to its forward
+        assert r["forward_backward_gflop"] > r["forward_gflop"] > 0
+    selfmod, fo = by[("selfmod", "{}")], by[("selfmod", '{"first_order": true}')]
+    assert (
+        fo["forward_gflop"] == selfmod["forward_gflop"]
+    )  # first order: same values, less backward
+    assert fo["forward_backward_gflop"] < selfmod["forward_backward_gflop"]
