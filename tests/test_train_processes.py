@@ -142,7 +142,9 @@ def test_eight_devices_match_one_device(tmp_path):
     """Transformer++ and Hope (the quickstart's first-order Hope: the second-order one compiles
     ~3x slower and runs the same sharding code) on a (data 4, fsdp 2) mesh vs one device."""
     corpus = write_corpus(tmp_path / "docs")
-    env = dict(ENV, XLA_FLAGS=f"{ENV.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8")
+    env = dict(
+        ENV, XLA_FLAGS=f"{ENV.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    )
     r = subprocess.run(
         [sys.executable, "-c", SHARDED, str(corpus), str(tmp_path)],
         env=env,
