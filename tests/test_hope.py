@@ -232,8 +232,8 @@ def test_reduced_hope_is_linear_attention():
 def _meta_leaves(params):
     """The meta-learned initial states (and their leaf paths) of every fast memory and level."""
     layers = params["layers"]
-    mixer = layers["mixer"]
-    out = {f"{n}": mixer[n] for n in ("proj", "gate", "main") if n in mixer}
+    mixer = layers.get("mixer", layers)  # Titans: the memory is the layer's own
+    out = {f"{n}": mixer[n] for n in ("proj", "gate", "main", "memory") if n in mixer}
     if "cms" in layers:
         for i, lv in enumerate(layers["cms"]["levels"]):
             out[f"cms{i}"] = lv["mlp"]
@@ -260,7 +260,7 @@ def test_outer_gradient_reaches_every_initial_state_and_parameter(name, override
     assert expect <= set(meta)
 
 
-@pytest.mark.parametrize("name", ["selfmod_tiny", "hope_attention_tiny"])
+@pytest.mark.parametrize("name", ["titans_tiny", "selfmod_tiny", "hope_attention_tiny"])
 def test_first_order_keeps_values_and_changes_only_gradients(name):
     """``first_order``: same outputs; gradients still reach the initial states (straight through)
     but no longer through the inner updates, so they differ from the full ones."""

@@ -105,7 +105,15 @@ class TitansBlock:
         stream: StreamState = state["memory"]
         if parallel:  # from a fresh state (a chunk boundary): the training form
             stream, y = mem.start_stream(
-                stream.state, q, k, v, eta, alpha, beta, chunk_size=c.mem_chunk
+                stream.state,
+                q,
+                k,
+                v,
+                eta,
+                alpha,
+                beta,
+                chunk_size=c.mem_chunk,
+                first_order=c.first_order,
             )
         else:
             stream, y = mem.stream(stream, q, k, v, eta, alpha, beta, chunk_size=c.mem_chunk)
