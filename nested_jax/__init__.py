@@ -1,20 +1,37 @@
 """nested_jax: Nested Learning (Behrouz et al., NeurIPS 2025) in JAX.
 
 Sub-packages:
-  levels   learning levels and the multi-frequency runner (paper §2.3, §4.1)
-  memory   associative memories: objectives, update rules (GD, momentum, DGD), linear / MLP /
-           non-parametric memories with chunk-parallel forms and token-by-token twins (§2, §3.5)
-  optim    optimizers as memories, as Optax transformations: momentum, delta / preconditioned
-           momentum, Adam, DMGD, Newton-Schulz, M3, read_memory (§3)
-  models   language models on the memories: Transformer++, Titans (§5-§6; in progress)
+  levels    learning levels, the multi-frequency runner and the chunk engine (paper §2.3, §4.1)
+  memory    associative memories: objectives, update rules (GD, momentum, DGD), linear / MLP /
+            non-parametric memories with chunk-parallel forms and token-by-token twins (§2, §3.5)
+  optim     optimizers as memories, as Optax transformations: momentum, delta / preconditioned
+            momentum, Adam, DMGD, Newton-Schulz, M3, read_memory (§3)
+  models    language models on the memories: Transformer++, Titans, self-modifying Titans, the
+            Continuum Memory System and Hope (§5-§8)
+  train     the training system: configs, data, checkpoints, the training loop
+  transfer  knowledge transfer between levels and Neural Learning Modules (§4)
 """
 
-from nested_jax import memory, models, optim
-from nested_jax.levels import Level, LevelsResult, firing_schedule, run_levels, run_levels_reference
+from importlib.metadata import PackageNotFoundError, version
 
-__version__ = "0.3.0"
+from nested_jax import memory, models, optim, train, transfer
+from nested_jax.levels import (
+    ChunkScan,
+    Level,
+    LevelsResult,
+    firing_schedule,
+    run_levels,
+    run_levels_reference,
+    scan_chunks,
+)
+
+try:
+    __version__ = version("nested_jax")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "unknown"
 
 __all__ = [
+    "ChunkScan",
     "Level",
     "LevelsResult",
     "firing_schedule",
@@ -23,4 +40,7 @@ __all__ = [
     "optim",
     "run_levels",
     "run_levels_reference",
+    "scan_chunks",
+    "train",
+    "transfer",
 ]

@@ -24,6 +24,11 @@ Two interchangeable runners:
 
 Both return a :class:`LevelsResult` with every level's final state, the per-step outputs and a boolean
 ``fired[t, level]`` record.
+
+:func:`scan_chunks` is the chunk engine under every chunked learner (a memory's chunk-parallel
+write and read, the CMS levels, self-modifying Titans' generator memories, the language model's
+CMS chunks, and the nested form above): full chunks in a ``lax.scan``, then the tail, outputs back
+in token order, with remat, first-order updates and gradient cuts as options.
 """
 
 from __future__ import annotations
@@ -40,7 +45,16 @@ import numpy as np
 PyTree = Any
 UpdateFn = Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]
 
-__all__ = ["Level", "LevelsResult", "run_levels", "run_levels_reference", "firing_schedule"]
+__all__ = [
+    "ChunkScan",
+    "Level",
+    "LevelsResult",
+    "firing_schedule",
+    "run_levels",
+    "run_levels_reference",
+    "scan_chunks",
+    "sever",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +109,144 @@ class LevelsResult(NamedTuple):
     outputs: tuple
     fired: jax.Array
     pending: tuple
+
+
+class ChunkScan(NamedTuple):
+    """What :func:`scan_chunks` returns.
+
+    Attributes:
+      carry: the carry after every full chunk and the tail.
+      outputs: the per-token outputs, along the input's time axis (full chunks, then the tail).
+      boundary: the carry after the last full chunk (the state at the last chunk boundary; equal
+        to ``carry`` when there is no tail). Streaming continues from it.
+      tail: how many tokens follow the last full chunk (static, ``0 <= tail < chunk_size``).
+    """
+
+    carry: PyTree
+    outputs: PyTree
+    boundary: PyTree
+    tail: int
+
+
+def sever(state, flag):
+    """``state`` with its gradient stopped where ``flag`` (a traced bool) is true: same values."""
+    return jax.tree.map(lambda a: jnp.where(flag, jax.lax.stop_gradient(a), a), state)
+
+
+def first_order_update(new, old):
+    """``old + stop_gradient(new - old)``: the values of ``new``, the gradient of ``old`` (the
+    first-order approximation of differentiating through an inner update)."""
+    return jax.tree.map(lambda n, o: o + jax.lax.stop_gradient(n - o), new, old)
+
+
+def scan_chunks(
+    fn: Callable,
+    carry: PyTree,
+    xs: tuple,
+    chunk_size: int,
+    *,
+    axis: int = 0,
+    prep: Callable | None = None,
+    tail_fn: Callable | None = None,
+    whole: bool = False,
+    remat: bool = False,
+    first_order: bool = False,
+    cut: int = 0,
+) -> ChunkScan:
+    """The chunk engine under every chunked learner: full chunks, then the tail, then one output.
+
+    A sequence of ``T`` tokens is ``T // chunk_size`` full chunks and a tail of ``T % chunk_size``
+    tokens. ``fn(carry, *chunk) -> (carry, y)`` runs once per full chunk in a ``lax.scan`` (the
+    chunk's state-dependent work: a memory's write and read, a CMS level's learning step, one
+    level of :func:`run_levels`' nested form), and ``tail_fn`` (default ``fn``) on the tail. The
+    outputs are put back in token order along ``axis``.
+
+    Args:
+      fn: ``(carry, *chunk) -> (carry, y)``; ``chunk`` has the leaves of ``xs`` cut to one chunk
+        (``chunk_size`` tokens along ``axis``), ``y``'s leaves have the chunk's tokens along ``axis``.
+      carry: the initial carry (a pytree).
+      xs: a tuple of pytrees (``None`` leaves allowed) whose array leaves share the time axis
+        ``axis``.
+      chunk_size: tokens per chunk (a positive int).
+      axis: the time axis of every leaf of ``xs`` and of the outputs.
+      prep: optional state-independent work ``prep(*chunk) -> tuple``, run once on all full chunks
+        stacked on a leading axis (outside the scan, batched over chunks) and on the tail.
+      tail_fn: what runs on the tail instead of ``fn`` (same signature; ``prep`` is not applied).
+      whole: call ``fn`` once on all full chunks together (the arrays unsplit) instead of scanning
+        it per chunk: for a chunk computation that is itself parallel over chunks.
+      remat: ``jax.checkpoint`` each chunk step (recompute it in the backward pass).
+      first_order: stop the outer gradient through each step's change of the carry
+        (:func:`first_order_update`; same values).
+      cut: ``0`` or a multiple of ``chunk_size``: the carry entering every chunk that starts at a
+        multiple of ``cut`` tokens has its gradient stopped (same values), so an output's gradient
+        reaches only its own block of ``cut`` tokens.
+
+    Returns:
+      :class:`ChunkScan` ``(carry, outputs, boundary, tail)``.
+    """
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int | np.integer)
+        or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    if cut and (cut < 0 or cut % chunk_size):
+        raise ValueError(f"cut ({cut}) must be 0 or a multiple of chunk_size ({chunk_size}).")
+    if whole and cut:
+        raise ValueError("cut applies to a scan over chunks; it cannot be used with whole=True.")
+    leaves = jax.tree.leaves(xs)
+    if not leaves:
+        raise ValueError("xs has no array leaves; pass the sequence with a time axis.")
+    lengths = {np.shape(a)[axis] for a in leaves}
+    if len(lengths) != 1:
+        raise ValueError(f"the leaves of xs disagree on the time axis {axis}: lengths {lengths}.")
+    t = lengths.pop()
+    n, r = divmod(t, chunk_size)
+    full = n * chunk_size
+    prep = prep or (lambda *a: a)
+    step = fn
+    if first_order:
+
+        def step(c, *a):
+            new, y = fn(c, *a)
+            return first_order_update(new, c), y
+
+    body = jax.checkpoint(step) if remat else step
+    take = lambda sl: jax.tree.map(lambda a: jax.lax.slice_in_dim(a, *sl, axis=axis), xs)
+    outs = []
+    if n and whole:
+        carry, y = body(carry, *take((0, full)))
+        outs.append(y)
+    elif n:
+
+        def split(a):  # [..., n * C, ...] -> [n, ..., C, ...]
+            a = a.reshape(a.shape[:axis] + (n, chunk_size) + a.shape[axis + 1 :])
+            return jnp.moveaxis(a, axis, 0)
+
+        chunks = prep(*jax.tree.map(split, take((0, full))))
+        if cut:
+            cuts = (jnp.arange(n) * chunk_size) % cut == 0
+            carry, y = jax.lax.scan(lambda c, x: body(sever(c, x[0]), *x[1]), carry, (cuts, chunks))
+        else:
+            carry, y = jax.lax.scan(lambda c, x: body(c, *x), carry, chunks)
+
+        def merge(a):  # [n, ..., C, ...] -> [..., n * C, ...]
+            a = jnp.moveaxis(a, 0, axis)
+            return a.reshape(a.shape[:axis] + (full,) + a.shape[axis + 2 :])
+
+        outs.append(jax.tree.map(merge, y))
+    boundary = carry
+    if r:
+        if cut and full % cut == 0:
+            carry = jax.tree.map(jax.lax.stop_gradient, carry)
+        tail = take((full, t))
+        if tail_fn is None:
+            carry, y = step(carry, *prep(*tail))
+        else:
+            carry, y = tail_fn(carry, *tail)
+        outs.append(y)
+    y = outs[0] if len(outs) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a, axis), *outs)
+    return ChunkScan(carry, y, boundary, r)
 
 
 def firing_schedule(periods: Sequence[int | None], length: int, start: int = 0) -> np.ndarray:
@@ -251,33 +403,19 @@ def _nested(levels, states, xs, length, pending, start):
             new_a.append(acc)
         return new_s, new_a
 
-    def segment(carry, seg, n, depth):
-        """Run ``n`` steps (static) whose start is aligned to ``distinct[depth]``."""
+    def segment(carry, seg, depth):
+        """Run the steps of ``seg`` (its start aligned to ``distinct[depth]``)."""
         if depth < 0 or distinct[depth] == 1:
             # Period-1 levels fire inside token_step; nothing slower fires inside this segment.
             return jax.lax.scan(token_step, carry, seg)
         p = distinct[depth]
-        nb, r = divmod(n, p)
-        out_parts = []
-        if nb:
-            blocks = jax.tree.map(lambda a: a[: nb * p].reshape((nb, p) + a.shape[1:]), seg)
 
-            def block(c, xb):
-                c, o = segment(c, xb, p, depth - 1)
-                return fire_period(c, p), o
+        def block(c, xb):
+            c, o = segment(c, xb, depth - 1)
+            return fire_period(c, p), o
 
-            carry, o = jax.lax.scan(block, carry, blocks)
-            out_parts.append(jax.tree.map(lambda a: a.reshape((nb * p,) + a.shape[2:]), o))
-        if r:
-            tail = jax.tree.map(lambda a: a[nb * p :], seg)
-            carry, o = segment(carry, tail, r, depth - 1)
-            out_parts.append(o)
-        outs = (
-            out_parts[0]
-            if len(out_parts) == 1
-            else jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *out_parts)
-        )
-        return carry, outs
+        res = scan_chunks(block, carry, (seg,), p, tail_fn=lambda c, xt: segment(c, xt, depth - 1))
+        return res.carry, res.outputs
 
     if distinct and start % distinct[-1]:
         raise ValueError(
@@ -285,7 +423,7 @@ def _nested(levels, states, xs, length, pending, start):
             f"({distinct[-1]}); use form='masked' to resume mid-chunk."
         )
     carry = (list(states), list(pending))
-    (sts, accs), outs = segment(carry, xs, length, len(distinct) - 1)
+    (sts, accs), outs = segment(carry, xs, len(distinct) - 1)
     fired = jnp.asarray(firing_schedule([lv.period for lv in levels], length, start))
     return LevelsResult(tuple(sts), outs, fired, tuple(accs))
 

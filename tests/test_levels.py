@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nested_jax import Level, firing_schedule, run_levels, run_levels_reference
+from nested_jax import Level, firing_schedule, run_levels, run_levels_reference, scan_chunks
 
 
 def _update(i):
@@ -250,3 +250,82 @@ def test_masked_equals_loop_for_random_configs(periods, length):
     _assert_same(fast.outputs, ref.outputs)
     _assert_same(fast.pending, ref.pending)
     np.testing.assert_array_equal(np.asarray(fast.fired), firing_schedule(periods, length))
+
+
+# --- scan_chunks: the chunk engine under the memories, CMS, self-modifying Titans and the LM ------
+
+
+def _chunk_fn(w, x, g):
+    """A state-dependent chunk step: ``x: [B, C, d]``, ``g: [B, C]`` -> (w', y [B, C, d])."""
+    y = jnp.tanh(x @ w) * g[..., None]
+    return w - 0.1 * jnp.einsum("bcd,bce->de", x, y), y
+
+
+def _chunk_loop(w, x, g, c):
+    """The slow twin: a Python loop over chunks and the tail."""
+    ys, bnd = [], w
+    for s in range(0, x.shape[1], c):
+        if s + c <= x.shape[1]:
+            bnd = None
+        w, y = _chunk_fn(w, x[:, s : s + c], g[:, s : s + c])
+        ys.append(y)
+        bnd = w if bnd is None else bnd
+    return w, jnp.concatenate(ys, axis=1), bnd
+
+
+@pytest.mark.parametrize(("length", "c"), [(12, 4), (14, 4), (3, 4), (7, 1)])
+def test_scan_chunks_equals_a_loop_over_chunks_and_the_tail(length, c):
+
+    kw, kx, kg = jax.random.split(jax.random.key(0), 3)
+    w = 0.3 * jax.random.normal(kw, (5, 5))
+    x = jax.random.normal(kx, (2, length, 5))
+    g = jax.random.uniform(kg, (2, length))
+    res = scan_chunks(_chunk_fn, w, (x, g), c, axis=1, remat=True)
+    w_ref, y_ref, bnd_ref = _chunk_loop(w, x, g, c)
+    np.testing.assert_allclose(res.outputs, y_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(res.carry, w_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(res.boundary, bnd_ref, rtol=1e-6, atol=1e-6)
+    assert res.tail == length % c
+    # whole=True: one call on every full chunk together (here a different computation: one chunk)
+    whole = scan_chunks(_chunk_fn, w, (x, g), c, axis=1, whole=True)
+    n = length // c * c
+    if n:
+        w1, y1 = _chunk_fn(w, x[:, :n], g[:, :n])
+        np.testing.assert_allclose(whole.boundary, w1, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(whole.outputs[:, :n], y1, rtol=1e-6, atol=1e-6)
+
+
+def test_scan_chunks_cut_first_order_and_tail_fn():
+    """``cut`` and ``first_order`` keep the values and change only gradients; ``tail_fn`` runs on
+    the tail; bad chunk sizes and cuts are refused."""
+
+    w = 0.3 * jax.random.normal(jax.random.key(1), (5, 5))
+    x = jax.random.normal(jax.random.key(2), (2, 10, 5))
+    g = jnp.ones((2, 10))
+
+    def loss(w, **kw):
+        res = scan_chunks(_chunk_fn, w, (x, g), 2, axis=1, **kw)
+        return jnp.sum(res.outputs[:, -1] ** 2), res.outputs
+
+    (l0, y0), g0 = jax.value_and_grad(loss, has_aux=True)(w)
+    for kw in ({"cut": 4}, {"first_order": True}):
+        (l1, y1), g1 = jax.value_and_grad(lambda w, kw=kw: loss(w, **kw), has_aux=True)(w)
+        np.testing.assert_allclose(y1, y0, rtol=1e-6, atol=1e-6)
+        assert not np.allclose(g1, g0)
+    # cut=4 over 10 tokens: the last output (token 9, block 8-9) sees the carry only through
+    # chunk 8-9's own start, whose gradient is stopped: no gradient reaches w at all
+    (_, _), g_cut = jax.value_and_grad(lambda w: loss(w, cut=4), has_aux=True)(w)
+    np.testing.assert_allclose(g_cut, 0.0)
+    x9 = jax.random.normal(jax.random.key(3), (2, 9, 5))
+    res = scan_chunks(
+        _chunk_fn, w, (x9, g[:, :9]), 4, axis=1, tail_fn=lambda w, xt, gt: (w, 0 * xt)
+    )
+    assert res.tail == 1
+    np.testing.assert_array_equal(res.outputs[:, 8:], 0.0)
+    np.testing.assert_array_equal(res.carry, res.boundary)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        scan_chunks(_chunk_fn, w, (x, g), 0, axis=1)
+    with pytest.raises(ValueError, match="must be 0 or a multiple of chunk_size"):
+        scan_chunks(_chunk_fn, w, (x, g), 4, axis=1, cut=6)
+    with pytest.raises(ValueError, match="disagree on the time axis"):
+        scan_chunks(_chunk_fn, w, (x, g[:, :9]), 4, axis=1)

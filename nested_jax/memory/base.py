@@ -21,6 +21,8 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nested_jax.levels import first_order_update, scan_chunks, sever
+
 PyTree = Any
 
 __all__ = ["AbstractMemory", "StreamState", "first_order_update", "sever"]
@@ -51,12 +53,6 @@ def _rates(x, like: jax.Array, name: str) -> jax.Array:
     return jnp.broadcast_to(x, shape)
 
 
-def first_order_update(new, old):
-    """``old + stop_gradient(new - old)``: the values of ``new``, the gradient of ``old`` (the
-    first-order approximation of differentiating through an inner update)."""
-    return jax.tree.map(lambda n, o: o + jax.lax.stop_gradient(n - o), new, old)
-
-
 def advance_stream(st, bnd, off, chunk_size):
     """One token later in a stream: at a chunk end the boundary moves to the current state (so
     a stream at offset 0 always has ``boundary == state``, as :meth:`AbstractMemory.start_stream`
@@ -64,19 +60,6 @@ def advance_stream(st, bnd, off, chunk_size):
     off = (off + 1) % chunk_size
     bnd = jax.tree.map(lambda a, b: jnp.where(off == 0, a, b), st, bnd)
     return st, bnd, off
-
-
-def sever(state, flag):
-    """``state`` with its gradient stopped where ``flag`` (a traced bool) is true: same values."""
-    return jax.tree.map(lambda a: jnp.where(flag, jax.lax.stop_gradient(a), a), state)
-
-
-def _first_order(fn):
-    def wrapped(state, *args):
-        new, y = fn(state, *args)
-        return first_order_update(new, state), y
-
-    return wrapped
 
 
 class AbstractMemory:
@@ -164,49 +147,6 @@ class AbstractMemory:
                 f"({chunk_size})."
             )
 
-    @staticmethod
-    def _scan_chunks(
-        fn, state, arrays, chunk_size, prep=None, remat=False, first_order=False, gradient_cut=0
-    ):
-        """Apply ``fn(state, *prep(*chunk_arrays)) -> (state, y)`` over chunks along axis 2, then
-        over the tail. ``prep`` (state-independent) runs once on all full chunks, outside the scan.
-        ``gradient_cut``: stop the gradient of the state entering every chunk that starts at a
-        multiple of it (tokens from the start of ``arrays``; a multiple of ``chunk_size``).
-
-        ``arrays`` are ``[B, H, T, ...]``; returns ``(state, y[B, H, T, ...])``.
-        """
-        AbstractMemory._check_cut(gradient_cut, chunk_size)
-        prep = prep or (lambda *a: a)
-        if first_order:
-            fn = _first_order(fn)
-        body = jax.checkpoint(fn) if remat else fn
-        t = arrays[0].shape[2]
-        n, r = divmod(t, chunk_size)
-        outs = []
-        if n:
-
-            def split(a):
-                a = a[:, :, : n * chunk_size]
-                a = a.reshape(a.shape[:2] + (n, chunk_size) + a.shape[3:])
-                return jnp.moveaxis(a, 2, 0)
-
-            prepared = prep(*(split(a) for a in arrays))
-            if gradient_cut:
-                cuts = (jnp.arange(n) * chunk_size) % gradient_cut == 0
-                step = lambda s, c: body(sever(s, c[0]), *c[1])
-                state, y = jax.lax.scan(step, state, (cuts, prepared))
-            else:
-                state, y = jax.lax.scan(lambda s, c: body(s, *c), state, prepared)
-            y = jnp.moveaxis(y, 0, 2)
-            outs.append(y.reshape(y.shape[:2] + (n * chunk_size,) + y.shape[4:]))
-        if r:
-            if gradient_cut and (n * chunk_size) % gradient_cut == 0:
-                state = jax.tree.map(jax.lax.stop_gradient, state)
-            state, y = fn(state, *prep(*(a[:, :, n * chunk_size :] for a in arrays)))
-            outs.append(y)
-        y = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
-        return state, y
-
     def write_read(
         self,
         state,
@@ -240,22 +180,29 @@ class AbstractMemory:
         Returns:
           ``(state, y)`` with ``y: [batch, seq, heads, d_v]``.
         """
+        res = self._run_chunks(
+            state, (q, k, v, eta, alpha, beta), chunk_size, first_order, gradient_cut
+        )
+        return res.carry, jnp.swapaxes(res.outputs, 1, 2)
+
+    def _run_chunks(self, state, inputs, chunk_size, first_order=False, gradient_cut=0):
+        """``write_read``'s chunk scan in the internal layout: a :class:`~nested_jax.levels.ChunkScan`."""
         self._check_chunk(chunk_size)
-        arrays = self._prepare(q, k, v, eta, alpha, beta)
+        self._check_cut(gradient_cut, chunk_size)
         # Remat of each chunk step: on CPU, recomputing a chunk's cheap forward in the backward
         # pass is faster than storing its residuals (measured: ~2x for the MLP memory), and it
         # keeps training memory at one state per chunk.
-        state, y = self._scan_chunks(
+        return scan_chunks(
             self._chunk_step,
             state,
-            arrays,
+            self._prepare(*inputs),
             chunk_size,
+            axis=2,
             prep=self._chunk_prep,
             remat=True,
             first_order=first_order,
-            gradient_cut=gradient_cut,
+            cut=gradient_cut,
         )
-        return state, jnp.swapaxes(y, 1, 2)
 
     def start_stream(
         self,
@@ -274,32 +221,11 @@ class AbstractMemory:
         """:meth:`write_read` from a chunk boundary, returning a :class:`StreamState` that
         :meth:`stream` continues exactly (the chunk-parallel way to begin a stream, e.g. a
         prompt). Same outputs as ``write_read``."""
-        self._check_chunk(chunk_size)
-        t = q.shape[1]
-        full = (t // chunk_size) * chunk_size
-        rest = (eta, alpha, beta)
-        cut = lambda a, sl: a if a is None or jnp.ndim(a) == 0 else a[:, sl]
-        ys = []
-        if full:
-            state, y = self.write_read(
-                state,
-                *(cut(a, slice(0, full)) for a in (q, k, v, *rest)),
-                chunk_size=chunk_size,
-                first_order=first_order,
-                gradient_cut=gradient_cut,
-            )
-            ys.append(y)
-        boundary = state
-        if t > full:
-            self._check_cut(gradient_cut, chunk_size)
-            if gradient_cut and full % gradient_cut == 0:
-                state = jax.tree.map(jax.lax.stop_gradient, state)
-            state, y = self.write_read_chunk(
-                state, *(cut(a, slice(full, t)) for a in (q, k, v, *rest))
-            )
-            ys.append(y)
-        y = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=1)
-        return StreamState(state, boundary, jnp.asarray(t - full, jnp.int32)), y
+        res = self._run_chunks(
+            state, (q, k, v, eta, alpha, beta), chunk_size, first_order, gradient_cut
+        )
+        stream = StreamState(res.carry, res.boundary, jnp.asarray(res.tail, jnp.int32))
+        return stream, jnp.swapaxes(res.outputs, 1, 2)
 
     def _token_step(self, st, inp, boundary=None):
         """One token of the reference and streaming drivers: read and write in the memory's order
@@ -366,5 +292,5 @@ class AbstractMemory:
             state, y = jax.lax.scan(step, state, tuple(mv(a) for a in (qc, kc, vc, ec, ac, bc)))
             return state, jnp.moveaxis(y, 0, 2)
 
-        state, y = self._scan_chunks(chunk, state, arrays, chunk_size)
-        return state, jnp.swapaxes(y, 1, 2)
+        res = scan_chunks(chunk, state, arrays, chunk_size, axis=2)
+        return res.carry, jnp.swapaxes(res.outputs, 1, 2)

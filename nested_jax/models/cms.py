@@ -40,6 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nested_jax.levels import scan_chunks
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import dense_init, rms_norm, swiglu_init
 
@@ -247,10 +248,10 @@ class ContinuumMemory:
             y, _ = self.forward(p, state.params, z, probe=probe)
             return y, state
         step = c.cms_chunk if parallel or teach is not None else 1
-        t = z.shape[1]
-        n, r = divmod(t, step)
-        if teach is not None and r:
-            raise ValueError(f"teach errors need whole CMS chunks of {step}; got {t} tokens.")
+        if teach is not None and z.shape[1] % step:
+            raise ValueError(
+                f"teach errors need whole CMS chunks of {step}; got {z.shape[1]} tokens."
+            )
         errors, starts = teach if teach is not None else (tuple(None for _ in self.periods), None)
 
         def chunk(state, zc, ec):
@@ -259,16 +260,5 @@ class ContinuumMemory:
             y, inc = self.forward(p, state.params, zc, local=local, teach=tc)
             return self.commit(p, state, inc, zc.shape[1]), y
 
-        def split(a):
-            return None if a is None else jnp.moveaxis(a.reshape(a.shape[0], n, step, -1), 1, 0)
-
-        ys = []
-        if n:
-            zs = split(z[:, : n * step])
-            ts = tuple(split(a) for a in errors)
-            state, y = jax.lax.scan(lambda s, x: jax.checkpoint(chunk)(s, *x), state, (zs, ts))
-            ys.append(jnp.moveaxis(y, 0, 1).reshape(z.shape[0], n * step, -1))
-        if r:
-            state, y = chunk(state, z[:, n * step :], None)
-            ys.append(y)
-        return (ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=1)), state
+        res = scan_chunks(chunk, state, (z, errors), step, axis=1, remat=True)
+        return res.outputs, res.carry

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nested_jax.levels import scan_chunks
 from nested_jax.models.cms import ContinuumMemory
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.hope import HopeBlock
@@ -258,31 +259,36 @@ class LanguageModel:
 
     def _ntp_parallel(self, params: dict, state: NTPState, tokens: jax.Array):
         c = self.config.cms_chunk
-        b, t = tokens.shape
-        n, r = divmod(t, c)
-        layers, teach = state.layers, state.teach
-        outs = []
-        if n and self.teach:
-            logits, layers, teach = self._teach_chunks(params, layers, teach, tokens[:, : n * c])
-            outs.append(logits)
-        elif n:
-            chunks = jnp.moveaxis(tokens[:, : n * c].reshape(b, n, c), 1, 0)
+        b = tokens.shape[0]
 
-            @jax.checkpoint
-            def body(ls, tc):
-                logits, ls = self._ntp_chunk(params, ls, tc)
-                return ls, logits
+        def ntp_chunk(carry, tc):  # one chunk, its update committed
+            layers, teach = carry
+            logits, layers = self._ntp_chunk(params, layers, tc)
+            return (layers, teach), logits
 
-            layers, logits = jax.lax.scan(body, layers, chunks)
-            outs.append(jnp.moveaxis(logits, 0, 1).reshape(b, n * c, -1))
-        start = layers
+        def teach_chunks(carry, tc):  # every full chunk at once (the teach signal's two passes)
+            logits, layers, teach = self._teach_chunks(params, *carry, tc)
+            return (layers, teach), logits
+
+        def tail(carry, tc):  # an unfinished chunk: the CMS waits for its end (streaming)
+            logits, layers = self._forward(params, carry[0], tc, parallel=True)
+            return (layers, carry[1]), logits
+
+        res = scan_chunks(
+            teach_chunks if self.teach else ntp_chunk,
+            (state.layers, state.teach),
+            (tokens,),
+            c,
+            axis=1,
+            tail_fn=tail,
+            whole=self.teach,
+            remat=not self.teach,
+        )
+        (layers, teach), start, r = res.carry, res.boundary[0], res.tail
         buf = jnp.zeros((b, c), jnp.int32)
         if r:
-            logits, layers = self._forward(params, layers, tokens[:, n * c :], parallel=True)
-            outs.append(logits)
-            buf = buf.at[:, :r].set(tokens[:, n * c :].astype(jnp.int32))
-        logits = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-        return logits, NTPState(layers, start, buf, jnp.asarray(r, jnp.int32), teach)
+            buf = buf.at[:, :r].set(tokens[:, -r:].astype(jnp.int32))
+        return res.outputs, NTPState(layers, start, buf, jnp.asarray(r, jnp.int32), teach)
 
     def _ntp_stream(self, params: dict, state: NTPState, tokens: jax.Array):
         c = self.config.cms_chunk

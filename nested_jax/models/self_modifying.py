@@ -31,6 +31,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from nested_jax.levels import scan_chunks
 from nested_jax.memory import (
     DGD,
     GD,
@@ -39,7 +40,6 @@ from nested_jax.memory import (
     LinearMemory,
     MLPMemory,
     StreamState,
-    first_order_update,
     stable_step_norm,
 )
 from nested_jax.memory.base import advance_stream
@@ -174,34 +174,27 @@ class SelfModifyingTitans:
         """Chunk-parallel generation over ``xm: [B, H, T, d]`` from a boundary (``cut``: see
         ``AbstractMemory.write_read``'s ``gradient_cut``)."""
         c = self.config
-        first_order = c.first_order
 
         def chunk(gen, xc):
             k, v, q, eta, alpha = self._generate(p, gen, xc)
             if c.sm_adaptive:
-                new = self._gen_write_chunk(gen, k, v, eta, alpha)
-                gen = first_order_update(new, gen) if first_order else new
+                gen = self._gen_write_chunk(gen, k, v, eta, alpha)
             parts = [k, v] + ([q] if q is not None else []) + [eta[..., None], alpha[..., None]]
             return gen, jnp.concatenate(parts, axis=-1)
 
-        t = xm.shape[2]
-        cs = c.sm_chunk
-        full = (t // cs) * cs
-        gen = gen_stream.state
-        outs = []
-        if full:
-            gen, y = AbstractMemory._scan_chunks(
-                chunk, gen, (xm[:, :, :full],), cs, remat=True, gradient_cut=cut
-            )
-            outs.append(y)
-        boundary = gen
-        if t > full:
-            if cut and full % cut == 0:
-                gen = jax.tree.map(jax.lax.stop_gradient, gen)
-            gen, y = chunk(gen, xm[:, :, full:])
-            outs.append(y)
-        y = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
-        return StreamState(gen, boundary, jnp.asarray(t - full, jnp.int32)), self._unpack(y)
+        first_order = c.first_order and c.sm_adaptive
+        res = scan_chunks(
+            chunk,
+            gen_stream.state,
+            (xm,),
+            c.sm_chunk,
+            axis=2,
+            remat=True,
+            first_order=first_order,
+            cut=cut,
+        )
+        stream = StreamState(res.carry, res.boundary, jnp.asarray(res.tail, jnp.int32))
+        return stream, self._unpack(res.outputs)
 
     def _gen_stream(self, p, gen_stream: StreamState, xm):
         """Token-by-token generation (the slow twin; streaming), keeping the chunk boundaries."""
