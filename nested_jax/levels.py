@@ -49,6 +49,7 @@ __all__ = [
     "ChunkScan",
     "Level",
     "LevelsResult",
+    "fire",
     "firing_schedule",
     "run_levels",
     "run_levels_reference",
@@ -332,17 +333,23 @@ def _check_candidate(lv, st, cand):
             )
 
 
-def _fire(lv, st, cand, acc, fire):
+def fire(state, pending, flag):
+    """The firing step of a level (decisions D2): where ``flag`` (a Python bool or a traced bool
+    scalar), ``(state + pending, 0)``; elsewhere ``(state, pending)`` unchanged."""
+    new = _tree_add(state, pending)
+    zero = jax.tree.map(jnp.zeros_like, pending)
+    if isinstance(flag, bool):
+        return (new, zero) if flag else (state, pending)
+    sel = lambda a, b: jax.tree.map(lambda u, v: jnp.where(flag, u, v), a, b)
+    return sel(new, state), sel(zero, pending)
+
+
+def _fire(lv, st, cand, acc, flag):
     """New (state, acc) for one level given a (traced or static) fire flag."""
     if lv.period == 1:
         # Fires every step: the candidate itself, bit-exact (no add/subtract round trip).
         return cand, acc
-    new = _tree_add(st, acc)
-    zero = jax.tree.map(jnp.zeros_like, acc)
-    if isinstance(fire, bool):
-        return (new, zero) if fire else (st, acc)
-    sel = lambda a, b: jax.tree.map(lambda u, v: jnp.where(fire, u, v), a, b)
-    return sel(new, st), sel(zero, acc)
+    return fire(st, acc, flag)
 
 
 def _zeros(states):
@@ -361,11 +368,11 @@ def _masked(levels, states, xs, length, pending, start):
                 new_a.append(acc)
                 fired.append(jnp.zeros((), bool))
                 continue
-            fire = (t + 1) % lv.period == 0
-            s2, a2 = _fire(lv, st, cand, acc, fire)
+            flag = (t + 1) % lv.period == 0
+            s2, a2 = _fire(lv, st, cand, acc, flag)
             new_s.append(s2)
             new_a.append(a2)
-            fired.append(fire)
+            fired.append(flag)
         return (new_s, new_a), (outs, jnp.stack(fired))
 
     ts = start + jnp.arange(length, dtype=jnp.int32)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nested_jax import Level, firing_schedule, run_levels, run_levels_reference, scan_chunks
+from nested_jax import Level, fire, firing_schedule, run_levels, run_levels_reference, scan_chunks
 
 
 def _update(i):
@@ -329,3 +329,19 @@ def test_scan_chunks_cut_first_order_and_tail_fn():
         scan_chunks(_chunk_fn, w, (x, g), 4, axis=1, cut=6)
     with pytest.raises(ValueError, match="disagree on the time axis"):
         scan_chunks(_chunk_fn, w, (x, g[:, :9]), 4, axis=1)
+
+
+def test_fire_adds_the_pending_increments_and_clears_them_only_where_the_flag_is_set():
+
+    state, pending = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([0.5, -1.0])}
+    for flag in (True, jnp.array(True)):
+        s, p = fire(state, pending, flag)
+        np.testing.assert_array_equal(s["w"], [1.5, 1.0])
+        np.testing.assert_array_equal(p["w"], [0.0, 0.0])
+    for flag in (False, jnp.array(False)):
+        s, p = fire(state, pending, flag)
+        np.testing.assert_array_equal(s["w"], state["w"])
+        np.testing.assert_array_equal(p["w"], pending["w"])
+    # traced under jit (the CMS fires on a traced position)
+    s, p = jax.jit(fire)(state, pending, jnp.array(True))
+    np.testing.assert_array_equal(s["w"], [1.5, 1.0])

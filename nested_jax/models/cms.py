@@ -40,7 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nested_jax.levels import scan_chunks
+from nested_jax.levels import fire, scan_chunks
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import dense_init, rms_norm, swiglu_init
 
@@ -205,10 +205,7 @@ class ContinuumMemory:
                 if c.first_order:
                     inc = jax.tree.map(jax.lax.stop_gradient, inc)
                 accs[i] = jax.tree.map(jnp.add, accs[i], inc)
-            fire = pos % self.periods[i] == 0
-            new = jax.tree.map(jnp.add, params[i], accs[i])
-            params[i] = jax.tree.map(lambda a, b, f=fire: jnp.where(f, a, b), new, params[i])
-            accs[i] = jax.tree.map(lambda a, f=fire: jnp.where(f, jnp.zeros_like(a), a), accs[i])
+            params[i], accs[i] = fire(params[i], accs[i], pos % self.periods[i] == 0)
         if c.cms_variant == "nested":
             for i in self.live:
                 slower = [self.periods[j] for j in self.live if self.periods[j] > self.periods[i]]
