@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 
 from nested_jax.models.config import ModelConfig, get_config, list_configs
+from nested_jax.train.step import OPTIMIZERS
 
 __all__ = [
     "ConfigError",
@@ -27,7 +28,6 @@ __all__ = [
     "model_config",
 ]
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "delta_momentum", "adam_memory", "m3", "dmgd")
 SCHEDULES = ("constant", "cosine", "linear")
 NAN_POLICIES = ("stop", "skip")
 
@@ -230,7 +230,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}.")
     need(0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {d.val_fraction}.")
     need(d.eval_batches >= 1, f"data.eval_batches must be >= 1, got {d.eval_batches}.")
-    need(o.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}, got {o.name!r}.")
+    need(o.name in OPTIMIZERS, f"optim.name must be one of {tuple(OPTIMIZERS)}, got {o.name!r}.")
     need(o.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}.")
     need(o.lr > 0, f"optim.lr must be > 0, got {o.lr}.")
     need(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}.")

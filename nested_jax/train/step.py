@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +12,12 @@ import optax
 
 from nested_jax import optim as nj_optim
 from nested_jax.models import LanguageModel
-from nested_jax.train.config import OptimConfig
+
+if TYPE_CHECKING:
+    from nested_jax.train.config import OptimConfig
 
 __all__ = [
+    "OPTIMIZERS",
     "TrainState",
     "make_schedule",
     "make_optimizer",
@@ -52,32 +56,32 @@ def make_schedule(o: OptimConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warm), main], [warm])
 
 
+def _m3(o: OptimConfig, lr):
+    # the embedding and output matrices go to AdamW, as in Muon setups (optim/m3.py)
+    embeddings = lambda p: jax.tree.map(lambda _: False, p) | {"embed": True, "head": True}
+    wd = o.weight_decay
+    return nj_optim.m3(lr, weight_decay=wd, adam_weight_decay=wd, embeddings=embeddings)
+
+
+#: The outer optimizers by name: ``(OptimConfig, schedule) -> optax.GradientTransformation``.
+#: ``optim.name`` in a training config is one of these keys; add an entry to offer another.
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "adamw": lambda o, lr: optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay),
+    "adam": lambda o, lr: optax.adam(lr, b1=o.b1, b2=o.b2),
+    "sgd": lambda o, lr: optax.sgd(lr),
+    "momentum": lambda o, lr: nj_optim.momentum_memory(lr, o.b1),
+    "delta_momentum": lambda o, lr: nj_optim.delta_momentum(lr, o.b1),
+    "adam_memory": lambda o, lr: nj_optim.adam_memory(lr, o.b1, o.b2),
+    "m3": _m3,
+    "dmgd": lambda o, lr: nj_optim.dmgd(lr),
+}
+
+
 def make_optimizer(o: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """Clip (``clip_norm``) then the named optimizer with the schedule."""
-    lr = make_schedule(o, total_steps)
-    if o.name == "adamw":
-        opt = optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
-    elif o.name == "adam":
-        opt = optax.adam(lr, b1=o.b1, b2=o.b2)
-    elif o.name == "sgd":
-        opt = optax.sgd(lr)
-    elif o.name == "momentum":
-        opt = nj_optim.momentum_memory(lr, o.b1)
-    elif o.name == "delta_momentum":
-        opt = nj_optim.delta_momentum(lr, o.b1)
-    elif o.name == "adam_memory":
-        opt = nj_optim.adam_memory(lr, o.b1, o.b2)
-    elif o.name == "m3":
-        opt = nj_optim.m3(
-            lr,
-            weight_decay=o.weight_decay,
-            adam_weight_decay=o.weight_decay,
-            embeddings=lambda p: jax.tree.map(lambda _: False, p) | {"embed": True, "head": True},
-        )
-    elif o.name == "dmgd":
-        opt = nj_optim.dmgd(lr)
-    else:  # validated in config
-        raise ValueError(f"unknown optimizer {o.name!r}")
+    """Clip (``clip_norm``) then the named optimizer (:data:`OPTIMIZERS`) with the schedule."""
+    if o.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {o.name!r}; choose one of {sorted(OPTIMIZERS)}.")
+    opt = OPTIMIZERS[o.name](o, make_schedule(o, total_steps))
     if o.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
     return opt
