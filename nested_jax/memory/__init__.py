@@ -11,7 +11,7 @@ Where things are:
 """
 
 from nested_jax.memory.base import AbstractMemory, StreamState, first_order_update
-from nested_jax.memory.chunkwise import rank1_chunk, unit_lower_inverse
+from nested_jax.memory.chunkwise import unit_lower_inverse
 from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
 from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState, stable_step_norm
 from nested_jax.memory.nonparametric import SoftmaxMemory, SoftmaxState
@@ -36,7 +36,6 @@ __all__ = [
     "StreamState",
     "dgd_rate",
     "first_order_update",
-    "rank1_chunk",
     "rule_step",
     "stable_step_norm",
     "unit_lower_inverse",

@@ -99,9 +99,11 @@ class AbstractMemory:
         return state, jnp.swapaxes(y, 1, 2)
 
     def _default_rates(self, like):
-        """Rates used when the caller passes None: (eta, alpha, beta) for ``like: [B, T, H, d]``."""
+        """Rates used when the caller passes None: (eta, alpha, beta) for ``like: [B, T, H, d]``:
+        ones, and the update rule's momentum ``beta`` where the memory has a rule that sets one."""
         ones = jnp.ones(like.shape[:3], jnp.float32)
-        return ones, ones, ones
+        b = getattr(getattr(self, "rule", None), "beta", None)
+        return ones, ones, (ones if b is None else jnp.full_like(ones, b))
 
     # --- shared drivers ------------------------------------------------------------------------
     def _prepare(self, q, k, v, eta, alpha, beta):

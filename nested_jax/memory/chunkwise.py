@@ -21,8 +21,9 @@ Reads use the per-token state *before* token t's write: ``y_t = W_{t-1} q_t``.
 Performance: everything that does not depend on the memory state (the coefficients, the masked
 ``[C, C]`` products of queries and keys, DGD's triangular inverse) is computed by
 :func:`chunk_coefficients` and :func:`delta_inverse` for *all chunks at once*, outside the scan over
-chunks; only :func:`chunk_read`, :func:`chunk_delta_u` and :func:`chunk_end` run per chunk.
-:func:`rank1_chunk` composes them for one chunk.
+chunks; only :func:`chunk_read`, :func:`chunk_delta_u` and :func:`chunk_end` run per chunk (the
+linear and MLP memories compose them, :mod:`nested_jax.memory.linear` and
+:mod:`nested_jax.memory.mlp`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ __all__ = [
     "chunk_end",
     "chunk_read",
     "delta_inverse",
-    "rank1_chunk",
     "unit_lower_inverse",
 ]
 
@@ -147,7 +147,7 @@ def chunk_delta_u(coefs: ChunkCoefs, inv, eta, xw, xs, gx, e):
 
 def _outer_sum(weights, e, x):
     """``sum_s weights[s] e_s x_s^T`` as one matmul: ``[..., d_out, d_in]``."""
-    return _xt(weights[..., :, None] * e) @ x
+    return jnp.matrix_transpose(weights[..., :, None] * e) @ x
 
 
 def chunk_end(coefs: ChunkCoefs, w0, s0, x, e, u=None):
@@ -160,39 +160,3 @@ def chunk_end(coefs: ChunkCoefs, w0, s0, x, e, u=None):
     if u is not None:
         w = w + _outer_sum(coefs.da_last, u, x)
     return w, s
-
-
-def _xt(a):
-    return jnp.swapaxes(a, -1, -2)
-
-
-def rank1_chunk(w0, s0, x, e, q, eta, alpha, beta, *, delta: bool):
-    """Process one chunk of rank-one writes with per-token reads (the composed kernel).
-
-    Args:
-      w0: ``[..., d_out, d_in]`` weights at the chunk boundary.
-      s0: ``[..., d_out, d_in]`` momentum at the boundary, or ``None`` for rules without momentum.
-      x: ``[..., C, d_in]`` layer inputs of the chunk's writes.
-      e: ``[..., C, d_out]`` errors (``dL/dy`` at ``w0``) of the chunk's writes.
-      q: ``[..., C, d_in]`` read inputs.
-      eta, alpha: ``[..., C]`` learning rates (already ``eta'`` for DGD) and retention.
-      beta: ``[..., C]`` momentum coefficients, ignored when ``s0`` is ``None``.
-      delta: DGD decay ``W (alpha I - eta x x^T)`` instead of ``alpha W``.
-
-    Returns:
-      ``(y, w, s)``: reads ``y: [..., C, d_out]`` (``y_t = W_{t-1} q_t``), weights and momentum after
-      the chunk.
-    """
-    c = chunk_coefficients(eta, alpha, beta, momentum=s0 is not None)
-    qx = q @ _xt(x)
-    zs = lambda z: None if s0 is None else z @ _xt(s0)
-    u = dq = None
-    if delta:
-        xx = x @ _xt(x)
-        u = chunk_delta_u(
-            c, delta_inverse(c, xx, eta), eta, x @ _xt(w0), zs(x), c.gamma_prev * xx, e
-        )
-        dq = c.da_prev * qx
-    y = chunk_read(c, q @ _xt(w0), zs(q), c.gamma_prev * qx, e, dq, u)
-    w, s = chunk_end(c, w0, s0, x, e, u)
-    return y, w, s

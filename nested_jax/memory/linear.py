@@ -104,11 +104,6 @@ class LinearMemory(AbstractMemory):
         s = jnp.zeros_like(w) if self.rule.beta is not None else None
         return LinearState(w, s)
 
-    def _default_rates(self, like):
-        eta, alpha, beta = super()._default_rates(like)
-        b = self.rule.beta
-        return eta, alpha, (beta if b is None else jnp.full_like(beta, b))
-
     # --- token level ---------------------------------------------------------------------------
     def read(self, state: LinearState, q: jax.Array) -> jax.Array:
         """``q: [batch, heads, d_k] -> [batch, heads, d_v]``."""
@@ -147,25 +142,21 @@ class LinearMemory(AbstractMemory):
         if self.rule.delta:
             eta = dgd_rate(eta, k)
         c = chunk_coefficients(eta, alpha, beta, momentum=momentum)
-        qk = q @ _t(k)
+        qk = q @ jnp.matrix_transpose(k)
         dq = gk = inv = None
         if self._kernel_delta:
-            kk = k @ _t(k)
+            kk = k @ jnp.matrix_transpose(k)
             dq, gk, inv = c.da_prev * qk, c.gamma_prev * kk, delta_inverse(c, kk, eta)
         return (q, k, v, eta, c, c.gamma_prev * qk, dq, gk, inv)
 
     def _chunk_step(self, state: LinearState, q, k, v, eta, c, gq, dq, gk, inv):
-        kw = k @ _t(state.w)  # boundary predictions M_0(k), also W_0 x for DGD
+        kw = k @ jnp.matrix_transpose(state.w)  # boundary predictions M_0(k), also W_0 x for DGD
         # exact delta rule: (W_{t-1} k - v) k^T = (W_{t-1} k) k^T + (-v) k^T, the first term
         # is the kernel's per-token u, the second a state-independent error
         err = -v if self._exact_delta else self.objective.error(kw, v)
         s0 = state.s
-        zs = lambda z: None if s0 is None else z @ _t(s0)
+        zs = lambda z: None if s0 is None else z @ jnp.matrix_transpose(s0)
         u = chunk_delta_u(c, inv, eta, kw, zs(k), gk, err) if self._kernel_delta else None
-        y = chunk_read(c, q @ _t(state.w), zs(q), gq, err, dq, u)
+        y = chunk_read(c, q @ jnp.matrix_transpose(state.w), zs(q), gq, err, dq, u)
         w, s = chunk_end(c, state.w, s0, k, err, u)
         return LinearState(w, s), y
-
-
-def _t(a):
-    return jnp.swapaxes(a, -1, -2)

@@ -2,8 +2,8 @@
 
 Each layer is a matrix memory of its own: per token, ``dL/dW1 = u h^T`` and
 ``dL/dW2 = (act'(W2 k) * W1^T u) k^T`` with ``h = act(W2 k)`` and surprise ``u = dL/dM(k)``, so the
-chunk-parallel form is two chained :func:`~nested_jax.memory.chunkwise.rank1_chunk` calls: the first
-layer's per-token read gives the hidden pre-activation of ``q``, the second layer reads that.
+chunk-parallel form chains two rank-one chunk kernels (:mod:`nested_jax.memory.chunkwise`): the
+first layer's per-token read gives the hidden pre-activation of ``q``, the second layer reads that.
 
 Update rules per layer (DESIGN §4, paper §5.4 item 5): ``W2`` (whose input is the key) follows the
 memory's rule, DGD included; ``W1`` (whose input is the hidden ``h``) follows the same rule without the
@@ -154,11 +154,6 @@ class MLPMemory(AbstractMemory):
             w1, w2, jnp.zeros_like(w1) if mom else None, jnp.zeros_like(w2) if mom else None
         )
 
-    def _default_rates(self, like):
-        eta, alpha, beta = super()._default_rates(like)
-        b = self.rule.beta
-        return eta, alpha, (beta if b is None else jnp.full_like(beta, b))
-
     # --- forward -------------------------------------------------------------------------------
     def _apply(self, w1, w2, z):
         """``z: [..., d_k] -> [..., d_v]`` with ``w1: [..., d_v, hid]``, ``w2: [..., hid, d_k]``."""
@@ -168,7 +163,7 @@ class MLPMemory(AbstractMemory):
 
     def _seq_apply(self, w1, w2, z):
         """``z: [B, H, C, d_k]`` through per-(sample, head) weights ``[B, H, ...]``."""
-        out = self.activation(z @ _t(w2)) @ _t(w1)
+        out = self.activation(z @ jnp.matrix_transpose(w2)) @ jnp.matrix_transpose(w1)
         return z + out if self.residual else out
 
     def apply(self, params: MLPParams | MLPState, z: jax.Array) -> jax.Array:
@@ -217,40 +212,36 @@ class MLPMemory(AbstractMemory):
         return eta2, c2, c1, c2.gamma_prev * qk, dq, gk, inv
 
     def _chunk_prep(self, q, k, v, eta, alpha, beta):
-        qk, kk = q @ _t(k), k @ _t(k)
+        qk, kk = q @ jnp.matrix_transpose(k), k @ jnp.matrix_transpose(k)
         if self.normalized:  # the rates depend on the boundary state: computed per chunk
             return (q, k, v, (eta, alpha, beta, qk, kk))
         return (q, k, v, self._coefficients(eta, alpha, beta, qk, kk))
 
     def _chunk_step(self, state: MLPState, q, k, v, coefs):
-        zs = lambda z, s0: None if s0 is None else z @ _t(s0)
+        zs = lambda z, s0: None if s0 is None else z @ jnp.matrix_transpose(s0)
         if self.self_target:  # v_hat = M_boundary(v), a fixed target
             v = jax.lax.stop_gradient(self._seq_apply(state.w1, state.w2, v))
         # boundary forward on the keys and the per-token surprise (errors) of both layers
-        pre = k @ _t(state.w2)  # [B, H, C, hid]
+        pre = k @ jnp.matrix_transpose(state.w2)  # [B, H, C, hid]
         if self.normalized:
             eta, alpha, beta, qk, kk = coefs
             eta = self._rate(eta, state.w1, pre, k)
             coefs = self._coefficients(eta, alpha, beta, qk, kk)
         eta2, c2, c1, gq, dq, gk, inv = coefs
         h, act_vjp = jax.vjp(self.activation, pre)
-        pred = h @ _t(state.w1)
+        pred = h @ jnp.matrix_transpose(state.w1)
         if self.residual:
             pred = pred + k
         u = self.objective.error(pred, v)  # [B, H, C, d_v]
         (e2,) = act_vjp(u @ state.w1)  # [B, H, C, hid]
         # first-applied layer W2 (input k): the memory's rule, DGD included
         u2 = chunk_delta_u(c2, inv, eta2, pre, zs(k, state.s2), gk, e2) if self.rule.delta else None
-        pre_q = chunk_read(c2, q @ _t(state.w2), zs(q, state.s2), gq, e2, dq, u2)
+        pre_q = chunk_read(c2, q @ jnp.matrix_transpose(state.w2), zs(q, state.s2), gq, e2, dq, u2)
         w2, s2 = chunk_end(c2, state.w2, state.s2, k, e2, u2)
         # second layer W1 (input h): read with the per-token hidden of the queries
         hq = self.activation(pre_q)
-        g1 = c1.gamma_prev * (hq @ _t(h))
-        out = chunk_read(c1, hq @ _t(state.w1), zs(hq, state.s1), g1, u)
+        g1 = c1.gamma_prev * (hq @ jnp.matrix_transpose(h))
+        out = chunk_read(c1, hq @ jnp.matrix_transpose(state.w1), zs(hq, state.s1), g1, u)
         w1, s1 = chunk_end(c1, state.w1, state.s1, h, u)
         y = q + out if self.residual else out
         return MLPState(w1, w2, s1, s2), y
-
-
-def _t(a):
-    return jnp.swapaxes(a, -1, -2)

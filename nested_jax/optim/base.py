@@ -15,9 +15,16 @@ import jax.numpy as jnp
 
 PyTree = Any
 
-__all__ = ["read_memory", "register_reader"]
+__all__ = ["as_rows", "read_memory", "register_reader"]
 
 _READERS: dict[type, Callable[[Any, PyTree], Any]] = {}
+
+
+def as_rows(x: jax.Array) -> jax.Array:
+    """A parameter or gradient leaf as rows ``[n, d]`` (``d`` its last axis; a scalar is one row
+    of one): the shape in which the optimizers' per-row memories see it."""
+    x = jnp.asarray(x)
+    return x.reshape(1, 1) if x.ndim == 0 else x.reshape(-1, x.shape[-1])
 
 
 def register_reader(state_type: type, reader: Callable[[Any, PyTree], Any]) -> None:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from nested_jax.memory import GD, L2, DotProduct, MLPMemory, MLPParams, rule_step
-from nested_jax.optim.base import cast_like, f32, register_reader
+from nested_jax.optim.base import as_rows, cast_like, f32, register_reader
 
 __all__ = ["DMGDState", "dmgd", "dmgd_memory", "init_dmgd_memory", "scale_by_dmgd"]
 
@@ -39,14 +39,6 @@ class DMGDState(NamedTuple):
 
     count: chex.Array
     memory: Any
-
-
-def _rows(x: jax.Array) -> jax.Array:
-    """A leaf as rows ``[n, d]`` (``d`` = last axis; scalars and vectors are one row)."""
-    x = jnp.asarray(x)
-    if x.ndim == 0:
-        return x.reshape(1, 1)
-    return x.reshape(-1, x.shape[-1])
 
 
 def dmgd_memory(hidden: int, objective: Literal["l2", "dot"] = "l2") -> MLPMemory:
@@ -64,7 +56,7 @@ def init_dmgd_memory(key, params, *, hidden_factor: float = 2.0, scale: float = 
     keys = jax.random.split(key, max(1, len(leaves)))
     out = []
     for k, leaf in zip(keys, leaves, strict=False):
-        d = _rows(leaf).shape[-1]
+        d = as_rows(leaf).shape[-1]
         hid = max(1, int(round(hidden_factor * d)))
         p = dmgd_memory(hid).init_params(k, heads=1, d_k=d, d_v=d, scale=scale)
         out.append(MLPParams(p.w1[0], p.w2[0]))
@@ -73,7 +65,7 @@ def init_dmgd_memory(key, params, *, hidden_factor: float = 2.0, scale: float = 
 
 def _normalised_rows(g, eps):
     """Rows of ``g`` scaled to unit norm, and their norms (the memory sees scale-free inputs)."""
-    u = _rows(g)
+    u = as_rows(g)
     norm = jnp.sqrt(jnp.sum(u * u, axis=-1, keepdims=True)) + eps
     return u / norm, norm
 

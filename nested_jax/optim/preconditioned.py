@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nested_jax.optim.base import cast_like, f32, register_reader
+from nested_jax.optim.base import as_rows, cast_like, f32, register_reader
 
 __all__ = [
     "PreconditionedMomentumState",
@@ -40,10 +40,6 @@ class PreconditionedMomentumState(NamedTuple):
     m: optax.Updates
     v: optax.Updates
     features: tuple
-
-
-def _rows(x):
-    return x.reshape(1, 1) if x.ndim == 0 else x.reshape(-1, x.shape[-1])
 
 
 def scale_by_preconditioned_momentum(
@@ -71,7 +67,7 @@ def scale_by_preconditioned_momentum(
             leaves = jax.tree.leaves(params)
             keys = jax.random.split(jax.random.key(seed), max(1, len(leaves)))
             features = tuple(
-                jax.random.normal(k, (num_features, _rows(jnp.asarray(p)).shape[-1]))
+                jax.random.normal(k, (num_features, as_rows(jnp.asarray(p)).shape[-1]))
                 for k, p in zip(keys, leaves, strict=False)
             )
         return PreconditionedMomentumState(jnp.zeros([], jnp.int32), zeros(), v, features)
@@ -91,7 +87,7 @@ def scale_by_preconditioned_momentum(
             leaves, treedef = jax.tree.flatten(g)
             out = []
             for r, x in zip(state.features, leaves, strict=True):
-                rows = _rows(x)
+                rows = as_rows(x)
                 out.append((jnp.tanh(rows @ r.T) @ r / r.shape[0]).reshape(x.shape))
             pg = jax.tree.unflatten(treedef, out)
         m = jax.tree.map(lambda m, p: decay * m + p, state.m, pg)
