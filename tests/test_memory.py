@@ -555,3 +555,20 @@ def test_gradient_cut_keeps_values_and_blocks_gradients_between_blocks(name):
         if isinstance(mem, SoftmaxMemory):
             raise ValueError("gradient_cut must be a multiple of chunk_size")  # no chunks here
         mem.write_read(st, q, k, v, chunk_size=4, gradient_cut=6)
+
+
+@pytest.mark.parametrize("name", ["linear-l2-momentum", "mlp-l2-dgd-momentum"])
+def test_heads_first_chunk_api_equals_write_read_chunk(name):
+    """``write_chunk`` (heads-first layout, no read) gives ``write_read_chunk``'s state, and the
+    MLP memory's ``apply_chunk`` is its ``apply`` token by token."""
+    mem = MEMORIES[name]
+    state = _state(mem)
+    q, k, v, eta, alpha, beta = _inputs(6, jax.random.key(3))
+    want, _ = mem.write_read_chunk(state, q, k, v, eta, alpha, beta)
+    hf = lambda a: jnp.swapaxes(a, 1, 2)  # [B, C, H, ...] -> [B, H, C, ...]
+    got = mem.write_chunk(state, hf(k), hf(v), hf(eta), hf(alpha), hf(beta))
+    _close(got, want)
+    if isinstance(mem, MLPMemory):
+        z = hf(q)  # [B, H, C, d]
+        per_token = jax.vmap(lambda zt: mem.apply(state, zt), in_axes=2, out_axes=2)(z)
+        _close(mem.apply_chunk(state, z), per_token)

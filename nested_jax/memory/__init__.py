@@ -10,7 +10,7 @@ Where things are:
   base.py           AbstractMemory: sequence drivers (chunked and token-by-token reference)
 """
 
-from nested_jax.memory.base import AbstractMemory, StreamState, first_order_update
+from nested_jax.memory.base import AbstractMemory, StreamState, advance_stream, first_order_update
 from nested_jax.memory.chunkwise import unit_lower_inverse
 from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
 from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState, stable_step_norm
@@ -35,6 +35,7 @@ __all__ = [
     "SoftmaxState",
     "StreamState",
     "dgd_rate",
+    "advance_stream",
     "first_order_update",
     "rule_step",
     "stable_step_norm",

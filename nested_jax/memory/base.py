@@ -25,7 +25,7 @@ from nested_jax.levels import first_order_update, scan_chunks, sever
 
 PyTree = Any
 
-__all__ = ["AbstractMemory", "StreamState", "first_order_update", "sever"]
+__all__ = ["AbstractMemory", "StreamState", "advance_stream", "first_order_update", "sever"]
 
 
 class StreamState(NamedTuple):
@@ -87,6 +87,13 @@ class AbstractMemory:
     def _chunk(self, state, q, k, v, eta, alpha, beta):
         """One chunk in the internal layout (``[B, H, C, d]``, rates ``[B, H, C]``)."""
         return self._chunk_step(state, *self._chunk_prep(q, k, v, eta, alpha, beta))
+
+    def write_chunk(self, state, k, v, eta, alpha, beta):
+        """One chunk of writes in the heads-first layout (``k, v: [batch, heads, C, dim]``, rates
+        ``[batch, heads, C]``, no checks or transposes): the state after the chunk, every inner
+        gradient taken at ``state`` (the chunk boundary). For layers that keep that layout, e.g.
+        self-modifying Titans' generator memories."""
+        return self._chunk(state, k, k, v, eta, alpha, beta)[0]
 
     def write_read_chunk(self, state, q, k, v, eta=None, alpha=None, beta=None):
         """One chunk in parallel: all ``C`` tokens of the inputs form a single chunk.

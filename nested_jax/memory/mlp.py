@@ -161,8 +161,10 @@ class MLPMemory(AbstractMemory):
         out = jnp.einsum("...vh,...h->...v", w1, h)
         return z + out if self.residual else out
 
-    def _seq_apply(self, w1, w2, z):
-        """``z: [B, H, C, d_k]`` through per-(sample, head) weights ``[B, H, ...]``."""
+    def apply_chunk(self, params: MLPParams | MLPState, z: jax.Array) -> jax.Array:
+        """``M(z)`` for a chunk ``z: [B, H, C, d_k]`` through per-(sample, head) weights
+        (``w1: [B, H, d_v, hid]``, ``w2: [B, H, hid, d_k]``), as batched matmuls."""
+        w1, w2 = params.w1, params.w2
         out = self.activation(z @ jnp.matrix_transpose(w2)) @ jnp.matrix_transpose(w1)
         return z + out if self.residual else out
 
@@ -220,7 +222,7 @@ class MLPMemory(AbstractMemory):
     def _chunk_step(self, state: MLPState, q, k, v, coefs):
         zs = lambda z, s0: None if s0 is None else z @ jnp.matrix_transpose(s0)
         if self.self_target:  # v_hat = M_boundary(v), a fixed target
-            v = jax.lax.stop_gradient(self._seq_apply(state.w1, state.w2, v))
+            v = jax.lax.stop_gradient(self.apply_chunk(state, v))
         # boundary forward on the keys and the per-token surprise (errors) of both layers
         pre = k @ jnp.matrix_transpose(state.w2)  # [B, H, C, hid]
         if self.normalized:

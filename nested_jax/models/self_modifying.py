@@ -40,9 +40,9 @@ from nested_jax.memory import (
     LinearMemory,
     MLPMemory,
     StreamState,
+    advance_stream,
     stable_step_norm,
 )
-from nested_jax.memory.base import advance_stream
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import dense_init, l2_normalize, rms_norm, swiglu, swiglu_init
 from nested_jax.models.titans import causal_conv
@@ -145,13 +145,13 @@ class SelfModifyingTitans:
         h = c.n_heads
         proj, gate = gen
         pm, gm = self.proj_memory, self.gate_memory
-        out = pm._seq_apply(proj.w1, proj.w2, jnp.concatenate([xm] * self.n_proj, axis=1))
+        out = pm.apply_chunk(proj, jnp.concatenate([xm] * self.n_proj, axis=1))
         k = l2_normalize(out[:, :h])
         v = out[:, h : 2 * h]
         if c.sm_unit_values:  # breaks the value memory's squaring feedback (decisions D51)
             v = l2_normalize(v)
         q = l2_normalize(out[:, 2 * h :]) if c.sm_adaptive_q else None
-        g = gm._seq_apply(gate.w1, gate.w2, jnp.concatenate([xm, xm], axis=1))[..., 0]
+        g = gm.apply_chunk(gate, jnp.concatenate([xm, xm], axis=1))[..., 0]
         g = g + p["b_gate"][None, :, None]
         eta = c.eta_max * jax.nn.sigmoid(g[:, :h])
         alpha = jax.nn.sigmoid(g[:, h:])
@@ -165,9 +165,9 @@ class SelfModifyingTitans:
         proj, gate = gen
         pm, gm = self.proj_memory, self.gate_memory
         e, a = tile(eta, n), tile(alpha, n)
-        proj, _ = pm._chunk(proj, tile(k, n), tile(k, n), tile(v, n), e, a, beta(e))
+        proj = pm.write_chunk(proj, tile(k, n), tile(v, n), e, a, beta(e))
         e, a = tile(eta, 2), tile(alpha, 2)
-        gate, _ = gm._chunk(gate, tile(k, 2), tile(k, 2), tile(v, 2), e, a, beta(e))
+        gate = gm.write_chunk(gate, tile(k, 2), tile(v, 2), e, a, beta(e))
         return proj, gate
 
     def _gen_parallel(self, p, gen_stream: StreamState, xm, cut: int = 0):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from nested_jax.optim.base import cast_like, f32, register_reader
-from nested_jax.optim.newton_schulz import _coeffs, newton_schulz
+from nested_jax.optim.newton_schulz import newton_schulz, ns_coefficients
 
 __all__ = ["M3Reading", "M3State", "m3", "scale_by_m3"]
 
@@ -84,7 +84,7 @@ def scale_by_m3(
         and (slow_period < 1 or slow_period != int(slow_period))
     ):
         raise ValueError(f"slow_period must be a positive int, got {slow_period!r}.")
-    _coeffs(ns_coeffs)
+    ns_coefficients(ns_coeffs)
     ns = lambda x: newton_schulz(x, ns_steps, ns_coeffs)
 
     def init_fn(params):

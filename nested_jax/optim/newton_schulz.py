@@ -24,6 +24,7 @@ __all__ = [
     "CUBIC",
     "QUINTIC",
     "newton_schulz",
+    "ns_coefficients",
     "orthogonality_gd_step",
     "scale_by_newton_schulz",
 ]
@@ -32,7 +33,9 @@ QUINTIC = (3.4445, -4.7750, 2.0315)
 CUBIC = (1.5, -0.5, 0.0)
 
 
-def _coeffs(coeffs) -> tuple[float, float, float]:
+def ns_coefficients(coeffs) -> tuple[float, float, float]:
+    """The ``(a, b, c)`` of a Newton-Schulz iteration: ``"quintic"``, ``"cubic"`` or 3 numbers
+    (checked; a clear error otherwise)."""
     if isinstance(coeffs, str):
         table = {"quintic": QUINTIC, "cubic": CUBIC}
         if coeffs not in table:
@@ -50,7 +53,7 @@ def newton_schulz(x: jax.Array, steps: int = 5, coeffs="quintic", eps: float = 1
     """
     if x.ndim != 2:
         raise ValueError(f"newton_schulz needs a matrix, got shape {x.shape}.")
-    a, b, c = _coeffs(coeffs)
+    a, b, c = ns_coefficients(coeffs)
     y = x.astype(jnp.float32)
     tall = y.shape[0] > y.shape[1]
     if tall:
@@ -78,7 +81,7 @@ def scale_by_newton_schulz(
     steps: int = 5, coeffs="quintic", eps: float = 1e-8
 ) -> optax.GradientTransformationExtraArgs:
     """Orthogonalise every 2-D update leaf; other leaves pass through unchanged."""
-    _coeffs(coeffs)
+    ns_coefficients(coeffs)
 
     def init_fn(params):
         del params

@@ -32,6 +32,7 @@ __all__ = [
     "BPETokenizer",
     "Corpus",
     "DataError",
+    "check_length",
     "load_corpus",
     "split_documents",
     "make_tokenizer",
@@ -254,7 +255,8 @@ def prepare(
 
 
 # ------------------------------------------------------------------------------------- pipeline
-def _check_length(stream: np.ndarray, seq_len: int, what: str):
+def check_length(stream: np.ndarray, seq_len: int, what: str):
+    """Raise :class:`DataError` when a split's token stream is shorter than one sequence."""
     if len(stream) < seq_len:
         raise DataError(
             f"the {what} split has {len(stream)} tokens, fewer than seq_len={seq_len}; use a "
@@ -277,7 +279,7 @@ def train_dataset(
     iterator (``.to_iter_dataset()``) checkpoints as one integer."""
     import grain
 
-    _check_length(stream, seq_len, "training")
+    check_length(stream, seq_len, "training")
     n_start = len(stream) - seq_len + 1
     data = np.asarray(stream, np.int32)
 
@@ -293,6 +295,6 @@ def train_dataset(
 
 def eval_windows(stream: np.ndarray, *, seq_len: int, max_windows: int) -> np.ndarray:
     """Consecutive non-overlapping validation windows ``[n, seq_len]`` (deterministic)."""
-    _check_length(stream, seq_len, "validation")
+    check_length(stream, seq_len, "validation")
     n = min(len(stream) // seq_len, max_windows)
     return np.asarray(stream[: n * seq_len], np.int32).reshape(n, seq_len)

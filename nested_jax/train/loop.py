@@ -139,7 +139,7 @@ class Run:
                 cache_dir=d.cache_dir,
             )
             self.tokenizer, vocab = self.splits.tokenizer, self.splits.vocab_size
-            data_lib._check_length(self.splits.train, d.seq_len, "training")
+            data_lib.check_length(self.splits.train, d.seq_len, "training")
         else:
             self.tokenizer, vocab = self._saved_tokenizer()
         self.model_config = model_config(cfg, vocab_size=vocab)
