@@ -140,3 +140,19 @@ def test_token_nll_and_matched_d_ff():
     assert count_params(get_config("tiny", d_ff=104)) > target
     with pytest.raises(ValueError, match="multiple"):
         matched_d_ff(config, target, multiple=0)
+
+
+def test_configs_say_what_their_blocks_have():
+    """``has_cms`` and ``attends`` (used instead of tests on ``kind``) for every registry kind."""
+    want = {
+        "tiny": (False, True),
+        "titans_tiny": (False, False),
+        "selfmod_tiny": (False, False),
+        "hope_tiny": (True, False),
+        "hope_attention_tiny": (True, True),
+    }
+    for name, (has_cms, attends) in want.items():
+        c = get_config(name)
+        assert (c.has_cms, c.attends) == (has_cms, attends), name
+        model = LanguageModel(c)
+        assert ("cms" in model.init(jax.random.key(0))["layers"]) == has_cms, name

@@ -156,7 +156,7 @@ class ModelConfig:
         if not self.cms_lr >= 0:
             raise ValueError(f"cms_lr must be >= 0, got {self.cms_lr}.")
         sig = self.cms_signal
-        if self.kind in ("hope", "hope_attention") and sig in ("ntp", "teach") and live:
+        if self.has_cms and sig in ("ntp", "teach") and live:
             c = min(live)
             if c < 2:
                 raise ValueError(
@@ -169,6 +169,17 @@ class ModelConfig:
                     f"boundary, so the smallest CMS period ({c}) must be a multiple of mem_chunk "
                     f"({self.mem_chunk}) and sm_chunk ({self.sm_chunk})."
                 )
+
+    @property
+    def has_cms(self) -> bool:
+        """Whether the blocks end in a Continuum Memory System (Hope, Hope-Attention)."""
+        return self.kind in ("hope", "hope_attention")
+
+    @property
+    def attends(self) -> bool:
+        """Whether the sequence mixer is softmax attention, whose context is bounded by
+        ``max_len`` (Transformer++, Hope-Attention); the memories' is not."""
+        return self.kind in ("transformer", "hope_attention")
 
     @property
     def cms_chunk(self) -> int:

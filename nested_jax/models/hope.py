@@ -32,7 +32,7 @@ class HopeBlock:
 
     @property
     def mixer(self):
-        if self.config.kind == "hope_attention":
+        if self.config.attends:
             return Attention(self.config)
         return SelfModifyingTitans(self.config)
 

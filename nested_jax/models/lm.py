@@ -110,11 +110,7 @@ class LanguageModel:
         """Whether the CMS learns from the next-token loss (``"ntp"`` or ``"teach"``: the LM
         drives its updates and the state is an :class:`NTPState`)."""
         c = self.config
-        return (
-            c.kind in ("hope", "hope_attention")
-            and c.cms_signal in ("ntp", "teach")
-            and c.cms_chunk > 0
-        )
+        return c.has_cms and c.cms_signal in ("ntp", "teach") and c.cms_chunk > 0
 
     @property
     def teach(self) -> bool:
@@ -133,7 +129,7 @@ class LanguageModel:
         """A fresh state for a new sequence (training resets every memory to its learned initial
         state). With ``cms_persistent`` the CMS levels keep the weights they learned (continual /
         deployed mode); everything else restarts."""
-        if self.config.kind not in ("hope", "hope_attention"):
+        if not self.config.has_cms:
             raise ValueError(
                 f"next_sequence is for models with a CMS (hope, hope_attention); for "
                 f"{self.config.kind!r} use init_state(params, batch_size)."

@@ -556,7 +556,7 @@ def generate(
         raise ValueError("this run was trained on a token array (.npy): no tokenizer to decode.")
     ids = run.tokenizer.encode(prompt or "\n")
     mc = run.model_config
-    if mc.kind in ("transformer", "hope_attention") and len(ids) + length > mc.max_len:
+    if mc.attends and len(ids) + length > mc.max_len:
         raise ValueError(
             f"prompt ({len(ids)} tokens) + length ({length}) exceeds the model's attention "
             f"context max_len={mc.max_len}; shorten them."
