@@ -1,7 +1,7 @@
 """Command-line entry point: ``nested-jax COMMAND [options]`` (also ``python -m nested_jax``).
 
 Commands: ``quickstart`` (train the tiny Hope on Shakespeare bytes, CPU, ~2 minutes), ``train``,
-``eval``, ``generate``, ``configs`` and ``levels-demo``. Errors in configs and inputs are printed
+``eval``, ``generate`` and ``configs``. Errors in configs and inputs are printed
 as one message and exit with status 2; a non-finite loss under ``nan_policy=stop`` exits with 3.
 
 Compiled programs are kept in XLA's persistent compilation cache, so running the same model again
@@ -26,7 +26,6 @@ COMMANDS = {
     "eval": "validation loss and bits per byte of a run's newest checkpoint: --run DIR",
     "generate": "sample from a run's newest checkpoint: --run DIR --prompt TEXT",
     "configs": "list the named training and model configs",
-    "levels-demo": "a two-level associative memory learning a drifting map in context (seconds)",
 }
 
 
@@ -231,11 +230,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if cmd == "levels-demo":
-        from nested_jax import levels_demo
-
-        levels_demo.main(rest)
-        return 0
     _setup_logging()
     _enable_compile_cache()
     from nested_jax.train import (

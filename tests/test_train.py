@@ -202,7 +202,16 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(
     assert_same_tree(params_of(run)[1], params_of(full_run[0])[1])
 
 
-def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    from nested_jax.train import checkpoint as ckpt_lib
+    from nested_jax.train import loop
+
+    closed = []  # an error exit still closes the checkpoint manager and the metrics file
+    for cls, name in ((ckpt_lib.Checkpoints, "ckpt"), (loop._Metrics, "metrics")):
+        real = cls.close
+        monkeypatch.setattr(
+            cls, "close", lambda self, real=real, n=name: (closed.append(n), real(self))
+        )
     cfg = tiny_config(
         corpus, "optim.name='sgd'", "optim.lr=1e12", "optim.clip_norm=0.0", "ckpt_every=1"
     )
@@ -210,6 +219,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
         NonFiniteLossError, match=r"at step \d+ .*last good checkpoint is .*checkpoints/\d+"
     ):
         train(cfg, tmp_path / "nan", progress=False)
+    assert sorted(closed) == ["ckpt", "metrics"]
     step, state = params_of(tmp_path / "nan")
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
     # skip: warns and goes on, until max_skips in a row

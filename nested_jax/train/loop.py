@@ -450,29 +450,22 @@ def train(
                 last_ckpt = run.save(step, state, it)
             if cfg.step_sleep:
                 time.sleep(cfg.step_sleep)
-    except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
+        if not run.ckpt.steps or run.ckpt.steps[-1] != step:
+            last_ckpt = run.save(step, state, it)
+        ev = run.evaluate(state.params)
+        metrics.write({"step": step, **ev})
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the current step, then stop
         if not run.ckpt.steps or run.ckpt.steps[-1] != step:
             last_ckpt = run.save(step, state, it)
         log.warning("interrupted at step %d; saved %s. Run again to resume.", step, last_ckpt)
-        metrics.close()
         raise
-    except BaseException:
+    finally:  # whatever happened: the handler restored, the files flushed and closed
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
         if bar is not None:
             bar.close()
         metrics.close()
-        raise
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-    if bar is not None:
-        bar.close()
-    if not run.ckpt.steps or run.ckpt.steps[-1] != step:
-        last_ckpt = run.save(step, state, it)
-    ev = run.evaluate(state.params)
-    metrics.write({"step": step, **ev})
-    metrics.close()
+        run.ckpt.close()
     if cfg.plot:
         plot_losses(out_dir)
     skipped = int(state.skipped)
@@ -484,7 +477,6 @@ def train(
         ev["val_bpb"],
         last_ckpt,
     )
-    run.ckpt.close()
     return RunResult(out_dir, step, loss, ev["val_loss"], ev["val_bpb"], last_ckpt, skipped)
 
 

@@ -117,7 +117,9 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="nested-jax levels-demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.levels_demo.run", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--length", type=int, default=8192, help="tokens in the stream")
     p.add_argument("--slow-period", type=int, default=16, help="tokens between slow-level updates")
     p.add_argument("--seed", type=int, default=0)
