@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from nested_jax import optim
+from nested_jax.memory import L2
 
 
 def _grads(key, n, shape=(4, 3)):
@@ -92,7 +93,7 @@ def test_delta_momentum_forgets_along_the_new_gradient():
     """Writing the same direction twice: the L2 memory decays the old copy, the dot one does not."""
     g = jnp.ones((4, 3))
     dot = optim.scale_by_momentum_memory(1.0)
-    l2 = optim.scale_by_momentum_memory(1.0, objective="l2", beta=1.0)
+    l2 = optim.scale_by_momentum_memory(1.0, objective=L2(), beta=1.0)
     for tx, expected in ((dot, 2.0), (l2, 1.0)):
         s = tx.init(g)
         _, s = tx.update(g, s)
@@ -193,8 +194,11 @@ def test_m3_sends_non_matrix_leaves_to_adamw():
 
 
 def test_bad_configs():
-    with pytest.raises(ValueError, match="objective must be"):
-        optim.scale_by_momentum_memory(objective="cosine")
+    for bad in ("cosine", "l2"):  # objectives are types (L2(), DotProduct()), never strings
+        with pytest.raises(TypeError, match="objective must be an objective"):
+            optim.scale_by_momentum_memory(objective=bad)
+        with pytest.raises(TypeError, match="objective must be an objective"):
+            optim.dmgd(1e-2, objective=bad)
     with pytest.raises(ValueError, match="variant must be"):
         optim.scale_by_adam_memory(variant="amsgrad")
     with pytest.raises(ValueError, match="slow_period"):

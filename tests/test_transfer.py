@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from nested_jax.levels import run_levels_reference
-from nested_jax.memory import DGD, GD, Momentum, rule_step
+from nested_jax.memory import DGD, GD, DotProduct, Momentum, rule_step
 from nested_jax.transfer import (
     LearningModule,
     dot_objective,
@@ -85,7 +85,10 @@ def test_surprise_signals_give_every_layer_gradient_and_gd_is_a_memory_write():
     # a layer's GD step == its memory writing (x_b, -delta_b) with the dot objective, one token
     w = ps[2].T  # memory layout [d_out, d_in]
     mod = LearningModule(
-        {"init": w}, LearningModule.init(k[0], 4, 3).state._replace(w=w), rule=GD(), objective="dot"
+        {"init": w},
+        LearningModule.init(k[0], 4, 3).state._replace(w=w),
+        rule=GD(),
+        objective=DotProduct(),
     )
     one = lambda p: 0.5 * jnp.sum((jnp.tanh(x[:1] @ ps[0]) @ p - yt[:1]) ** 2)
     _, ins1, ds1 = surprise_signals(layers, ps, x[:1], lambda y: 0.5 * jnp.sum((y - yt[:1]) ** 2))
@@ -106,8 +109,8 @@ def test_learning_module_is_one_pytree_and_jits():
     )
     doubled = jax.tree.map(lambda a: 2 * a, m)
     np.testing.assert_allclose(doubled.params["init"], 2 * m.params["init"])
-    with pytest.raises(ValueError, match="objective"):
-        LearningModule.init(jax.random.key(0), 4, 3, objective="cosine")
+    with pytest.raises(TypeError, match="objective must be an objective"):
+        LearningModule.init(jax.random.key(0), 4, 3, objective="l2")
 
 
 def _stream(seed=0, t=24, d_k=4, d_v=3):

@@ -15,7 +15,7 @@ from nested_jax.memory.chunkwise import unit_lower_inverse
 from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
 from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState, stable_step_norm
 from nested_jax.memory.nonparametric import SoftmaxMemory, SoftmaxState
-from nested_jax.memory.objectives import L2, DotProduct
+from nested_jax.memory.objectives import L2, DotProduct, Objective, check_objective
 from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, rule_step
 
 __all__ = [
@@ -31,11 +31,13 @@ __all__ = [
     "MLPParams",
     "MLPState",
     "Momentum",
+    "Objective",
     "SoftmaxMemory",
     "SoftmaxState",
     "StreamState",
     "dgd_rate",
     "advance_stream",
+    "check_objective",
     "first_order_update",
     "rule_step",
     "stable_step_norm",

@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-__all__ = ["DotProduct", "L2", "Objective"]
+__all__ = ["DotProduct", "L2", "Objective", "check_objective"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,3 +43,14 @@ class L2:
 
 
 Objective = DotProduct | L2
+
+
+def check_objective(objective, where: str = "objective") -> Objective:
+    """``objective`` if it is one of the objectives above; else a clear error (strings such as
+    ``"l2"`` are not objectives: pass ``L2()`` or ``DotProduct()``)."""
+    if not isinstance(objective, DotProduct | L2):
+        raise TypeError(
+            f"{where} must be an objective from nested_jax.memory, L2() or DotProduct(); got "
+            f"{objective!r}."
+        )
+    return objective

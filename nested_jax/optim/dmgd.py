@@ -20,14 +20,14 @@ differentiating through unrolled optimizer steps (tested on a family of quadrati
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from nested_jax.memory import GD, L2, DotProduct, MLPMemory, MLPParams, rule_step
+from nested_jax.memory import GD, L2, MLPMemory, MLPParams, Objective, check_objective, rule_step
 from nested_jax.optim.base import as_rows, cast_like, f32, register_reader
 
 __all__ = ["DMGDState", "dmgd", "dmgd_memory", "init_dmgd_memory", "scale_by_dmgd"]
@@ -41,12 +41,9 @@ class DMGDState(NamedTuple):
     memory: Any
 
 
-def dmgd_memory(hidden: int, objective: Literal["l2", "dot"] = "l2") -> MLPMemory:
+def dmgd_memory(hidden: int, objective: Objective = L2()) -> MLPMemory:
     """The memory DMGD uses for a leaf with rows of width ``d`` (``hidden`` units)."""
-    obj = {"l2": L2(), "dot": DotProduct()}
-    if objective not in obj:
-        raise ValueError(f"objective must be 'l2' or 'dot', got {objective!r}.")
-    return MLPMemory(hidden, objective=obj[objective], rule=GD())
+    return MLPMemory(hidden, objective=check_objective(objective), rule=GD())
 
 
 def init_dmgd_memory(key, params, *, hidden_factor: float = 2.0, scale: float = 1.0) -> tuple:
@@ -75,7 +72,7 @@ def scale_by_dmgd(
     *,
     inner_lr: float = 0.01,
     decay: float = 1.0,
-    objective: Literal["l2", "dot"] = "l2",
+    objective: Objective = L2(),
     hidden_factor: float = 2.0,
     seed: int = 0,
     eps: float = 1e-12,
@@ -89,7 +86,7 @@ def scale_by_dmgd(
         from the params with ``init_dmgd_memory(jax.random.key(seed), params, hidden_factor)``.
       inner_lr: the memory's learning rate ``eta``.
       decay: the memory's weight decay ``alpha`` (1 = none).
-      objective: inner loss, ``"l2"`` (default) or ``"dot"``.
+      objective: inner loss, ``L2()`` (default) or ``DotProduct()``.
       hidden_factor, seed: hidden width (times the row width) and seed when ``init_memory`` is
         ``None`` (static: pass them in ``static_args`` under ``optax.inject_hyperparams``).
     """
@@ -140,7 +137,7 @@ def dmgd(
     *,
     inner_lr: float = 0.01,
     decay: float = 1.0,
-    objective: Literal["l2", "dot"] = "l2",
+    objective: Objective = L2(),
     hidden_factor: float = 2.0,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:

@@ -3,9 +3,9 @@
 GD with momentum is a 2-level system: the inner level is a value-less memory ``m`` that compresses
 the gradients, the outer level moves the weights with it. The memory's objective picks the rule:
 
-* ``objective="dot"`` (``min_m -<m, g>``): ``m <- decay * m + g`` — heavy-ball momentum; with
+* ``objective=DotProduct()`` (``min_m -<m, g>``): ``m <- decay * m + g`` — heavy-ball momentum; with
   ``optax.scale_by_learning_rate`` this is exactly ``optax.sgd(lr, momentum=decay)``.
-* ``objective="l2"`` — **delta momentum** (paper Eq. 49 / NeurIPS Eq. 22, settled in
+* ``objective=L2()`` — **delta momentum** (paper Eq. 49 / NeurIPS Eq. 22, settled in
   ``docs/decisions.md``): ``m <- decay * m - beta * g_hat <g_hat, m> + g`` with ``g_hat = g/||g||``
   per parameter leaf (flattened). The gradient-dependent decay removes the part of the memory along
   the new gradient before writing it, i.e. it forgets selectively.
@@ -16,13 +16,14 @@ chains ``scale_by_learning_rate`` (``-lr * m``).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
+from nested_jax.memory import L2, DotProduct, Objective, check_objective
 from nested_jax.optim.base import cast_like, f32, register_reader
 
 __all__ = [
@@ -44,7 +45,7 @@ class MomentumMemoryState(NamedTuple):
 def scale_by_momentum_memory(
     decay: float = 0.9,
     *,
-    objective: Literal["dot", "l2"] = "dot",
+    objective: Objective = DotProduct(),
     beta: float = 0.5,
     eps: float = 1e-12,
 ) -> optax.GradientTransformationExtraArgs:
@@ -52,22 +53,21 @@ def scale_by_momentum_memory(
 
     Args:
       decay: retention ``alpha`` of the memory.
-      objective: ``"dot"`` (heavy ball) or ``"l2"`` (delta momentum).
-      beta: strength of the delta rule's ``g_hat g_hat^T`` decay (``"l2"`` only), in ``[0, 1]``.
+      objective: ``DotProduct()`` (heavy ball) or ``L2()`` (delta momentum).
+      beta: strength of the delta rule's ``g_hat g_hat^T`` decay (``L2()`` only), in ``[0, 1]``.
       eps: guards ``||g||`` when normalising the gradient.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`MomentumMemoryState`.
     """
-    if objective not in ("dot", "l2"):
-        raise ValueError(f"objective must be 'dot' or 'l2' (delta momentum), got {objective!r}.")
+    hebbian = isinstance(check_objective(objective), DotProduct)
 
     def init_fn(params):
         m = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
         return MomentumMemoryState(jnp.zeros([], jnp.int32), m)
 
     def write(m, g):
-        if objective == "dot":
+        if hebbian:
             return decay * m + g
         g_hat = g / (jnp.sqrt(jnp.sum(g * g)) + eps)
         return decay * m - beta * g_hat * jnp.sum(g_hat * m) + g
@@ -85,14 +85,14 @@ def scale_by_delta_momentum(
     decay: float = 0.9, beta: float = 0.5, eps: float = 1e-12
 ) -> optax.GradientTransformationExtraArgs:
     """Delta momentum: :func:`scale_by_momentum_memory` with the L2 objective."""
-    return scale_by_momentum_memory(decay, objective="l2", beta=beta, eps=eps)
+    return scale_by_momentum_memory(decay, objective=L2(), beta=beta, eps=eps)
 
 
 def momentum_memory(
     learning_rate: optax.ScalarOrSchedule,
     decay: float = 0.9,
     *,
-    objective: Literal["dot", "l2"] = "dot",
+    objective: Objective = DotProduct(),
     beta: float = 0.5,
 ) -> optax.GradientTransformationExtraArgs:
     """Momentum-as-memory optimizer: ``params <- params - lr * m``."""
@@ -106,7 +106,7 @@ def delta_momentum(
     learning_rate: optax.ScalarOrSchedule, decay: float = 0.9, beta: float = 0.5
 ) -> optax.GradientTransformationExtraArgs:
     """Delta-momentum optimizer (paper §3.4): ``params <- params - lr * m``."""
-    return momentum_memory(learning_rate, decay, objective="l2", beta=beta)
+    return momentum_memory(learning_rate, decay, objective=L2(), beta=beta)
 
 
 register_reader(MomentumMemoryState, lambda state, probe: state.m)

@@ -34,12 +34,12 @@ import jax.numpy as jnp
 
 from nested_jax.levels import Level, run_levels
 from nested_jax.memory.base import first_order_update
+from nested_jax.memory.objectives import L2, Objective, check_objective
 from nested_jax.memory.rules import GD, rule_step
 
 __all__ = ["LearningModule", "ModuleState", "run_nest", "NestResult", "RECEIVES"]
 
 RECEIVES = ("residual", "value", "input")
-OBJECTIVES = ("l2", "dot")
 
 
 class ModuleState(NamedTuple):
@@ -63,7 +63,7 @@ class LearningModule:
       state: :class:`ModuleState`, the memory now.
       name, period: the level's label and update period (``0`` = frozen).
       rule: ``GD()``, ``Momentum(beta)`` or ``DGD(beta)`` from :mod:`nested_jax.memory`.
-      objective: ``"l2"`` (``1/2 ||w x - v||^2``) or ``"dot"`` (``-<w x, v>``).
+      objective: ``L2()`` (``1/2 ||w x - v||^2``) or ``DotProduct()`` (``-<w x, v>``).
       receives: ``"residual"``, ``"value"`` or ``"input"`` (see the module docstring).
     """
 
@@ -72,12 +72,11 @@ class LearningModule:
     name: str = "module"
     period: int = 1
     rule: Any = GD()
-    objective: str = "l2"
+    objective: Objective = L2()
     receives: str = "residual"
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"{self.name}: objective must be one of {OBJECTIVES}.")
+        check_objective(self.objective, f"{self.name}: objective")
         if self.receives not in RECEIVES:
             raise ValueError(f"{self.name}: receives must be one of {RECEIVES}.")
 
@@ -104,7 +103,7 @@ class LearningModule:
         eta = jnp.asarray(eta, jnp.float32)
         alpha = jnp.asarray(alpha, jnp.float32)
         y = state.w @ x
-        u = y - v if self.objective == "l2" else -v  # d objective / d y
+        u = self.objective.error(y, v)  # d objective / d y
         g = u[:, None] * x[None, :]
         beta = jnp.float32(getattr(self.rule, "beta", None) or 0.0) if beta is None else beta
         w, s = rule_step(self.rule, state.w, state.s, g, x, eta, alpha, beta)
