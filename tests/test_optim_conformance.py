@@ -43,6 +43,14 @@ OPTIMIZERS = {
         True,
     ),
     "dmgd": (partial(optim.dmgd, inner_lr=0.01, decay=0.99), 0.2, 1.2e-3, True, True),
+    # the learned optimizer at its initial rule (plain SGD on g): progress only
+    "learned": (
+        partial(optim.learned_optimizer, optim.init_learned_rule(jax.random.key(0))),
+        0.05,
+        1e-3,
+        True,
+        False,
+    ),
 }
 # hyperparameters that shape arrays or Python loops must stay static under inject_hyperparams
 STATIC = {

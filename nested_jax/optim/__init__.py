@@ -7,12 +7,20 @@ Where things are:
   newton_schulz.py  Newton-Schulz output nonlinearity (Muon's direction), cubic/quintic
   m3.py             M3, Multi-scale Momentum Muon (Algorithm 1), non-matrix leaves to AdamW
   dmgd.py           DMGD, deep momentum: an MLP memory per parameter leaf, meta-learnable init
+  learned.py        a learned optimizer: updates generated from (g, m) by a meta-learned rule
   base.py           read_memory: look inside any of these optimizers' memories
 """
 
 from nested_jax.optim.adam import AdamMemoryState, AdamReading, adam_memory, scale_by_adam_memory
 from nested_jax.optim.base import read_memory, register_reader
 from nested_jax.optim.dmgd import DMGDState, dmgd, dmgd_memory, init_dmgd_memory, scale_by_dmgd
+from nested_jax.optim.learned import (
+    LearnedRuleState,
+    init_learned_rule,
+    learned_optimizer,
+    meta_train_learned_optimizer,
+    scale_by_learned_rule,
+)
 from nested_jax.optim.m3 import M3Reading, M3State, m3, scale_by_m3
 from nested_jax.optim.momentum import (
     MomentumMemoryState,
@@ -40,6 +48,7 @@ __all__ = [
     "AdamMemoryState",
     "AdamReading",
     "DMGDState",
+    "LearnedRuleState",
     "M3Reading",
     "M3State",
     "MomentumMemoryState",
@@ -49,7 +58,10 @@ __all__ = [
     "dmgd",
     "dmgd_memory",
     "init_dmgd_memory",
+    "init_learned_rule",
+    "learned_optimizer",
     "m3",
+    "meta_train_learned_optimizer",
     "momentum_memory",
     "newton_schulz",
     "orthogonality_gd_step",
@@ -59,6 +71,7 @@ __all__ = [
     "scale_by_adam_memory",
     "scale_by_delta_momentum",
     "scale_by_dmgd",
+    "scale_by_learned_rule",
     "scale_by_m3",
     "scale_by_momentum_memory",
     "scale_by_newton_schulz",

@@ -7,7 +7,8 @@ Where the five transfer mechanisms are:
   initialization.py  by initialization: the slow level meta-learns the fast level's initial state
                      (MAML; second order or first order)
   generation.py      by generation: a hypernetwork generates the fast level's weights; a learned
-                     optimizer (Optax) generates its updates from its gradients
+                     optimizer generates its updates from its gradients (it is an optimizer:
+                     nested_jax/optim/learned.py, re-exported here)
   backprop.py        by backpropagation: local surprise signals dL/dy per layer (backprop as a
                      self-referential memory of input -> surprise) and Generalized Gradient
                      Descent with a self-generated target (GD and DGD as special cases)
@@ -15,6 +16,11 @@ Direct non-parametric transfer (through the context) is attention:
 nested_jax.memory.SoftmaxMemory.
 """
 
+from nested_jax.optim.learned import (  # an optimizer: it lives in optim/
+    init_learned_rule,
+    learned_optimizer,
+    meta_train_learned_optimizer,
+)
 from nested_jax.transfer.backprop import (
     dot_objective,
     ggd_step,
@@ -22,20 +28,11 @@ from nested_jax.transfer.backprop import (
     lss_target,
     surprise_signals,
 )
-from nested_jax.transfer.generation import (
-    LearnedOptState,
-    hypernet_init,
-    hypernet_module,
-    hypernet_weights,
-    init_learned_rule,
-    learned_optimizer,
-    meta_train_learned_optimizer,
-)
+from nested_jax.transfer.generation import hypernet_init, hypernet_module, hypernet_weights
 from nested_jax.transfer.initialization import adapt, meta_learn_init, post_adaptation_loss
 from nested_jax.transfer.module import LearningModule, ModuleState, NestResult, run_nest
 
 __all__ = [
-    "LearnedOptState",
     "LearningModule",
     "ModuleState",
     "NestResult",
