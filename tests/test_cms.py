@@ -1,0 +1,255 @@
+"""The Continuum Memory System (paper §4; models/cms.py) and its learning signals in the language
+model: frozen levels, the local signal against the levels reference, nested resets, firing on
+schedule, the exact "ntp" update, the two-pass "teach" signal (causal, equal to ntp on the first
+chunk, bounded at any rate), learned bounded rates, and the persistent CMS across sequences.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from model_helpers import check_prefix_then_stream, close, jitted, setup
+
+from nested_jax.levels import Level, run_levels, run_levels_reference
+from nested_jax.models import LanguageModel, get_config
+from nested_jax.models.cms import ContinuumMemory, batched_swiglu
+from nested_jax.models.layers import rms_norm, swiglu
+
+
+@pytest.mark.parametrize("variant", ["sequential", "nested", "independent"])
+def test_cms_with_every_level_frozen_is_a_plain_mlp_chain(variant):
+    config = get_config("hope_attention_tiny", cms_periods=(0, 0, 0), cms_variant=variant)
+    cms = ContinuumMemory(config)
+    p = cms.init(jax.random.key(3))
+    z = jax.random.normal(jax.random.key(4), (2, 9, config.d_model))
+    y, _ = cms(p, cms.init_state(p, 2), z)
+    want = z
+    for i, lv in enumerate(p["levels"]):
+        src = z if variant == "independent" else want
+        out = swiglu(lv["mlp"], rms_norm(src, lv["norm"]))
+        want = want + (p["mix"][i] * out if variant == "independent" else out)
+    close(y, want)
+
+
+def test_cms_local_equals_the_levels_reference():
+    """The sequential CMS (local signal) is a chain of ``Level`` s: its chunk-parallel form equals
+    ``run_levels`` (masked and nested) and the plain-Python ``run_levels_reference``."""
+    config = get_config(
+        "hope_tiny", cms_signal="local", cms_periods=(2, 0, 4), cms_lr=0.5, d_model=8, d_ff=16
+    )
+    cms = ContinuumMemory(config)
+    p = cms.init(jax.random.key(5))
+    b, t = 2, 11
+    z = jax.random.normal(jax.random.key(6), (b, t, config.d_model))
+    state = cms.init_state(p, b)
+    y, final = cms(p, state, z, parallel=True)
+
+    def level(i):
+        lv = p["levels"][i]
+
+        def update(theta, x):  # x: [B, D], one token
+            n = rms_norm(x[:, None], lv["norm"])
+            if not config.cms_periods[i]:
+                return theta, x + batched_swiglu(theta, n)[:, 0]
+
+            def loss(th):
+                out = batched_swiglu(th, n)
+                return 0.5 * jnp.sum(jnp.mean((out - n @ lv["w_target"]) ** 2, -1)), out
+
+            g, out = jax.grad(loss, has_aux=True)(theta)
+            cand = jax.tree.map(lambda a, gg: a - config.cms_lr * gg, theta, g)
+            return cand, x + out[:, 0]
+
+        return Level(f"cms{i}", config.cms_periods[i], update)
+
+    levels = tuple(level(i) for i in range(3))
+    xs = jnp.swapaxes(z, 0, 1)
+    for res in (
+        run_levels(levels, state.params, xs),
+        run_levels(levels, state.params, xs, form="nested"),
+        run_levels_reference(levels, state.params, xs),
+    ):
+        close(y, jnp.swapaxes(res.outputs[-1], 0, 1))
+        close(final.params, res.states)
+        close(tuple(a for a in final.acc), res.pending)
+
+
+def test_nested_cms_resets_the_faster_level_at_each_slower_boundary():
+    config = get_config("hope_tiny", cms_signal="local", cms_variant="nested", cms_periods=(2, 4))
+    cms = ContinuumMemory(config)
+    p = cms.init(jax.random.key(7))
+    z = jax.random.normal(jax.random.key(8), (2, 8, config.d_model))
+    _, st = cms(p, cms.init_state(p, 2), z)
+    init = cms.init_state(p, 2).params
+    close(st.params[0], init[0], atol=0, rtol=0)  # reset at token 8 (a level-1 boundary)
+    assert not np.allclose(np.asarray(st.params[1]["w_up"]), np.asarray(init[1]["w_up"]))
+    _, st6 = cms(p, cms.init_state(p, 2), z[:, :6])  # token 6: level 0 fired, not reset
+    assert not np.allclose(np.asarray(st6.params[0]["w_up"]), np.asarray(init[0]["w_up"]))
+
+
+def test_cms_learns_in_context_and_fires_on_schedule():
+    model, params, tokens = setup("hope_attention_tiny", length=16, cms_periods=(4, 8))
+    init = model.init_state(params, 2).layers["cms"].params
+    outs = {}
+    for t in (3, 4, 8):
+        _, st = model.apply(params, tokens[:, :t])
+        outs[t] = st.layers["cms"].params
+    close(outs[3], init, atol=0, rtol=0)  # nothing fires before token 4
+    changed = lambda a, b: not np.allclose(np.asarray(a["w_up"]), np.asarray(b["w_up"]))
+    assert changed(outs[4][0], init[0]) and not changed(outs[4][1], init[1])
+    assert changed(outs[8][1], init[1])
+
+
+def test_ntp_update_is_minus_lr_times_the_chunk_gradient():
+    """The first CMS chunk's update equals -lr * grad of that chunk's next-token loss, computed
+    here by differentiating the frozen network directly."""
+    model, params, tokens = setup(
+        "hope_attention_tiny", length=4, cms_periods=(4,), cms_signal="ntp"
+    )
+    _, st = model.apply(params, tokens)
+    frozen = LanguageModel(dataclasses.replace(model.config, cms_periods=(0,)))
+
+    def chunk_loss(mlp):
+        lv = params["layers"]["cms"]["levels"][0]
+        p = {**params}
+        cms = {**params["layers"]["cms"], "levels": ({**lv, "mlp": mlp},)}
+        p["layers"] = {**params["layers"], "cms": cms}
+        logits, _ = frozen.apply(p, tokens)
+        logp = jax.nn.log_softmax(logits[:, :-1], -1)
+        nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+        return jnp.mean(nll, axis=1)  # per sample
+
+    lv0 = params["layers"]["cms"]["levels"][0]["mlp"]
+    for s in range(2):  # each sample's update comes from its own loss only
+        g = jax.grad(lambda m, s=s: chunk_loss(m)[s])(lv0)
+        want = jax.tree.map(lambda a, gg: a - model.config.cms_lr * gg, lv0, g)
+        got = jax.tree.map(lambda a, s=s: a[:, s], st.layers["cms"].params[0])
+        close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_next_sequence_resets_or_keeps_the_cms():
+    for persistent in (False, True):
+        model, params, tokens = setup("hope_attention_tiny", length=8, cms_persistent=persistent)
+        _, st = model.apply(params, tokens)
+        fresh = model.next_sequence(params, st)
+        init = model.init_state(params, 2)
+        want = st.layers["cms"].params if persistent else init.layers["cms"].params
+        close(fresh.layers["cms"].params, want, atol=0, rtol=0)
+        close(fresh.layers["mixer"], init.layers["mixer"], atol=0, rtol=0)
+        assert int(fresh.off) == 0 and int(fresh.layers["cms"].pos[0]) == 0
+    with pytest.raises(ValueError, match="next_sequence is for models with a CMS"):
+        m, p, _ = setup("tiny")
+        m.next_sequence(p, m.init_state(p, 2))
+
+
+# --- self-modifying Titans ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "periods", "signal"),
+    [("hope_tiny", (4, 8), "ntp"), ("hope_attention_tiny", (4, 0, 8), "teach")],
+)
+def test_cms_signal_is_exact_three_ways_and_causal(name, periods, signal):
+    """parallel == token by token == a parallel prefix ending mid-chunk continued by streaming
+    in pieces of 3, and no output sees a later token: the exact "ntp" reference signal (the
+    registry's default "teach" Hope goes through test_models.py), and "teach" with a frozen
+    level between live ones (its first pass's gradients are cut between CMS chunks: a leak would
+    change the updates)."""
+    model, params, tokens = setup(name, length=14, cms_signal=signal, cms_periods=periods)
+    par, s_par = jitted(model, "apply")(params, tokens)
+    ref, s_ref = jitted(model, "apply_reference")(params, tokens)
+    close(par, ref)
+    close(s_par, s_ref)
+    check_prefix_then_stream(model, params, tokens, par, s_par, start=6, piece=3)
+    t0 = 9
+    changed, _ = jitted(model, "apply")(params, tokens.at[1, t0].set((tokens[1, t0] + 1) % 256))
+    np.testing.assert_array_equal(np.asarray(changed[:, :t0]), np.asarray(par[:, :t0]))
+    np.testing.assert_array_equal(np.asarray(changed[0]), np.asarray(par[0]))
+
+
+def test_teach_first_chunk_update_equals_ntp():
+    """On the first CMS chunk the sequence-start weights are the current ones, so the teach
+    signal's update is the exact next-token gradient step of "ntp"; later chunks differ."""
+    model, params, tokens = setup(
+        "hope_attention_tiny", length=8, cms_periods=(4,), cms_signal="ntp"
+    )
+    teach = LanguageModel(dataclasses.replace(model.config, cms_signal="teach", cms_norm=False))
+    _, s_ntp = model.apply(params, tokens[:, :4])
+    _, s_teach = teach.apply(params, tokens[:, :4])
+    close(s_teach.layers["cms"].params, s_ntp.layers["cms"].params, atol=1e-6, rtol=1e-5)
+    _, s_ntp = model.apply(params, tokens)
+    _, s_teach = teach.apply(params, tokens)
+    a, b = s_teach.layers["cms"].params[0]["w_up"], s_ntp.layers["cms"].params[0]["w_up"]
+    assert not np.allclose(np.asarray(a), np.asarray(b), atol=1e-7, rtol=1e-6)
+
+
+def test_teach_errors_come_from_the_own_chunk_only():
+    """Pass 1's output errors of chunk c do not depend on the targets of later chunks."""
+    model, params, tokens = setup("hope_tiny", length=16, cms_signal="teach", cms_periods=(8,))
+    state = model.init_state(params, 2)
+    errs, _ = model._teach_signal(params, state.teach, tokens)
+    other = tokens.at[:, 9:].set((tokens[:, 9:] + 7) % 256)
+    errs2, _ = model._teach_signal(params, state.teach, other)
+    close(errs[0][:, :, :8], errs2[0][:, :, :8], atol=0, rtol=0)
+    assert not np.allclose(np.asarray(errs[0][:, :, 8:]), np.asarray(errs2[0][:, :, 8:]))
+    assert float(jnp.abs(errs[0][:, :, :8]).sum()) > 0
+
+
+def test_cms_rates_are_learned_and_bounded():
+    model, params, tokens = setup("hope_attention_tiny", length=8)
+    cms = ContinuumMemory(model.config)
+    p = jax.tree.map(lambda a: a[0], params["layers"]["cms"])
+    np.testing.assert_allclose(np.asarray(cms.rates(p)), model.config.cms_lr, rtol=1e-6)
+    big = {**p, "lr": jnp.full_like(p["lr"], 50.0)}
+    assert float(cms.rates(big).max()) <= 2 * model.config.cms_lr + 1e-7
+    g = jax.grad(model.loss)(params, tokens)
+    assert float(jnp.abs(g["layers"]["cms"]["lr"]).sum()) > 0
+    fixed = LanguageModel(dataclasses.replace(model.config, cms_learn_lr=False))
+    assert "lr" not in fixed.init(jax.random.key(0))["layers"]["cms"]
+
+
+def test_swiglu_gain_bounds_a_gradient_step():
+    """A rate-r gradient step of <SwiGLU(n), e> on all three matrices moves the output at n along
+    e by r * (its projection) <= r * gain * ||e||^2 (first order: tiny r)."""
+    from nested_jax.models.cms import swiglu_gain
+    from nested_jax.models.layers import swiglu_init
+
+    d, f = 8, 16
+    p = jax.tree.map(lambda a: a[None], swiglu_init(jax.random.key(40), d, f))
+    for s in range(4):
+        n = jax.random.normal(jax.random.key(41 + s), (1, 1, d))
+        e = jax.random.normal(jax.random.key(51 + s), (1, 1, d))
+        g = jax.grad(lambda th, n=n, e=e: jnp.sum(batched_swiglu(th, n) * e))(p)
+        r = 1e-4
+        new = jax.tree.map(lambda a, b, r=r: a - r * b, p, g)
+        moved = -jnp.sum((batched_swiglu(new, n) - batched_swiglu(p, n)) * e) / r
+        bound = swiglu_gain(p, n)[0, 0] * jnp.sum(e * e)
+        assert 0 < float(moved) <= float(bound) * 1.01, (moved, bound)
+
+
+def test_teach_cms_step_is_bounded_at_any_rate():
+    """With ``cms_norm`` the teach signal's level stays finite and bounded for a huge rate over
+    many chunks; without it, it blows up."""
+    sizes = []
+    for norm in (False, True):
+        config = get_config(
+            "hope_attention_tiny",
+            cms_signal="teach",
+            cms_periods=(8,),
+            cms_lr=50.0,
+            cms_norm=norm,
+            d_model=64,
+            d_ff=128,
+        )
+        cms = ContinuumMemory(config)
+        p = cms.init(jax.random.key(42))
+        state = cms.init_state(p, 2)
+        z = jax.random.normal(jax.random.key(43), (2, 8 * 24, 64))
+        errs = (0.05 * jax.random.normal(jax.random.key(44), z.shape),)
+        y, _ = cms(p, state, z, teach=(errs, state.params))
+        size = float(jnp.max(jnp.abs(y)))
+        sizes.append(size if np.isfinite(size) else np.inf)
+    assert sizes[0] > 1e4, sizes
+    assert sizes[1] < 100, sizes
