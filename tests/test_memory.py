@@ -39,8 +39,6 @@ def _inputs(length, key, d=D, eta_scale=0.5):
 
 
 def _state(mem, key=jax.random.key(7)):
-    if isinstance(mem, SoftmaxMemory):
-        return mem.init_state(B, heads=H, d_k=D, d_v=D)
     kw = {"scale": 0.3} if isinstance(mem, LinearMemory) else {}
     return mem.init_state(mem.init_params(key, heads=H, d_k=D, d_v=D, **kw), B)
 
@@ -368,7 +366,7 @@ def test_bad_inputs_are_reported():
         Momentum(1.5)
     with pytest.raises(ValueError, match="capacity"):
         SoftmaxMemory(capacity=4, window=4).write_read(
-            SoftmaxMemory(capacity=4, window=4).init_state(B, heads=H, d_k=D, d_v=D),
+            _state(SoftmaxMemory(capacity=4, window=4)),
             q,
             k,
             v,
@@ -572,3 +570,14 @@ def test_heads_first_chunk_api_equals_write_read_chunk(name):
         z = hf(q)  # [B, H, C, d]
         per_token = jax.vmap(lambda zt: mem.apply(state, zt), in_axes=2, out_axes=2)(z)
         _close(mem.apply_chunk(state, z), per_token)
+
+
+def test_every_memory_has_one_state_protocol():
+    """``init_state(init_params(key, heads=, d_k=, d_v=), batch)`` for every memory, attention
+    included (its params are only the context's shapes); the old softmax call is a clear error."""
+    for name, mem in MEMORIES.items():
+        st = mem.init_state(mem.init_params(jax.random.key(0), heads=H, d_k=D, d_v=D), B)
+        for leaf in jax.tree.leaves(st):
+            assert leaf.shape[0] == B, name
+    with pytest.raises(TypeError, match="takes \\(params, batch_size\\)"):
+        SoftmaxMemory(capacity=4).init_state(B, B)

@@ -14,7 +14,7 @@ from nested_jax.memory.base import AbstractMemory, StreamState, advance_stream, 
 from nested_jax.memory.chunkwise import unit_lower_inverse
 from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
 from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState, stable_step_norm
-from nested_jax.memory.nonparametric import SoftmaxMemory, SoftmaxState
+from nested_jax.memory.nonparametric import SoftmaxMemory, SoftmaxParams, SoftmaxState
 from nested_jax.memory.objectives import L2, DotProduct, Objective, check_objective
 from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, rule_step
 
@@ -33,6 +33,7 @@ __all__ = [
     "Momentum",
     "Objective",
     "SoftmaxMemory",
+    "SoftmaxParams",
     "SoftmaxState",
     "StreamState",
     "dgd_rate",

@@ -20,7 +20,15 @@ import jax.numpy as jnp
 
 from nested_jax.memory.base import AbstractMemory
 
-__all__ = ["SoftmaxMemory", "SoftmaxState"]
+__all__ = ["SoftmaxMemory", "SoftmaxParams", "SoftmaxState"]
+
+
+class SoftmaxParams(NamedTuple):
+    """No learned parameters, only the shapes of an empty context: ``keys: [H, 0, d_k]``,
+    ``values: [H, 0, d_v]`` (so that every memory has ``init_state(params, batch_size)``)."""
+
+    keys: jax.Array
+    values: jax.Array
 
 
 class SoftmaxState(NamedTuple):
@@ -59,9 +67,22 @@ class SoftmaxMemory(AbstractMemory):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be a positive int, got {val!r}.")
 
-    def init_state(self, batch_size: int, *, heads: int, d_k: int, d_v: int) -> SoftmaxState:
-        """An empty context. (No parameters: the memory *is* its context.)"""
+    def init_params(self, key=None, *, heads: int, d_k: int, d_v: int) -> SoftmaxParams:
+        """The memory's "parameters": none, only the context's shapes (``key`` is unused)."""
+        del key
+        return SoftmaxParams(
+            jnp.zeros((heads, 0, d_k), jnp.float32), jnp.zeros((heads, 0, d_v), jnp.float32)
+        )
+
+    def init_state(self, params: SoftmaxParams, batch_size: int) -> SoftmaxState:
+        """An empty context for ``batch_size`` samples (the memory *is* its context)."""
+        if not isinstance(params, SoftmaxParams):
+            raise TypeError(
+                "SoftmaxMemory.init_state takes (params, batch_size) like every memory; build the "
+                "params with init_params(heads=..., d_k=..., d_v=...)."
+            )
         c = self.capacity
+        (heads, _, d_k), d_v = params.keys.shape, params.values.shape[-1]
         return SoftmaxState(
             jnp.zeros((batch_size, heads, c, d_k), jnp.float32),
             jnp.zeros((batch_size, heads, c, d_v), jnp.float32),

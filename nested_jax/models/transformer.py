@@ -47,7 +47,8 @@ class Attention:
     def init_state(self, params: dict, batch_size: int) -> SoftmaxState:
         del params  # no learned initial state: the context starts empty
         c = self.config
-        return self.memory.init_state(batch_size, heads=c.n_heads, d_k=c.head_dim, d_v=c.head_dim)
+        shapes = self.memory.init_params(heads=c.n_heads, d_k=c.head_dim, d_v=c.head_dim)
+        return self.memory.init_state(shapes, batch_size)
 
     def __call__(
         self, p: dict, state: SoftmaxState, x: jax.Array, *, parallel: bool = True, cut: int = 0
