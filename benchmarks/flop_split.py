@@ -10,8 +10,6 @@ Run: ``python -m benchmarks.run flop_split`` (about a minute; ``--quick``: tiny 
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 
 from benchmarks.flops import matmul_flops
@@ -22,8 +20,8 @@ VARIANTS = (
     ("transformer_pm", {}),
     ("selfmod", {}),
     ("selfmod", {"first_order": True}),
-    ("hope", {"cms_periods": (0, 0)}),
-    ("hope", {"cms_signal": "local"}),
+    ("hope", {"cms.periods": (0, 0)}),
+    ("hope", {"cms.signal": "local"}),
     ("hope", {}),
     ("hope", {"first_order": True}),
 )
@@ -39,7 +37,7 @@ def run(quick: bool = False, repeats: int = 5) -> dict:
     seq = cfg["seqs"][0]
     rows = []
     for kind, overrides in VARIANTS:
-        config = dataclasses.replace(model_config(kind, seq, cfg), **overrides)
+        config = model_config(kind, seq, cfg).replace(**overrides)
         model = LanguageModel(config)
         params = jax.eval_shape(model.init, jax.random.key(0))
         tokens = jax.ShapeDtypeStruct((1, seq), "int32")

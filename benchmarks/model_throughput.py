@@ -74,19 +74,19 @@ _NAMES = {
 
 def model_config(kind: str, seq: int, cfg: dict):
     sizes = {k: cfg[k] for k in ("d_model", "n_layers", "n_heads", "d_ff")}
-    extra = {"mem_chunk": 16}
+    extra = {"titans.chunk": 16}
     if kind.startswith("hope"):
         sizes["d_ff"] = cfg["d_ff"] // 2  # two CMS levels: the same MLP parameters in total
-        extra.update(cms_periods=(16, 64), sm_chunk=8)
+        extra.update({"cms.periods": (16, 64), "selfmod.chunk": 8})
     if kind.startswith("selfmod"):
-        extra["sm_chunk"] = 8
+        extra["selfmod.chunk"] = 8
     if kind.endswith("_c64"):
-        extra.update(mem_chunk=64, sm_chunk=16)
+        extra.update({"titans.chunk": 64, "selfmod.chunk": 16})
         if kind.startswith("hope"):
-            extra["cms_periods"] = (64, 256)
+            extra["cms.periods"] = (64, 256)
     for signal in ("local", "ntp"):
         if kind.endswith("_" + signal):
-            extra["cms_signal"] = signal
+            extra["cms.signal"] = signal
     config = get_config(_NAMES[kind], max_len=seq, **sizes, **extra)
     if kind == "transformer_pm":
         target = count_params(model_config("hope", seq, cfg))

@@ -44,7 +44,11 @@ def run(quick: bool = False, repeats: int = 5) -> dict:
     for seq in cfg["seqs"]:
         for mem_chunk, sm_chunk in cfg["chunks"]:
             config = get_config(
-                "selfmod_tiny", max_len=seq, mem_chunk=mem_chunk, sm_chunk=sm_chunk, **sizes
+                "selfmod_tiny",
+                max_len=seq,
+                titans={"chunk": mem_chunk},
+                selfmod={"chunk": sm_chunk},
+                **sizes,
             )
             model = LanguageModel(config)
             params = model.init(jax.random.key(0))

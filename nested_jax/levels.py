@@ -333,15 +333,26 @@ def _check_candidate(lv, st, cand):
             )
 
 
-def fire(state, pending, flag):
+def fire(state, pending, flag, commit=None, *, lazy: bool = False):
     """The firing step of a level (decisions D2): where ``flag`` (a Python bool or a traced bool
-    scalar), ``(state + pending, 0)``; elsewhere ``(state, pending)`` unchanged."""
-    new = _tree_add(state, pending)
-    zero = jax.tree.map(jnp.zeros_like, pending)
+    scalar), ``(commit(state, pending), 0)``; elsewhere ``(state, pending)`` unchanged.
+
+    ``commit`` defaults to ``state + pending`` (the accumulated increments applied at once); a
+    level whose slow state is not a sum passes its own (M3: ``m2 <- b3 m2 + buf`` and its
+    orthogonalisation). A traced flag selects with ``jnp.where`` (both sides computed: right for
+    cheap commits inside a scan); ``lazy=True`` uses ``lax.cond`` instead, so an expensive
+    commit runs only on the steps that fire.
+    """
+    commit = _tree_add if commit is None else commit
+    zeros = lambda: jax.tree.map(jnp.zeros_like, pending)
     if isinstance(flag, bool):
-        return (new, zero) if flag else (state, pending)
+        return (commit(state, pending), zeros()) if flag else (state, pending)
+    if lazy:
+        return jax.lax.cond(
+            flag, lambda: (commit(state, pending), zeros()), lambda: (state, pending)
+        )
     sel = lambda a, b: jax.tree.map(lambda u, v: jnp.where(flag, u, v), a, b)
-    return sel(new, state), sel(zero, pending)
+    return sel(commit(state, pending), state), sel(zeros(), pending)
 
 
 def _fire(lv, st, cand, acc, flag):

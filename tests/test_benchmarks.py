@@ -98,11 +98,11 @@ def test_larger_chunk_benchmark_variants_keep_the_teach_constraints():
     from benchmarks import model_throughput
 
     cfg = model_throughput.model_config("hope_c64", 512, model_throughput.FULL)
-    assert (cfg.mem_chunk, cfg.sm_chunk, cfg.cms_periods) == (64, 16, (64, 256))
-    assert cfg.cms_signal == "teach"
-    assert model_throughput.model_config("hope_ntp", 512, model_throughput.FULL).cms_signal == "ntp"
+    assert (cfg.titans.chunk, cfg.selfmod.chunk, cfg.cms.periods) == (64, 16, (64, 256))
+    assert cfg.cms.signal == "teach"
+    assert model_throughput.model_config("hope_ntp", 512, model_throughput.FULL).cms.signal == "ntp"
     sm = model_throughput.model_config("selfmod_c64", 512, model_throughput.FULL)
-    assert (sm.mem_chunk, sm.sm_chunk) == (64, 16)
+    assert (sm.titans.chunk, sm.selfmod.chunk) == (64, 16)
 
 
 def test_quick_selfmod_chunked_writes_json(tmp_path):

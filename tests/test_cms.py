@@ -4,8 +4,6 @@ schedule, the exact "ntp" update, the two-pass "teach" signal (causal, equal to 
 chunk, bounded at any rate), learned bounded rates, and the persistent CMS across sequences.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +18,7 @@ from nested_jax.models.layers import rms_norm, swiglu
 
 @pytest.mark.parametrize("variant", ["sequential", "nested", "independent"])
 def test_cms_with_every_level_frozen_is_a_plain_mlp_chain(variant):
-    config = get_config("hope_attention_tiny", cms_periods=(0, 0, 0), cms_variant=variant)
+    config = get_config("hope_attention_tiny", cms={"periods": (0, 0, 0), "variant": variant})
     cms = ContinuumMemory(config)
     p = cms.init(jax.random.key(3))
     z = jax.random.normal(jax.random.key(4), (2, 9, config.d_model))
@@ -37,7 +35,7 @@ def test_cms_local_equals_the_levels_reference():
     """The sequential CMS (local signal) is a chain of ``Level`` s: its chunk-parallel form equals
     ``run_levels`` (masked and nested) and the plain-Python ``run_levels_reference``."""
     config = get_config(
-        "hope_tiny", cms_signal="local", cms_periods=(2, 0, 4), cms_lr=0.5, d_model=8, d_ff=16
+        "hope_tiny", cms={"signal": "local", "periods": (2, 0, 4), "lr": 0.5}, d_model=8, d_ff=16
     )
     cms = ContinuumMemory(config)
     p = cms.init(jax.random.key(5))
@@ -51,7 +49,7 @@ def test_cms_local_equals_the_levels_reference():
 
         def update(theta, x):  # x: [B, D], one token
             n = rms_norm(x[:, None], lv["norm"])
-            if not config.cms_periods[i]:
+            if not config.cms.periods[i]:
                 return theta, x + batched_swiglu(theta, n)[:, 0]
 
             def loss(th):
@@ -59,10 +57,10 @@ def test_cms_local_equals_the_levels_reference():
                 return 0.5 * jnp.sum(jnp.mean((out - n @ lv["w_target"]) ** 2, -1)), out
 
             g, out = jax.grad(loss, has_aux=True)(theta)
-            cand = jax.tree.map(lambda a, gg: a - config.cms_lr * gg, theta, g)
+            cand = jax.tree.map(lambda a, gg: a - config.cms.lr * gg, theta, g)
             return cand, x + out[:, 0]
 
-        return Level(f"cms{i}", config.cms_periods[i], update)
+        return Level(f"cms{i}", config.cms.periods[i], update)
 
     levels = tuple(level(i) for i in range(3))
     xs = jnp.swapaxes(z, 0, 1)
@@ -77,7 +75,9 @@ def test_cms_local_equals_the_levels_reference():
 
 
 def test_nested_cms_resets_the_faster_level_at_each_slower_boundary():
-    config = get_config("hope_tiny", cms_signal="local", cms_variant="nested", cms_periods=(2, 4))
+    config = get_config(
+        "hope_tiny", cms={"signal": "local", "variant": "nested", "periods": (2, 4)}
+    )
     cms = ContinuumMemory(config)
     p = cms.init(jax.random.key(7))
     z = jax.random.normal(jax.random.key(8), (2, 8, config.d_model))
@@ -90,7 +90,7 @@ def test_nested_cms_resets_the_faster_level_at_each_slower_boundary():
 
 
 def test_cms_learns_in_context_and_fires_on_schedule():
-    model, params, tokens = setup("hope_attention_tiny", length=16, cms_periods=(4, 8))
+    model, params, tokens = setup("hope_attention_tiny", length=16, cms={"periods": (4, 8)})
     init = model.init_state(params, 2).layers["cms"].params
     outs = {}
     for t in (3, 4, 8):
@@ -106,10 +106,10 @@ def test_ntp_update_is_minus_lr_times_the_chunk_gradient():
     """The first CMS chunk's update equals -lr * grad of that chunk's next-token loss, computed
     here by differentiating the frozen network directly."""
     model, params, tokens = setup(
-        "hope_attention_tiny", length=4, cms_periods=(4,), cms_signal="ntp"
+        "hope_attention_tiny", length=4, cms={"periods": (4,), "signal": "ntp"}
     )
     _, st = model.apply(params, tokens)
-    frozen = LanguageModel(dataclasses.replace(model.config, cms_periods=(0,)))
+    frozen = LanguageModel(model.config.replace(cms={"periods": (0,)}))
 
     def chunk_loss(mlp):
         lv = params["layers"]["cms"]["levels"][0]
@@ -124,14 +124,16 @@ def test_ntp_update_is_minus_lr_times_the_chunk_gradient():
     lv0 = params["layers"]["cms"]["levels"][0]["mlp"]
     for s in range(2):  # each sample's update comes from its own loss only
         g = jax.grad(lambda m, s=s: chunk_loss(m)[s])(lv0)
-        want = jax.tree.map(lambda a, gg: a - model.config.cms_lr * gg, lv0, g)
+        want = jax.tree.map(lambda a, gg: a - model.config.cms.lr * gg, lv0, g)
         got = jax.tree.map(lambda a, s=s: a[:, s], st.layers["cms"].params[0])
         close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_next_sequence_resets_or_keeps_the_cms():
     for persistent in (False, True):
-        model, params, tokens = setup("hope_attention_tiny", length=8, cms_persistent=persistent)
+        model, params, tokens = setup(
+            "hope_attention_tiny", length=8, cms={"persistent": persistent}
+        )
         _, st = model.apply(params, tokens)
         fresh = model.next_sequence(params, st)
         init = model.init_state(params, 2)
@@ -157,7 +159,7 @@ def test_cms_signal_is_exact_three_ways_and_causal(name, periods, signal):
     registry's default "teach" Hope goes through test_models.py), and "teach" with a frozen
     level between live ones (its first pass's gradients are cut between CMS chunks: a leak would
     change the updates)."""
-    model, params, tokens = setup(name, length=14, cms_signal=signal, cms_periods=periods)
+    model, params, tokens = setup(name, length=14, cms={"signal": signal, "periods": periods})
     par, s_par = jitted(model, "apply")(params, tokens)
     ref, s_ref = jitted(model, "apply_reference")(params, tokens)
     close(par, ref)
@@ -173,9 +175,9 @@ def test_teach_first_chunk_update_equals_ntp():
     """On the first CMS chunk the sequence-start weights are the current ones, so the teach
     signal's update is the exact next-token gradient step of "ntp"; later chunks differ."""
     model, params, tokens = setup(
-        "hope_attention_tiny", length=8, cms_periods=(4,), cms_signal="ntp"
+        "hope_attention_tiny", length=8, cms={"periods": (4,), "signal": "ntp"}
     )
-    teach = LanguageModel(dataclasses.replace(model.config, cms_signal="teach", cms_norm=False))
+    teach = LanguageModel(model.config.replace(cms={"signal": "teach", "norm": False}))
     _, s_ntp = model.apply(params, tokens[:, :4])
     _, s_teach = teach.apply(params, tokens[:, :4])
     close(s_teach.layers["cms"].params, s_ntp.layers["cms"].params, atol=1e-6, rtol=1e-5)
@@ -187,7 +189,7 @@ def test_teach_first_chunk_update_equals_ntp():
 
 def test_teach_errors_come_from_the_own_chunk_only():
     """Pass 1's output errors of chunk c do not depend on the targets of later chunks."""
-    model, params, tokens = setup("hope_tiny", length=16, cms_signal="teach", cms_periods=(8,))
+    model, params, tokens = setup("hope_tiny", length=16, cms={"signal": "teach", "periods": (8,)})
     state = model.init_state(params, 2)
     errs, _ = model._teach_signal(params, state.teach, tokens)
     other = tokens.at[:, 9:].set((tokens[:, 9:] + 7) % 256)
@@ -201,12 +203,12 @@ def test_cms_rates_are_learned_and_bounded():
     model, params, tokens = setup("hope_attention_tiny", length=8)
     cms = ContinuumMemory(model.config)
     p = jax.tree.map(lambda a: a[0], params["layers"]["cms"])
-    np.testing.assert_allclose(np.asarray(cms.rates(p)), model.config.cms_lr, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(cms.rates(p)), model.config.cms.lr, rtol=1e-6)
     big = {**p, "lr": jnp.full_like(p["lr"], 50.0)}
-    assert float(cms.rates(big).max()) <= 2 * model.config.cms_lr + 1e-7
+    assert float(cms.rates(big).max()) <= 2 * model.config.cms.lr + 1e-7
     g = jax.grad(model.loss)(params, tokens)
     assert float(jnp.abs(g["layers"]["cms"]["lr"]).sum()) > 0
-    fixed = LanguageModel(dataclasses.replace(model.config, cms_learn_lr=False))
+    fixed = LanguageModel(model.config.replace(cms={"learn_lr": False}))
     assert "lr" not in fixed.init(jax.random.key(0))["layers"]["cms"]
 
 
@@ -230,16 +232,13 @@ def test_swiglu_gain_bounds_a_gradient_step():
 
 
 def test_teach_cms_step_is_bounded_at_any_rate():
-    """With ``cms_norm`` the teach signal's level stays finite and bounded for a huge rate over
+    """With ``cms.norm`` the teach signal's level stays finite and bounded for a huge rate over
     many chunks; without it, it blows up."""
     sizes = []
     for norm in (False, True):
         config = get_config(
             "hope_attention_tiny",
-            cms_signal="teach",
-            cms_periods=(8,),
-            cms_lr=50.0,
-            cms_norm=norm,
+            cms={"signal": "teach", "periods": (8,), "lr": 50.0, "norm": norm},
             d_model=64,
             d_ff=128,
         )

@@ -19,13 +19,16 @@ from nested_jax.models.layers import l2_normalize, rms_norm, swiglu
 from nested_jax.models.titans import causal_conv
 
 VARIANTS = [
-    ("selfmod_tiny", {"sm_adaptive_q": True}),
-    ("selfmod_tiny", {"sm_momentum": None, "mem_chunk": 3, "sm_chunk": 2}),
-    ("selfmod_tiny", {"inner_norm": False, "sm_unit_values": False}),  # the paper's literal rates
-    ("hope_tiny", {"cms_variant": "nested", "cms_periods": (4, 0, 8), "first_order": True}),
-    ("hope_tiny", {"cms_variant": "independent", "cms_signal": "local"}),
-    ("hope_attention_tiny", {"cms_variant": "independent"}),
-    ("hope_attention_tiny", {"cms_signal": "local", "cms_variant": "nested"}),
+    ("selfmod_tiny", {"selfmod.adaptive_q": True}),
+    ("selfmod_tiny", {"selfmod.momentum": None, "titans.chunk": 3, "selfmod.chunk": 2}),
+    (
+        "selfmod_tiny",
+        {"titans.inner_norm": False, "selfmod.unit_values": False},
+    ),  # the paper's literal rates
+    ("hope_tiny", {"cms": {"variant": "nested", "periods": (4, 0, 8)}, "first_order": True}),
+    ("hope_tiny", {"cms": {"variant": "independent", "signal": "local"}}),
+    ("hope_attention_tiny", {"cms.variant": "independent"}),
+    ("hope_attention_tiny", {"cms": {"signal": "local", "variant": "nested"}}),
 ]
 
 
@@ -44,7 +47,7 @@ def test_variants_parallel_equals_streaming(name, overrides):
 
 def test_frozen_hope_attention_is_transformer_pp():
     """Hope-Attention with one frozen CMS level is exactly Transformer++ with the same weights."""
-    hope, hp, tokens = setup("hope_attention_tiny", length=12, cms_periods=(0,))
+    hope, hp, tokens = setup("hope_attention_tiny", length=12, cms={"periods": (0,)})
     tf = LanguageModel(get_config("tiny"))
     lv = hp["layers"]["cms"]["levels"][0]
     layers = {**hp["layers"]["mixer"], "mlp_norm": lv["norm"], "mlp": lv["mlp"]}
@@ -58,10 +61,8 @@ def test_reduced_hope_is_linear_attention():
     model, params, tokens = setup(
         "hope_tiny",
         length=9,
-        sm_main="linear",
-        sm_adaptive=False,
-        sm_unit_values=False,
-        cms_periods=(0,),
+        selfmod={"main": "linear", "adaptive": False, "unit_values": False},
+        cms={"periods": (0,)},
     )
     c = model.config
     got, _ = model.apply(params, tokens)
@@ -84,7 +85,7 @@ def test_reduced_hope_is_linear_attention():
             k = l2_normalize(mk(proj.w1[hh], proj.w2[hh], z))
             v = mk(proj.w1[c.n_heads + hh], proj.w2[c.n_heads + hh], z)
             g = (jax.nn.silu(z @ gate.w2[hh].T) @ gate.w1[hh].T)[..., 0] + p["b_gate"][hh]
-            eta = c.eta_max * jax.nn.sigmoid(g)
+            eta = c.titans.eta_max * jax.nn.sigmoid(g)
             q = l2_normalize(a[:, :, 1, hh])
             scores = jnp.einsum("bsd,btd->bts", k, q) * eta[:, None, :]
             scores = jnp.where(jnp.tril(jnp.ones((t, t)), -1)[None] > 0, scores, 0.0)
@@ -112,8 +113,8 @@ def _meta_leaves(params):
 @pytest.mark.parametrize(
     ("name", "overrides"),
     [
-        ("selfmod_tiny", {"sm_adaptive_q": True}),
-        ("hope_attention_tiny", {"cms_variant": "nested", "cms_signal": "local"}),
+        ("selfmod_tiny", {"selfmod.adaptive_q": True}),
+        ("hope_attention_tiny", {"cms": {"variant": "nested", "signal": "local"}}),
     ],
 )
 def test_outer_gradient_reaches_every_initial_state_and_parameter(name, overrides):
@@ -154,7 +155,9 @@ def test_check_grads_through_the_inner_loop(name):
     memories (self-modifying Titans) and of the CMS levels (the exact "ntp" signal: through the
     inner gradients, second order; "teach" treats its first pass's errors as constants, so its
     gradient is deliberately not the loss's full derivative)."""
-    model, params, tokens = setup(name, batch=1, length=8, d_model=16, d_ff=16, cms_signal="ntp")
+    model, params, tokens = setup(
+        name, batch=1, length=8, d_model=16, d_ff=16, cms={"signal": "ntp"}
+    )
     meta = _meta_leaves(params)
 
     @jax.jit
@@ -190,24 +193,24 @@ def test_registry_has_the_paper_scale_configs():
 
 
 def test_bad_model_configs():
-    with pytest.raises(ValueError, match="cms_variant"):
-        ModelConfig(cms_variant="parallel")
-    with pytest.raises(ValueError, match="cms_signal"):
-        ModelConfig(cms_signal="ttt")
+    with pytest.raises(ValueError, match="cms.variant"):
+        ModelConfig(cms={"variant": "parallel"})
+    with pytest.raises(ValueError, match="cms.signal"):
+        ModelConfig(cms={"signal": "ttt"})
     with pytest.raises(ValueError, match="multiple of the smallest"):
-        ModelConfig(cms_periods=(4, 6))
+        ModelConfig(cms={"periods": (4, 6)})
     with pytest.raises(ValueError, match="divide the next"):
-        ModelConfig(cms_periods=(4, 8, 12), cms_variant="nested")
+        ModelConfig(cms={"periods": (4, 8, 12), "variant": "nested"})
     with pytest.raises(ValueError, match="ints >= 0"):
-        ModelConfig(cms_periods=(4, -1))
+        ModelConfig(cms={"periods": (4, -1)})
     with pytest.raises(ValueError, match="period >= 2"):
-        ModelConfig(kind="hope_attention", cms_periods=(1,))
-    with pytest.raises(ValueError, match="multiple of mem_chunk"):
-        ModelConfig(kind="hope", cms_periods=(6,), mem_chunk=4)
-    with pytest.raises(ValueError, match="sm_main"):
-        ModelConfig(sm_main="deep")
-    with pytest.raises(ValueError, match="sm_momentum"):
-        ModelConfig(sm_momentum=1.5)
+        ModelConfig(kind="hope_attention", cms={"periods": (1,)})
+    with pytest.raises(ValueError, match="multiple of titans.chunk"):
+        ModelConfig(kind="hope", cms={"periods": (6,)}, titans={"chunk": 4})
+    with pytest.raises(ValueError, match="selfmod.main"):
+        ModelConfig(selfmod={"main": "deep"})
+    with pytest.raises(ValueError, match="selfmod.momentum"):
+        ModelConfig(selfmod={"momentum": 1.5})
 
 
 @pytest.mark.parametrize("name", ["titans_tiny", "selfmod_tiny"])
@@ -215,7 +218,14 @@ def test_memory_layers_stay_finite_at_head_dim_64_over_long_sequences(name):
     """Regression: with head dimension 64 (memory hidden 128) the initial inner learning rate
     used to exceed the MLP memory's stability bound and the logits became NaN after ~50 tokens."""
     model, params, tokens = setup(
-        name, batch=1, length=512, d_model=128, n_heads=2, n_layers=1, max_len=512, mem_chunk=16
+        name,
+        batch=1,
+        length=512,
+        d_model=128,
+        n_heads=2,
+        n_layers=1,
+        max_len=512,
+        titans={"chunk": 16},
     )
     logits, _ = jitted(model, "apply")(params, tokens)
     assert np.all(np.isfinite(np.asarray(logits)))

@@ -345,3 +345,37 @@ def test_fire_adds_the_pending_increments_and_clears_them_only_where_the_flag_is
     # traced under jit (the CMS fires on a traced position)
     s, p = jax.jit(fire)(state, pending, jnp.array(True))
     np.testing.assert_array_equal(s["w"], [1.5, 1.0])
+
+
+def test_fire_with_a_commit_and_lazily():
+    """A level whose slow state is not a sum passes its own commit (M3's slow momentum); the
+    lazy form (``lax.cond``: the commit runs only where the flag is set) gives the same values,
+    and under a traced False flag the lazy commit is not executed."""
+    state, pending = (jnp.array([1.0, 2.0]), jnp.zeros(2)), jnp.array([0.5, -1.0])
+    commit = lambda s, p: (0.9 * s[0] + p, jnp.tanh(0.9 * s[0] + p))
+    calls = []
+
+    def counted(s, p):
+        jax.debug.callback(lambda: calls.append(1))
+        return commit(s, p)
+
+    for flag in (True, False):
+        want = fire(state, pending, flag, commit)
+        for lazy in (False, True):
+            got = jax.jit(lambda f, lazy=lazy: fire(state, pending, f, commit, lazy=lazy))(
+                jnp.array(flag)
+            )
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    kept, pend = fire(state, pending, False, commit)
+    np.testing.assert_array_equal(kept[0], state[0])
+    np.testing.assert_array_equal(pend, pending)
+    fired, cleared = fire(state, pending, True, commit)
+    np.testing.assert_allclose(fired[0], [1.4, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(cleared, [0.0, 0.0])
+    lazy_fire = jax.jit(lambda f: fire(state, pending, f, counted, lazy=True))
+    jax.block_until_ready(lazy_fire(jnp.array(False)))
+    assert calls == []
+    jax.block_until_ready(lazy_fire(jnp.array(True)))
+    jax.effects_barrier()
+    assert calls == [1]

@@ -16,6 +16,7 @@ from nested_jax.memory import (
     LinearMemory,
     MLPMemory,
     Momentum,
+    Rates,
     SoftmaxMemory,
     rule_step,
     stable_step_norm,
@@ -105,6 +106,111 @@ def test_hebbian_without_gates_is_plain_causal_linear_attention():
     strict = jnp.tril(jnp.ones((12, 12), bool), k=-1)
     expected = jnp.einsum("bhts,bshd->bthd", jnp.where(strict, scores, 0.0), v)
     np.testing.assert_allclose(np.asarray(y), np.asarray(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_read_after_is_standard_causal_linear_attention():
+    """read="after": y_t = M_t q_t (token t sees its own write), no query shift by the caller;
+    the chunked, token-by-token and streaming forms agree."""
+    q, k, v, *_ = _inputs(12, jax.random.key(1))
+    mem = LinearMemory(DotProduct(), GD())
+    st = mem.init_state(mem.init_params(None, heads=H, d_k=D, d_v=D), B)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k)
+    incl = jnp.tril(jnp.ones((12, 12), bool))
+    expected = jnp.einsum("bhts,bshd->bthd", jnp.where(incl, scores, 0.0), v)
+    for chunk in (1, 5, 12):
+        _, y = mem.write_read(st, q, k, v, chunk_size=chunk, read="after")
+        np.testing.assert_allclose(np.asarray(y), np.asarray(expected), atol=1e-5, rtol=1e-5)
+    _, y_ref = mem.write_read_reference(st, q, k, v, chunk_size=5, read="after")
+    np.testing.assert_allclose(np.asarray(y_ref), np.asarray(expected), atol=1e-5, rtol=1e-5)
+    _, y_one = mem.write_read_chunk(st, q, k, v, read="after")
+    np.testing.assert_allclose(np.asarray(y_one), np.asarray(expected), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["linear-l2-dgd", "mlp-l2-momentum"])
+def test_read_after_fast_form_equals_slow_twin_and_stream(name):
+    mem = MEMORIES[name]
+    q, k, v, eta, alpha, beta = _inputs(11, jax.random.key(31), eta_scale=0.3)
+    st = _state(mem)
+    kw = dict(chunk_size=4, read="after")
+    s_fast, y_fast = mem.write_read(st, q, k, v, eta, alpha, beta, **kw)
+    s_ref, y_ref = mem.write_read_reference(st, q, k, v, eta, alpha, beta, **kw)
+    _close(s_fast, s_ref)
+    _close(y_fast, y_ref)
+    # read after = read before with token t's query asked one token later; the states agree
+    s_before, y_before = mem.write_read(st, q, k, v, eta, alpha, beta, chunk_size=4)
+    _close(s_fast, s_before)
+    _close(
+        y_fast[:, :-1],
+        mem.write_read(
+            st,
+            jnp.roll(q, 1, 1),
+            k,
+            v,
+            eta,
+            alpha,
+            beta,
+            chunk_size=4,
+        )[1][:, 1:],
+    )
+    assert not np.allclose(np.asarray(y_fast), np.asarray(y_before))
+    # streamed in pieces with a start_stream prefix == one call
+    stream, y0 = mem.start_stream(
+        st, q[:, :6], k[:, :6], v[:, :6], eta[:, :6], alpha[:, :6], beta[:, :6], **kw
+    )
+    stream, y1 = mem.stream(
+        stream, q[:, 6:], k[:, 6:], v[:, 6:], eta[:, 6:], alpha[:, 6:], beta[:, 6:], **kw
+    )
+    _close(jnp.concatenate([y0, y1], axis=1), y_fast)
+    _close(stream.state, s_fast)
+
+
+def test_read_after_l2_memory_is_deltanet_output():
+    """DeltaNet's usual output o_t = W_t q_t (after the write) with read="after", chunked."""
+    q, k, v, eta, _, _ = _inputs(9, jax.random.key(2))
+    mem = LinearMemory(L2(), GD(), gradient_at="token")
+    st = _state(mem)
+    _, w_final = _deltanet_direct(st.w, q, k, v, eta)
+    # o_t = W_t q_t: read before at t+1 with q_t, the last one from the final state
+    y_next, _ = _deltanet_direct(st.w, jnp.roll(q, 1, 1), k, v, eta)
+    last = np.einsum("bhvk,bhk->bhv", w_final, np.asarray(q[:, -1], np.float64))
+    expected = np.concatenate([y_next[:, 1:], last[:, None]], axis=1)
+    _, y = mem.write_read(st, q, k, v, eta, chunk_size=3, read="after")
+    np.testing.assert_allclose(np.asarray(y), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_read_order_errors():
+    q, k, v, *_ = _inputs(4, jax.random.key(3))
+    lin, soft = MEMORIES["linear-l2-gd"], MEMORIES["softmax"]
+    with pytest.raises(ValueError, match="read must be"):
+        lin.write_read(_state(lin), q, k, v, chunk_size=2, read="later")
+    with pytest.raises(ValueError, match='read="before" is not available'):
+        soft.write_read(_state(soft), q, k, v, chunk_size=2, read="before")
+    # softmax attention already reads after its write: "after" is its default order
+    y_after = soft.write_read(_state(soft), q, k, v, chunk_size=2, read="after")[1]
+    _close(y_after, soft.write_read(_state(soft), q, k, v, chunk_size=2)[1])
+
+
+def test_rates_one_value_broadcasts_per_head():
+    mem = MEMORIES["linear-l2-momentum"]
+    q, k, v, *_ = _inputs(7, jax.random.key(4))
+    st = _state(mem)
+    eta_h, alpha_h = jnp.array([0.2, 0.5]), jnp.array([0.9, 0.99])
+    full = lambda r: jnp.broadcast_to(r, (B, 7, H))
+    want = mem.write_read(st, q, k, v, full(eta_h), full(alpha_h), 0.7, chunk_size=3)
+    for got in (
+        mem.write_read(st, q, k, v, rates=Rates(eta_h, alpha_h, 0.7), chunk_size=3),
+        mem.write_read(st, q, k, v, eta_h, alpha_h, 0.7, chunk_size=3),
+        mem.write_read_reference(st, q, k, v, rates=Rates(eta_h, alpha_h, 0.7), chunk_size=3),
+    ):
+        _close(got, want)
+    assert Rates(eta=0.5).broadcast((B, 7, H)).eta.shape == (B, 7, H)
+    assert Rates(eta=0.5).broadcast((B, 7, H)).alpha is None
+    with pytest.raises(ValueError, match="not both"):
+        mem.write_read(st, q, k, v, 0.1, rates=Rates(0.2), chunk_size=3)
+    with pytest.raises(TypeError, match="Rates"):
+        mem.write_read(st, q, k, v, rates=(0.1, 0.2, 0.3), chunk_size=3)
+    with pytest.raises(ValueError, match=r"alpha must be a scalar, a per-head value \[heads\]"):
+        mem.write_read(st, q, k, v, rates=Rates(alpha=jnp.ones((B, H))), chunk_size=3)
 
 
 def _deltanet_direct(w0, q, k, v, eta, alpha=None):
@@ -564,7 +670,7 @@ def test_heads_first_chunk_api_equals_write_read_chunk(name):
     q, k, v, eta, alpha, beta = _inputs(6, jax.random.key(3))
     want, _ = mem.write_read_chunk(state, q, k, v, eta, alpha, beta)
     hf = lambda a: jnp.swapaxes(a, 1, 2)  # [B, C, H, ...] -> [B, H, C, ...]
-    got = mem.write_chunk(state, hf(k), hf(v), hf(eta), hf(alpha), hf(beta))
+    got = mem.write_chunk(state, hf(k), hf(v), Rates(hf(eta), hf(alpha), hf(beta)))
     _close(got, want)
     if isinstance(mem, MLPMemory):
         z = hf(q)  # [B, H, C, d]

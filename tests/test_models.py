@@ -8,7 +8,7 @@ import pytest
 from model_helpers import check_prefix_then_stream, close, jitted, setup, stream
 
 from nested_jax import optim
-from nested_jax.models import LanguageModel, ModelConfig, get_config, list_configs
+from nested_jax.models import CMSConfig, LanguageModel, ModelConfig, get_config, list_configs
 from nested_jax.models.layers import rms_norm, rope, swiglu
 
 MODELS = ["tiny", "titans_tiny", "selfmod_tiny", "hope_tiny", "hope_attention_tiny"]
@@ -156,3 +156,29 @@ def test_configs_say_what_their_blocks_have():
         assert (c.has_cms, c.attends) == (has_cms, attends), name
         model = LanguageModel(c)
         assert ("cms" in model.init(jax.random.key(0))["layers"]) == has_cms, name
+
+
+def test_model_config_has_sub_configs_and_reads_old_runs():
+    """Titans / self-modifying / CMS settings live in sub-configs; replace() takes a field, a
+    sub-config dict or a dotted path; flat names of older runs are migrated, or refused with
+    their new name."""
+    from nested_jax.models.config import migrate_model_json
+
+    cfg = get_config("hope_tiny")
+    assert isinstance(cfg.cms, CMSConfig) and cfg.cms.periods == (4, 8) and cfg.cms.chunk == 4
+    a = cfg.replace(cms={"signal": "ntp"}, n_layers=3)
+    b = cfg.replace(**{"cms.signal": "ntp", "n_layers": 3})
+    assert a == b and a.cms.signal == "ntp" and a.cms.periods == (4, 8) and a.n_layers == 3
+    assert get_config("hope_tiny", cms={"signal": "ntp"}, n_layers=3) == a
+    assert cfg.replace(cms=CMSConfig(periods=(8,))).cms.signal == "teach"
+    assert ModelConfig.from_json(a.to_json()) == a
+    with pytest.raises(ValueError, match="'cms_signal' is now 'cms.signal'"):
+        cfg.replace(cms_signal="ntp")
+    with pytest.raises(ValueError, match="unknown field 'cms.colour'"):
+        cfg.replace(cms={"colour": 1})
+    with pytest.raises(TypeError, match="cms must be a CMSConfig"):
+        ModelConfig(cms=(8, 16))
+    old = {k: v for k, v in cfg.to_json().items() if k not in ("titans", "selfmod", "cms")}
+    old.update(mem_chunk=4, sm_chunk=2, cms_periods=[4, 8], cms_signal="ntp")
+    assert migrate_model_json(old)["cms"] == {"periods": [4, 8], "signal": "ntp"}
+    assert ModelConfig.from_json(old) == cfg.replace(cms={"signal": "ntp"})

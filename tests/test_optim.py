@@ -335,3 +335,27 @@ def test_preconditioned_momentum_diagonal_and_random_features_formulas():
     np.testing.assert_allclose(np.asarray(d), np.tanh(g[0] @ r.T) @ r / 7, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="preconditioner must be"):
         optim.scale_by_preconditioned_momentum(preconditioner="kfac")
+
+
+def test_the_gradient_memory_is_an_associative_memory():
+    """Every optimizer's momentum is one write: with the dot-product objective it is a
+    ``LinearMemory(DotProduct(), GD())`` with a unit key (value = the gradient); with L2 it is
+    delta momentum (decisions D18)."""
+    from nested_jax.memory import L2, DotProduct, LinearMemory, LinearParams
+    from nested_jax.optim import write_gradient_memory
+
+    g = {"a": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([[3.0, 0.25]])}
+    m = {"a": jnp.array([0.5, 0.5, -1.0]), "b": jnp.array([[-1.0, 2.0]])}
+    got = write_gradient_memory(m, g, 0.8, 0.3)
+    mem = LinearMemory(DotProduct())
+    for name in ("a", "b"):
+        w = m[name].reshape(1, 1, -1, 1)  # [batch, heads, d_v = params, d_k = 1]
+        st = mem.init_state(LinearParams(w[0]), 1)
+        st = mem.write(st, jnp.ones((1, 1, 1)), g[name].reshape(1, 1, -1), 0.3, 0.8)
+        np.testing.assert_allclose(st.w.reshape(m[name].shape), got[name], rtol=1e-6)
+    d = write_gradient_memory(m, g, 0.9, objective=L2(), beta=0.5)
+    gh = g["a"] / jnp.linalg.norm(g["a"])
+    want = 0.9 * m["a"] - 0.5 * gh * jnp.dot(gh, m["a"]) + g["a"]
+    np.testing.assert_allclose(d["a"], want, rtol=1e-6)
+    with pytest.raises(TypeError, match="objective"):
+        write_gradient_memory(m, g, 0.9, objective="l2")

@@ -49,10 +49,10 @@ def assert_same_tree(a, b):
 def test_overrides_parse_and_round_trip():
     cfg = get_train_config(
         "quickstart",
-        ["steps=7", "data.seq_len=64", "optim.lr=1e-3", "model.cms_periods=(16, 32)", "plot=False"],
+        ["steps=7", "data.seq_len=64", "optim.lr=1e-3", "model.cms.periods=(16, 32)", "plot=False"],
     )
     assert cfg.steps == 7 and cfg.data.seq_len == 64 and cfg.optim.lr == 1e-3 and not cfg.plot
-    assert dict(cfg.model_overrides)["cms_periods"] == (16, 32)
+    assert dict(cfg.model_overrides)["cms.periods"] == (16, 32)
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
 
 
@@ -65,8 +65,10 @@ def test_overrides_parse_and_round_trip():
         ("optim.name=lion", "optim.name must be one of"),
         ("optim.lr=-1", "optim.lr must be > 0"),
         ("data.tokenizer=words", "data.tokenizer"),
-        ("model.cms_periods=(3, 8)", "multiple of the smallest"),
-        ("model.colour=1", "unknown model field 'colour'"),
+        ("model.cms.periods=(3, 8)", "multiple of the smallest"),
+        ("model.colour=1", "unknown model config field 'colour'"),
+        ("model.cms.colour=1", "unknown field 'cms.colour'"),
+        ("model.cms_periods=(8, 16)", "'cms_periods' is now 'cms.periods'"),
         ("banana=1", "unknown config key 'banana'"),
         ("steps", "not of the form key=value"),
         ("mesh=(0, 0)", "mesh"),

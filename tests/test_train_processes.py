@@ -111,7 +111,7 @@ SHARDED = textwrap.dedent(
     from nested_jax.train import Run, get_train_config
     corpus, out = sys.argv[1], sys.argv[2]
     res = {"devices": jax.device_count()}
-    models = {"tiny": [], "hope_tiny": ["model.first_order=True", "model.eta_max=0.02"]}
+    models = {"tiny": [], "hope_tiny": ["model.first_order=True", "model.titans.eta_max=0.02"]}
     for model, extra in models.items():
         losses = {}
         for mesh in ((1, 1), (4, 2)):

@@ -7,7 +7,17 @@ import optax
 import pytest
 
 from nested_jax.levels import run_levels_reference
-from nested_jax.memory import DGD, GD, DotProduct, Momentum, rule_step
+from nested_jax.memory import (
+    DGD,
+    GD,
+    L2,
+    DotProduct,
+    LinearMemory,
+    LinearParams,
+    MLPMemory,
+    Momentum,
+    rule_step,
+)
 from nested_jax.transfer import (
     LearningModule,
     dot_objective,
@@ -84,15 +94,11 @@ def test_surprise_signals_give_every_layer_gradient_and_gd_is_a_memory_write():
         np.testing.assert_allclose(grads[i], inputs[i].T @ deltas[i], **TOL)
     # a layer's GD step == its memory writing (x_b, -delta_b) with the dot objective, one token
     w = ps[2].T  # memory layout [d_out, d_in]
-    mod = LearningModule(
-        {"init": w},
-        LearningModule.init(k[0], 4, 3).state._replace(w=w),
-        rule=GD(),
-        objective=DotProduct(),
-    )
+    mem = LinearMemory(DotProduct(), GD())
+    mod = LearningModule.init(k[0], 4, 3, memory=mem).reset(LinearParams(w[None]))
     one = lambda p: 0.5 * jnp.sum((jnp.tanh(x[:1] @ ps[0]) @ p - yt[:1]) ** 2)
     _, ins1, ds1 = surprise_signals(layers, ps, x[:1], lambda y: 0.5 * jnp.sum((y - yt[:1]) ** 2))
-    written = mod.write(ins1[2][0], -ds1[2][0], 0.1).state.w
+    written = mod.write(ins1[2][0], -ds1[2][0], 0.1).state.w[0, 0]
     np.testing.assert_allclose(written, (ps[2] - 0.1 * jax.grad(one)(ps[2])).T, **TOL)
 
 
@@ -103,14 +109,47 @@ def test_learning_module_is_one_pytree_and_jits():
     assert len(leaves) == 3 and all(isinstance(a, jax.Array) for a in leaves)  # init, w, s
     x, v = jnp.ones(4), jnp.arange(3.0)
     out = jax.jit(lambda m: m.write(x, v, 0.1))(m)
-    assert out.name == "m" and out.rule == Momentum(0.9)
+    assert out.name == "m" and out.memory == LinearMemory(L2(), Momentum(0.9))
     assert not np.allclose(out.state.w, m.state.w) and np.allclose(
-        out.reset().state.w, m.params["init"]
+        out.reset().state.w, m.params.w[None]
     )
     doubled = jax.tree.map(lambda a: 2 * a, m)
-    np.testing.assert_allclose(doubled.params["init"], 2 * m.params["init"])
-    with pytest.raises(TypeError, match="objective must be an objective"):
+    np.testing.assert_allclose(doubled.params.w, 2 * m.params.w)
+    with pytest.raises(TypeError, match="objective must be DotProduct"):
         LearningModule.init(jax.random.key(0), 4, 3, objective="l2")
+    with pytest.raises(ValueError, match="either memory= or rule="):
+        LearningModule.init(jax.random.key(0), 4, 3, memory=LinearMemory(), rule=GD())
+    with pytest.raises(TypeError, match="memory must be"):
+        LearningModule(m.params, m.state, memory="linear")
+
+
+def test_learning_module_is_its_memory_one_token_at_a_time():
+    """A module's write / read are its memory's, on one sample and one head: a deep (MLP)
+    member is the MLP memory's recurrence, and runs in a nest like a linear one."""
+    keys, values = _stream(3, d_k=4, d_v=4)
+    mem = MLPMemory(8, rule=DGD(0.5))
+    deep = LearningModule.init(jax.random.key(7), 4, 4, memory=mem, name="deep")
+    st = mem.init_state(deep.params, 1)
+    mod = deep
+    for x, v in zip(keys[:5], values[:5], strict=True):
+        np.testing.assert_allclose(mod.read(x), mem.read(st, x[None, None])[0, 0], **TOL)
+        st = mem.write(st, x[None, None], v[None, None], jnp.full((1, 1), 0.3))
+        mod = mod.write(x, v, 0.3)
+    _close_trees(mod.state, st)
+    slow = LearningModule.init(jax.random.key(8), 4, 4, name="slow", period=4)
+    res = run_nest((slow, deep), keys, values, (0.1, 0.3))
+    ref = run_levels_reference(
+        (slow.level(0.1), deep.level(0.3)),
+        (slow.state, deep.state),
+        (keys, values, jnp.zeros_like(values), jnp.zeros_like(values)),
+    )
+    np.testing.assert_allclose(res.predictions, ref.outputs[-1][2], **TOL)
+    assert np.all(np.isfinite(np.asarray(res.predictions)))
+
+
+def _close_trees(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL)
 
 
 def _stream(seed=0, t=24, d_k=4, d_v=3):
@@ -126,7 +165,7 @@ def test_nest_residual_transfer_matches_a_hand_written_loop():
     res = run_nest((slow, fast), keys, values, (0.2, 0.5))
     ws, wf, preds = slow.state, fast.state, []
     for x, v in zip(keys, values, strict=True):
-        ys, yf = ws.w @ x, wf.w @ x
+        ys, yf = ws.w[0, 0] @ x, wf.w[0, 0] @ x
         preds.append(ys + yf)
         ws = slow.step(ws, x, v, 0.2)
         wf = fast.step(wf, x, v - ys, 0.5)  # writes what the slow member leaves unexplained
@@ -156,8 +195,8 @@ def test_nest_periods_follow_run_levels_semantics():
     bottom = LearningModule.init(jax.random.key(4), 4, 3, scale=1.0, name="bottom")
     top = LearningModule.init(jax.random.key(5), 3, 3, scale=1.0, name="top", receives="input")
     out = run_nest((bottom, top), keys, values, (0.1, 0.1))
-    np.testing.assert_allclose(out.reads[0, 1], top.state.w @ out.reads[0, 0], **TOL)
-    assert out.modules[1].state.w.shape == (3, 3)
+    np.testing.assert_allclose(out.reads[0, 1], top.state.w[0, 0] @ out.reads[0, 0], **TOL)
+    assert out.modules[1].state.w.shape == (1, 1, 3, 3)
     with pytest.raises(ValueError, match="no neighbour"):
         run_nest((top, bottom), keys, values, (0.1, 0.1))
 
@@ -205,10 +244,10 @@ def test_first_order_meta_gradient_differs_only_in_the_second_order_term():
     a = jax.random.normal(jax.random.key(5), (4, 8))
     fast = LearningModule.init(jax.random.key(6), 8, 4, scale=1.0)
     task = jax.tree.map(lambda t: t[0], _task_sampler(a, 1)(jax.random.key(7)))
-    g2 = jax.grad(lambda p: post_adaptation_loss(p, fast, task, 0.5))(fast.params)["init"]
+    g2 = jax.grad(lambda p: post_adaptation_loss(p, fast, task, 0.5))(fast.params).w
     g1 = jax.grad(lambda p: post_adaptation_loss(p, fast, task, 0.5, first_order=True))(
         fast.params
-    )["init"]
+    ).w
     v2 = post_adaptation_loss(fast.params, fast, task, 0.5)
     v1 = post_adaptation_loss(fast.params, fast, task, 0.5, first_order=True)
     assert float(v1) == pytest.approx(float(v2), rel=1e-6)
@@ -251,7 +290,8 @@ def test_hypernetwork_fits_a_task_family_and_gradients_reach_it():
     (phi, _), hist = jax.lax.scan(step, (phi, st), None, length=400)
     assert float(loss(phi)) < 0.05 * float(hist[0])
     np.testing.assert_allclose(
-        hypernet_module(phi, zs[0], template).state.w, hypernet_weights(phi, zs[0], d_out, d_in)
+        hypernet_module(phi, zs[0], template).state.w[0, 0],
+        hypernet_weights(phi, zs[0], d_out, d_in),
     )
 
 

@@ -5,7 +5,7 @@ At equal tokens and (nearly) equal parameters, byte level, trained at 256 tokens
 * ``hope``: the registry's ``hope_tiny`` (self-modifying Titans + a two-level CMS learning in
   context with the default two-pass ``"teach"`` signal);
 * ``hope_ntp``: the same with the exact next-token CMS signal (``"ntp"``, second order);
-* ``hope_frozen``: the same with every CMS level frozen (``cms_periods=(0, 0)``: two plain MLPs);
+* ``hope_frozen``: the same with every CMS level frozen (``cms.periods=(0, 0)``: two plain MLPs);
 * ``titans`` and ``transformer`` (Transformer++): their MLP width chosen so that the parameter
   count matches Hope's.
 
@@ -13,7 +13,7 @@ Each cell (budget, variant, seed) is a resumable run of the training system
 (:func:`nested_jax.train.train`, checkpoints every ``ckpt_every`` steps), then an evaluation:
 validation bits per byte at the training length, and the loss by position over held-out
 1024-byte sequences (the longest context any model here saw is 256), for Hope variants with the
-CMS's in-context updates on (as trained) and off (the same weights with ``cms_lr = 0``: every
+CMS's in-context updates on (as trained) and off (the same weights with ``cms.lr = 0``: every
 level stays at its learned initial weights). The self-modifying memories keep learning in both.
 
 Budgets: ``shared`` (~300K bytes, every variant, the exact ``"ntp"`` Hope included) and ``large``
@@ -29,7 +29,6 @@ Run: ``python -m experiments.hope_ablation.run --budget shared [--variants hope 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import platform
@@ -58,8 +57,8 @@ FULL = {
 SMOKE = {"seq_len": 32, "batch": 2, "eval_len": 64, "eval_seqs": 2, "bin": 16, "eval_batches": 1}
 _BASE = {
     "hope": ("hope_tiny", ()),
-    "hope_ntp": ("hope_tiny", (("cms_signal", "ntp"),)),
-    "hope_frozen": ("hope_tiny", (("cms_periods", (0, 0)),)),
+    "hope_ntp": ("hope_tiny", (("cms.signal", "ntp"),)),
+    "hope_frozen": ("hope_tiny", (("cms.periods", (0, 0)),)),
     "titans": ("titans_tiny", ()),
     "transformer": ("tiny", ()),
 }
@@ -141,9 +140,9 @@ def run_cell(variant: str, budget: str, seed: int, out: Path, setup: dict, steps
     )
     params = state.params
     curves = {"on": loss_by_position(run.model, params, windows, setup["batch"])}
-    cms_live = run.model_config.kind.startswith("hope") and run.model_config.cms_chunk
+    cms_live = run.model_config.kind.startswith("hope") and run.model_config.cms.chunk
     if cms_live:
-        off = LanguageModel(dataclasses.replace(run.model_config, cms_lr=0.0))
+        off = LanguageModel(run.model_config.replace(cms={"lr": 0.0}))
         curves["off"] = loss_by_position(off, params, windows, setup["batch"])
     bits = lambda nats: float(nats) / math.log(2)
     rec = {

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from experiments.common import parse_args, pyplot, save_figure, write_results
-from nested_jax.memory import DGD, GD
+from nested_jax.memory import DGD, GD, LinearParams
 from nested_jax.transfer import LearningModule, run_nest
 
 
@@ -73,7 +73,7 @@ def stream_error(init, members, keys, values, cfg, use=("medium", "fast")):
     mods = []
     etas = []
     if "medium" in use:
-        mods.append(medium.reset({"init": init}))
+        mods.append(medium.reset(LinearParams(init[None])))
         etas.append(cfg["eta_medium"])
     if "fast" in use:  # alone, it writes the value itself (nothing precedes it)
         mods.append(fast if "medium" in use else dataclasses.replace(fast, receives="value"))
@@ -124,7 +124,7 @@ def run(smoke: bool = False, out: Path | None = None) -> dict:
             u, st = opt.update(g, st)
         return (optax.apply_updates(init, u), st), loss
 
-    init0 = members[0].params["init"]
+    init0 = members[0].params.w[0]  # [d, d]: one head
     with jax.numpy_dtype_promotion("standard"):
         st = opt.init(init0)
     (init, _), meta_hist = jax.lax.scan(
@@ -150,8 +150,8 @@ def run(smoke: bool = False, out: Path | None = None) -> dict:
     medium_only, _ = evaluate(init, ("medium",))
     fast_only, _ = evaluate(init, ("fast",))
     zero = float(jnp.mean(jnp.sum(values**2, axis=-1)))
-    medium_w = res.modules[0].state.w  # [tasks, d, d] at the end of each task
-    fast_w = res.modules[1].state.w
+    medium_w = res.modules[0].state.w[:, 0, 0]  # [tasks, d, d] at the end of each task
+    fast_w = res.modules[1].state.w[:, 0, 0]
     task_maps = a[None] + d_tau
     last_ctx = e[:, -1]
     what = {

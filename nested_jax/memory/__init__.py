@@ -7,10 +7,17 @@ Where things are:
   linear.py         LinearMemory: linear attention / DeltaNet / implicit delta rule
   mlp.py            MLPMemory: residual 2-layer MLP memory (Titans' deep memory)
   nonparametric.py  SoftmaxMemory: causal softmax attention, full or sliding window
-  base.py           AbstractMemory: sequence drivers (chunked and token-by-token reference)
+  base.py           AbstractMemory: sequence drivers (chunked and token-by-token reference),
+                    Rates (learning rate, retention, momentum as one value)
 """
 
-from nested_jax.memory.base import AbstractMemory, StreamState, advance_stream, first_order_update
+from nested_jax.memory.base import (
+    AbstractMemory,
+    Rates,
+    StreamState,
+    advance_stream,
+    first_order_update,
+)
 from nested_jax.memory.chunkwise import unit_lower_inverse
 from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
 from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState, stable_step_norm
@@ -32,6 +39,7 @@ __all__ = [
     "MLPState",
     "Momentum",
     "Objective",
+    "Rates",
     "SoftmaxMemory",
     "SoftmaxParams",
     "SoftmaxState",

@@ -25,7 +25,36 @@ from nested_jax.levels import first_order_update, scan_chunks, sever
 
 PyTree = Any
 
-__all__ = ["AbstractMemory", "StreamState", "advance_stream", "first_order_update", "sever"]
+__all__ = [
+    "AbstractMemory",
+    "Rates",
+    "StreamState",
+    "advance_stream",
+    "first_order_update",
+    "sever",
+]
+
+
+class Rates(NamedTuple):
+    """The per-token rates of a memory write, as one value: the same names in every package.
+
+    ``eta``: learning rate (inner step size); ``alpha``: retention (the fraction of the state kept
+    before the step, 1 = no forgetting; a weight decay of ``1 - alpha``); ``beta``: momentum (the
+    fraction of the previous update carried, where the update rule has one).
+
+    Each field is ``None`` (the memory's default: 1, and the rule's own momentum), a scalar, a
+    per-head value ``[heads]``, or a per-token value ``[batch, seq, heads]``; the sequence drivers
+    broadcast them (:meth:`broadcast`). The chunk API (:meth:`AbstractMemory.write_chunk`) takes
+    them already in its heads-first layout (``[batch, heads, C]``).
+    """
+
+    eta: Any = None
+    alpha: Any = None
+    beta: Any = None
+
+    def broadcast(self, shape) -> Rates:
+        """Each given rate as f32 of ``shape = [batch, seq, heads]`` (``None`` stays ``None``)."""
+        return Rates(*(_rates(x, shape, name) for name, x in zip(self._fields, self, strict=True)))
 
 
 class StreamState(NamedTuple):
@@ -40,17 +69,31 @@ class StreamState(NamedTuple):
     offset: jax.Array
 
 
-def _rates(x, like: jax.Array, name: str) -> jax.Array:
-    """Broadcast a rate (None, scalar or ``[batch, seq, heads]``) to ``like.shape[:3]`` in f32."""
-    shape = like.shape[:3]
+def _rates(x, shape, name: str) -> jax.Array:
+    """Broadcast a rate (None, scalar, ``[heads]`` or ``[batch, seq, heads]``) to ``shape`` in f32."""
     if x is None:
         return None
+    shape = tuple(shape)
     x = jnp.asarray(x, jnp.float32)
-    if x.ndim not in (0, 3) or (x.ndim == 3 and x.shape != shape):
+    if (x.ndim, x.shape) not in ((0, ()), (1, shape[-1:]), (3, shape)):
         raise ValueError(
-            f"{name} must be a scalar or have shape [batch, seq, heads] = {shape}, got {x.shape}."
+            f"{name} must be a scalar, a per-head value [heads] = {shape[-1:]} or per token "
+            f"[batch, seq, heads] = {shape}; got shape {x.shape}."
         )
     return jnp.broadcast_to(x, shape)
+
+
+def _as_rates(eta, alpha, beta, rates) -> Rates:
+    """The rates of a driver call: either the three keywords or one :class:`Rates`, not both."""
+    if rates is None:
+        return Rates(eta, alpha, beta)
+    if not isinstance(rates, Rates):
+        raise TypeError(f"rates must be a nested_jax.memory.Rates, got {type(rates).__name__}.")
+    if any(x is not None for x in (eta, alpha, beta)):
+        raise ValueError(
+            "pass the rates either as eta/alpha/beta or as rates=Rates(...), not both."
+        )
+    return rates
 
 
 def advance_stream(st, bnd, off, chunk_size):
@@ -88,22 +131,12 @@ class AbstractMemory:
         """One chunk in the internal layout (``[B, H, C, d]``, rates ``[B, H, C]``)."""
         return self._chunk_step(state, *self._chunk_prep(q, k, v, eta, alpha, beta))
 
-    def write_chunk(self, state, k, v, eta, alpha, beta):
-        """One chunk of writes in the heads-first layout (``k, v: [batch, heads, C, dim]``, rates
-        ``[batch, heads, C]``, no checks or transposes): the state after the chunk, every inner
-        gradient taken at ``state`` (the chunk boundary). For layers that keep that layout, e.g.
-        self-modifying Titans' generator memories."""
-        return self._chunk(state, k, k, v, eta, alpha, beta)[0]
-
-    def write_read_chunk(self, state, q, k, v, eta=None, alpha=None, beta=None):
-        """One chunk in parallel: all ``C`` tokens of the inputs form a single chunk.
-
-        Same layout as :meth:`write_read` (``q, k: [batch, C, heads, d_k]``, rates
-        ``[batch, C, heads]``); equal to ``write_read(..., chunk_size=C)``.
-        """
-        arrays = self._prepare(q, k, v, eta, alpha, beta)
-        state, y = self._chunk(state, *arrays)
-        return state, jnp.swapaxes(y, 1, 2)
+    def write_chunk(self, state, k, v, rates: Rates):
+        """One chunk of writes in the heads-first layout (``k, v: [batch, heads, C, dim]``; every
+        field of ``rates`` given, ``[batch, heads, C]``; no checks or transposes): the state after
+        the chunk, every inner gradient taken at ``state`` (the chunk boundary). For layers that
+        keep that layout, e.g. self-modifying Titans' generator memories."""
+        return self._chunk(state, k, k, v, *rates)[0]
 
     def _default_rates(self, like):
         """Rates used when the caller passes None: (eta, alpha, beta) for ``like: [B, T, H, d]``:
@@ -113,7 +146,8 @@ class AbstractMemory:
         return ones, ones, (ones if b is None else jnp.full_like(ones, b))
 
     # --- shared drivers ------------------------------------------------------------------------
-    def _prepare(self, q, k, v, eta, alpha, beta):
+    def _prepare(self, q, k, v, rates: Rates):
+        """Check and lay out a sequence call: ``(q, k, v, eta, alpha, beta)`` heads first."""
         for name, a in (("q", q), ("k", k), ("v", v)):
             if jnp.ndim(a) != 4:
                 raise ValueError(
@@ -128,20 +162,56 @@ class AbstractMemory:
             raise ValueError(
                 f"q and k must share their last dim, got {q.shape[-1]} vs {k.shape[-1]}."
             )
-        d_eta, d_alpha, d_beta = self._default_rates(k)
-        eta = _rates(eta, k, "eta")
-        alpha = _rates(alpha, k, "alpha")
-        beta = _rates(beta, k, "beta")
-        rates = (
-            d_eta if eta is None else eta,
-            d_alpha if alpha is None else alpha,
-            d_beta if beta is None else beta,
+        given = rates.broadcast(k.shape[:3])
+        rates = tuple(
+            d if r is None else r for d, r in zip(self._default_rates(k), given, strict=True)
         )
         f32 = lambda a: jnp.asarray(a, jnp.float32)
         # [B, T, H, d] -> [B, H, T, d]; rates [B, T, H] -> [B, H, T]
         seqs = tuple(jnp.swapaxes(f32(a), 1, 2) for a in (q, k, v))
         rates = tuple(jnp.swapaxes(r, 1, 2) for r in rates)
         return seqs + rates
+
+    def _reads_after(self, read) -> bool:
+        """Whether token t's output reads the state after its own write (``read="after"``)."""
+        if read is None:
+            return self.inclusive
+        if read not in ("before", "after"):
+            raise ValueError(f'read must be "before", "after" or None, got {read!r}.')
+        if self.inclusive and read == "before":
+            raise ValueError(
+                f"{type(self).__name__} reads after its own write (a token attends to itself); "
+                'read="before" is not available for it.'
+            )
+        return read == "after"
+
+    def _shift_queries(self, arrays, after: bool):
+        """For ``read="after"`` on a memory that reads before writing: token t's query is asked at
+        position t + 1 (where the state holds token t's write); the last one is read separately."""
+        if not after or self.inclusive:
+            return arrays
+        q = arrays[0]
+        return (jnp.concatenate([q[:, :, :1], q[:, :, :-1]], axis=2),) + tuple(arrays[1:])
+
+    def _unshift(self, state, arrays, y, after: bool):
+        """Undo :meth:`_shift_queries` on the outputs ``y: [B, H, T, d_v]``."""
+        if not after or self.inclusive:
+            return y
+        last = self.read(state, arrays[0][:, :, -1])  # the last query, after every write
+        return jnp.concatenate([y[:, :, 1:], last[:, :, None].astype(y.dtype)], axis=2)
+
+    def write_read_chunk(
+        self, state, q, k, v, eta=None, alpha=None, beta=None, *, rates=None, read=None
+    ):
+        """One chunk in parallel: all ``C`` tokens of the inputs form a single chunk.
+
+        Same layout and arguments as :meth:`write_read`; equal to ``write_read(...,
+        chunk_size=C)``.
+        """
+        after = self._reads_after(read)
+        arrays = self._prepare(q, k, v, _as_rates(eta, alpha, beta, rates))
+        state, y = self._chunk(state, *self._shift_queries(arrays, after))
+        return state, jnp.swapaxes(self._unshift(state, arrays, y, after), 1, 2)
 
     @staticmethod
     def _check_chunk(chunk_size):
@@ -166,7 +236,9 @@ class AbstractMemory:
         alpha=None,
         beta=None,
         *,
+        rates: Rates | None = None,
         chunk_size: int,
+        read: str | None = None,
         first_order: bool = False,
         gradient_cut: int = 0,
     ):
@@ -175,9 +247,14 @@ class AbstractMemory:
         Args:
           state: the memory state (per sample and head).
           q, k: ``[batch, seq, heads, d_k]``; v: ``[batch, seq, heads, d_v]``.
-          eta, alpha, beta: learning rate, retention and momentum per token (``[batch, seq, heads]``)
-            or scalars; ``None`` uses the memory's defaults.
+          eta, alpha, beta: learning rate, retention and momentum: each ``None`` (the memory's
+            default), a scalar, per head ``[heads]`` or per token ``[batch, seq, heads]``.
+          rates: the same three as one :class:`Rates` (instead of ``eta``/``alpha``/``beta``).
           chunk_size: tokens per chunk; the sequence need not be a multiple of it.
+          read: ``"before"``: token ``t`` reads the state before its own write (the memory's
+            prediction of ``v_t``, as Titans and the paper's recurrences); ``"after"``: after it
+            (standard causal linear attention / DeltaNet outputs, ``y_t = M_t q_t``). ``None``:
+            the memory's own order (``"before"``, or ``"after"`` for softmax attention).
           first_order: stop the outer gradient through the inner updates: the state carried from
             one chunk to the next is ``state_prev + stop_gradient(state_new - state_prev)`` (same
             values; the carried state's gradient passes straight to the previous state, as in
@@ -189,22 +266,32 @@ class AbstractMemory:
         Returns:
           ``(state, y)`` with ``y: [batch, seq, heads, d_v]``.
         """
-        res = self._run_chunks(
-            state, (q, k, v, eta, alpha, beta), chunk_size, first_order, gradient_cut
+        res, y = self._run_chunks(
+            state,
+            q,
+            k,
+            v,
+            _as_rates(eta, alpha, beta, rates),
+            chunk_size,
+            read,
+            first_order,
+            gradient_cut,
         )
-        return res.carry, jnp.swapaxes(res.outputs, 1, 2)
+        return res.carry, y
 
-    def _run_chunks(self, state, inputs, chunk_size, first_order=False, gradient_cut=0):
-        """``write_read``'s chunk scan in the internal layout: a :class:`~nested_jax.levels.ChunkScan`."""
+    def _run_chunks(self, state, q, k, v, rates, chunk_size, read, first_order, gradient_cut):
+        """``write_read``'s chunk scan: ``(ChunkScan, y)`` (see :func:`~nested_jax.levels.scan_chunks`)."""
         self._check_chunk(chunk_size)
         self._check_cut(gradient_cut, chunk_size)
+        after = self._reads_after(read)
+        arrays = self._prepare(q, k, v, rates)
         # Remat of each chunk step: on CPU, recomputing a chunk's cheap forward in the backward
         # pass is faster than storing its residuals (measured: ~2x for the MLP memory), and it
         # keeps training memory at one state per chunk.
-        return scan_chunks(
+        res = scan_chunks(
             self._chunk_step,
             state,
-            self._prepare(*inputs),
+            self._shift_queries(arrays, after),
             chunk_size,
             axis=2,
             prep=self._chunk_prep,
@@ -212,6 +299,7 @@ class AbstractMemory:
             first_order=first_order,
             cut=gradient_cut,
         )
+        return res, jnp.swapaxes(self._unshift(res.carry, arrays, res.outputs, after), 1, 2)
 
     def start_stream(
         self,
@@ -223,27 +311,38 @@ class AbstractMemory:
         alpha=None,
         beta=None,
         *,
+        rates: Rates | None = None,
         chunk_size: int,
+        read: str | None = None,
         first_order: bool = False,
         gradient_cut: int = 0,
     ) -> tuple[StreamState, jax.Array]:
         """:meth:`write_read` from a chunk boundary, returning a :class:`StreamState` that
         :meth:`stream` continues exactly (the chunk-parallel way to begin a stream, e.g. a
-        prompt). Same outputs as ``write_read``."""
-        res = self._run_chunks(
-            state, (q, k, v, eta, alpha, beta), chunk_size, first_order, gradient_cut
+        prompt). Same arguments and outputs as ``write_read``."""
+        res, y = self._run_chunks(
+            state,
+            q,
+            k,
+            v,
+            _as_rates(eta, alpha, beta, rates),
+            chunk_size,
+            read,
+            first_order,
+            gradient_cut,
         )
-        stream = StreamState(res.carry, res.boundary, jnp.asarray(res.tail, jnp.int32))
-        return stream, jnp.swapaxes(res.outputs, 1, 2)
+        return StreamState(res.carry, res.boundary, jnp.asarray(res.tail, jnp.int32)), y
 
-    def _token_step(self, st, inp, boundary=None):
-        """One token of the reference and streaming drivers: read and write in the memory's order
-        (``inclusive`` memories write first), the gradient taken at ``boundary``."""
+    def _token_step(self, st, inp, boundary=None, after=None):
+        """One token of the reference and streaming drivers: read and write in the given order
+        (``after``: write first; default the memory's own order), the gradient taken at
+        ``boundary``."""
+        after = self.inclusive if after is None else after
         qt, kt, vt, et, at_, bt = inp
-        if not self.inclusive:
+        if not after:
             y = self.read(st, qt)
         st = self.write(st, kt, vt, et, at_, bt, at=boundary)
-        if self.inclusive:
+        if after:
             y = self.read(st, qt)
         return st, y
 
@@ -252,32 +351,56 @@ class AbstractMemory:
         return StreamState(state, state, jnp.zeros([], jnp.int32))
 
     def stream(
-        self, stream: StreamState, q, k, v, eta=None, alpha=None, beta=None, *, chunk_size: int
+        self,
+        stream: StreamState,
+        q,
+        k,
+        v,
+        eta=None,
+        alpha=None,
+        beta=None,
+        *,
+        rates: Rates | None = None,
+        chunk_size: int,
+        read: str | None = None,
     ):
         """Continue a stream with the next tokens (``[batch, n, heads, dim]``, any ``n``).
 
         Cutting a sequence into pieces of any lengths and streaming them one after the other gives
-        exactly what :meth:`write_read` gives on the whole sequence with the same ``chunk_size``:
-        the chunk boundaries stay where they were (every ``chunk_size`` tokens from the start of
-        the stream), because the stream carries the boundary state and the offset within the chunk.
-        Token by token (a scan); meant for decoding and for resuming, not for training.
+        exactly what :meth:`write_read` gives on the whole sequence with the same ``chunk_size``
+        (and ``read``): the chunk boundaries stay where they were (every ``chunk_size`` tokens from
+        the start of the stream), because the stream carries the boundary state and the offset
+        within the chunk. Token by token (a scan); meant for decoding and for resuming, not for
+        training.
 
         Returns:
           ``(stream, y)`` with ``y: [batch, n, heads, d_v]``.
         """
         self._check_chunk(chunk_size)
-        arrays = self._prepare(q, k, v, eta, alpha, beta)
+        after = self._reads_after(read)
+        arrays = self._prepare(q, k, v, _as_rates(eta, alpha, beta, rates))
 
         def token(carry, inp):
             st, bnd, off = carry
-            st, y = self._token_step(st, inp, bnd)
+            st, y = self._token_step(st, inp, bnd, after)
             return advance_stream(st, bnd, off, chunk_size), y
 
         carry, y = jax.lax.scan(token, tuple(stream), tuple(jnp.moveaxis(a, 2, 0) for a in arrays))
         return StreamState(*carry), jnp.swapaxes(jnp.moveaxis(y, 0, 2), 1, 2)
 
     def write_read_reference(
-        self, state, q, k, v, eta=None, alpha=None, beta=None, *, chunk_size: int
+        self,
+        state,
+        q,
+        k,
+        v,
+        eta=None,
+        alpha=None,
+        beta=None,
+        *,
+        rates: Rates | None = None,
+        chunk_size: int,
+        read: str | None = None,
     ):
         """Slow twin of :meth:`write_read`: one token at a time through ``write`` and ``read``.
 
@@ -285,10 +408,13 @@ class AbstractMemory:
         chunk-parallel form; ``chunk_size=1`` gives the exact online recurrence.
         """
         self._check_chunk(chunk_size)
-        arrays = self._prepare(q, k, v, eta, alpha, beta)
+        after = self._reads_after(read)
+        arrays = self._prepare(q, k, v, _as_rates(eta, alpha, beta, rates))
         mv = lambda a: jnp.moveaxis(a, 2, 0)
 
-        token = self._token_step
+        def token(st, inp, boundary=None):
+            return self._token_step(st, inp, boundary, after)
+
         if chunk_size == 1:
             # every token is its own boundary: one flat scan, gradients at the current state
             state, y = jax.lax.scan(token, state, tuple(mv(a) for a in arrays))

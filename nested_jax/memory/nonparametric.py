@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nested_jax.memory.base import AbstractMemory
+from nested_jax.memory.base import AbstractMemory, _as_rates
 
 __all__ = ["SoftmaxMemory", "SoftmaxParams", "SoftmaxState"]
 
@@ -160,10 +160,24 @@ class SoftmaxMemory(AbstractMemory):
         state, qpos = self._store(state, k, v)
         return state, self._attend(state, q.astype(jnp.float32), qpos, gradient_cut)
 
-    def write_read_chunk(self, state, q, k, v, eta=None, alpha=None, beta=None, *, gradient_cut=0):
+    def write_read_chunk(
+        self,
+        state,
+        q,
+        k,
+        v,
+        eta=None,
+        alpha=None,
+        beta=None,
+        *,
+        rates=None,
+        read=None,
+        gradient_cut=0,
+    ):
         """One chunk in parallel (see :meth:`AbstractMemory.write_read_chunk`); with
         ``gradient_cut > 0`` no gradient flows between positions in different blocks of
         ``gradient_cut`` positions (same values; the teach signal's first pass)."""
-        arrays = self._prepare(q, k, v, eta, alpha, beta)
+        self._reads_after(read)  # softmax attention reads after its write; checks the argument
+        arrays = self._prepare(q, k, v, _as_rates(eta, alpha, beta, rates))
         state, y = self._chunk_step(state, *arrays, gradient_cut=gradient_cut)
         return state, jnp.swapaxes(y, 1, 2)

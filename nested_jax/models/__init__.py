@@ -1,7 +1,8 @@
 """Models built from the memory primitives (paper §4-§6; issue 4).
 
 Where things are:
-  config.py          ModelConfig and the registry of named configs (tiny ... hope_1.3b)
+  config.py          ModelConfig (with TitansConfig, SelfModConfig, CMSConfig) and the registry
+                     of named configs (tiny ... hope_1.3b)
   layers.py          RMSNorm, RoPE, SwiGLU, L2 normalisation, initialisers
   transformer.py     Attention (= SoftmaxMemory) and the Transformer++ block
   titans.py          Titans (LMM) block (deep MLPMemory with momentum and forgetting, short conv)
@@ -13,7 +14,14 @@ Where things are:
 """
 
 from nested_jax.models.cms import CMSState, ContinuumMemory
-from nested_jax.models.config import ModelConfig, get_config, list_configs
+from nested_jax.models.config import (
+    CMSConfig,
+    ModelConfig,
+    SelfModConfig,
+    TitansConfig,
+    get_config,
+    list_configs,
+)
 from nested_jax.models.hope import HopeBlock
 from nested_jax.models.lm import (
     LanguageModel,
@@ -32,7 +40,10 @@ __all__ = [
     "ContinuumMemory",
     "HopeBlock",
     "LanguageModel",
+    "CMSConfig",
     "ModelConfig",
+    "SelfModConfig",
+    "TitansConfig",
     "NTPState",
     "SelfModifyingBlock",
     "SelfModifyingTitans",

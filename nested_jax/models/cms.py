@@ -25,7 +25,7 @@ Where the update terms come from (``cms_signal``):
   the whole network re-run per chunk, so :class:`~nested_jax.models.lm.LanguageModel` computes it
   and calls :meth:`commit`.
 
-Because every non-frozen period is a multiple of the smallest one (``C``, ``config.cms_chunk``),
+Because every non-frozen period is a multiple of the smallest one (``C``, ``config.cms.chunk``),
 the chunk-parallel form is one scan over chunks of ``C`` tokens: inside a chunk no level changes,
 so all its tokens run in parallel; at the chunk's end :meth:`commit` adds the chunk's update terms
 to each level's accumulator and fires the levels whose period ends there. Streaming is the same
@@ -89,7 +89,7 @@ class ContinuumMemory:
 
     @property
     def periods(self) -> tuple:
-        return tuple(self.config.cms_periods)
+        return tuple(self.config.cms.periods)
 
     @property
     def live(self) -> tuple:
@@ -107,14 +107,14 @@ class ContinuumMemory:
                 "norm": jnp.ones((c.d_model,), jnp.float32),
                 "mlp": swiglu_init(ks[2 * i], c.d_model, c.d_ff),
             }
-            if c.cms_signal == "local" and self.periods[i]:  # the local objective's target map
+            if c.cms.signal == "local" and self.periods[i]:  # the local objective's target map
                 lv["w_target"] = dense_init(ks[2 * i + 1], (c.d_model, c.d_model))
             levels.append(lv)
         levels = tuple(levels)
         p = {"levels": levels}
-        if c.cms_variant == "independent":
+        if c.cms.variant == "independent":
             p["mix"] = jnp.ones((n,), jnp.float32)
-        if c.cms_learn_lr:  # lr_l = 2 cms_lr sigmoid(rho_l): cms_lr at init, bounded by 2 cms_lr
+        if c.cms.learn_lr:  # lr_l = 2 cms_lr sigmoid(rho_l): cms_lr at init, bounded by 2 cms_lr
             p["lr"] = jnp.zeros((n,), jnp.float32)
         return p
 
@@ -122,9 +122,9 @@ class ContinuumMemory:
         """Each level's inner learning rate ``[n_levels]``: ``2 cms_lr sigmoid(rho)`` (learned,
         bounded, ``cms_lr`` at init) or the fixed ``cms_lr``."""
         c = self.config
-        if c.cms_learn_lr:
-            return 2.0 * c.cms_lr * jax.nn.sigmoid(p["lr"])
-        return jnp.full((len(self.periods),), c.cms_lr, jnp.float32)
+        if c.cms.learn_lr:
+            return 2.0 * c.cms.lr * jax.nn.sigmoid(p["lr"])
+        return jnp.full((len(self.periods),), c.cms.lr, jnp.float32)
 
     def init_state(self, params: dict, batch_size: int) -> CMSState:
         fast = tuple(self._broadcast(lv["mlp"], batch_size) for lv in params["levels"])
@@ -154,7 +154,7 @@ class ContinuumMemory:
         output errors)."""
         c = self.config
         lrs = self.rates(p)
-        variant = c.cms_variant
+        variant = c.cms.variant
         learn = local or teach is not None
         incs = []
         total = z
@@ -177,7 +177,7 @@ class ContinuumMemory:
                 out, vjp = jax.vjp(lambda th, n=n: batched_swiglu(th, n), theta)
                 anchor = jax.lax.stop_gradient(batched_swiglu(starts[i], n))
                 rate = lr
-                if c.cms_norm:  # per token [B, C, 1]
+                if c.cms.norm:  # per token [B, C, 1]
                     rate = (lr / (1.0 + lr * swiglu_gain(theta, n) / m))[..., None]
                 (g,) = vjp(rate * ((out - anchor) / m + errors[i]))
                 incs.append(jax.tree.map(jnp.negative, g))
@@ -206,7 +206,7 @@ class ContinuumMemory:
                     inc = jax.tree.map(jax.lax.stop_gradient, inc)
                 accs[i] = jax.tree.map(jnp.add, accs[i], inc)
             params[i], accs[i] = fire(params[i], accs[i], pos % self.periods[i] == 0)
-        if c.cms_variant == "nested":
+        if c.cms.variant == "nested":
             for i in self.live:
                 slower = [self.periods[j] for j in self.live if self.periods[j] > self.periods[i]]
                 if not slower:
@@ -241,10 +241,10 @@ class ContinuumMemory:
           ``state`` are applied as they are (the language model commits the updates); ``probe``
           adds zero probes to the live levels' outputs (the teach signal's first pass)."""
         c = self.config
-        if not self.live or (c.cms_signal != "local" and teach is None):
+        if not self.live or (c.cms.signal != "local" and teach is None):
             y, _ = self.forward(p, state.params, z, probe=probe)
             return y, state
-        step = c.cms_chunk if parallel or teach is not None else 1
+        step = c.cms.chunk if parallel or teach is not None else 1
         if teach is not None and z.shape[1] % step:
             raise ValueError(
                 f"teach errors need whole CMS chunks of {step}; got {z.shape[1]} tokens."
@@ -252,7 +252,7 @@ class ContinuumMemory:
         errors, starts = teach if teach is not None else (tuple(None for _ in self.periods), None)
 
         def chunk(state, zc, ec):
-            local = c.cms_signal == "local"
+            local = c.cms.signal == "local"
             tc = None if local else (ec, starts)
             y, inc = self.forward(p, state.params, zc, local=local, teach=tc)
             return self.commit(p, state, inc, zc.shape[1]), y

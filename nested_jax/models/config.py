@@ -1,15 +1,224 @@
-"""Model configuration and the registry of named configs (issue 4)."""
+"""Model configuration and the registry of named configs (issue 4).
+
+A :class:`ModelConfig` holds the sizes shared by every block and one sub-config per kind of
+learner: :class:`TitansConfig` (the neural memory), :class:`SelfModConfig` (self-modifying Titans'
+generator memories) and :class:`CMSConfig` (the Continuum Memory System). Change fields with
+:meth:`ModelConfig.replace` (``cfg.replace(n_layers=4, cms={"signal": "ntp"})`` or
+``cfg.replace(**{"cms.signal": "ntp"})``) or :func:`get_config`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-__all__ = ["ModelConfig", "get_config", "list_configs"]
+__all__ = [
+    "CMSConfig",
+    "ModelConfig",
+    "SelfModConfig",
+    "TitansConfig",
+    "check_field",
+    "get_config",
+    "list_configs",
+    "migrate_field",
+    "migrate_model_json",
+]
 
 KINDS = ("transformer", "titans", "selfmod", "hope", "hope_attention")
 CMS_VARIANTS = ("sequential", "nested", "independent")
 CMS_SIGNALS = ("ntp", "teach", "local")
 SM_MAINS = ("mlp", "linear")
+
+
+def _positive(owner, names):
+    for name in names:
+        v = getattr(owner, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TitansConfig:
+    """The neural memory (Titans; self-modifying Titans' and Hope's main memory).
+
+    Attributes:
+      chunk: chunk size of the memory's parallel form (gradients at chunk boundaries).
+      expansion: hidden width of the MLP memory, in multiples of the head dimension.
+      eta_max: the memories' largest learning rate (``eta = eta_max * sigmoid(.)``; also the
+        generator memories' of self-modifying Titans).
+      conv_width: width of the causal depthwise convolution on q, k, v.
+      inner_norm: normalise the deep (MLP) memories' inner steps (NLMS, ``MLPMemory(step_norm=
+        C / (1 - beta))`` with each memory's chunk size ``C`` and momentum ``beta``), so that no
+        ``eta_max`` makes them diverge (``False``: plain rates).
+    """
+
+    chunk: int = 16
+    expansion: int = 2
+    eta_max: float = 0.1
+    conv_width: int = 4
+    inner_norm: bool = True
+
+    def __post_init__(self):
+        _positive(self, ("chunk", "expansion", "conv_width"))
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfModConfig:
+    """Self-modifying Titans (``kind="selfmod"``, and the sequence layer of ``"hope"``; spec §5.2).
+
+    Attributes:
+      chunk: chunk size of the k / v / eta / alpha (/ q) memories (``TitansConfig.chunk``: the
+        main one).
+      adaptive_q: q from its own memory (NeurIPS reading) instead of a fixed projection (arXiv).
+      momentum: momentum of every memory's DGD rule (``None``: no momentum).
+      main: ``"mlp"`` (default: residual MLP memory, L2, DGD, self-generated targets) or
+        ``"linear"`` (a linear Hebbian memory with its given values: linear attention; the reduced
+        case used to test the wiring).
+      adaptive: whether the k / v / eta / alpha memories learn in context (``False``: they stay at
+        their meta-learned initial state, i.e. fixed projections).
+      unit_values: L2-normalise the generated values ``v_t`` (as the keys). The value memory's
+        self-generated target is ``M_v(v_t)`` with ``v_t = M_v(x_t)``, so its gain squares from
+        chunk to chunk and explodes once above 1; unit values make it neutral (decisions D51).
+    """
+
+    chunk: int = 4
+    adaptive_q: bool = False
+    momentum: float | None = 0.9
+    main: str = "mlp"
+    adaptive: bool = True
+    unit_values: bool = True
+
+    def __post_init__(self):
+        _positive(self, ("chunk",))
+        if self.main not in SM_MAINS:
+            raise ValueError(f"selfmod.main must be one of {SM_MAINS}, got {self.main!r}.")
+        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"selfmod.momentum must be None or in [0, 1), got {self.momentum}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CMSConfig:
+    """The Continuum Memory System (``kind="hope"`` / ``"hope_attention"``; spec §4).
+
+    Attributes:
+      periods: one period per level, in tokens (``0`` = frozen). Non-frozen periods must be
+        multiples of the smallest one.
+      variant: ``"sequential"`` (default), ``"nested"`` or ``"independent"``.
+      signal: ``"teach"`` (default: two passes, each level's output errors from one parallel
+        forward/backward at the sequence-start CMS weights, gradients blocked between CMS chunks,
+        then each level learns chunk by chunk from them), ``"ntp"`` (the exact next-token loss
+        gradient of each chunk, the whole network re-run per chunk and differentiated through:
+        the reference, 2-4x slower) or ``"local"`` (label-free).
+      lr: the levels' inner learning rate (with ``learn_lr``: its value at init; each level then
+        learns its own, bounded by ``2 lr``).
+      learn_lr: learn each level's rate (``2 lr sigmoid(rho)``) instead of fixing it.
+      norm: with ``"teach"``, normalise each token's rate by the level's gain at its input
+        (``lr / (1 + lr gain / (C - 1))``; decisions D54), so no width or rate diverges.
+      persistent: :meth:`LanguageModel.next_sequence` keeps the CMS weights (deployed /
+        continual mode) instead of resetting them to their learned initial values.
+    """
+
+    periods: tuple = (8, 32)
+    variant: str = "sequential"
+    signal: str = "teach"
+    lr: float = 0.1
+    learn_lr: bool = True
+    norm: bool = True
+    persistent: bool = False
+
+    def __post_init__(self):
+        if self.variant not in CMS_VARIANTS:
+            raise ValueError(f"cms.variant must be one of {CMS_VARIANTS}, got {self.variant!r}.")
+        if self.signal not in CMS_SIGNALS:
+            raise ValueError(f"cms.signal must be one of {CMS_SIGNALS}, got {self.signal!r}.")
+        periods = self.periods
+        if isinstance(periods, list | tuple):
+            periods = tuple(periods)
+        if (
+            not isinstance(periods, tuple)
+            or not periods
+            or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in periods)
+        ):
+            raise ValueError(
+                f"cms.periods must be a non-empty tuple of ints >= 0 (0 = frozen), got {periods!r}."
+            )
+        object.__setattr__(self, "periods", periods)
+        live = [p for p in periods if p]
+        if live and any(p % min(live) for p in live):
+            raise ValueError(
+                f"every non-frozen CMS period must be a multiple of the smallest, got {periods}; "
+                "e.g. (8, 32, 128)."
+            )
+        ordered = sorted(live)
+        if self.variant == "nested" and any(
+            b % a for a, b in zip(ordered, ordered[1:], strict=False)
+        ):
+            raise ValueError(
+                f"the nested CMS needs each period to divide the next larger one; got {periods}."
+            )
+        if not self.lr >= 0:
+            raise ValueError(f"cms.lr must be >= 0, got {self.lr}.")
+
+    @property
+    def chunk(self) -> int:
+        """The CMS's step in tokens: the smallest non-frozen period (0 when all are frozen)."""
+        live = [p for p in self.periods if p]
+        return min(live) if live else 0
+
+
+_SUBCONFIGS = {"titans": TitansConfig, "selfmod": SelfModConfig, "cms": CMSConfig}
+
+# The flat field names of nested_jax <= 0.5 (runs saved before the sub-configs): old -> new path.
+_LEGACY = {
+    "mem_chunk": "titans.chunk",
+    "mem_expansion": "titans.expansion",
+    "eta_max": "titans.eta_max",
+    "conv_width": "titans.conv_width",
+    "inner_norm": "titans.inner_norm",
+    **{
+        f"sm_{f}": f"selfmod.{f}"
+        for f in ("chunk", "adaptive_q", "momentum", "main", "adaptive", "unit_values")
+    },
+    **{
+        f"cms_{f}": f"cms.{f}"
+        for f in ("periods", "variant", "signal", "lr", "learn_lr", "norm", "persistent")
+    },
+}
+
+
+def check_field(path: str) -> str:
+    """``path`` if it names a model config field (``"d_model"``, ``"cms.signal"``); a ValueError
+    saying what to write instead otherwise (the flat names of older versions included)."""
+    if path in _LEGACY:
+        raise ValueError(
+            f"{path!r} is now {_LEGACY[path]!r} (the model config has sub-configs since 0.6)."
+        )
+    head, _, field = path.partition(".")
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    if head not in names:
+        raise ValueError(f"unknown model config field {path!r}; fields: {names}.")
+    if field:
+        sub = [f.name for f in dataclasses.fields(_SUBCONFIGS[head])] if head in _SUBCONFIGS else []
+        if field not in sub:
+            raise ValueError(f"unknown field {path!r}; {head} has no sub-fields other than {sub}.")
+    return path
+
+
+def migrate_field(name: str) -> str:
+    """A model config field's path today, given its name in a run saved before the sub-configs
+    (``"cms_periods"`` -> ``"cms.periods"``); other names unchanged."""
+    return _LEGACY.get(name, name)
+
+
+def migrate_model_json(d: dict) -> dict:
+    """A saved model config (``dataclasses.asdict`` form) with any flat field of older runs
+    (``cms_periods``, ``sm_chunk``, ``mem_chunk``, ...) moved into its sub-config."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    for old, new in _LEGACY.items():
+        if old in out:
+            head, field = new.split(".")
+            out.setdefault(head, {})[field] = out.pop(old)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,45 +230,12 @@ class ModelConfig:
       vocab_size, d_model, n_layers, n_heads, d_ff: sizes (``d_ff``: SwiGLU hidden width).
       max_len: longest context a state can hold (the attention memory's capacity).
       rope_base, norm_eps: RoPE base and RMSNorm epsilon.
-      mem_chunk: chunk size of the neural memory's parallel form (Titans).
-      mem_expansion: hidden width of the MLP memory, in multiples of the head dimension.
-      eta_max: the memory's largest learning rate (``eta = eta_max * sigmoid(.)``).
-      conv_width: width of the causal depthwise convolution on q, k, v.
-      inner_norm: normalise the deep (MLP) memories' inner steps (NLMS, ``MLPMemory(step_norm=
-        C / (1 - beta))`` with each memory's chunk size ``C`` and momentum ``beta``), so that no
-        ``eta_max`` makes them diverge (Titans and self-modifying Titans; ``False``: plain rates).
-
-    Self-modifying Titans (``kind="selfmod"``, and the sequence layer of ``"hope"``; spec §5.2):
-      sm_chunk: chunk size of the k / v / eta / alpha (/ q) memories (``mem_chunk``: the main one).
-      sm_adaptive_q: q from its own memory (NeurIPS reading) instead of a fixed projection (arXiv).
-      sm_momentum: momentum of every memory's DGD rule (``None``: no momentum).
-      sm_main: ``"mlp"`` (default: residual MLP memory, L2, DGD, self-generated targets) or
-        ``"linear"`` (a linear Hebbian memory with its given values: linear attention; the reduced
-        case used to test the wiring).
-      sm_adaptive: whether the k / v / eta / alpha memories learn in context (``False``: they stay at
-        their meta-learned initial state, i.e. fixed projections).
-      sm_unit_values: L2-normalise the generated values ``v_t`` (as the keys). The value memory's
-        self-generated target is ``M_v(v_t)`` with ``v_t = M_v(x_t)``, so its gain squares from
-        chunk to chunk and explodes once above 1; unit values make it neutral (decisions D51).
-
-    Continuum Memory System (``kind="hope"`` / ``"hope_attention"``; spec §4):
-      cms_periods: one period per level, in tokens (``0`` = frozen). Non-frozen periods must be
-        multiples of the smallest one.
-      cms_variant: ``"sequential"`` (default), ``"nested"`` or ``"independent"``.
-      cms_signal: ``"teach"`` (default: two passes, each level's output errors from one parallel
-        forward/backward at the sequence-start CMS weights, gradients blocked between CMS chunks,
-        then each level learns chunk by chunk from them), ``"ntp"`` (the exact next-token loss
-        gradient of each chunk, the whole network re-run per chunk and differentiated through:
-        the reference, 2-4x slower) or ``"local"`` (label-free).
-      cms_lr: the levels' inner learning rate (with ``cms_learn_lr``: its value at init; each
-        level then learns its own, bounded by ``2 cms_lr``).
-      cms_learn_lr: learn each level's rate (``2 cms_lr sigmoid(rho)``) instead of fixing it.
-      cms_norm: with ``"teach"``, normalise each token's rate by the level's gain at its input
-        (``lr / (1 + lr gain / (C - 1))``; decisions D54), so no width or rate diverges.
-      cms_persistent: :meth:`LanguageModel.next_sequence` keeps the CMS weights (deployed /
-        continual mode) instead of resetting them to their learned initial values.
-
+      titans: the neural memory (:class:`TitansConfig`; Titans, self-modifying Titans, Hope).
+      selfmod: the self-modifying layer (:class:`SelfModConfig`; ``"selfmod"``, ``"hope"``).
+      cms: the Continuum Memory System (:class:`CMSConfig`; ``"hope"``, ``"hope_attention"``).
       first_order: stop outer gradients through inner updates (all memories and CMS levels).
+
+    Sub-configs may be given as dicts (``ModelConfig(kind="hope", cms={"periods": (4, 8)})``).
     """
 
     kind: str = "transformer"
@@ -71,44 +247,24 @@ class ModelConfig:
     max_len: int = 256
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
-    mem_chunk: int = 16
-    mem_expansion: int = 2
-    eta_max: float = 0.1
-    conv_width: int = 4
-    inner_norm: bool = True
-    sm_chunk: int = 4
-    sm_adaptive_q: bool = False
-    sm_momentum: float | None = 0.9
-    sm_main: str = "mlp"
-    sm_adaptive: bool = True
-    sm_unit_values: bool = True
-    cms_periods: tuple = (8, 32)
-    cms_variant: str = "sequential"
-    cms_signal: str = "teach"
-    cms_lr: float = 0.1
-    cms_learn_lr: bool = True
-    cms_norm: bool = True
-    cms_persistent: bool = False
+    titans: TitansConfig = TitansConfig()
+    selfmod: SelfModConfig = SelfModConfig()
+    cms: CMSConfig = CMSConfig()
     first_order: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}.")
-        for name in (
-            "vocab_size",
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "d_ff",
-            "max_len",
-            "mem_chunk",
-            "mem_expansion",
-            "conv_width",
-            "sm_chunk",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}.")
+        for name, cls in _SUBCONFIGS.items():
+            sub = getattr(self, name)
+            if isinstance(sub, dict):
+                object.__setattr__(self, name, _sub_from_dict(name, sub))
+            elif not isinstance(sub, cls):
+                raise TypeError(
+                    f"{name} must be a {cls.__name__} or a dict of its fields, got "
+                    f"{type(sub).__name__}."
+                )
+        _positive(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"))
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
@@ -118,57 +274,44 @@ class ModelConfig:
                 f"the head dimension d_model / n_heads = {self.d_model // self.n_heads} must be "
                 "even (RoPE rotates pairs)."
             )
-
-        if self.sm_main not in SM_MAINS:
-            raise ValueError(f"sm_main must be one of {SM_MAINS}, got {self.sm_main!r}.")
-        if self.sm_momentum is not None and not 0.0 <= self.sm_momentum < 1.0:
-            raise ValueError(f"sm_momentum must be None or in [0, 1), got {self.sm_momentum}.")
-        self._check_cms()
-
-    def _check_cms(self):
-        if self.cms_variant not in CMS_VARIANTS:
-            raise ValueError(
-                f"cms_variant must be one of {CMS_VARIANTS}, got {self.cms_variant!r}."
-            )
-        if self.cms_signal not in CMS_SIGNALS:
-            raise ValueError(f"cms_signal must be one of {CMS_SIGNALS}, got {self.cms_signal!r}.")
-        periods = tuple(self.cms_periods)
-        if not periods or any(
-            isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in periods
-        ):
-            raise ValueError(
-                f"cms_periods must be a non-empty tuple of ints >= 0 (0 = frozen), got {periods!r}."
-            )
-        object.__setattr__(self, "cms_periods", periods)
-        live = [p for p in periods if p]
-        if live and any(p % min(live) for p in live):
-            raise ValueError(
-                f"every non-frozen CMS period must be a multiple of the smallest, got {periods}; "
-                "e.g. (8, 32, 128)."
-            )
-        ordered = sorted(live)
-        if self.cms_variant == "nested" and any(
-            b % a for a, b in zip(ordered, ordered[1:], strict=False)
-        ):
-            raise ValueError(
-                f"the nested CMS needs each period to divide the next larger one; got {periods}."
-            )
-        if not self.cms_lr >= 0:
-            raise ValueError(f"cms_lr must be >= 0, got {self.cms_lr}.")
-        sig = self.cms_signal
-        if self.has_cms and sig in ("ntp", "teach") and live:
-            c = min(live)
+        sig, c = self.cms.signal, self.cms.chunk
+        if self.has_cms and sig in ("ntp", "teach") and c:
             if c < 2:
                 raise ValueError(
-                    f"cms_signal={sig!r} needs the smallest CMS period >= 2 (a chunk's next-token "
+                    f"cms.signal={sig!r} needs the smallest CMS period >= 2 (a chunk's next-token "
                     f"loss uses the pairs inside it); got {c}."
                 )
-            if self.kind == "hope" and (c % self.mem_chunk or c % self.sm_chunk):
+            if self.kind == "hope" and (c % self.titans.chunk or c % self.selfmod.chunk):
                 raise ValueError(
-                    f"cms_signal={sig!r} recomputes each CMS chunk in parallel from a memory chunk "
-                    f"boundary, so the smallest CMS period ({c}) must be a multiple of mem_chunk "
-                    f"({self.mem_chunk}) and sm_chunk ({self.sm_chunk})."
+                    f"cms.signal={sig!r} recomputes each CMS chunk in parallel from a memory chunk "
+                    f"boundary, so the smallest CMS period ({c}) must be a multiple of "
+                    f"titans.chunk ({self.titans.chunk}) and selfmod.chunk ({self.selfmod.chunk})."
                 )
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with fields replaced. Keys: a field (``n_layers=4``), a sub-config given whole
+        or as a dict of the fields to change (``cms={"signal": "ntp"}``), or a dotted path
+        (``**{"cms.signal": "ntp"}``)."""
+        top: dict[str, Any] = {}
+        for key, value in changes.items():
+            head, _, field = check_field(key).partition(".")
+            if field or (head in _SUBCONFIGS and isinstance(value, dict)):
+                upd = {field: value} if field else value
+                for name in upd:
+                    check_field(f"{head}.{name}")
+                top[head] = dataclasses.replace(top.get(head, getattr(self, head)), **upd)
+            else:
+                top[head] = value
+        return dataclasses.replace(self, **top)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (sub-configs as dicts); :meth:`from_json` reads it back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> ModelConfig:
+        """From :meth:`to_json`'s dict, or the flat dict of a run saved before the sub-configs."""
+        return cls(**migrate_model_json(d))
 
     @property
     def has_cms(self) -> bool:
@@ -182,14 +325,17 @@ class ModelConfig:
         return self.kind in ("transformer", "hope_attention")
 
     @property
-    def cms_chunk(self) -> int:
-        """The CMS's step in tokens: the smallest non-frozen period (0 when all are frozen)."""
-        live = [p for p in self.cms_periods if p]
-        return min(live) if live else 0
-
-    @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+
+def _sub_from_dict(name: str, d: dict):
+    cls = _SUBCONFIGS[name]
+    fields = [f.name for f in dataclasses.fields(cls)]
+    bad = sorted(set(d) - set(fields))
+    if bad:
+        raise ValueError(f"unknown field(s) {bad} of {name!r}; {fields}.")
+    return cls(**d)
 
 
 _TINY = {"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_len": 128}
@@ -200,18 +346,28 @@ _PAPER = {
     "kind": "hope",
     "vocab_size": 32000,
     "max_len": 4096,
-    "mem_chunk": 64,
-    "sm_chunk": 8,
-    "cms_periods": (64, 256, 1024),
+    "titans": TitansConfig(chunk=64),
+    "selfmod": SelfModConfig(chunk=8),
+    "cms": CMSConfig(periods=(64, 256, 1024)),
 }
 
 _REGISTRY = {
     # tests: seconds on a CPU
     "tiny": ModelConfig(**_TINY),
-    "titans_tiny": ModelConfig(kind="titans", mem_chunk=4, **_TINY),
-    "selfmod_tiny": ModelConfig(kind="selfmod", mem_chunk=4, sm_chunk=2, **_TINY),
-    "hope_tiny": ModelConfig(kind="hope", mem_chunk=4, sm_chunk=2, cms_periods=(4, 8), **_TINY),
-    "hope_attention_tiny": ModelConfig(kind="hope_attention", cms_periods=(4, 8), **_TINY),
+    "titans_tiny": ModelConfig(kind="titans", titans=TitansConfig(chunk=4), **_TINY),
+    "selfmod_tiny": ModelConfig(
+        kind="selfmod", titans=TitansConfig(chunk=4), selfmod=SelfModConfig(chunk=2), **_TINY
+    ),
+    "hope_tiny": ModelConfig(
+        kind="hope",
+        titans=TitansConfig(chunk=4),
+        selfmod=SelfModConfig(chunk=2),
+        cms=CMSConfig(periods=(4, 8)),
+        **_TINY,
+    ),
+    "hope_attention_tiny": ModelConfig(
+        kind="hope_attention", cms=CMSConfig(periods=(4, 8)), **_TINY
+    ),
     # CPU experiments: ~10.8M parameters (byte vocabulary)
     "small": ModelConfig(
         vocab_size=256, d_model=384, n_layers=6, n_heads=6, d_ff=1024, max_len=512
@@ -224,9 +380,9 @@ _REGISTRY = {
         n_heads=6,
         d_ff=384,
         max_len=512,
-        mem_chunk=16,
-        sm_chunk=8,
-        cms_periods=(16, 64),
+        titans=TitansConfig(chunk=16),
+        selfmod=SelfModConfig(chunk=8),
+        cms=CMSConfig(periods=(16, 64)),
     ),
     "hope_760m": ModelConfig(d_model=1536, n_layers=24, n_heads=12, d_ff=1152, **_PAPER),
     "hope_1.3b": ModelConfig(d_model=2048, n_layers=18, n_heads=16, d_ff=2560, **_PAPER),
@@ -234,10 +390,11 @@ _REGISTRY = {
 
 
 def get_config(name: str, **overrides) -> ModelConfig:
-    """A named config, optionally with fields replaced: ``get_config("tiny", n_layers=4)``."""
+    """A named config, optionally with fields replaced (as :meth:`ModelConfig.replace`):
+    ``get_config("hope_tiny", n_layers=4, cms={"signal": "ntp"})``."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown config {name!r}; choose one of {sorted(_REGISTRY)}.")
-    return dataclasses.replace(_REGISTRY[name], **overrides)
+    return _REGISTRY[name].replace(**overrides)
 
 
 def list_configs() -> list[str]:

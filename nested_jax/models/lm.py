@@ -12,7 +12,7 @@ Layers are stacked and run under ``lax.scan`` (compile time independent of depth
 state (its memories) is stacked the same way.
 
 CMS with the ``"ntp"`` signal (Hope, Hope-Attention; DESIGN §4): the forward is a scan over chunks
-of ``C = config.cms_chunk`` tokens. For chunk ``c`` the whole network runs (chunk-parallel, from
+of ``C = config.cms.chunk`` tokens. For chunk ``c`` the whole network runs (chunk-parallel, from
 the memories' state at the chunk start) with the CMS weights ``theta_c``; the gradient of that
 chunk's next-token loss (the mean over the ``C - 1`` pairs inside the chunk, per sample) with
 respect to every layer's CMS weights is the update term ``-lr * g`` that the CMS commits at the
@@ -110,17 +110,17 @@ class LanguageModel:
         """Whether the CMS learns from the next-token loss (``"ntp"`` or ``"teach"``: the LM
         drives its updates and the state is an :class:`NTPState`)."""
         c = self.config
-        return c.has_cms and c.cms_signal in ("ntp", "teach") and c.cms_chunk > 0
+        return c.has_cms and c.cms.signal in ("ntp", "teach") and c.cms.chunk > 0
 
     @property
     def teach(self) -> bool:
-        return self.ntp and self.config.cms_signal == "teach"
+        return self.ntp and self.config.cms.signal == "teach"
 
     def init_state(self, params: dict, batch_size: int) -> Any:
         """Every layer's fresh state (from its learned initial memories), stacked over layers."""
         layers = jax.vmap(lambda p: self.block.init_state(p, batch_size))(params["layers"])
         if self.ntp:
-            buf = jnp.zeros((batch_size, self.config.cms_chunk), jnp.int32)
+            buf = jnp.zeros((batch_size, self.config.cms.chunk), jnp.int32)
             teach = layers if self.teach else None
             return NTPState(layers, layers, buf, jnp.zeros([], jnp.int32), teach)
         return layers
@@ -137,7 +137,7 @@ class LanguageModel:
         old = state.layers if self.ntp else state
         batch = jax.tree.leaves(old["cms"].params)[0].shape[1]  # [layers, batch, ...]
         fresh = self.init_state(params, batch)
-        if not self.config.cms_persistent:
+        if not self.config.cms.persistent:
             return fresh
 
         def keep(new_layers):
@@ -210,12 +210,12 @@ class LanguageModel:
             jnp.zeros((c.n_layers, b, t, c.d_model), jnp.float32) if period else None
             for period in cms.periods
         )
-        inner = (jnp.arange(t - 1) % c.cms_chunk != c.cms_chunk - 1).astype(jnp.float32)
+        inner = (jnp.arange(t - 1) % c.cms.chunk != c.cms.chunk - 1).astype(jnp.float32)
 
         def loss(probes):
-            logits, new = self._forward(params, teach, tokens, True, c.cms_chunk, probes=probes)
+            logits, new = self._forward(params, teach, tokens, True, c.cms.chunk, probes=probes)
             nll = token_nll(logits, tokens)
-            return jnp.sum(nll * inner[None]) / (c.cms_chunk - 1), new  # per sample, chunk: mean
+            return jnp.sum(nll * inner[None]) / (c.cms.chunk - 1), new  # per sample, chunk: mean
 
         errors, new = jax.grad(loss, has_aux=True)(zeros)
         return sg(errors), sg(new)
@@ -254,7 +254,7 @@ class LanguageModel:
         return logits, {**new, "cms": new_cms}
 
     def _ntp_parallel(self, params: dict, state: NTPState, tokens: jax.Array):
-        c = self.config.cms_chunk
+        c = self.config.cms.chunk
         b = tokens.shape[0]
 
         def ntp_chunk(carry, tc):  # one chunk, its update committed
@@ -287,7 +287,7 @@ class LanguageModel:
         return res.outputs, NTPState(layers, start, buf, jnp.asarray(r, jnp.int32), teach)
 
     def _ntp_stream(self, params: dict, state: NTPState, tokens: jax.Array):
-        c = self.config.cms_chunk
+        c = self.config.cms.chunk
 
         def token(st: NTPState, tok):
             logits, layers = self._forward(params, st.layers, tok[:, None], parallel=False)

@@ -39,6 +39,7 @@ from nested_jax.memory import (
     DotProduct,
     LinearMemory,
     MLPMemory,
+    Rates,
     StreamState,
     advance_stream,
     stable_step_norm,
@@ -67,37 +68,37 @@ class SelfModifyingTitans:
     # --- the memories ----------------------------------------------------------------------------
     @property
     def _rule(self):
-        return DGD(beta=self.config.sm_momentum)
+        return DGD(beta=self.config.selfmod.momentum)
 
     @property
     def n_proj(self) -> int:
-        return 3 if self.config.sm_adaptive_q else 2
+        return 3 if self.config.selfmod.adaptive_q else 2
 
     @property
     def hidden(self) -> int:
-        return self.config.mem_expansion * self.config.head_dim
+        return self.config.titans.expansion * self.config.head_dim
 
     def _step_norm(self, chunk: int) -> float:
         c = self.config
-        return stable_step_norm(chunk, c.sm_momentum) if c.inner_norm else 0.0
+        return stable_step_norm(chunk, c.selfmod.momentum) if c.titans.inner_norm else 0.0
 
     @property
     def proj_memory(self) -> MLPMemory:
-        nu = self._step_norm(self.config.sm_chunk)
+        nu = self._step_norm(self.config.selfmod.chunk)
         return MLPMemory(self.hidden, rule=self._rule, self_target=True, step_norm=nu)
 
     @property
     def gate_memory(self) -> MLPMemory:
-        nu = self._step_norm(self.config.sm_chunk)
+        nu = self._step_norm(self.config.selfmod.chunk)
         return MLPMemory(
             self.hidden, rule=self._rule, residual=False, self_target=True, step_norm=nu
         )
 
     @property
     def main_memory(self) -> AbstractMemory:
-        if self.config.sm_main == "linear":
+        if self.config.selfmod.main == "linear":
             return LinearMemory(objective=DotProduct(), rule=GD())
-        nu = self._step_norm(self.config.mem_chunk)
+        nu = self._step_norm(self.config.titans.chunk)
         return MLPMemory(self.hidden, rule=self._rule, self_target=True, step_norm=nu)
 
     # --- params and state ------------------------------------------------------------------------
@@ -105,7 +106,7 @@ class SelfModifyingTitans:
         c = self.config
         d, h, hd = c.d_model, c.n_heads, c.head_dim
         ks = jax.random.split(key, 7)
-        conv = jnp.zeros((c.conv_width, 2 * d), jnp.float32).at[-1].set(1.0)
+        conv = jnp.zeros((c.titans.conv_width, 2 * d), jnp.float32).at[-1].set(1.0)
         main_p = self.main_memory.init_params(ks[3], heads=h, d_k=hd, d_v=hd)
         return {
             "norm": jnp.ones((d,), jnp.float32),
@@ -134,7 +135,7 @@ class SelfModifyingTitans:
         return {
             "gen": StreamState(gen, gen, jnp.zeros([], jnp.int32)),
             "main": self.main_memory.init_stream(main),
-            "conv": jnp.zeros((batch_size, c.conv_width - 1, 2 * c.d_model), jnp.float32),
+            "conv": jnp.zeros((batch_size, c.titans.conv_width - 1, 2 * c.d_model), jnp.float32),
         }
 
     # --- generation: k, v, (q), eta, alpha from the memories' boundary state ---------------------
@@ -148,12 +149,12 @@ class SelfModifyingTitans:
         out = pm.apply_chunk(proj, jnp.concatenate([xm] * self.n_proj, axis=1))
         k = l2_normalize(out[:, :h])
         v = out[:, h : 2 * h]
-        if c.sm_unit_values:  # breaks the value memory's squaring feedback (decisions D51)
+        if c.selfmod.unit_values:  # breaks the value memory's squaring feedback (decisions D51)
             v = l2_normalize(v)
-        q = l2_normalize(out[:, 2 * h :]) if c.sm_adaptive_q else None
+        q = l2_normalize(out[:, 2 * h :]) if c.selfmod.adaptive_q else None
         g = gm.apply_chunk(gate, jnp.concatenate([xm, xm], axis=1))[..., 0]
         g = g + p["b_gate"][None, :, None]
-        eta = c.eta_max * jax.nn.sigmoid(g[:, :h])
+        eta = c.titans.eta_max * jax.nn.sigmoid(g[:, :h])
         alpha = jax.nn.sigmoid(g[:, h:])
         return k, v, q, eta, alpha
 
@@ -165,9 +166,9 @@ class SelfModifyingTitans:
         proj, gate = gen
         pm, gm = self.proj_memory, self.gate_memory
         e, a = tile(eta, n), tile(alpha, n)
-        proj = pm.write_chunk(proj, tile(k, n), tile(v, n), e, a, beta(e))
+        proj = pm.write_chunk(proj, tile(k, n), tile(v, n), Rates(e, a, beta(e)))
         e, a = tile(eta, 2), tile(alpha, 2)
-        gate = gm.write_chunk(gate, tile(k, 2), tile(v, 2), e, a, beta(e))
+        gate = gm.write_chunk(gate, tile(k, 2), tile(v, 2), Rates(e, a, beta(e)))
         return proj, gate
 
     def _gen_parallel(self, p, gen_stream: StreamState, xm, cut: int = 0):
@@ -177,17 +178,17 @@ class SelfModifyingTitans:
 
         def chunk(gen, xc):
             k, v, q, eta, alpha = self._generate(p, gen, xc)
-            if c.sm_adaptive:
+            if c.selfmod.adaptive:
                 gen = self._gen_write_chunk(gen, k, v, eta, alpha)
             parts = [k, v] + ([q] if q is not None else []) + [eta[..., None], alpha[..., None]]
             return gen, jnp.concatenate(parts, axis=-1)
 
-        first_order = c.first_order and c.sm_adaptive
+        first_order = c.first_order and c.selfmod.adaptive
         res = scan_chunks(
             chunk,
             gen_stream.state,
             (xm,),
-            c.sm_chunk,
+            c.selfmod.chunk,
             axis=2,
             remat=True,
             first_order=first_order,
@@ -206,7 +207,7 @@ class SelfModifyingTitans:
         def token(carry, xt):  # xt: [B, H, d]
             st, bnd, off = carry
             k, v, q, eta, alpha = self._generate(p, bnd, xt[:, :, None])
-            if c.sm_adaptive:
+            if c.selfmod.adaptive:
                 k1, v1, e1, a1 = k[:, :, 0], v[:, :, 0], eta[:, :, 0], alpha[:, :, 0]
                 tile = lambda a, m: jnp.concatenate([a] * m, axis=1)
                 proj = pm.write(
@@ -218,7 +219,7 @@ class SelfModifyingTitans:
                 st = (proj, gate)
             parts = [k, v] + ([q] if q is not None else []) + [eta[..., None], alpha[..., None]]
             y = jnp.concatenate(parts, axis=-1)[:, :, 0]
-            return advance_stream(st, bnd, off, c.sm_chunk), y
+            return advance_stream(st, bnd, off, c.selfmod.chunk), y
 
         carry, y = jax.lax.scan(token, tuple(gen_stream), jnp.moveaxis(xm, 2, 0))
         return StreamState(*carry), self._unpack(jnp.moveaxis(y, 0, 2))
@@ -226,7 +227,7 @@ class SelfModifyingTitans:
     def _unpack(self, y):
         d = self.config.head_dim
         k, v = y[..., :d], y[..., d : 2 * d]
-        q = y[..., 2 * d : 3 * d] if self.config.sm_adaptive_q else None
+        q = y[..., 2 * d : 3 * d] if self.config.selfmod.adaptive_q else None
         return k, v, q, y[..., -2], y[..., -1]
 
     # --- the layer -------------------------------------------------------------------------------
@@ -260,12 +261,12 @@ class SelfModifyingTitans:
                 v,
                 eta,
                 alpha,
-                chunk_size=c.mem_chunk,
+                chunk_size=c.titans.chunk,
                 first_order=c.first_order,
                 gradient_cut=cut,
             )
         else:
-            stream, y = mem.stream(stream, q, k, v, eta, alpha, chunk_size=c.mem_chunk)
+            stream, y = mem.stream(stream, q, k, v, eta, alpha, chunk_size=c.titans.chunk)
         y = rms_norm(y.reshape(b, t, d), p["out_norm"], c.norm_eps) * jax.nn.silu(
             h @ p["w_gate_out"]
         )

@@ -56,14 +56,16 @@ class TitansBlock:
     def memory(self) -> MLPMemory:
         c = self.config
         # beta is a per-token gate near 0.9 at init: the NLMS strength uses that nominal value
-        nu = stable_step_norm(c.mem_chunk, Momentum().beta) if c.inner_norm else 0.0
-        return MLPMemory(c.mem_expansion * c.head_dim, rule=Momentum(), step_norm=nu)
+        nu = stable_step_norm(c.titans.chunk, Momentum().beta) if c.titans.inner_norm else 0.0
+        return MLPMemory(c.titans.expansion * c.head_dim, rule=Momentum(), step_norm=nu)
 
     def init(self, key) -> dict:
         c = self.config
         ks = jax.random.split(key, 8)
         d, h = c.d_model, c.n_heads
-        conv = jnp.zeros((c.conv_width, 3 * d), jnp.float32).at[-1].set(1.0)  # identity at init
+        conv = (
+            jnp.zeros((c.titans.conv_width, 3 * d), jnp.float32).at[-1].set(1.0)
+        )  # identity at init
         return {
             "norm": jnp.ones((d,), jnp.float32),
             "wqkv": dense_init(ks[0], (d, 3 * d)),
@@ -85,7 +87,7 @@ class TitansBlock:
         mem_state = self.memory.init_state(params["memory"], batch_size)
         return {
             "memory": self.memory.init_stream(mem_state),
-            "conv": jnp.zeros((batch_size, c.conv_width - 1, 3 * c.d_model), jnp.float32),
+            "conv": jnp.zeros((batch_size, c.titans.conv_width - 1, 3 * c.d_model), jnp.float32),
         }
 
     def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True):
@@ -98,7 +100,7 @@ class TitansBlock:
         qkv = jax.nn.silu(qkv).reshape(b, t, 3, c.n_heads, c.head_dim)
         q, k, v = l2_normalize(qkv[:, :, 0]), l2_normalize(qkv[:, :, 1]), qkv[:, :, 2]
         gates = (h @ p["w_gates"] + p["b_gates"][None, None]).reshape(b, t, 3, c.n_heads)
-        eta = c.eta_max * jax.nn.sigmoid(gates[:, :, 0])
+        eta = c.titans.eta_max * jax.nn.sigmoid(gates[:, :, 0])
         alpha = jax.nn.sigmoid(gates[:, :, 1])
         beta = jax.nn.sigmoid(gates[:, :, 2])
         mem = self.memory
@@ -112,11 +114,11 @@ class TitansBlock:
                 eta,
                 alpha,
                 beta,
-                chunk_size=c.mem_chunk,
+                chunk_size=c.titans.chunk,
                 first_order=c.first_order,
             )
         else:
-            stream, y = mem.stream(stream, q, k, v, eta, alpha, beta, chunk_size=c.mem_chunk)
+            stream, y = mem.stream(stream, q, k, v, eta, alpha, beta, chunk_size=c.titans.chunk)
         y = rms_norm(y.reshape(b, t, d), p["out_norm"], c.norm_eps) * jax.nn.silu(
             h @ p["w_gate_out"]
         )

@@ -8,11 +8,12 @@ Where things are:
   m3.py             M3, Multi-scale Momentum Muon (Algorithm 1), non-matrix leaves to AdamW
   dmgd.py           DMGD, deep momentum: an MLP memory per parameter leaf, meta-learnable init
   learned.py        a learned optimizer: updates generated from (g, m) by a meta-learned rule
-  base.py           read_memory: look inside any of these optimizers' memories
+  base.py           write_gradient_memory: the one momentum memory all of them write;
+                    read_memory: look inside any of these optimizers' memories
 """
 
 from nested_jax.optim.adam import AdamMemoryState, AdamReading, adam_memory, scale_by_adam_memory
-from nested_jax.optim.base import read_memory, register_reader
+from nested_jax.optim.base import read_memory, register_reader, write_gradient_memory
 from nested_jax.optim.dmgd import DMGDState, dmgd, dmgd_memory, init_dmgd_memory, scale_by_dmgd
 from nested_jax.optim.learned import (
     LearnedRuleState,
@@ -68,6 +69,7 @@ __all__ = [
     "preconditioned_momentum",
     "read_memory",
     "register_reader",
+    "write_gradient_memory",
     "scale_by_adam_memory",
     "scale_by_delta_momentum",
     "scale_by_dmgd",

@@ -21,7 +21,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nested_jax.optim.base import cast_like, f32, register_reader
+from nested_jax.optim.base import (
+    cast_like,
+    f32,
+    register_reader,
+    write_gradient_memory,
+    zeros_f32,
+)
 
 __all__ = ["AdamMemoryState", "adam_memory", "scale_by_adam_memory"]
 
@@ -63,24 +69,24 @@ def scale_by_adam_memory(
         raise ValueError(f"variant must be 'ema' or 'literal', got {variant!r}.")
 
     def init_fn(params):
-        z = lambda: jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
-        return AdamMemoryState(jnp.zeros([], jnp.int32), z(), z())
+        return AdamMemoryState(jnp.zeros([], jnp.int32), zeros_f32(params), zeros_f32(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         g = f32(updates)
         count = optax.safe_increment(state.count)
-        if variant == "ema":
-            m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.m, g)
-            v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.v, g)
+        g2 = jax.tree.map(lambda g: g * g, g)
+        if variant == "ema":  # both moments are the one gradient memory (optim.base)
+            m = write_gradient_memory(state.m, g, b1, 1 - b1)
+            v = write_gradient_memory(state.v, g2, b2, 1 - b2)
             # bias correction in float32 (optax's helper mixes float ** int32, which strict
             # dtype promotion rejects)
             t = count.astype(jnp.float32)
             c1, c2 = 1 - b1**t, 1 - b2**t
             d = jax.tree.map(lambda a, b: (a / c1) / (jnp.sqrt(b / c2) + eps), m, v)
         else:
-            m = jax.tree.map(lambda m, g: m + b1 * g, state.m, g)
-            v = jax.tree.map(lambda v, g: v + b2 * g * g, state.v, g)
+            m = write_gradient_memory(state.m, g, 1.0, b1)
+            v = write_gradient_memory(state.v, g2, 1.0, b2)
             d = jax.tree.map(lambda a, b: a / (jnp.sqrt(b2) * (jnp.sqrt(b) + eps)), m, v)
         return cast_like(d, updates), AdamMemoryState(count, m, v)
 

@@ -3,6 +3,9 @@
 * :func:`read_memory` queries the memory held in any of our optimizer states with a
   gradient-shaped probe (for notebooks: "what does this optimizer remember?").
 * :func:`register_reader` is how each optimizer module declares how its state is read.
+* :func:`write_gradient_memory` is the optimizers' one momentum memory: every running average of
+  gradients in ``nested_jax.optim`` (heavy-ball and delta momentum, Adam's and M3's moments, the
+  preconditioned and learned rules' momenta) is this one write with its own retention and rate.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nested_jax.memory.objectives import DotProduct, Objective, check_objective
+
 PyTree = Any
 
-__all__ = ["as_rows", "read_memory", "register_reader"]
+__all__ = ["as_rows", "read_memory", "register_reader", "write_gradient_memory", "zeros_f32"]
 
 _READERS: dict[type, Callable[[Any, PyTree], Any]] = {}
 
@@ -72,3 +77,41 @@ def cast_like(tree: PyTree, like: PyTree) -> PyTree:
 def f32(tree: PyTree) -> PyTree:
     """Float32 copy of a pytree (optimizer memories accumulate in float32)."""
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
+
+
+def zeros_f32(params: PyTree) -> PyTree:
+    """An empty optimizer memory: float32 zeros in the params' structure."""
+    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+
+
+def write_gradient_memory(
+    m: PyTree,
+    g: PyTree,
+    retention,
+    rate=1.0,
+    *,
+    objective: Objective = DotProduct(),
+    beta: float = 0.5,
+    eps: float = 1e-12,
+) -> PyTree:
+    """One write of a value-less gradient memory ``m`` (paper §2.2, §3.4; a pytree like ``g``).
+
+    The memory takes one gradient step on its objective with retention ``alpha`` (``retention``)
+    and learning rate ``eta`` (``rate``), as every memory in :mod:`nested_jax.memory` does:
+
+    * ``DotProduct()`` (``min_m -<m, g>``): ``m <- alpha m + eta g``;
+    * ``L2()`` (the delta rule, per leaf with ``g_hat = g / ||g||``):
+      ``m <- alpha m - beta g_hat <g_hat, m> + eta g`` (delta momentum, decisions D18).
+
+    Heavy-ball momentum is ``(alpha, eta) = (decay, 1)``; an exponential moving average
+    ``(b, 1 - b)`` (Adam's first moment; its second moment is this memory written with ``g * g``);
+    the paper's undecayed accumulators ``(1, b)``.
+    """
+    if isinstance(check_objective(objective), DotProduct):
+        return jax.tree.map(lambda m, g: retention * m + rate * g, m, g)
+
+    def delta(m, g):
+        g_hat = g / (jnp.sqrt(jnp.sum(g * g)) + eps)
+        return retention * m - beta * g_hat * jnp.sum(g_hat * m) + rate * g
+
+    return jax.tree.map(delta, m, g)

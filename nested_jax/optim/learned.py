@@ -23,7 +23,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nested_jax.optim.base import cast_like, f32, register_reader
+from nested_jax.optim.base import (
+    cast_like,
+    f32,
+    register_reader,
+    write_gradient_memory,
+    zeros_f32,
+)
 
 __all__ = [
     "LearnedRuleState",
@@ -65,13 +71,13 @@ def scale_by_learned_rule(theta: dict, beta: float = 0.9) -> optax.GradientTrans
         return h @ theta["w2"] + feats @ theta["c"]
 
     def init_fn(params):
-        m = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+        m = zeros_f32(params)
         return LearnedRuleState(jnp.zeros([], jnp.int32), m)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         g = f32(updates)
-        m = jax.tree.map(lambda m, g: beta * m + (1.0 - beta) * g, state.m, g)
+        m = write_gradient_memory(state.m, g, beta, 1.0 - beta)
         d = jax.tree.map(direction, g, m)
         return cast_like(d, updates), LearnedRuleState(optax.safe_increment(state.count), m)
 

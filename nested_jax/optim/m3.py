@@ -26,7 +26,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nested_jax.optim.base import cast_like, f32, register_reader
+from nested_jax.levels import fire
+from nested_jax.optim.base import (
+    cast_like,
+    f32,
+    register_reader,
+    write_gradient_memory,
+    zeros_f32,
+)
 from nested_jax.optim.newton_schulz import newton_schulz, ns_coefficients
 
 __all__ = ["M3Reading", "M3State", "m3", "scale_by_m3"]
@@ -94,36 +101,29 @@ def scale_by_m3(
                     f"scale_by_m3 acts on matrices, but {jax.tree_util.keystr(path)} has shape "
                     f"{jnp.shape(p)}; use nested_jax.optim.m3, which sends non-matrix leaves to AdamW."
                 )
-        z = lambda: jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+        z = lambda: zeros_f32(params)
         return M3State(jnp.zeros([], jnp.int32), z(), z(), z(), z(), z())
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         g = f32(updates)
-        if variant == "literal":
-            m1 = jax.tree.map(lambda m, g: m + b1 * g, state.m1, g)
-            v = jax.tree.map(lambda v, g: v + b2 * g * g, state.v, g)
-        else:
-            m1 = jax.tree.map(lambda m, g: b1 * m + g, state.m1, g)
-            v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.v, g)
+        g2 = jax.tree.map(lambda g: g * g, g)
+        literal = variant == "literal"  # every moment is the one gradient memory (optim.base)
+        m1 = write_gradient_memory(state.m1, g, *((1.0, b1) if literal else (b1, 1.0)))
+        v = write_gradient_memory(state.v, g2, *((1.0, b2) if literal else (b2, 1 - b2)))
         buf = jax.tree.map(jnp.add, state.buf, g)
         direction = jax.tree.map(
             lambda m, o2, v: (ns(m) + alpha * o2) / (jnp.sqrt(v) + eps), m1, state.o2, v
         )
         count = optax.safe_increment(state.count)
 
-        def slow_update(_):
-            if variant == "literal":
-                m2 = jax.tree.map(lambda m, b: m + b3 * b, state.m2, buf)
-            else:
-                m2 = jax.tree.map(lambda m, b: b3 * m + b, state.m2, buf)
-            zero = jax.tree.map(jnp.zeros_like, buf)
-            return m2, zero, jax.tree.map(ns, m2)
+        def commit(slow, pending):  # the slow level's update from its accumulated gradients
+            m2 = write_gradient_memory(slow[0], pending, *((1.0, b3) if literal else (b3, 1.0)))
+            return m2, jax.tree.map(ns, m2)
 
-        def keep(_):
-            return state.m2, buf, state.o2
-
-        m2, buf, o2 = jax.lax.cond(count % slow_period == 0, slow_update, keep, None)
+        # the slow memory is a level of period slow_period (decisions D1, D63): lazy, so the
+        # Newton-Schulz iteration of its output runs only on the steps where it fires
+        (m2, o2), buf = fire((state.m2, state.o2), buf, count % slow_period == 0, commit, lazy=True)
         return cast_like(direction, updates), M3State(count, m1, m2, v, buf, o2)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

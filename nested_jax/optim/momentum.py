@@ -19,12 +19,17 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import chex
-import jax
 import jax.numpy as jnp
 import optax
 
 from nested_jax.memory import L2, DotProduct, Objective, check_objective
-from nested_jax.optim.base import cast_like, f32, register_reader
+from nested_jax.optim.base import (
+    cast_like,
+    f32,
+    register_reader,
+    write_gradient_memory,
+    zeros_f32,
+)
 
 __all__ = [
     "MomentumMemoryState",
@@ -60,21 +65,16 @@ def scale_by_momentum_memory(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`MomentumMemoryState`.
     """
-    hebbian = isinstance(check_objective(objective), DotProduct)
+    check_objective(objective)
 
     def init_fn(params):
-        m = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
-        return MomentumMemoryState(jnp.zeros([], jnp.int32), m)
-
-    def write(m, g):
-        if hebbian:
-            return decay * m + g
-        g_hat = g / (jnp.sqrt(jnp.sum(g * g)) + eps)
-        return decay * m - beta * g_hat * jnp.sum(g_hat * m) + g
+        return MomentumMemoryState(jnp.zeros([], jnp.int32), zeros_f32(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        m = jax.tree.map(write, state.m, f32(updates))
+        m = write_gradient_memory(
+            state.m, f32(updates), decay, objective=objective, beta=beta, eps=eps
+        )
         count = optax.safe_increment(state.count)
         return cast_like(m, updates), MomentumMemoryState(count, m)
 

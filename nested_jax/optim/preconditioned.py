@@ -21,7 +21,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nested_jax.optim.base import as_rows, cast_like, f32, register_reader
+from nested_jax.optim.base import (
+    as_rows,
+    cast_like,
+    f32,
+    register_reader,
+    write_gradient_memory,
+    zeros_f32,
+)
 
 __all__ = [
     "PreconditionedMomentumState",
@@ -60,7 +67,7 @@ def scale_by_preconditioned_momentum(
         raise ValueError(f"num_features must be a positive int, got {num_features!r}.")
 
     def init_fn(params):
-        zeros = lambda: jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+        zeros = lambda: zeros_f32(params)
         v = zeros() if preconditioner == "diagonal" else ()
         features = ()
         if preconditioner == "random_features":
@@ -80,7 +87,7 @@ def scale_by_preconditioned_momentum(
         if preconditioner == "identity":
             pg = g
         elif preconditioner == "diagonal":
-            v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.v, g)
+            v = write_gradient_memory(state.v, jax.tree.map(lambda g: g * g, g), b2, 1 - b2)
             c2 = 1 - b2 ** count.astype(jnp.float32)
             pg = jax.tree.map(lambda g, v: g / (jnp.sqrt(v / c2) + eps), g, v)
         else:
@@ -90,7 +97,7 @@ def scale_by_preconditioned_momentum(
                 rows = as_rows(x)
                 out.append((jnp.tanh(rows @ r.T) @ r / r.shape[0]).reshape(x.shape))
             pg = jax.tree.unflatten(treedef, out)
-        m = jax.tree.map(lambda m, p: decay * m + p, state.m, pg)
+        m = write_gradient_memory(state.m, pg, decay)
         return cast_like(m, updates), PreconditionedMomentumState(count, m, v, state.features)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

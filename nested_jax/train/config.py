@@ -14,7 +14,13 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-from nested_jax.models.config import ModelConfig, get_config, list_configs
+from nested_jax.models.config import (
+    ModelConfig,
+    check_field,
+    get_config,
+    list_configs,
+    migrate_field,
+)
 from nested_jax.train.step import OPTIMIZERS
 
 __all__ = [
@@ -122,8 +128,9 @@ class TrainConfig:
         d = dict(d)
         d["data"] = DataConfig(**d["data"])
         d["optim"] = OptimConfig(**d["optim"])
-        d["model_overrides"] = tuple(
-            (k, tuple(v) if isinstance(v, list) else v) for k, v in d["model_overrides"]
+        d["model_overrides"] = tuple(  # flat names of runs saved before the sub-configs
+            (migrate_field(k), tuple(v) if isinstance(v, list) else v)
+            for k, v in d["model_overrides"]
         )
         d["mesh"] = tuple(d["mesh"])
         return cls(**d)
@@ -167,10 +174,10 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
         key, value = key.strip(), _parse(text.strip())
         head, _, field = key.partition(".")
         if head == "model" and field:
-            names = {f.name for f in dataclasses.fields(ModelConfig)}
-            if field not in names:
-                raise ConfigError(f"unknown model field {field!r}; fields: {sorted(names)}.")
-            model_ov[field] = value
+            try:
+                model_ov[check_field(field)] = value
+            except ValueError as e:
+                raise ConfigError(f"model.{field}: {e}") from e
         elif head in ("data", "optim") and field:
             sub = getattr(cfg, head)
             if field not in {f.name for f in dataclasses.fields(sub)}:
@@ -261,7 +268,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 _TRAIN_REGISTRY = {
     "quickstart": TrainConfig(
         model="hope_tiny",
-        model_overrides=(("cms_periods", (16, 64)), ("first_order", True)),
+        model_overrides=(("cms.periods", (16, 64)), ("first_order", True)),
         steps=150,
         log_every=10,
         eval_every=50,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_jax.models import LanguageModel
+from nested_jax.models.config import migrate_model_json
 from nested_jax.train import data as data_lib
 from nested_jax.train import sharding as sh
 from nested_jax.train.checkpoint import CheckpointMismatchError, Checkpoints
@@ -68,7 +69,15 @@ class RunResult:
 
 
 def _json_model(mc) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(mc)))
+    """A model config as flat JSON values keyed by field path (``"cms.periods"``)."""
+    return _flat(json.loads(json.dumps(mc.to_json())))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +197,7 @@ class Run:
 
     def check_meta(self, meta: dict, path: Path) -> None:
         mine = _json_model(self.model_config)
-        theirs = meta.get("model", {})
+        theirs = _flat(migrate_model_json(meta.get("model", {})))  # and flat names of older runs
         if theirs.get("vocab_size") != mine["vocab_size"]:
             raise CheckpointMismatchError(
                 f"checkpoint {path} was trained with vocab_size {theirs.get('vocab_size')} "

@@ -30,11 +30,10 @@ from nested_jax.transfer.backprop import (
 )
 from nested_jax.transfer.generation import hypernet_init, hypernet_module, hypernet_weights
 from nested_jax.transfer.initialization import adapt, meta_learn_init, post_adaptation_loss
-from nested_jax.transfer.module import LearningModule, ModuleState, NestResult, run_nest
+from nested_jax.transfer.module import LearningModule, NestResult, run_nest
 
 __all__ = [
     "LearningModule",
-    "ModuleState",
     "NestResult",
     "adapt",
     "dot_objective",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from nested_jax.memory.linear import LinearMemory, LinearParams
 from nested_jax.transfer.module import LearningModule
 
 __all__ = [
@@ -44,5 +45,10 @@ def hypernet_weights(phi: dict, z: jax.Array, d_out: int, d_in: int) -> jax.Arra
 def hypernet_module(phi: dict, z: jax.Array, template: LearningModule) -> LearningModule:
     """``template`` with its initial weights and memory generated from ``z`` (it can still
     learn in context from there: generation and in-context learning compose)."""
-    d_out, d_in = template.state.w.shape
-    return template.reset({"init": hypernet_weights(phi, z, d_out, d_in)})
+    if not isinstance(template.memory, LinearMemory):
+        raise TypeError(
+            f"hypernet_module generates a linear memory's weights; {template.name} has a "
+            f"{type(template.memory).__name__}."
+        )
+    _, d_out, d_in = template.params.w.shape
+    return template.reset(LinearParams(hypernet_weights(phi, z, d_out, d_in)[None]))

@@ -30,8 +30,9 @@ def adapt(module: LearningModule, keys, values, eta: float, *, first_order: bool
 def post_adaptation_loss(
     params, module: LearningModule, task, eta: float, *, first_order: bool = False
 ) -> jax.Array:
-    """Mean squared error on the task's query set after adapting from ``params["init"]`` on its
-    support set. ``task = (support_keys, support_values, query_keys, query_values)``."""
+    """Mean squared error on the task's query set after adapting from ``params`` (the module
+    memory's initial state) on its support set.
+    ``task = (support_keys, support_values, query_keys, query_values)``."""
     ks, vs, kq, vq = task
     m = adapt(module.reset(params), ks, vs, eta, first_order=first_order)
     pred = jax.vmap(m.read)(kq)

@@ -1,11 +1,14 @@
 """Neural Learning Modules and their nest (paper §2.3 "neural learning module", §2.4).
 
-A :class:`LearningModule` is one pytree value holding a level's *parameters* (what slower levels
-and the outer loop learn: here the module's initial fast weights, the knowledge it receives by
-initialization), its *memory state* (fast weights ``w`` and, for momentum rules, ``s``) and, as
-static fields, its *update rule* (a :mod:`nested_jax.memory.rules` rule applied by
-:func:`~nested_jax.memory.rule_step`), inner objective, period and name. ``init`` / ``read`` /
-``write`` / ``reset`` are pure; ``jax.tree`` sees only the arrays.
+A :class:`LearningModule` is one level of a nest: an associative memory from
+:mod:`nested_jax.memory` (``LinearMemory`` by default, ``MLPMemory`` for a deep member: any memory
+with the one state protocol) held as one pytree value with the level's *parameters* (what slower
+levels and the outer loop learn: the memory's params, i.e. its initial state, the knowledge it
+receives by initialization) and its *memory state* (one sample, one head). The memory, period,
+name and how the member receives knowledge are static fields; ``init`` / ``read`` / ``write`` /
+``reset`` are pure and ``jax.tree`` sees only the arrays. The module writes and reads through the
+memory's own ``write`` / ``read``, so its objective and update rule are the memory's (GD,
+momentum, DGD; L2 or dot product), not a second implementation.
 
 :func:`run_nest` composes modules into a nest and runs it with :func:`nested_jax.run_levels`
 (each module one :class:`~nested_jax.Level` with its own period; no second runner). Each member
@@ -32,82 +35,109 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nested_jax.levels import Level, run_levels
-from nested_jax.memory.base import first_order_update
-from nested_jax.memory.objectives import L2, Objective, check_objective
-from nested_jax.memory.rules import GD, rule_step
+from nested_jax.levels import Level, first_order_update, run_levels
+from nested_jax.memory.base import AbstractMemory
+from nested_jax.memory.linear import LinearMemory
+from nested_jax.memory.objectives import L2
 
-__all__ = ["LearningModule", "ModuleState", "run_nest", "NestResult", "RECEIVES"]
+__all__ = ["LearningModule", "run_nest", "NestResult", "RECEIVES"]
 
 RECEIVES = ("residual", "value", "input")
 
 
-class ModuleState(NamedTuple):
-    """Fast weights ``w: [d_out, d_in]`` and momentum ``s`` (``None`` without momentum)."""
+def _one(x: jax.Array) -> jax.Array:
+    """A vector as one sample and one head: ``[d] -> [1, 1, d]``."""
+    return jnp.asarray(x, jnp.float32)[None, None]
 
-    w: jax.Array
-    s: jax.Array | None
+
+def _rate(r):
+    """A scalar rate as the memories' ``[batch, heads] = [1, 1]``."""
+    return None if r is None else jnp.reshape(jnp.asarray(r, jnp.float32), (1, 1))
 
 
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["params", "state"],
-    meta_fields=["name", "period", "rule", "objective", "receives"],
+    meta_fields=["name", "period", "memory", "receives"],
 )
 @dataclasses.dataclass(frozen=True)
 class LearningModule:
-    """A Neural Learning Module: parameters, memory state and update rule in one pytree.
+    """A Neural Learning Module: an associative memory's parameters and state in one pytree.
 
     Attributes:
-      params: ``{"init": w0}``, the initial fast weights (meta-learnable).
-      state: :class:`ModuleState`, the memory now.
+      params: the memory's params (its initial state per head: meta-learnable).
+      state: the memory's state for one sample and one head (e.g. ``LinearState(w, s)`` with
+        ``w: [1, 1, d_out, d_in]``).
       name, period: the level's label and update period (``0`` = frozen).
-      rule: ``GD()``, ``Momentum(beta)`` or ``DGD(beta)`` from :mod:`nested_jax.memory`.
-      objective: ``L2()`` (``1/2 ||w x - v||^2``) or ``DotProduct()`` (``-<w x, v>``).
+      memory: the associative memory, e.g. ``LinearMemory(L2(), DGD())`` (default
+        ``LinearMemory(L2(), GD())``) or ``MLPMemory(hidden)`` for a deep member.
       receives: ``"residual"``, ``"value"`` or ``"input"`` (see the module docstring).
     """
 
     params: Any
-    state: ModuleState
+    state: Any
     name: str = "module"
     period: int = 1
-    rule: Any = GD()
-    objective: Objective = L2()
+    memory: AbstractMemory = LinearMemory(L2())
     receives: str = "residual"
 
     def __post_init__(self):
-        check_objective(self.objective, f"{self.name}: objective")
+        if not isinstance(self.memory, AbstractMemory):
+            raise TypeError(
+                f"{self.name}: memory must be a nested_jax.memory memory (LinearMemory, "
+                f"MLPMemory, ...), got {type(self.memory).__name__}."
+            )
         if self.receives not in RECEIVES:
             raise ValueError(f"{self.name}: receives must be one of {RECEIVES}.")
 
     @classmethod
-    def init(cls, key, d_in: int, d_out: int, *, scale: float = 0.0, **spec) -> LearningModule:
-        """A module with initial weights ``scale * N(0, 1/d_in)`` (``0``: zeros)."""
-        w0 = scale * jax.random.normal(key, (d_out, d_in), jnp.float32) / d_in**0.5
-        rule = spec.get("rule", GD())
-        s = None if rule.beta is None else jnp.zeros_like(w0)
-        return cls({"init": w0}, ModuleState(w0, s), **spec)
+    def init(
+        cls,
+        key,
+        d_in: int,
+        d_out: int,
+        *,
+        scale: float = 0.0,
+        memory: AbstractMemory | None = None,
+        rule=None,
+        objective=None,
+        **spec,
+    ) -> LearningModule:
+        """A module over ``memory`` (keys ``[d_in]``, values ``[d_out]``) at its initial state.
+
+        ``rule=`` / ``objective=`` are shorthand for ``memory=LinearMemory(objective, rule)``
+        (defaults ``L2()``, ``GD()``). A linear memory starts at ``scale * N(0, 1 / d_in)``
+        (``0``: zeros); another memory at its own ``init_params`` (``scale``, if given, as its
+        init scale).
+        """
+        if memory is None:
+            kw = {k: v for k, v in (("objective", objective), ("rule", rule)) if v is not None}
+            memory = LinearMemory(**kw)
+        elif rule is not None or objective is not None:
+            raise ValueError("pass either memory= or rule= / objective= (a LinearMemory's).")
+        if isinstance(memory, LinearMemory):
+            init_kw = {"scale": scale / d_in**0.5}
+        else:
+            init_kw = {"scale": scale} if scale else {}
+        params = memory.init_params(key, heads=1, d_k=d_in, d_v=d_out, **init_kw)
+        return cls(params, memory.init_state(params, 1), memory=memory, **spec)
 
     def reset(self, params=None) -> LearningModule:
-        """Memory back to the (given or own) initial weights: knowledge by initialization."""
+        """Memory back to the (given or own) initial state: knowledge by initialization."""
         params = self.params if params is None else params
-        w0 = params["init"]
-        s = None if self.state.s is None else jnp.zeros_like(w0)
-        return dataclasses.replace(self, params=params, state=ModuleState(w0, s))
+        return dataclasses.replace(self, params=params, state=self.memory.init_state(params, 1))
+
+    def read_state(self, state, x: jax.Array) -> jax.Array:
+        """``state``'s read-out for the key ``x: [d_in] -> [d_out]``."""
+        return self.memory.read(state, _one(x))[0, 0]
 
     def read(self, x: jax.Array) -> jax.Array:
-        return self.state.w @ x
+        return self.read_state(self.state, x)
 
-    def step(self, state: ModuleState, x, v, eta, alpha=1.0, beta=None) -> ModuleState:
-        """The memory after writing ``(x, v)`` with rate ``eta`` and retention ``alpha``."""
-        eta = jnp.asarray(eta, jnp.float32)
-        alpha = jnp.asarray(alpha, jnp.float32)
-        y = state.w @ x
-        u = self.objective.error(y, v)  # d objective / d y
-        g = u[:, None] * x[None, :]
-        beta = jnp.float32(getattr(self.rule, "beta", None) or 0.0) if beta is None else beta
-        w, s = rule_step(self.rule, state.w, state.s, g, x, eta, alpha, beta)
-        return ModuleState(w, s)
+    def step(self, state, x, v, eta, alpha=1.0, beta=None):
+        """The memory state after writing ``(x, v)`` with rate ``eta``, retention ``alpha`` and
+        momentum ``beta`` (``None``: the rule's)."""
+        return self.memory.write(state, _one(x), _one(v), _rate(eta), _rate(alpha), _rate(beta))
 
     def write(self, x, v, eta, alpha=1.0) -> LearningModule:
         return dataclasses.replace(self, state=self.step(self.state, x, v, eta, alpha))
@@ -116,10 +146,10 @@ class LearningModule:
         """This module as a :class:`~nested_jax.Level` of a nest: input ``(x, v, prediction, _)``,
         output ``(x', v, prediction + read, read)`` for the next member."""
 
-        def update(state: ModuleState, inp):
+        def update(state, inp):
             x, v, pred, prev_read = inp
             key = prev_read if self.receives == "input" else x
-            y = state.w @ key
+            y = self.read_state(state, key)
             target = v - pred if self.receives == "residual" else v
             new = self.step(state, key, target, eta, alpha)
             if first_order:
