@@ -1,7 +1,8 @@
 """Command-line entry point: ``nested-jax COMMAND [options]`` (also ``python -m nested_jax``).
 
 Commands: ``quickstart`` (train the tiny Hope on Shakespeare bytes, CPU, ~2 minutes), ``train``,
-``eval``, ``generate`` and ``configs``. Errors in configs and inputs are printed
+``eval``, ``generate``, ``stream`` and ``sessions`` (learning after deployment:
+:mod:`nested_jax.session`) and ``configs``. Errors in configs and inputs are printed
 as one message and exit with status 2; a non-finite loss under ``nan_policy=stop`` exits with 3.
 
 Compiled programs are kept in XLA's persistent compilation cache, so running the same model again
@@ -24,7 +25,9 @@ COMMANDS = {
     "quickstart": "train the tiny Hope on Shakespeare bytes (CPU, ~2 min), checkpoint, sample",
     "train": "train or resume a run: --config NAME [--set key=value ...] [--out DIR]",
     "eval": "validation loss and bits per byte of a run's newest checkpoint: --run DIR",
-    "generate": "sample from a run's newest checkpoint: --run DIR --prompt TEXT",
+    "generate": "sample from a run's newest checkpoint: --run DIR --prompt TEXT [--session NAME]",
+    "stream": "a deployed model learns from text: --run DIR --session NAME [--file F | stdin]",
+    "sessions": "list a run's saved sessions: --run DIR",
     "configs": "list the named training and model configs",
 }
 
@@ -197,13 +200,140 @@ def _generate(argv) -> int:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument(
+        "--session", default=None, help="continue a saved session (created if new) and save it back"
+    )
     a = p.parse_args(argv)
-    if a.length < 1 or a.temperature < 0 or a.top_k < 0:
-        p.error("--length must be >= 1, --temperature >= 0, --top-k >= 0")
+    if a.length < 1 or a.temperature < 0 or a.top_k < 0 or not 0 < a.top_p <= 1:
+        p.error("--length must be >= 1, --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1")
+    if a.session is not None:
+        import jax
+
+        from nested_jax import session as ses
+
+        s, tok = _open_session(a.run, a.session, None)
+        prompt = tok.encode(a.prompt) if a.prompt else []
+        s, out = ses.generate(
+            s,
+            prompt,
+            a.length,
+            key=jax.random.key(a.seed),
+            temperature=a.temperature,
+            top_k=a.top_k,
+            top_p=a.top_p,
+        )
+        ses.save_session(s, a.run, a.session, tokenizer=tok.name)
+        print(a.prompt + tok.decode([int(t) for t in out[0]]))
+        return 0
+    if a.top_p != 1.0:
+        p.error("--top-p needs --session (the plain sampler has temperature and top-k)")
     text = tr.generate(
         a.run, a.prompt, length=a.length, temperature=a.temperature, top_k=a.top_k, seed=a.seed
     )
     print(a.prompt + text)
+    return 0
+
+
+def _policy(a):
+    """The --learn / --reset / --cms-levels options as a Policy (None: none given)."""
+    from nested_jax import session as ses
+
+    if a.learn is None and a.reset is None and a.cms_levels is None:
+        return None
+    levels = None
+    if a.cms_levels is not None:
+        levels = tuple(x.strip() in ("1", "true", "on") for x in a.cms_levels.split(","))
+    return ses.Policy(a.learn or "all", levels, a.reset or "never")
+
+
+def _open_session(run_dir, name, policy):
+    """Session ``name`` of the run (restored if saved, else fresh) and the run's tokenizer."""
+    from nested_jax import session as ses
+
+    fresh, tok = ses.from_run(run_dir, policy=policy or ses.Policy())
+    if tok is None:
+        raise ValueError("this run was trained on a token array (.npy): no tokenizer for text.")
+    saved = [r for r in ses.list_sessions(run_dir) if r["name"] == name]
+    if not saved:
+        return fresh, tok
+    s = ses.load_session(run_dir, name, fresh.model.config, fresh.params, tokenizer=tok.name)
+    if policy is not None and policy != s.policy:
+        raise ValueError(
+            f"session {name!r} was saved with policy {s.policy.to_json()}; omit the policy "
+            "options to continue it, or start a new --session."
+        )
+    return s, tok
+
+
+def _stream(argv) -> int:
+    import math
+
+    import numpy as np
+
+    from nested_jax import session as ses
+
+    p = argparse.ArgumentParser(prog="nested-jax stream")
+    p.add_argument("--run", required=True, help="a training run directory")
+    p.add_argument("--session", required=True, help="session name (continued if saved)")
+    p.add_argument("--file", default=None, help="text file to read (default: stdin)")
+    p.add_argument("--learn", choices=ses.LEARN, default=None, help="which levels learn")
+    p.add_argument("--reset", choices=ses.RESETS, default=None, help="when the memory resets")
+    p.add_argument("--cms-levels", default=None, help="per CMS level 1/0, e.g. 0,1")
+    p.add_argument("--piece", type=int, default=128, help="tokens read per step (default 128)")
+    p.add_argument("--save-every", type=int, default=16, help="save every N pieces (default 16)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.piece < 1 or a.save_every < 1:
+        p.error("--piece and --save-every must be >= 1")
+    text = open(a.file, encoding="utf-8").read() if a.file else sys.stdin.read()
+    if not text:
+        p.error("no text to read (empty file or stdin)")
+    s, tok = _open_session(a.run, a.session, _policy(a))
+    ids = np.asarray(tok.encode(text))
+    total = len(text.encode("utf-8"))
+    bits = n_bytes = 0.0
+    bar = None
+    if not a.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=a.session)
+    try:  # fixed-size pieces: one compiled step for the whole stream (and the last piece)
+        for i, start in enumerate(range(0, len(ids), a.piece)):
+            part = ids[start : start + a.piece]
+            out = ses.absorb(s, part[None])
+            s = out.session
+            bits += float(np.nansum(np.asarray(out.nll[0]))) / math.log(2)
+            size = len(tok.decode([int(t) for t in part]).encode("utf-8"))
+            n_bytes += size
+            if bar is not None:
+                bar.update(size)
+                bar.set_postfix(bits_per_byte=f"{bits / max(n_bytes, 1):.3f}")
+            if (i + 1) % a.save_every == 0:
+                ses.save_session(s, a.run, a.session, tokenizer=tok.name)
+    finally:
+        if bar is not None:
+            bar.close()
+        if n_bytes:  # what was read is kept, also when interrupted
+            ses.save_session(s, a.run, a.session, tokenizer=tok.name)
+    print(
+        f"read {int(n_bytes)} bytes: {bits / n_bytes:.4f} bits/byte; session {a.session!r} saved "
+        f"at position {int(s.position)} ({a.run}/sessions/{a.session})"
+    )
+    return 0
+
+
+def _sessions(argv) -> int:
+    from nested_jax import session as ses
+
+    p = argparse.ArgumentParser(prog="nested-jax sessions")
+    p.add_argument("--run", required=True, help="a training run directory")
+    a = p.parse_args(argv)
+    rows = ses.list_sessions(a.run)
+    if not rows:
+        print(f"no sessions under {a.run}/sessions")
+    for r in rows:
+        print(f"{r['name']:<20} position {r['position']:>8}  policy {r['policy']}")
     return 0
 
 
@@ -242,7 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if cmd in ("quickstart", "train"):
             return _train(rest, quickstart=cmd == "quickstart")
-        return {"eval": _eval, "generate": _generate, "configs": _configs}[cmd](rest)
+        commands = {
+            "eval": _eval,
+            "generate": _generate,
+            "stream": _stream,
+            "sessions": _sessions,
+            "configs": _configs,
+        }
+        return commands[cmd](rest)
     except (ConfigError, DataError, CheckpointMismatchError, FileNotFoundError, ValueError) as e:
         print(f"nested-jax {cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -53,3 +53,14 @@ def close(a, b, atol=ATOL, rtol=RTOL):
     """Every leaf of two pytrees equal within tolerance."""
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
+
+
+def meta_leaves(params):
+    """The meta-learned initial states (and their leaf paths) of every fast memory and level."""
+    layers = params["layers"]
+    mixer = layers.get("mixer", layers)  # Titans: the memory is the layer's own
+    out = {f"{n}": mixer[n] for n in ("proj", "gate", "main", "memory") if n in mixer}
+    if "cms" in layers:
+        for i, lv in enumerate(layers["cms"]["levels"]):
+            out[f"cms{i}"] = lv["mlp"]
+    return out

@@ -30,3 +30,41 @@ def test_readme_model_example_runs():
     assert ns["logits"].shape == (2, 16, 256) and ns["more"].shape == (2, 3, 256)
     assert np.isfinite(float(ns["loss"]))
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(ns["grads"]))
+
+
+def test_readme_session_example_runs(tmp_path, monkeypatch):
+    """The session example, given the names it takes from the model example (a one-layer Hope
+    with the label-free CMS signal here, to keep the test's compile short), in a scratch
+    directory."""
+    from nested_jax.models import LanguageModel, get_config
+
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[3]
+    small = dict(n_layers=1, d_model=16, d_ff=16, max_len=32, cms={"signal": "local"})
+    model = LanguageModel(get_config("hope_tiny", **small))
+    params = model.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
+    ns: dict = {"jax": jax, "model": model, "params": params, "tokens": tokens}
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["text"].shape == (2, 8) and int(ns["s"].position) == 16 + 4 + 8
+    assert (tmp_path / "runs" / "demo" / "sessions" / "notes").is_dir()
+    assert ns["out"].nll.shape == (2, 16) and np.all(np.isfinite(np.asarray(ns["out"].nll)))
+
+
+def test_readme_nnx_example_runs():
+    """The Flax NNX example: the Hope block sits in a user's nnx.Module and keeps learning."""
+    from flax import nnx
+
+    from nested_jax.models import get_config
+
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[2]
+    ns: dict = {"jax": jax, "get_config": get_config}
+    exec(compile(code, "README.md", "exec"), ns)
+    model = ns["MyModel"](nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8))
+    y = model(x)
+    assert y.shape == (2, 8, 32) and np.all(np.isfinite(np.asarray(y)))
+    before = jax.tree.leaves(model.hope.memory_state.get_value())
+    model.hope(model.embed(x), carry=True)
+    after = jax.tree.leaves(model.hope.memory_state.get_value())
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))

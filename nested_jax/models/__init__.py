@@ -25,7 +25,7 @@ from nested_jax.models.config import (
 from nested_jax.models.hope import HopeBlock
 from nested_jax.models.lm import (
     LanguageModel,
-    NTPState,
+    LMState,
     count_params,
     matched_d_ff,
     token_nll,
@@ -44,7 +44,7 @@ __all__ = [
     "ModelConfig",
     "SelfModConfig",
     "TitansConfig",
-    "NTPState",
+    "LMState",
     "SelfModifyingBlock",
     "SelfModifyingTitans",
     "TitansBlock",

@@ -53,7 +53,7 @@ from nested_jax.models.self_modifying import SelfModifyingBlock
 from nested_jax.models.titans import TitansBlock
 from nested_jax.models.transformer import TransformerBlock
 
-__all__ = ["LanguageModel", "NTPState", "count_params", "matched_d_ff", "token_nll"]
+__all__ = ["LMState", "LanguageModel", "count_params", "matched_d_ff", "token_nll"]
 
 
 def _given(**kw):
@@ -70,17 +70,18 @@ _BLOCKS = {
 }
 
 
-class NTPState(NamedTuple):
-    """Model state when the CMS learns from the next-token loss (``"ntp"``, ``"teach"``):
-    ``layers`` (every layer's state now), ``start`` (every layer's state at the start of the
-    current CMS chunk), ``buf`` (that chunk's tokens so far, ``[batch, C]``), ``off`` (how many)
-    and, for ``"teach"``, ``teach`` (the first pass's layer states at the chunk start; its CMS
-    weights stay at the sequence start), else ``None``."""
+class LMState(NamedTuple):
+    """A language model's state, whatever its blocks: ``layers`` (every layer's state now,
+    stacked over layers). When the CMS learns from the next-token loss (``"ntp"``, ``"teach"``)
+    also ``start`` (every layer's state at the start of the current CMS chunk), ``buf`` (that
+    chunk's tokens so far, ``[batch, C]``), ``off`` (how many) and, for ``"teach"``, ``teach``
+    (the first pass's layer states at the chunk start; its CMS weights stay at the sequence
+    start); ``None`` otherwise."""
 
     layers: Any
-    start: Any
-    buf: jax.Array
-    off: jax.Array
+    start: Any = None
+    buf: jax.Array | None = None
+    off: jax.Array | None = None
     teach: Any = None
 
 
@@ -108,7 +109,7 @@ class LanguageModel:
     @property
     def ntp(self) -> bool:
         """Whether the CMS learns from the next-token loss (``"ntp"`` or ``"teach"``: the LM
-        drives its updates and the state is an :class:`NTPState`)."""
+        drives its updates and the state's chunk fields are used)."""
         c = self.config
         return c.has_cms and c.cms.signal in ("ntp", "teach") and c.cms.chunk > 0
 
@@ -122,19 +123,19 @@ class LanguageModel:
         if self.ntp:
             buf = jnp.zeros((batch_size, self.config.cms.chunk), jnp.int32)
             teach = layers if self.teach else None
-            return NTPState(layers, layers, buf, jnp.zeros([], jnp.int32), teach)
-        return layers
+            return LMState(layers, layers, buf, jnp.zeros([], jnp.int32), teach)
+        return LMState(layers)
 
     def next_sequence(self, params: dict, state: Any) -> Any:
         """A fresh state for a new sequence (training resets every memory to its learned initial
-        state). With ``cms_persistent`` the CMS levels keep the weights they learned (continual /
+        state). With ``cms.persistent`` the CMS levels keep the weights they learned (continual /
         deployed mode); everything else restarts."""
         if not self.config.has_cms:
             raise ValueError(
                 f"next_sequence is for models with a CMS (hope, hope_attention); for "
                 f"{self.config.kind!r} use init_state(params, batch_size)."
             )
-        old = state.layers if self.ntp else state
+        old = state.layers
         batch = jax.tree.leaves(old["cms"].params)[0].shape[1]  # [layers, batch, ...]
         fresh = self.init_state(params, batch)
         if not self.config.cms.persistent:
@@ -144,10 +145,10 @@ class LanguageModel:
             cms = new_layers["cms"]._replace(params=old["cms"].params)
             return {**new_layers, "cms": cms}
 
+        layers = keep(fresh.layers)
         if self.ntp:
-            layers = keep(fresh.layers)
             return fresh._replace(layers=layers, start=layers, teach=layers if self.teach else None)
-        return keep(fresh)
+        return fresh._replace(layers=layers)
 
     def _check_tokens(self, tokens):
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -192,7 +193,8 @@ class LanguageModel:
         if self.ntp:
             run = self._ntp_parallel if parallel else self._ntp_stream
             return run(params, state, tokens)
-        return self._forward(params, state, tokens, parallel)
+        logits, layers = self._forward(params, state.layers, tokens, parallel)
+        return logits, LMState(layers)
 
     # --- CMS driven by the next-token loss -------------------------------------------------------
     def _teach_signal(self, params: dict, teach: Any, tokens: jax.Array):
@@ -253,7 +255,7 @@ class LanguageModel:
         new_cms = jax.vmap(commit)(params["layers"]["cms"], new["cms"], inc)
         return logits, {**new, "cms": new_cms}
 
-    def _ntp_parallel(self, params: dict, state: NTPState, tokens: jax.Array):
+    def _ntp_parallel(self, params: dict, state: LMState, tokens: jax.Array):
         c = self.config.cms.chunk
         b = tokens.shape[0]
 
@@ -284,12 +286,12 @@ class LanguageModel:
         buf = jnp.zeros((b, c), jnp.int32)
         if r:
             buf = buf.at[:, :r].set(tokens[:, -r:].astype(jnp.int32))
-        return res.outputs, NTPState(layers, start, buf, jnp.asarray(r, jnp.int32), teach)
+        return res.outputs, LMState(layers, start, buf, jnp.asarray(r, jnp.int32), teach)
 
-    def _ntp_stream(self, params: dict, state: NTPState, tokens: jax.Array):
+    def _ntp_stream(self, params: dict, state: LMState, tokens: jax.Array):
         c = self.config.cms.chunk
 
-        def token(st: NTPState, tok):
+        def token(st: LMState, tok):
             logits, layers = self._forward(params, st.layers, tok[:, None], parallel=False)
             buf = st.buf.at[:, st.off].set(tok.astype(jnp.int32))
             off = st.off + 1
@@ -304,7 +306,7 @@ class LanguageModel:
             keep = lambda _: (layers, st.start, st.teach)
             layers, start, teach = jax.lax.cond(off == c, complete, keep, None)
             buf = jnp.where(off == c, jnp.zeros_like(buf), buf)  # a new chunk starts empty
-            return NTPState(layers, start, buf, off % c, teach), logits[:, 0]
+            return LMState(layers, start, buf, off % c, teach), logits[:, 0]
 
         state, logits = jax.lax.scan(token, state, tokens.T)
         return jnp.swapaxes(logits, 0, 1), state

@@ -1,0 +1,63 @@
+"""Self-modifying Titans (paper §5.2-5.3; the sequence layer of Hope).
+
+The generic model properties (parallel == reference == streaming, causality, batch isolation, no
+recompilation, training lowers the loss) are in test_models.py, and Hope's own in test_hope.py;
+here: the layer's variants, its meta-gradient through the inner loop, and its stability.
+"""
+
+import jax
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+from model_helpers import check_prefix_then_stream, jitted, meta_leaves, setup
+
+VARIANTS = [
+    {"selfmod.adaptive_q": True},
+    {"selfmod.momentum": None, "titans.chunk": 3, "selfmod.chunk": 2},
+    {"titans.inner_norm": False, "selfmod.unit_values": False},  # the paper's literal rates
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_variants_parallel_equals_streaming(overrides):
+    """Each variant: the parallel form == a parallel prefix (ending mid-chunk) continued by
+    token-by-token streaming in pieces of 3."""
+    model, params, tokens = setup("selfmod_tiny", length=11, **overrides)
+    par, s_par = jitted(model, "apply")(params, tokens)
+    check_prefix_then_stream(model, params, tokens, par, s_par, start=5, piece=3)
+
+
+def test_check_grads_through_the_inner_loop():
+    """Numerical vs autodiff directional derivatives of the loss w.r.t. the initial states of the
+    generator (k, v, eta, alpha) and main memories: the meta-gradient through every inner update."""
+    model, params, tokens = setup("selfmod_tiny", batch=1, length=8, d_model=16, d_ff=16)
+    meta = meta_leaves(params)
+    assert {"proj", "gate", "main"} <= set(meta)
+
+    @jax.jit
+    def f(meta):
+        mixer = {**params["layers"]["mixer"], **meta}
+        return model.loss({**params, "layers": {**params["layers"], "mixer": mixer}}, tokens)
+
+    check_grads(f, (meta,), order=1, modes=("rev",), eps=5e-3, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["titans_tiny", "selfmod_tiny"])
+def test_memory_layers_stay_finite_at_head_dim_64_over_long_sequences(name):
+    """Regression: with head dimension 64 (memory hidden 128) the initial inner learning rate
+    used to exceed the MLP memory's stability bound and the logits became NaN after ~50 tokens."""
+    model, params, tokens = setup(
+        name,
+        batch=1,
+        length=512,
+        d_model=128,
+        n_heads=2,
+        n_layers=1,
+        max_len=512,
+        titans={"chunk": 16},
+    )
+    logits, _ = jitted(model, "apply")(params, tokens)
+    assert np.all(np.isfinite(np.asarray(logits)))
+
+
+# --- the two-pass teach signal -------------------------------------------------------------------
