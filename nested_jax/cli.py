@@ -3,7 +3,8 @@
 Commands: ``quickstart`` (train the tiny Hope on Shakespeare bytes, CPU, ~2 minutes), ``train``,
 ``eval``, ``generate``, ``stream`` and ``sessions`` (learning after deployment:
 :mod:`nested_jax.session`) and ``configs``. Errors in configs and inputs are printed
-as one message and exit with status 2; a non-finite loss under ``nan_policy=stop`` exits with 3.
+as one message and exit with status 2; a non-finite loss under ``nan_policy=stop`` exits with 3;
+Ctrl-C prints one line and exits with 130 (training saves a checkpoint first).
 
 Compiled programs are kept in XLA's persistent compilation cache, so running the same model again
 (resuming, evaluating, sampling) skips most of its compile: ``$NESTED_JAX_COMPILE_CACHE`` (a
@@ -386,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"nested-jax {cmd}: stopped: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print(
+            f"nested-jax {cmd}: interrupted; what was saved (checkpoints, sessions) is kept.",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

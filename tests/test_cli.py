@@ -83,3 +83,13 @@ def test_stream_sessions_and_generate_continue_a_saved_session(tmp_path, capsys,
             ]
         )
     assert [r["position"] for r in ses.list_sessions(run) if r["name"] == "s2"] == [32]
+
+
+def test_ctrl_c_is_one_message_not_a_traceback(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_eval", interrupted)
+    assert cli.main(["eval", "--run", "nowhere"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err

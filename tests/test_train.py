@@ -80,6 +80,12 @@ def test_bad_configs_are_rejected_before_anything_runs(override, match):
         get_train_config("quickstart", [override])
 
 
+def test_unknown_key_lists_only_keys_that_can_be_set():
+    with pytest.raises(ConfigError, match="unknown config key 'model_overrides'") as e:
+        get_train_config("quickstart", ["model_overrides=()"])
+    assert "'steps'" in str(e.value) and str(e.value).count("'model_overrides'") == 1
+
+
 def test_unknown_config_name():
     with pytest.raises(ConfigError, match="unknown training config"):
         get_train_config("gpt5")
@@ -142,7 +148,7 @@ def cut_run(corpus, tmp_path_factory):
 
 
 def test_train_writes_metrics_checkpoints_plot_and_resumes_exactly(
-    corpus, full_run, cut_run, tmp_path
+    corpus, full_run, cut_run, tmp_path, caplog
 ):
     full, res = full_run
     assert (
@@ -161,7 +167,9 @@ def test_train_writes_metrics_checkpoints_plot_and_resumes_exactly(
     # stopped after 8 steps, then resumed to 12: identical final state and iterator position
     part = tmp_path / "part"
     shutil.copytree(cut_run, part)
-    train(tiny_config(corpus), part, progress=False)
+    with caplog.at_level(logging.WARNING, logger="nested_jax.train"):
+        train(tiny_config(corpus), part, progress=False)
+    assert "differs" not in caplog.text  # more steps is not a changed config
     sa, a = params_of(full)
     sb, b = params_of(part)
     assert sa == sb == 12

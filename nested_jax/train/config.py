@@ -194,9 +194,13 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
         }:
             cfg = dataclasses.replace(cfg, **{key: _coerce(key, value, getattr(cfg, key))})
         else:
+            top = [
+                f.name
+                for f in dataclasses.fields(TrainConfig)
+                if f.name not in ("data", "optim", "model_overrides")
+            ]
             raise ConfigError(
-                f"unknown config key {key!r}; use a top-level field "
-                f"({[f.name for f in dataclasses.fields(TrainConfig)]}) or data.*, optim.*, "
+                f"unknown config key {key!r}; use a top-level field ({top}) or data.*, optim.*, "
                 "model.*."
             )
     return dataclasses.replace(cfg, model_overrides=tuple(sorted(model_ov.items())))

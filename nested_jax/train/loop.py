@@ -368,7 +368,7 @@ def train(
     saved = out_dir / "config.json"
     if saved.exists() and resume and run.ckpt.steps:
         old = TrainConfig.from_json(json.loads(saved.read_text()))
-        if dataclasses.replace(old, steps=cfg.steps) != dataclasses.replace(cfg, steps=old.steps):
+        if dataclasses.replace(old, steps=cfg.steps) != cfg:  # more steps is not a change
             log.warning("%s differs from this run's config; resuming with the new one.", saved)
     tmp = saved.with_suffix(".tmp")
     tmp.write_text(dumps(cfg))
