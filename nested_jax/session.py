@@ -45,8 +45,10 @@ __all__ = [
     "absorb",
     "cms_drift",
     "end_document",
+    "from_run",
     "generate",
     "list_sessions",
+    "load_trained",
     "load_session",
     "open_session",
     "reset",
@@ -152,20 +154,29 @@ def open_session(
     return Session(params, state, jnp.zeros([], jnp.int32), logp, run_model, policy)
 
 
-def from_run(run_dir, *, policy: Policy = Policy(), batch_size: int = 1):
-    """A fresh session of the newest checkpoint of a training run: ``(session, tokenizer)``."""
+def load_trained(run_dir):
+    """The newest checkpoint of a training run for deployment: ``(model, params, tokenizer)``,
+    the params as plain single-device arrays (the restored ones carry the training mesh's
+    sharding, which a session's fresh state does not: its step would compile twice)."""
     from nested_jax.train.loop import load_run
 
     run, state, _ = load_run(run_dir, load_data=False)
-    return open_session(
-        run.model, state.params, policy=policy, batch_size=batch_size
-    ), run.tokenizer
+    params = jax.tree.map(jnp.asarray, jax.device_get(state.params))
+    return run.model, params, run.tokenizer
+
+
+def from_run(run_dir, *, policy: Policy = Policy(), batch_size: int = 1):
+    """A fresh session of the newest checkpoint of a training run: ``(session, tokenizer)``."""
+    model, params, tokenizer = load_trained(run_dir)
+    return open_session(model, params, policy=policy, batch_size=batch_size), tokenizer
 
 
 def reset(session: Session) -> Session:
-    """The session back at the trained initial memory (on demand), position kept."""
+    """The session back at the trained initial memory (on demand), position kept; the next
+    token is scored as by a fresh session (uniform: nothing has been read since)."""
     fresh = session.model.init_state(session.params, session.logp.shape[0])
-    return dataclasses.replace(session, state=fresh)
+    uniform = jnp.full_like(session.logp, -np.log(session.logp.shape[-1]))
+    return dataclasses.replace(session, state=fresh, logp=uniform)
 
 
 def end_document(session: Session) -> Session:

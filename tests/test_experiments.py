@@ -103,3 +103,22 @@ def test_levels_demo_levels_do_their_jobs(capsys):
     assert "level 'slow'" in out and "level 'fast'" in out and "fired 32 times" in out
     with pytest.raises(SystemExit):
         demo.main(["--length", "8", "--slow-period", "16"])
+
+
+def test_continual_lm_smoke_and_resume(tmp_path):
+    """Train, deploy on the stream of domains under the three policies, report; a second call
+    reads the finished cell instead of redoing it."""
+    from experiments.continual_lm import run as clm
+
+    payload = clm.main(["--smoke", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "continual_lm.png").stat().st_size > 5_000
+    assert set(data["table"]) == {f"transformer/{p}" for p in clm.POLICIES}
+    row = data["table"]["transformer/reset"]
+    assert {"shakespeare", "wikipedia", "shakespeare_again", "forgetting"} <= set(row)
+    assert all(math.isfinite(v["mean"]) for v in row.values())
+    assert row["forgetting"]["mean"] == 0.0  # a reset per document cannot forget
+    cell = tmp_path / "transformer" / "seed0" / "cell.json"
+    stamp = cell.stat().st_mtime_ns
+    again = clm.main(["--smoke", "--out", str(tmp_path)])
+    assert cell.stat().st_mtime_ns == stamp and again["cells"] == payload["cells"]

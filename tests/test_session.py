@@ -144,3 +144,42 @@ def test_generate_reads_the_prompt_and_learns_from_what_it_writes(trained):
     assert sampled.shape == (1, 4) and int(jnp.max(sampled)) < 256
     with pytest.raises(ValueError, match="top_p"):
         ses.generate(s, prompt, 1, key=jax.random.key(0), top_p=0.0)
+
+
+def test_a_fact_from_an_earlier_call_is_recalled_only_when_memory_persists():
+    """A small Transformer++ trained here for 150 steps to copy a string it has seen (its memory
+    is the attention cache, carried in the session): the string read in one call is recalled in
+    the next when the memory persists, and not after the memory is reset between the calls."""
+    import optax
+
+    model = LanguageModel(get_config("tiny", max_len=64))
+    n = 12
+
+    def copies(key, b=16):
+        s = jax.random.randint(key, (b, n), 65, 91)  # capital letters
+        return jnp.concatenate([s, jnp.full((b, 1), 10), s], axis=1)
+
+    def loss(p, toks):
+        logp = jax.nn.log_softmax(model.apply(p, toks)[0][:, :-1])
+        return -jnp.mean(jnp.take_along_axis(logp, toks[:, 1:, None], axis=-1)[:, n:, 0])
+
+    opt = optax.adam(3e-3)
+
+    @jax.jit
+    def step(p, st, key):
+        g = jax.grad(loss)(p, copies(key))
+        u, st = opt.update(g, st, p)
+        return optax.apply_updates(p, u), st
+
+    params = model.init(jax.random.key(0))
+    with jax.numpy_dtype_promotion("standard"):  # optax.adam mixes float ** int32
+        st = opt.init(params)
+        for i in range(150):
+            params, st = step(params, st, jax.random.key(i + 1))
+    fact = copies(jax.random.key(10_000), b=1)  # an unseen string, then its copy
+    recalled = {}
+    for reset in ("never", "document"):
+        s = ses.open_session(model, params, policy=ses.Policy(reset=reset))
+        s = ses.end_document(ses.absorb(s, fact[:, : n + 1]).session)  # call 1: the fact
+        recalled[reset] = float(jnp.mean(ses.absorb(s, fact[:, n + 1 :]).nll[:, 1:]))  # call 2
+    assert recalled["never"] < 0.1 < 2.0 < recalled["document"], recalled

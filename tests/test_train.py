@@ -201,6 +201,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(
         target.write_bytes(raw[:20] + bytes(255 - b for b in raw[20:]))
     else:
         target.write_bytes(raw[: len(raw) // 2])
+    if damage == "truncate":  # reading a run (eval) skips the bad step but leaves it in place
+        assert evaluate(run)["step"] == 4
+        assert latest.is_dir() and not (run / "checkpoints/corrupt-8").exists()
     with caplog.at_level(logging.ERROR, logger="nested_jax.train"):
         res = train(tiny_config(corpus), run, progress=False)
     assert any(
@@ -255,6 +258,15 @@ def test_bad_inputs_are_clear_errors(corpus, tmp_path):
     short.write_text("too short for a window")
     with pytest.raises(DataError, match="fewer than seq_len=32"):
         train(tiny_config(short), tmp_path / "b", progress=False)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"caf\xe9 " * 200)  # latin-1, not UTF-8
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        train(tiny_config(binary), tmp_path / "bin", progress=False)
+    # a validation split too small for one batch stops the run before any training step
+    with pytest.raises(DataError, match="validation split holds"):
+        train(tiny_config(corpus, "data.batch_size=256"), tmp_path / "v", progress=False)
+    assert not (tmp_path / "v").exists()  # a failed start leaves no folder behind
+    assert not (tmp_path / "a").exists() and not (tmp_path / "bin").exists()
     # a checkpoint made with one vocabulary, resumed with another
     train(tiny_config(corpus, "steps=4"), tmp_path / "c", progress=False)
     with pytest.raises(CheckpointMismatchError, match="vocab_size 256.*gives 300"):
@@ -360,3 +372,13 @@ def test_cli_compile_cache_location_and_switch(tmp_path, monkeypatch):
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "theirs")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_progress_bar_says_when_it_compiles(corpus, tmp_path, caplog, capsys):
+    """The bar starts after the first (compiling) step, evaluation time is taken out of its
+    speed, and the log says that the first step compiles."""
+    with caplog.at_level(logging.INFO, logger="nested_jax.train"):
+        res = train(tiny_config(corpus, "steps=4", "eval_every=2"), tmp_path / "p", progress=True)
+    assert res.step == 4
+    assert "compiling the train step" in caplog.text and "first step" in caplog.text
+    assert "4/4" in capsys.readouterr().err

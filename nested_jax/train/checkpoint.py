@@ -104,18 +104,29 @@ class Checkpoints:
         os.rename(src, dst)
         self._ck.reload()
 
-    def restore(self, abstract_state: Any, data_iter: Any, check_meta=None):
+    def _skip(self, step: int, err: Exception) -> None:
+        log.error(
+            "checkpoint %s cannot be restored (%s: %s); trying the previous one (left in place).",
+            self.path(step),
+            type(err).__name__,
+            str(err).splitlines()[0][:300],
+        )
+
+    def restore(self, abstract_state: Any, data_iter: Any, check_meta=None, *, read_only=False):
         """Restore the newest readable step: ``(step, state, meta)``, or ``None`` if there is none.
 
         ``abstract_state``: a pytree of ``jax.ShapeDtypeStruct`` (with shardings) giving the
         structure, shapes, dtypes and placement. ``data_iter`` (may be ``None``) is restored in
         place. ``check_meta(meta, path)`` may raise :class:`CheckpointMismatchError`.
+        ``read_only``: an unreadable step is reported and skipped but not moved aside (for
+        commands that only read a run: eval, generate, sessions).
         """
+        bad = self._skip if read_only else self._quarantine
         for step in reversed(self.steps):
             try:
                 meta = self.metadata(step)
             except Exception as e:  # unreadable metadata: corrupt
-                self._quarantine(step, e)
+                bad(step, e)
                 continue
             if check_meta is not None:
                 check_meta(meta, self.path(step))  # a mismatch is the user's to fix: raise
@@ -128,7 +139,7 @@ class Checkpoints:
                 if not _same(fingerprint(state), meta.get("fingerprint", [])):
                     raise CorruptCheckpointError("the restored values do not match the fingerprint")
             except Exception as e:
-                self._quarantine(step, e)
+                bad(step, e)
                 continue
             return step, state, meta
         return None

@@ -152,6 +152,19 @@ def _wikipedia() -> Corpus:
     return Corpus("wikipedia", texts=texts)
 
 
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file; a binary or otherwise non-UTF-8 file is a :class:`DataError` (it would
+    train on U+FFFD replacement characters)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 4]!r}); convert "
+            "it (e.g. iconv -f latin1 -t utf-8) or pass a token array (.npy) instead."
+        ) from None
+
+
 def load_corpus(source: str) -> Corpus:
     """``"shakespeare"``, ``"wikipedia"``, or a path (text file, folder of ``*.txt``, ``.npy``)."""
     if source == "shakespeare":
@@ -168,7 +181,7 @@ def load_corpus(source: str) -> Corpus:
             files = sorted(path.rglob("*.txt"))
             if not files:
                 raise DataError(f"corpus folder {path} holds no *.txt files.")
-            texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+            texts = [_read_text(f) for f in files]
             corpus = Corpus(str(path), texts=texts)
         elif path.suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
@@ -178,7 +191,7 @@ def load_corpus(source: str) -> Corpus:
                 )
             corpus = Corpus(str(path), arrays=[arr.astype(np.int32)])
         else:
-            corpus = Corpus(str(path), texts=[path.read_text(encoding="utf-8", errors="replace")])
+            corpus = Corpus(str(path), texts=[_read_text(path)])
     docs = corpus.texts if corpus.texts is not None else corpus.arrays
     docs = [d for d in docs if len(d) > 0]
     if not docs:

@@ -149,6 +149,8 @@ class Run:
             )
             self.tokenizer, vocab = self.splits.tokenizer, self.splits.vocab_size
             data_lib.check_length(self.splits.train, d.seq_len, "training")
+            if len(self.splits.val):
+                self._val_windows()  # a too-small validation split stops the run before training
         else:
             self.tokenizer, vocab = self._saved_tokenizer()
         self.model_config = model_config(cfg, vocab_size=vocab)
@@ -232,9 +234,12 @@ class Run:
     def init_state(self):
         return self._init(jax.random.key(self.cfg.seed))
 
-    def restore(self, data_iter=None):
-        """``(step, state)`` from the newest good checkpoint, or ``None``."""
-        got = self.ckpt.restore(self.abstract_state, data_iter, check_meta=self.check_meta)
+    def restore(self, data_iter=None, *, read_only: bool = False):
+        """``(step, state)`` from the newest good checkpoint, or ``None`` (``read_only``: leave
+        unreadable checkpoints where they are; see :meth:`Checkpoints.restore`)."""
+        got = self.ckpt.restore(
+            self.abstract_state, data_iter, check_meta=self.check_meta, read_only=read_only
+        )
         if got is None:
             return None
         step, state, _ = got
@@ -246,19 +251,25 @@ class Run:
     def batch(self, local: np.ndarray) -> jax.Array:
         return sh.global_batch(np.asarray(local, np.int32), self.mesh)
 
-    def evaluate(self, params) -> dict:
-        """Validation loss (nats / token) and bits per byte over ``eval_batches`` batches."""
+    def _val_windows(self):
+        """The validation windows; a :class:`DataError` if they do not fill one batch."""
         d = self.cfg.data
-        if self.splits is None or len(self.splits.val) == 0:
-            return {"val_loss": float("nan"), "val_bpb": float("nan")}
         w = data_lib.eval_windows(self.splits.val, seq_len=d.seq_len, max_windows=10**9)
-        n = min(len(w) // d.batch_size, d.eval_batches)
-        if n == 0:
+        if len(w) < d.batch_size:
             raise data_lib.DataError(
                 f"the validation split holds {len(w)} windows of {d.seq_len} tokens, fewer than "
                 f"one batch ({d.batch_size}); lower data.batch_size or data.seq_len, or raise "
                 "data.val_fraction."
             )
+        return w
+
+    def evaluate(self, params) -> dict:
+        """Validation loss (nats / token) and bits per byte over ``eval_batches`` batches."""
+        d = self.cfg.data
+        if self.splits is None or len(self.splits.val) == 0:
+            return {"val_loss": float("nan"), "val_bpb": float("nan")}
+        w = self._val_windows()
+        n = min(len(w) // d.batch_size, d.eval_batches)
         pc, pi = jax.process_count(), jax.process_index()
         losses = []
         for i in range(n):
@@ -362,8 +373,8 @@ def train(
     """Train (or resume) the run in ``out_dir``. Raises :class:`NonFiniteLossError` on a
     non-finite step under ``nan_policy="stop"`` (the last good checkpoint stays as it was)."""
     out_dir = Path(out_dir)
+    run = Run(cfg, out_dir)  # data and config errors raise here, before any folder is made
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = Run(cfg, out_dir)
     cfg = run.cfg
     saved = out_dir / "config.json"
     if saved.exists() and resume and run.ckpt.steps:
@@ -395,12 +406,14 @@ def train(
         dict(run.mesh.shape),
         cfg.data.batch_size * cfg.data.seq_len,
     )
-    try:
+    try:  # the bar starts after the first step: compile time is not in its speed or ETA
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, disable=not progress, unit="step")
+        def new_bar(at):
+            return tqdm(total=cfg.steps, initial=at, disable=not progress, unit="step")
     except ImportError:  # pragma: no cover
-        bar = None
+        new_bar = None
+    bar = None
     tokens = cfg.data.batch_size * cfg.data.seq_len
     last_ckpt = run.ckpt.path(run.ckpt.steps[-1]) if run.ckpt.steps else None
     loss = float("nan")
@@ -408,6 +421,8 @@ def train(
     t_last, steps_since = time.perf_counter(), 0
     first = True
     old_handler = _stop_on_sigterm()
+    if step < cfg.steps:
+        log.info("compiling the train step (the first step includes it) ...")
     try:
         while step < cfg.steps:
             batch = run.batch(next(it))
@@ -420,6 +435,8 @@ def train(
                 dt = time.perf_counter() - t_step
                 metrics.write({"step": step, "first_step_s": dt})
                 log.info("first step %.1f s (compiling the train step included)", dt)
+                if new_bar is not None:
+                    bar = new_bar(step - 1)
             if not bool(m["finite"]):
                 where = (
                     f"non-finite loss ({loss}) or gradient norm ({gnorm}) at step {step} "
@@ -452,9 +469,14 @@ def train(
             if bar is not None:
                 bar.update(1)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                t_eval = time.perf_counter()
                 ev = run.evaluate(state.params)
                 metrics.write({"step": step, **ev})
                 log.info("step %d: val loss %.4f, %.3f bits/byte", step, *ev.values())
+                if bar is not None and not bar.disable:  # evaluation is not training speed
+                    spent = time.perf_counter() - t_eval
+                    bar.start_t += spent
+                    bar.last_print_t += spent
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
                 last_ckpt = run.save(step, state, it)
             if cfg.step_sleep:
@@ -496,7 +518,7 @@ def load_run(out_dir, *, load_data: bool = True) -> tuple[Run, Any, int]:
     if not saved.exists():
         raise FileNotFoundError(f"{saved} not found: {out_dir} is not a training run directory.")
     run = Run(TrainConfig.from_json(json.loads(saved.read_text())), out_dir, load_data=load_data)
-    got = run.restore(None)
+    got = run.restore(None, read_only=True)  # reading a run never changes it
     if got is None:
         raise FileNotFoundError(f"no restorable checkpoint in {run.ckpt.directory}.")
     step, state = got

@@ -1,0 +1,226 @@
+"""Continual language modelling across domains: does a deployed model gain from learning on? (issue 13)
+
+Each model is trained on Shakespeare bytes (a resumable run of the training system), then
+deployed as a :mod:`nested_jax.session` on a stream of documents from other domains and back:
+held-out Shakespeare passages, Wikipedia paragraphs, the Python documentation (when the Debian
+``python3.11-doc`` sources are installed; skipped otherwise, and said so in the results) and the
+same Shakespeare passages again. Three deployment policies:
+
+* ``persistent``: every level keeps learning and nothing resets (``Policy("all", reset="never")``);
+* ``reset``: every level learns within a document and the memory resets after each
+  (``Policy("all", reset="document")``);
+* ``in_context``: only the in-context memories (attention, Titans / self-modifying memories)
+  learn, within a document; the CMS stays at its trained weights (``Policy("fast",
+  reset="document")``).
+
+Reported per model, policy and seed: bits per byte on each domain (every byte of the stream
+scored once, before the model reads it) and *forgetting*: bits per byte on the final Shakespeare
+passages minus on the same passages at the start (only the persistent policy can forget or gain).
+Transformer++ has no CMS: its policies differ only in whether the attention cache is reset.
+
+Run: ``python -m experiments.continual_lm.run [--models hope transformer] [--seeds 0 1 2]
+[--steps 1000] [--max-minutes 60] [--out experiments/continual_lm/results]``; ``--smoke`` for the
+tests (Transformer++ only unless ``--models`` is given, one small layer, three steps, tiny
+documents). Each (model, seed) cell writes
+``cell.json`` when done and a killed cell resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments.common import pyplot, save_figure, write_results
+
+MODELS = {  # name: (registry config, model overrides)
+    "hope": ("hope_tiny", ()),
+    "hope_attention": ("hope_attention_tiny", ()),
+    "titans": ("titans_tiny", ()),
+    "transformer": ("tiny", ()),
+}
+POLICIES = {
+    "persistent": {"learn": "all", "reset": "never"},
+    "reset": {"learn": "all", "reset": "document"},
+    "in_context": {"learn": "fast", "reset": "document"},
+}
+PYDOC = Path("/usr/share/doc/python3.11/html/_sources")  # Debian python3.11-doc (optional)
+FULL = {"steps": 1000, "seq_len": 128, "batch": 8, "docs": 4, "doc_bytes": 2400, "doc_tokens": 2048}
+SMOKE = {"steps": 3, "seq_len": 32, "batch": 2, "docs": 1, "doc_bytes": 120, "doc_tokens": 64}
+
+
+def stream_documents(setup: dict, seed: int) -> list[tuple[str, str]]:
+    """``[(domain, text)]``: Shakespeare (held out), Wikipedia, Python docs (if installed), and
+    the same Shakespeare passages again."""
+    from nested_jax.train import data as data_lib
+
+    rng = np.random.default_rng(1000 + seed)
+    n, size = setup["docs"], setup["doc_bytes"]
+
+    def passage(text: str) -> str:
+        start = int(rng.integers(0, max(1, len(text) - size)))
+        return text[start : start + size]
+
+    from nested_jax.train.config import DataConfig
+
+    plays = data_lib.load_corpus("shakespeare").texts
+    # the plays the training run held out (its split: the data config's fraction, the run's seed)
+    _, val = data_lib.split_documents(len(plays), DataConfig().val_fraction, seed)
+    shakespeare = [passage(plays[int(i)]) for i in rng.choice(val, n)]
+    wiki = data_lib.load_corpus("wikipedia").texts
+    wikipedia = [wiki[int(i)][:size] for i in rng.choice(len(wiki), n, replace=False)]
+    docs = [("shakespeare", t) for t in shakespeare] + [("wikipedia", t) for t in wikipedia]
+    if PYDOC.is_dir():
+        files = sorted(PYDOC.rglob("*.rst.txt"))
+        docs += [
+            ("python_docs", passage(files[int(i)].read_text("utf-8", "replace")))
+            for i in rng.choice(len(files), n, replace=False)
+        ]
+    return docs + [("shakespeare_again", t) for t in shakespeare]
+
+
+def cell_config(model: str, seed: int, setup: dict, smoke: bool):
+    from nested_jax.train.config import DataConfig, TrainConfig
+
+    name, overrides = MODELS[model]
+    if smoke:  # one small layer, the label-free CMS signal: seconds to compile
+        overrides += (("n_layers", 1), ("d_model", 16), ("d_ff", 16), ("cms.signal", "local"))
+    every = max(1, min(50, setup["steps"]))
+    return TrainConfig(
+        model=name,
+        model_overrides=overrides,
+        data=DataConfig(seq_len=setup["seq_len"], batch_size=setup["batch"], eval_batches=2),
+        steps=setup["steps"],
+        seed=seed,
+        log_every=every,
+        eval_every=0,
+        ckpt_every=every,
+        keep=2,
+        plot=False,
+    )
+
+
+def deploy(trained, docs, policy: dict, doc_tokens: int) -> dict:
+    """Stream ``docs`` (each cut to ``doc_tokens`` tokens) through a session of the ``trained``
+    ``(model, params, tokenizer)`` under ``policy``: bits per byte by domain."""
+    from nested_jax import session as ses
+
+    model, params, tok = trained
+    s = ses.open_session(model, params, policy=ses.Policy(policy["learn"], None, policy["reset"]))
+    bits: dict[str, float] = {}
+    nbytes: dict[str, int] = {}
+    for domain, text in docs:
+        # every document the same number of tokens: one compiled step per policy
+        ids = np.asarray(tok.encode(text))[:doc_tokens]
+        out = ses.absorb(s, ids[None])
+        s = ses.end_document(out.session)
+        bits[domain] = bits.get(domain, 0.0) + float(np.sum(out.nll)) / math.log(2)
+        nbytes[domain] = nbytes.get(domain, 0) + len(tok.decode(ids).encode("utf-8"))
+    bpb = {d: bits[d] / nbytes[d] for d in bits}
+    bpb["forgetting"] = bpb["shakespeare_again"] - bpb["shakespeare"]
+    return bpb
+
+
+def run_cell(model: str, seed: int, out: Path, setup: dict, smoke: bool) -> dict:
+    from nested_jax import session as ses
+    from nested_jax.train import train
+
+    cdir = out / model / f"seed{seed}"
+    done = cdir / "cell.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    train(cell_config(model, seed, setup, smoke), cdir / "run", progress=False)
+    docs = stream_documents(setup, seed)
+    trained = ses.load_trained(cdir / "run")
+    rec = {
+        "model": model,
+        "seed": seed,
+        "domains": sorted({d for d, _ in docs}),
+        "policies": {p: deploy(trained, docs, POLICIES[p], setup["doc_tokens"]) for p in POLICIES},
+        "seconds": time.perf_counter() - t0,
+    }
+    cdir.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(rec, indent=2) + "\n")
+    return rec
+
+
+def report(out: Path, cells: list[dict], setup: dict) -> dict:
+    """Mean +- std over seeds of every (model, policy, domain) in ``results.json`` and a plot."""
+    table = {}
+    for model in sorted({c["model"] for c in cells}):
+        mine = [c for c in cells if c["model"] == model]
+        for policy in POLICIES:
+            keys = mine[0]["policies"][policy].keys()
+            table[f"{model}/{policy}"] = {
+                k: {
+                    "mean": float(np.mean([c["policies"][policy][k] for c in mine])),
+                    "std": float(np.std([c["policies"][policy][k] for c in mine])),
+                    "seeds": len(mine),
+                }
+                for k in keys
+            }
+    payload = {
+        "setup": setup,
+        "machine": f"{platform.machine()}, {platform.system()}",
+        "python_docs": PYDOC.is_dir(),
+        "table": table,
+        "cells": cells,
+    }
+    write_results(out, payload)
+    plt = pyplot()
+    domains = [d for d in ("shakespeare", "wikipedia", "python_docs", "shakespeare_again")]
+    domains = [d for d in domains if any(d in v for v in table.values())]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(table)), 4))
+    width = 0.8 / max(1, len(domains))
+    for i, d in enumerate(domains):
+        xs = np.arange(len(table)) + i * width
+        ax.bar(
+            xs,
+            [v[d]["mean"] for v in table.values()],
+            width,
+            label=d,
+            yerr=[v[d]["std"] for v in table.values()],
+        )
+    ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, list(table), rotation=30, ha="right")
+    ax.set_ylabel("bits per byte")
+    ax.set_title("deployed on a stream of domains (lower is better)")
+    ax.legend(fontsize=8)
+    save_figure(fig, out / "continual_lm.png")
+    return payload
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="seconds-long run (the tests use it)")
+    p.add_argument("--out", default="experiments/continual_lm/results")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1000)")
+    p.add_argument("--max-minutes", type=float, default=None, help="start no cell after this")
+    a = p.parse_args(argv)
+    setup = dict(SMOKE if a.smoke else FULL)
+    if a.steps is not None:
+        setup["steps"] = a.steps
+    # the smoke run checks the plumbing with the fastest-compiling model; the policies' effect
+    # on a CMS is tested in tests/test_session.py
+    models = ["transformer"] if a.smoke and a.models == list(MODELS) else a.models
+    seeds = [0] if a.smoke else a.seeds
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, cells = time.perf_counter(), []
+    for model in models:
+        for seed in seeds:
+            if a.max_minutes is not None and time.perf_counter() - t0 > 60 * a.max_minutes:
+                break
+            cells.append(run_cell(model, seed, out, setup, a.smoke))
+    return report(out, cells, setup)
+
+
+if __name__ == "__main__":
+    main()
