@@ -88,7 +88,28 @@ def _start(module, init_state, params, batch: int, carry: bool):
     return state
 
 
-class Block(nnx.Module):
+class _Functional(nnx.Module):
+    """What both wrappers share: the params as a flat ``nnx.Param`` and the fast state."""
+
+    def _hold(self, params, state, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self._layout = _Flat(params)
+        self.params = nnx.Param(self._layout.flat(params))
+        self.memory_state = MemoryState(state)
+
+    def _init_state(self, params, batch_size: int):
+        raise NotImplementedError
+
+    def get_params(self):
+        """The functional params (the pytree the wrapped ``init`` / ``init_params`` returns)."""
+        return self._layout.tree(self.params.get_value())
+
+    def reset(self) -> None:
+        """The fast state back at its initial value (from the current params)."""
+        self.memory_state.set_value(self._init_state(self.get_params(), self.batch_size))
+
+
+class Block(_Functional):
     """A nested_jax block (``init`` / ``init_state`` / ``__call__(params, state, x)``) as an
     NNX module: ``x: [batch, seq, d_model] -> [batch, seq, d_model]``.
 
@@ -102,23 +123,15 @@ class Block(nnx.Module):
     def __init__(self, block, *, batch_size: int, rngs: nnx.Rngs):
         _check_batch(batch_size)
         self.block = block
-        self.batch_size = batch_size
         params = block.init(rngs.params())
-        self._layout = _Flat(params)
-        self.params = nnx.Param(self._layout.flat(params))
-        self.memory_state = MemoryState(block.init_state(params, batch_size))
+        self._hold(params, block.init_state(params, batch_size), batch_size)
 
-    def get_params(self):
-        """The functional block's params (the pytree its ``init`` returns)."""
-        return self._layout.tree(self.params.get_value())
-
-    def reset(self) -> None:
-        """The fast state back at its initial value (from the current params)."""
-        self.memory_state.set_value(self.block.init_state(self.get_params(), self.batch_size))
+    def _init_state(self, params, batch_size: int):
+        return self.block.init_state(params, batch_size)
 
     def __call__(self, x: jax.Array, *, carry: bool = False, parallel: bool = True) -> jax.Array:
         params = self.get_params()
-        state = _start(self, self.block.init_state, params, x.shape[0], carry)
+        state = _start(self, self._init_state, params, x.shape[0], carry)
         y, state = self.block(params, state, x, parallel=parallel)
         self.memory_state.set_value(state)
         return y
@@ -142,7 +155,7 @@ def continuum_memory(config: ModelConfig, *, batch_size: int, rngs: nnx.Rngs) ->
     return Block(ContinuumMemory(config), batch_size=batch_size, rngs=rngs)
 
 
-class MemoryLayer(nnx.Module):
+class MemoryLayer(_Functional):
     """An associative memory of :mod:`nested_jax.memory` as an NNX module.
 
     ``__call__(q, k, v, eta=None, alpha=None, beta=None)`` with ``q, k: [batch, seq, heads,
@@ -175,28 +188,19 @@ class MemoryLayer(nnx.Module):
                 f"memory must be a nested_jax.memory memory, got {type(memory).__name__}."
             )
         _check_batch(batch_size)
-        memory._check_chunk(chunk_size)
-        memory._reads_after(read)  # checks the argument now rather than at the first call
+        memory.check_options(chunk_size=chunk_size, read=read)  # now, not at the first call
         self.memory = memory
         self.chunk_size = chunk_size
         self.read = read
-        self.batch_size = batch_size
         params = memory.init_params(rngs.params(), heads=heads, d_k=d_k, d_v=d_v, **init_kw)
-        self._layout = _Flat(params)
-        self.params = nnx.Param(self._layout.flat(params))
-        self.memory_state = MemoryState(memory.init_state(params, batch_size))
+        self._hold(params, memory.init_state(params, batch_size), batch_size)
 
-    def get_params(self):
-        """The memory's params (the pytree its ``init_params`` returns)."""
-        return self._layout.tree(self.params.get_value())
-
-    def reset(self) -> None:
-        """The memory back at its initial state (from the current params)."""
-        self.memory_state.set_value(self.memory.init_state(self.get_params(), self.batch_size))
+    def _init_state(self, params, batch_size: int):
+        return self.memory.init_state(params, batch_size)
 
     def __call__(self, q, k, v, eta=None, alpha=None, beta=None, *, carry: bool = False):
         params = self.get_params()
-        state = _start(self, self.memory.init_state, params, q.shape[0], carry)
+        state = _start(self, self._init_state, params, q.shape[0], carry)
         state, y = self.memory.write_read(
             state,
             q,

@@ -185,6 +185,12 @@ class AbstractMemory:
             )
         return read == "after"
 
+    def check_options(self, *, chunk_size: int, read: str | None = None) -> None:
+        """Raise the drivers' ``ValueError`` now for a bad ``chunk_size`` or ``read`` (for
+        wrappers that take them once, e.g. :class:`nested_jax.nnx.MemoryLayer`)."""
+        self._check_chunk(chunk_size)
+        self._reads_after(read)
+
     def _shift_queries(self, arrays, after: bool):
         """For ``read="after"`` on a memory that reads before writing: token t's query is asked at
         position t + 1 (where the state holds token t's write); the last one is read separately."""
