@@ -167,9 +167,17 @@ def flop_split_table(data: dict) -> str:
     return _table(caption, columns, rows)
 
 
+def memory_ab_table(data: dict) -> str:
+    cases = [k for k in data["runs"][0] if k != "code"]
+    rows = [[r["code"]] + [f"{r[k]:.1f}" for k in cases] for r in data["runs"]]
+    caption = f"{_machine(data['machine'])} {data['method']} Finding: {data['finding']}."
+    return _table(caption, ["code"] + [f"{k} (ms)" for k in cases], rows)
+
+
 TABLES = {
     "flop_split": flop_split_table,
     "memory_chunked": memory_chunked_table,
+    "memory_ab": memory_ab_table,
     "optim_step": optim_step_table,
     "model_throughput": model_throughput_table,
     "selfmod_chunked": selfmod_chunked_table,
