@@ -237,15 +237,18 @@ def _generate(argv) -> int:
 
 
 def _policy(a):
-    """The --learn / --reset / --cms-levels options as a Policy (None: none given)."""
+    """The --learn / --memories / --cms-levels / --reset / --cms-reset options as a Policy
+    (None: none given)."""
     from nested_jax import session as ses
 
-    if a.learn is None and a.reset is None and a.cms_levels is None:
+    given = (a.learn, a.memories, a.cms_levels, a.reset, a.cms_reset)
+    if all(x is None for x in given):
         return None
     levels = None
     if a.cms_levels is not None:
         levels = tuple(x.strip() in ("1", "true", "on") for x in a.cms_levels.split(","))
-    return ses.Policy(a.learn or "all", levels, a.reset or "never")
+    memories = None if a.memories is None else a.memories == "on"
+    return ses.Policy(a.learn or "all", levels, a.reset or "never", memories, a.cms_reset)
 
 
 def _open_session(run_dir, name, policy):
@@ -279,8 +282,14 @@ def _stream(argv) -> int:
     p.add_argument("--session", required=True, help="session name (continued if saved)")
     p.add_argument("--file", default=None, help="text file to read (default: stdin)")
     p.add_argument("--learn", choices=ses.LEARN, default=None, help="which levels learn")
-    p.add_argument("--reset", choices=ses.RESETS, default=None, help="when the memory resets")
+    p.add_argument(
+        "--memories", choices=("on", "off"), default=None, help="do the fast memories learn"
+    )
     p.add_argument("--cms-levels", default=None, help="per CMS level 1/0, e.g. 0,1")
+    p.add_argument("--reset", choices=ses.RESETS, default=None, help="when the memory resets")
+    p.add_argument(
+        "--cms-reset", choices=ses.RESETS, default=None, help="the CMS's (default: --reset)"
+    )
     p.add_argument("--piece", type=int, default=128, help="tokens read per step (default 128)")
     p.add_argument("--save-every", type=int, default=16, help="save every N pieces (default 16)")
     p.add_argument("--no-progress", action="store_true")

@@ -9,8 +9,9 @@ from what it writes too. Cutting a stream anywhere gives the same session as one
 ``step`` carries chunk boundaries across calls).
 
 A :class:`Policy` says which levels keep learning (``"all"``, ``"fast"``: the in-context memories
-only, the CMS frozen at the trained weights, or ``"none"``; per CMS level with ``cms_levels``)
-and when the memory resets (``"never"`` or at every :func:`end_document`). The policy builds the
+only, the CMS frozen at the trained weights, or ``"none"``; per CMS level with ``cms_levels``,
+per kind with ``memories``) and when each kind of memory resets (``"never"`` or at every
+:func:`end_document`; the CMS separately with ``cms_reset``). The policy builds the
 model the session runs from the trained config, so the trained run is never edited.
 
 :func:`save_session` / :func:`load_session` keep a session on disk with orbax (written to a
@@ -67,7 +68,11 @@ class SessionMismatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """Which levels keep learning after deployment, and when the memory resets.
+    """Which levels keep learning after deployment, and when each kind of memory resets.
+
+    Two kinds of memory: the sequence layers' (self-modifying / Titans memories, the attention
+    cache: they learn within a context) and the CMS levels' (the MLP weights that keep learning
+    from the stream at their own frequencies).
 
     Attributes:
       learn: ``"all"`` (every memory and CMS level learns in context), ``"fast"`` (the sequence
@@ -76,21 +81,42 @@ class Policy:
         still applies, and attention still sees its window).
       cms_levels: per CMS level, whether it learns (overrides ``learn`` for the CMS); ``None``:
         as ``learn`` says.
-      reset: ``"never"`` (the memory persists across documents) or ``"document"`` (every
-        :func:`end_document` returns to the trained initial state).
+      memories: whether the sequence layers' memories learn (overrides ``learn`` for them;
+        ``False`` with ``learn="all"``: only the CMS learns); ``None``: as ``learn`` says.
+      reset: when the sequence layers' memory resets: ``"never"`` (it persists across
+        documents) or ``"document"`` (every :func:`end_document` returns it to the trained
+        initial state). :func:`reset` resets everything on demand.
+      cms_reset: the same for the CMS levels; ``None``: as ``reset``. ``reset="document",
+        cms_reset="never"`` is the paper's picture of a deployed model: the fast memories start
+        every context afresh, the CMS consolidates across them.
     """
 
     learn: str = "all"
     cms_levels: tuple | None = None
     reset: str = "never"
+    memories: bool | None = None
+    cms_reset: str | None = None
 
     def __post_init__(self):
         if self.learn not in LEARN:
             raise ValueError(f"policy learn must be one of {LEARN}, got {self.learn!r}.")
-        if self.reset not in RESETS:
-            raise ValueError(f"policy reset must be one of {RESETS}, got {self.reset!r}.")
+        for name in ("reset", "cms_reset"):
+            value = getattr(self, name)
+            if value not in RESETS and not (name == "cms_reset" and value is None):
+                raise ValueError(f"policy {name} must be one of {RESETS}, got {value!r}.")
         if self.cms_levels is not None:
             object.__setattr__(self, "cms_levels", tuple(bool(x) for x in self.cms_levels))
+        if self.memories is not None:
+            object.__setattr__(self, "memories", bool(self.memories))
+
+    @property
+    def memories_learn(self) -> bool:
+        return self.learn != "none" if self.memories is None else self.memories
+
+    @property
+    def resets(self) -> tuple[bool, bool]:
+        """Whether :func:`end_document` resets ``(sequence layers, CMS)``."""
+        return self.reset == "document", (self.cms_reset or self.reset) == "document"
 
     def model_config(self, trained: ModelConfig) -> ModelConfig:
         """The config the session runs: the trained one with the policy's levels frozen."""
@@ -107,13 +133,19 @@ class Policy:
             else:
                 learns = (self.learn == "all",) * len(periods)
             periods = tuple(p if on else 0 for p, on in zip(periods, learns, strict=True))
-            cfg = cfg.replace(cms={"periods": periods, "persistent": self.reset == "never"})
-        if self.learn == "none" and cfg.kind != "transformer":
+            cfg = cfg.replace(cms={"periods": periods, "persistent": not self.resets[1]})
+        if not self.memories_learn and cfg.kind != "transformer":
             cfg = cfg.replace(**{"titans.eta_max": 0.0})
         return cfg
 
     def to_json(self) -> dict:
-        return {"learn": self.learn, "cms_levels": self.cms_levels, "reset": self.reset}
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Policy:
+        """The policy :meth:`to_json` wrote (sessions saved before ``memories`` / ``cms_reset``
+        existed load with their defaults)."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 @functools.partial(
@@ -180,10 +212,24 @@ def reset(session: Session) -> Session:
 
 
 def end_document(session: Session) -> Session:
-    """A document ended: ``reset="document"`` returns to the trained initial state; ``"never"``
-    keeps every level's memory (the model's ``next_sequence`` with a persistent CMS would
-    restart the sequence layers: a session is one stream, so it keeps them too)."""
-    return reset(session) if session.policy.reset == "document" else session
+    """A document ended: each kind of memory the policy resets per document (the sequence
+    layers', the CMS's) returns to its trained initial state; the others keep what they learned.
+    Resetting only the sequence layers is the model's ``next_sequence`` with a persistent CMS;
+    the next token is then scored as by a fresh session."""
+    seq, cms = session.policy.resets
+    if seq and (cms or not session.model.config.has_cms):
+        return reset(session)
+    if not (seq or cms):
+        return session
+    fresh = reset(session)
+    old, new = session.state.layers, fresh.state.layers
+    kept = {k: (new[k] if (k == "cms") == cms else old[k]) for k in old}
+    if seq:  # the CMS keeps its weights; a chunk in progress restarts (as in ``next_sequence``)
+        kept["cms"] = new["cms"]._replace(params=old["cms"].params)
+    state = fresh.state._replace(layers=kept)
+    if state.start is not None:
+        state = state._replace(start=kept, teach=kept if state.teach is not None else None)
+    return dataclasses.replace(fresh if seq else session, state=state)
 
 
 @jax.jit
@@ -399,9 +445,7 @@ def load_session(
         if not ck.steps:
             raise FileNotFoundError(f"session {name!r} at {path} has no saved state.")
         meta = ck.metadata(ck.steps[-1])
-        policy = Policy(
-            meta["policy"]["learn"], meta["policy"]["cms_levels"], meta["policy"]["reset"]
-        )
+        policy = Policy.from_json(meta["policy"])
         base = open_session(model, params, policy=policy, batch_size=int(meta["batch"]))
         mine = _meta(base, tokenizer)
 

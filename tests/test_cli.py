@@ -93,3 +93,16 @@ def test_ctrl_c_is_one_message_not_a_traceback(monkeypatch, capsys):
     assert cli.main(["eval", "--run", "nowhere"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_stream_policy_options_build_the_per_kind_policy():
+    from argparse import Namespace
+
+    from nested_jax import session as ses
+
+    none = dict(learn=None, memories=None, cms_levels=None, reset=None, cms_reset=None)
+    assert cli._policy(Namespace(**none)) is None
+    got = cli._policy(Namespace(**dict(none, memories="off", reset="document", cms_reset="never")))
+    assert got == ses.Policy("all", None, "document", memories=False, cms_reset="never")
+    got = cli._policy(Namespace(**dict(none, learn="fast", cms_levels="0,1")))
+    assert got == ses.Policy("fast", (False, True), "never")

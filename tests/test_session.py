@@ -81,6 +81,35 @@ def test_policy_decides_which_levels_learn_and_when_memory_resets(trained):
             for x, y in zip(jax.tree.leaves(s.state), jax.tree.leaves(fresh.state), strict=True)
         )
         assert same != kept
+    # per kind: the fast memories restart per document while the CMS consolidates (= the
+    # model's next_sequence with a persistent CMS), or the other way round
+    read = ses.absorb(ses.open_session(model, params), toks, piece=8).session
+    pol = ses.Policy(reset="never", cms_reset="document")
+    s = dataclasses.replace(ses.open_session(model, params, policy=pol), state=read.state)
+    s = ses.end_document(s)
+    _close(s.state.layers["cms"], model.init_state(params, 1).layers["cms"], atol=0, rtol=0)
+    _close(s.state.layers["mixer"], read.state.layers["mixer"], atol=0, rtol=0)
+    consolidating = LanguageModel(CONFIG.replace(cms={"persistent": True}))
+    pol = ses.Policy(reset="document", cms_reset="never")
+    s = dataclasses.replace(ses.open_session(model, params, policy=pol), state=read.state)
+    _close(
+        ses.end_document(s).state, consolidating.next_sequence(params, read.state), atol=0, rtol=0
+    )
+    # the same with the next-token signal (a CMS chunk in progress restarts at the boundary)
+    ntp = CONFIG.replace(cms={"signal": "ntp"})
+    state = jax.tree.map(lambda a: a + 1, LanguageModel(ntp).init_state(params, 1))
+    s = dataclasses.replace(ses.open_session(ntp, params, policy=pol), state=state)
+    want = LanguageModel(ntp.replace(cms={"persistent": True})).next_sequence(params, state)
+    _close(ses.end_document(s).state, want, atol=0, rtol=0)
+    # only the CMS learns: the sequence memories' learning rate is zero, the CMS's periods kept
+    cms_only = ses.Policy(memories=False).model_config(model.config)
+    assert cms_only.titans.eta_max == 0 and cms_only.cms.periods == (4, 8)
+    assert ses.Policy("fast", memories=True).model_config(model.config).titans.eta_max > 0
+    with pytest.raises(ValueError, match="policy cms_reset"):
+        ses.Policy(cms_reset="sometimes")
+    assert ses.Policy.from_json({"learn": "fast", "cms_levels": None, "reset": "never"}) == (
+        ses.Policy("fast")
+    )
 
 
 def test_save_restore_is_exact_and_foreign_sessions_are_refused(trained, tmp_path):

@@ -215,6 +215,24 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(
     assert_same_tree(params_of(run)[1], params_of(full_run[0])[1])
 
 
+def test_unreadable_or_missing_checkpoints_are_one_clear_error(cut_run, tmp_path, capfd):
+    run = tmp_path / "run"
+    shutil.copytree(cut_run, run)
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file() and "state" in f.parts and "metadata" not in f.name.lower():
+            f.write_bytes(b"garbage")
+    capfd.readouterr()
+    with pytest.raises(FileNotFoundError, match=r"can be restored \(steps \[4, 8\].*intact copy"):
+        evaluate(run)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "DATA_LOSS" not in err  # orbax's internals stay out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4", "8"]  # read-only
+    for step in (run / "checkpoints").iterdir():
+        shutil.rmtree(step)
+    with pytest.raises(FileNotFoundError, match="saved none .* Resume it"):
+        evaluate(run)
+
+
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     from nested_jax.train import checkpoint as ckpt_lib
     from nested_jax.train import loop

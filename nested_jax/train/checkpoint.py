@@ -15,8 +15,13 @@ shapes) is not corruption: it raises :class:`CheckpointMismatchError`.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +100,10 @@ class Checkpoints:
             n += 1
             dst = self.directory / f"corrupt-{step}.{n}"
         log.error(
-            "checkpoint %s cannot be restored (%s: %s); moved it to %s and trying the previous one.",
+            "checkpoint %s cannot be restored: %s. Moved it to %s (delete it when you no longer "
+            "need it); resuming from the previous checkpoint.",
             src,
-            type(err).__name__,
-            str(err).splitlines()[0][:300],
+            _reason(err),
             dst,
         )
         os.rename(src, dst)
@@ -106,10 +111,10 @@ class Checkpoints:
 
     def _skip(self, step: int, err: Exception) -> None:
         log.error(
-            "checkpoint %s cannot be restored (%s: %s); trying the previous one (left in place).",
+            "checkpoint %s cannot be restored: %s. Reading the previous checkpoint instead "
+            "(this one is left in place; resuming the run moves it aside).",
             self.path(step),
-            type(err).__name__,
-            str(err).splitlines()[0][:300],
+            _reason(err),
         )
 
     def restore(self, abstract_state: Any, data_iter: Any, check_meta=None, *, read_only=False):
@@ -124,7 +129,8 @@ class Checkpoints:
         bad = self._skip if read_only else self._quarantine
         for step in reversed(self.steps):
             try:
-                meta = self.metadata(step)
+                with _quiet_orbax():
+                    meta = self.metadata(step)
             except Exception as e:  # unreadable metadata: corrupt
                 bad(step, e)
                 continue
@@ -134,7 +140,8 @@ class Checkpoints:
             if data_iter is not None:
                 items["data"] = data_iter
             try:
-                out = self._ck.load_checkpointables(step, items)
+                with _quiet_orbax():
+                    out = self._ck.load_checkpointables(step, items)
                 state = out["state"]
                 if not _same(fingerprint(state), meta.get("fingerprint", [])):
                     raise CorruptCheckpointError("the restored values do not match the fingerprint")
@@ -146,3 +153,62 @@ class Checkpoints:
 
     def close(self):
         self._ck.close()
+
+
+def _reason(err: Exception) -> str:
+    """What went wrong with a checkpoint, in a sentence (orbax's own message at DEBUG level)."""
+    log.debug("checkpoint restore failed", exc_info=err)
+    if isinstance(err, CorruptCheckpointError):
+        return str(err)
+    text = str(err)
+    markers = ("DATA_LOSS", "Error decoding", "incompatible handler", "NOT_FOUND", "No such file")
+    for marker in markers:
+        if marker in text:
+            return f"its files are damaged or incomplete ({type(err).__name__}; {marker})"
+    first = text.splitlines()[0][:160] if text else ""
+    return f"its files could not be read ({type(err).__name__}: {first})"
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax, absl and uvloop print tracebacks and coroutine warnings for every unreadable file;
+    the restore reports each bad checkpoint itself, in one line (what they printed is logged at
+    DEBUG level). After a failed read, orbax's abandoned tasks would report the same error again
+    when the process ends: asyncio's "never retrieved" log stays silenced from then on."""
+    loggers = [logging.getLogger(n) for n in ("absl", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    failed = True
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()) as err:
+            warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+            try:
+                yield
+                failed = False
+            finally:
+                gc.collect()  # orbax's failed futures report themselves when collected: now
+        if err.getvalue():
+            log.debug("orbax printed while restoring:\n%s", err.getvalue())
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            if not (failed and lg.name == "asyncio"):
+                lg.setLevel(level)
+        if failed and not getattr(sys.unraisablehook, "_nested_jax", False):
+            sys.unraisablehook = _drop_orbax_leftovers(sys.unraisablehook)
+
+
+def _drop_orbax_leftovers(previous):
+    """An unraisable-exception hook that drops what orbax's abandoned reads raise later (their
+    event loop closed, their coroutines never awaited) and passes everything else on."""
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        leftover = (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)) or (
+            "orbax" in repr(unraisable.object) or "_read_array" in repr(unraisable.object)
+        )
+        if not leftover:
+            previous(unraisable)
+
+    hook._nested_jax = True
+    return hook

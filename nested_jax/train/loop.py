@@ -520,7 +520,18 @@ def load_run(out_dir, *, load_data: bool = True) -> tuple[Run, Any, int]:
     run = Run(TrainConfig.from_json(json.loads(saved.read_text())), out_dir, load_data=load_data)
     got = run.restore(None, read_only=True)  # reading a run never changes it
     if got is None:
-        raise FileNotFoundError(f"no restorable checkpoint in {run.ckpt.directory}.")
+        steps = run.ckpt.steps
+        run.ckpt.close()  # orbax's background threads end before the error does
+        if steps:
+            raise FileNotFoundError(
+                f"no checkpoint in {run.ckpt.directory} can be restored (steps {steps}, each "
+                "reported above). Train again into a new directory (`nested-jax train --out "
+                "NEW_DIR ...`), or put back an intact copy of the checkpoints."
+            )
+        raise FileNotFoundError(
+            f"no checkpoint in {run.ckpt.directory} yet: the run saved none (it was stopped "
+            "before its first checkpoint). Resume it with `nested-jax train` to continue."
+        )
     step, state = got
     return run, state, step
 
