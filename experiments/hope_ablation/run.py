@@ -54,7 +54,16 @@ FULL = {
     "bin": 64,
     "eval_batches": 16,
 }
-SMOKE = {"seq_len": 32, "batch": 2, "eval_len": 64, "eval_seqs": 2, "bin": 16, "eval_batches": 1}
+# the smoke run: one layer per model (the same for every variant, so the parameter match holds)
+SMOKE = {
+    "seq_len": 32,
+    "batch": 2,
+    "eval_len": 64,
+    "eval_seqs": 2,
+    "bin": 16,
+    "eval_batches": 1,
+    "shrink": [["n_layers", 1]],
+}
 _BASE = {
     "hope": ("hope_tiny", ()),
     "hope_ntp": ("hope_tiny", (("cms.signal", "ntp"),)),
@@ -64,15 +73,17 @@ _BASE = {
 }
 
 
-def model_spec(variant: str, eval_len: int) -> tuple[str, tuple]:
+def model_spec(variant: str, eval_len: int, shrink=()) -> tuple[str, tuple]:
     """``(registry name, overrides)`` of a variant; Titans' and Transformer++'s MLP widths (multiples
-    of 8) are the ones whose parameter count is nearest Hope's."""
+    of 8) are the ones whose parameter count is nearest Hope's. ``shrink``: overrides applied to
+    every variant and to the Hope the others are matched to (the smoke run's one layer)."""
     from nested_jax.models import count_params, get_config, matched_d_ff
 
     name, extra = _BASE[variant]
-    overrides = (("max_len", eval_len),) + extra
+    shrink = tuple(tuple(x) for x in shrink)
+    overrides = (("max_len", eval_len),) + shrink + extra
     if variant in ("titans", "transformer"):
-        target = count_params(get_config("hope_tiny", max_len=eval_len))
+        target = count_params(get_config("hope_tiny", max_len=eval_len, **dict(shrink)))
         best = matched_d_ff(get_config(name, **dict(overrides)), target, multiple=8)
         overrides = overrides + (("d_ff", best),)
     return name, overrides
@@ -81,7 +92,7 @@ def model_spec(variant: str, eval_len: int) -> tuple[str, tuple]:
 def cell_config(variant: str, budget: str, seed: int, setup: dict, steps: int | None = None):
     from nested_jax.train.config import DataConfig, TrainConfig
 
-    name, overrides = model_spec(variant, setup["eval_len"])
+    name, overrides = model_spec(variant, setup["eval_len"], setup.get("shrink", ()))
     steps = BUDGETS[budget][0] if steps is None else steps
     every = max(1, min(25, steps))
     return TrainConfig(
