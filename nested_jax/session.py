@@ -232,10 +232,10 @@ def end_document(session: Session) -> Session:
     return dataclasses.replace(fresh if seq else session, state=state)
 
 
-@jax.jit
-def _absorb_piece(session: Session, tokens: jax.Array):
+@functools.partial(jax.jit, static_argnums=2)
+def _absorb_piece(session: Session, tokens: jax.Array, parallel: bool):
     model = session.model
-    logits, state = model.step(session.params, session.state, tokens)
+    logits, state = model.step(session.params, session.state, tokens, parallel=parallel)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, n, V]
     prev = jnp.concatenate([session.logp[:, None], logp[:, :-1]], axis=1)
     nll = -jnp.take_along_axis(prev, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -259,10 +259,13 @@ class Absorbed(NamedTuple):
 def absorb(session: Session, tokens, *, piece: int | None = None) -> Absorbed:
     """Learn from ``tokens: int [batch, n]`` (or ``[n]``) without sampling.
 
-    The stream is read in pieces of ``piece`` tokens (default: the model's ``max_len``), each a
-    jitted :meth:`~nested_jax.models.LanguageModel.step`; the memory after each piece is checked,
-    and a piece that leaves it non-finite is undone (the session keeps its last good state, the
-    piece's losses are NaN, and it is logged). Any cut gives the same session as one call.
+    The stream is read in pieces of at most ``piece`` tokens (default: the model's ``max_len``),
+    each a jitted :meth:`~nested_jax.models.LanguageModel.step`: chunk-parallel from every
+    multiple of the model's ``boundary`` (after a cut elsewhere, token by token up to the next
+    one); the memory after each piece is checked, and a piece that leaves it non-finite is
+    undone (the session keeps its last good state, the piece's losses are NaN, and it is
+    logged). Any cut gives the same session as one call (up to float rounding: the two forms
+    sum in different orders).
     """
     tokens = jnp.asarray(tokens)
     if tokens.ndim == 1:
@@ -274,9 +277,15 @@ def absorb(session: Session, tokens, *, piece: int | None = None) -> Absorbed:
         )
     piece = piece or session.model.config.max_len
     out, bad = [], 0
-    for s in range(0, tokens.shape[1], piece):
-        chunk = tokens[:, s : s + piece]
-        new, nll, ok = _absorb_piece(session, chunk)
+    s, n, boundary = 0, tokens.shape[1], session.model.boundary
+    while s < n:
+        # chunk-parallel from a multiple of the boundary (the model's step is exact only from
+        # there); token by token up to the next one otherwise
+        lead = (-int(session.position)) % boundary
+        stop = min(n, s + piece, s + lead) if lead else min(n, s + piece)
+        chunk = tokens[:, s:stop]
+        s = stop
+        new, nll, ok = _absorb_piece(session, chunk, not lead)
         if bool(ok):
             session = new
         else:

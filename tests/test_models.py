@@ -1,5 +1,7 @@
 """Models: parallel == token-by-token == streaming, causality, isolation, training, configs."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +37,23 @@ def test_parallel_equals_reference_equals_streaming(name):
         close(par, streamed)
         close(s_par, s_stream)
     check_prefix_then_stream(model, params, tokens, par, s_par, start=7, piece=3)
+
+
+@pytest.mark.parametrize("name", ["tiny", "titans_tiny", "hope_attention_tiny"])
+def test_parallel_step_continues_a_stream_from_a_boundary(name):
+    """``step(parallel=True)`` from a state that has read a multiple of ``boundary`` tokens
+    equals the token-by-token step (what sessions use to read long streams fast)."""
+    model, params, _ = setup_model(name)
+    n = max(model.boundary, 4)
+    assert n % model.boundary == 0
+    tokens = jax.random.randint(jax.random.key(3), (2, 2 * n), 0, 256)
+    fast = jax.jit(functools.partial(model.step, parallel=True))
+    s0 = model.init_state(params, 2)
+    a, s1 = fast(params, s0, tokens[:, :n])
+    b, s2 = fast(params, s1, tokens[:, n:])  # the same compiled program, a carried state
+    ref, s_ref = stream(model, params, tokens, 2 * n)
+    close(jnp.concatenate([a, b], axis=1), ref)
+    close(s2, s_ref)
 
 
 def test_transformer_block_is_a_plain_transformer():

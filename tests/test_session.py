@@ -44,6 +44,10 @@ def test_any_cut_of_a_stream_is_one_call_and_scores_next_tokens(trained):
     _close(b.session.state, whole.session.state)
     _close(jnp.concatenate([a.nll, b.nll], axis=1), whole.nll)
     assert int(whole.session.position) == 24 and whole.rolled_back == 0
+    # pieces of 8 from a boundary run chunk-parallel; pieces of one token, token by token
+    one = ses.absorb(s0, toks, piece=1)
+    _close(one.session.state, whole.session.state)
+    _close(one.nll, whole.nll)
     # the scores are the model's own next-token losses over the stream (first: uniform prior)
     logits, _ = model.step(params, model.init_state(params, 1), toks[:, :16])
     logp = jax.nn.log_softmax(logits, axis=-1)

@@ -39,6 +39,7 @@ pass 1's state beside pass 2's and runs both passes on each chunk as it complete
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -311,11 +312,26 @@ class LanguageModel:
         state, logits = jax.lax.scan(token, state, tokens.T)
         return jnp.swapaxes(logits, 0, 1), state
 
-    def step(self, params: dict, state: Any, tokens: jax.Array):
+    def step(self, params: dict, state: Any, tokens: jax.Array, *, parallel: bool = False):
         """Streaming: process ``tokens: [B, C]`` continuing ``state`` (any ``C``, any cut points):
         ``(logits [B, C, V], state)``. Chunked memories run token by token here so that their
-        chunk boundaries stay where the parallel form puts them."""
-        return self._run(params, state, tokens, parallel=False)
+        chunk boundaries stay where the parallel form puts them.
+
+        ``parallel=True``: the chunk-parallel form (much faster on long pieces), equal to the
+        token-by-token one when ``state`` has read a multiple of :attr:`boundary` tokens since
+        its stream began (the caller keeps count, e.g. a session's position); the piece itself
+        may end anywhere."""
+        return self._run(params, state, tokens, parallel=parallel)
+
+    @property
+    def boundary(self) -> int:
+        """Every how many tokens a stream may switch to the chunk-parallel form: the least common
+        multiple of the memories' chunk and the CMS's live periods (1 for Transformer++)."""
+        c = self.config
+        sizes = [c.titans.chunk] if c.kind in ("titans", "selfmod", "hope") else []
+        if c.has_cms:
+            sizes += [p for p in c.cms.periods if p]
+        return math.lcm(1, *sizes)
 
     def apply(self, params: dict, tokens: jax.Array, state: Any = None):
         """The training form: a whole sequence from a fresh state, chunk-parallel. With a carried
