@@ -260,9 +260,9 @@ def absorb(session: Session, tokens, *, piece: int | None = None) -> Absorbed:
     """Learn from ``tokens: int [batch, n]`` (or ``[n]``) without sampling.
 
     The stream is read in pieces of at most ``piece`` tokens (default: the model's ``max_len``),
-    each a jitted :meth:`~nested_jax.models.LanguageModel.step`: chunk-parallel from every
-    multiple of the model's ``boundary`` (after a cut elsewhere, token by token up to the next
-    one); the memory after each piece is checked, and a piece that leaves it non-finite is
+    each a jitted :meth:`~nested_jax.models.LanguageModel.step`: chunk-parallel whenever the
+    memory is at a chunk boundary (``model.at_boundary``; after a cut elsewhere, token by token
+    up to the next one); the memory after each piece is checked, and a piece that leaves it non-finite is
     undone (the session keeps its last good state, the piece's losses are NaN, and it is
     logged). Any cut gives the same session as one call (up to float rounding: the two forms
     sum in different orders).
@@ -277,15 +277,17 @@ def absorb(session: Session, tokens, *, piece: int | None = None) -> Absorbed:
         )
     piece = piece or session.model.config.max_len
     out, bad = [], 0
-    s, n, boundary = 0, tokens.shape[1], session.model.boundary
+    s, n, model = 0, tokens.shape[1], session.model
     while s < n:
-        # chunk-parallel from a multiple of the boundary (the model's step is exact only from
-        # there); token by token up to the next one otherwise
-        lead = (-int(session.position)) % boundary
+        # chunk-parallel from a boundary (the model's parallel step is exact only there); token
+        # by token up to where a stream would reach the next one (after resetting one kind of
+        # memory only, the chunks may not line up again: then token by token throughout)
+        parallel = model.at_boundary(session.state)
+        lead = 0 if parallel else (-int(session.position)) % model.boundary
         stop = min(n, s + piece, s + lead) if lead else min(n, s + piece)
         chunk = tokens[:, s:stop]
         s = stop
-        new, nll, ok = _absorb_piece(session, chunk, not lead)
+        new, nll, ok = _absorb_piece(session, chunk, parallel)
         if bool(ok):
             session = new
         else:

@@ -39,7 +39,7 @@ def test_parallel_equals_reference_equals_streaming(name):
     check_prefix_then_stream(model, params, tokens, par, s_par, start=7, piece=3)
 
 
-@pytest.mark.parametrize("name", ["tiny", "titans_tiny", "hope_attention_tiny"])
+@pytest.mark.parametrize("name", ["tiny", "titans_tiny", "hope_tiny", "hope_attention_tiny"])
 def test_parallel_step_continues_a_stream_from_a_boundary(name):
     """``step(parallel=True)`` from a state that has read a multiple of ``boundary`` tokens
     equals the token-by-token step (what sessions use to read long streams fast)."""
@@ -50,6 +50,9 @@ def test_parallel_step_continues_a_stream_from_a_boundary(name):
     fast = jax.jit(functools.partial(model.step, parallel=True))
     s0 = model.init_state(params, 2)
     a, s1 = fast(params, s0, tokens[:, :n])
+    assert model.at_boundary(s0) and model.at_boundary(s1)
+    if model.boundary > 1:  # one token later it is not
+        assert not model.at_boundary(jitted(model, "step")(params, s1, tokens[:, n : n + 1])[1])
     b, s2 = fast(params, s1, tokens[:, n:])  # the same compiled program, a carried state
     ref, s_ref = stream(model, params, tokens, 2 * n)
     close(jnp.concatenate([a, b], axis=1), ref)

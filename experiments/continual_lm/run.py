@@ -4,25 +4,28 @@ Each model is trained on Shakespeare bytes (a resumable run of the training syst
 deployed as a :mod:`nested_jax.session` on a stream of documents from other domains and back:
 held-out Shakespeare passages, Wikipedia paragraphs, the Python documentation (when the Debian
 ``python3.11-doc`` sources are installed; skipped otherwise, and said so in the results) and the
-same Shakespeare passages again. Three deployment policies:
+same Shakespeare passages again. Five deployment policies: the two kinds of memory (the
+sequence layers' fast memories, the CMS) each reset per document or persist, and the CMS frozen:
 
-* ``persistent``: every level keeps learning and nothing resets (``Policy("all", reset="never")``);
-* ``reset``: every level learns within a document and the memory resets after each
-  (``Policy("all", reset="document")``);
+* ``persistent``: every level keeps learning and nothing resets;
+* ``consolidate``: the fast memories restart every document, the CMS keeps learning across them
+  (the paper's picture of deployment; the model's ``next_sequence`` with a persistent CMS);
+* ``reset``: every level learns within a document and everything resets after each;
+* ``keep_fast``: the fast memories persist, the CMS resets per document (the 2x2's fourth cell);
 * ``in_context``: only the in-context memories (attention, Titans / self-modifying memories)
-  learn, within a document; the CMS stays at its trained weights (``Policy("fast",
-  reset="document")``).
+  learn, within a document; the CMS stays at its trained weights.
 
 Reported per model, policy and seed: bits per byte on each domain (every byte of the stream
-scored once, before the model reads it) and *forgetting*: bits per byte on the final Shakespeare
-passages minus on the same passages at the start (only the persistent policy can forget or gain).
-Transformer++ has no CMS: its policies differ only in whether the attention cache is reset.
+scored once, before the model reads it; each document's first token unscored) and
+*forgetting*: bits per byte on the final Shakespeare passages minus on the same passages at the
+start (negative: the model gained from what it read in between). Transformer++ has no CMS: its
+policies differ only in whether the attention cache is reset.
 
 Run: ``python -m experiments.continual_lm.run [--models hope transformer] [--seeds 0 1 2]
-[--steps 1000] [--max-minutes 60] [--out experiments/continual_lm/results]``; ``--smoke`` for the
+[--policies ...] [--steps 500] [--max-minutes 60] [--out DIR]``; ``--smoke`` for the
 tests (Transformer++ only unless ``--models`` is given, one small layer, three steps, tiny
-documents). Each (model, seed) cell writes
-``cell.json`` when done and a killed cell resumes from its newest checkpoint.
+documents). Each (model, seed) cell writes ``cell.json`` when done (a policy added later is
+deployed from the saved run, no retraining) and a killed cell resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ POLICIES = {  # name: nested_jax.session.Policy fields
     "persistent": {"learn": "all", "reset": "never"},
     "consolidate": {"learn": "all", "reset": "document", "cms_reset": "never"},
     "reset": {"learn": "all", "reset": "document"},
+    "keep_fast": {"learn": "all", "reset": "never", "cms_reset": "document"},
     "in_context": {"learn": "fast", "reset": "document"},
 }
 PYDOC = Path("/usr/share/doc/python3.11/html/_sources")  # Debian python3.11-doc (optional)
@@ -74,7 +78,8 @@ def stream_documents(setup: dict, seed: int) -> list[tuple[str, str]]:
     _, val = data_lib.split_documents(len(plays), DataConfig().val_fraction, seed)
     shakespeare = [passage(plays[int(i)]) for i in rng.choice(val, n)]
     wiki = data_lib.load_corpus("wikipedia").texts
-    wikipedia = [wiki[int(i)][:size] for i in rng.choice(len(wiki), n, replace=False)]
+    long = [i for i, t in enumerate(wiki) if len(t) >= size]  # every document the same length
+    wikipedia = [wiki[long[int(i)]][:size] for i in rng.choice(len(long), n, replace=False)]
     docs = [("shakespeare", t) for t in shakespeare] + [("wikipedia", t) for t in wikipedia]
     if PYDOC.is_dir():
         files = sorted(PYDOC.rglob("*.rst.txt"))

@@ -44,8 +44,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nested_jax.levels import scan_chunks
+from nested_jax.memory.base import StreamState
 from nested_jax.models.cms import ContinuumMemory
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.hope import HopeBlock
@@ -318,20 +320,38 @@ class LanguageModel:
         chunk boundaries stay where the parallel form puts them.
 
         ``parallel=True``: the chunk-parallel form (much faster on long pieces), equal to the
-        token-by-token one when ``state`` has read a multiple of :attr:`boundary` tokens since
-        its stream began (the caller keeps count, e.g. a session's position); the piece itself
-        may end anywhere."""
+        token-by-token one when ``state`` is :meth:`at_boundary` (every :attr:`boundary` tokens
+        of a stream); the piece itself may end anywhere."""
         return self._run(params, state, tokens, parallel=parallel)
 
     @property
     def boundary(self) -> int:
-        """Every how many tokens a stream may switch to the chunk-parallel form: the least common
-        multiple of the memories' chunk and the CMS's live periods (1 for Transformer++)."""
+        """Every how many tokens from its start a stream is at a boundary (see
+        :meth:`at_boundary`): the least common multiple of the memories' chunks and the CMS's
+        live periods (1 for Transformer++)."""
         c = self.config
         sizes = [c.titans.chunk] if c.kind in ("titans", "selfmod", "hope") else []
+        if c.kind in ("selfmod", "hope"):
+            sizes.append(c.selfmod.chunk)
         if c.has_cms:
             sizes += [p for p in c.cms.periods if p]
         return math.lcm(1, *sizes)
+
+    def at_boundary(self, state: LMState) -> bool:
+        """Whether ``step(..., parallel=True)`` continues ``state`` exactly: every chunked memory
+        at the start of a chunk and the CMS at a multiple of its live periods (a host-side
+        check). True every :attr:`boundary` tokens of a stream; after resetting only one kind of
+        memory their chunks may never line up again (then only the token-by-token form is
+        exact)."""
+        layers = state.layers
+        streams = jax.tree.leaves(layers, is_leaf=lambda x: isinstance(x, StreamState))
+        ok = all(
+            bool(np.all(np.asarray(m.offset) == 0)) for m in streams if isinstance(m, StreamState)
+        )
+        if self.config.has_cms:
+            live = [p for p in self.config.cms.periods if p]
+            ok = ok and bool(np.all(np.asarray(layers["cms"].pos) % math.lcm(1, *live) == 0))
+        return ok and (state.off is None or int(state.off) == 0)
 
     def apply(self, params: dict, tokens: jax.Array, state: Any = None):
         """The training form: a whole sequence from a fresh state, chunk-parallel. With a carried
