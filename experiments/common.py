@@ -33,3 +33,17 @@ def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     pyplot().close(fig)
+
+
+def matched_d_ff(name: str, target: str, overrides=(), multiple: int = 8) -> tuple:
+    """``overrides`` plus the ``d_ff`` (a multiple of ``multiple``) that brings registry model
+    ``name``'s parameter count nearest registry model ``target``'s (both with ``overrides``):
+    the experiments compare models of equal size."""
+    from nested_jax.models import count_params, get_config
+    from nested_jax.models import matched_d_ff as best
+
+    overrides = tuple(tuple(x) for x in overrides)
+    want = count_params(get_config(target, **dict(overrides)))
+    return overrides + (
+        ("d_ff", best(get_config(name, **dict(overrides)), want, multiple=multiple)),
+    )

@@ -217,6 +217,7 @@ def end_document(session: Session) -> Session:
     Resetting only the sequence layers is the model's ``next_sequence`` with a persistent CMS;
     the next token is then scored as by a fresh session."""
     seq, cms = session.policy.resets
+    cms = cms and session.model.config.has_cms  # no CMS: only the sequence layers' rule counts
     if seq and (cms or not session.model.config.has_cms):
         return reset(session)
     if not (seq or cms):

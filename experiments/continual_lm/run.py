@@ -39,13 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import pyplot, save_figure, write_results
+from experiments.common import matched_d_ff, pyplot, save_figure, write_results
 
-MODELS = {  # name: (registry config, model overrides)
-    "hope": ("hope_tiny", ()),
-    "hope_attention": ("hope_attention_tiny", ()),
-    "titans": ("titans_tiny", ()),
-    "transformer": ("tiny", ()),
+MODELS = {  # name: registry config; every model's MLP width matched to Hope's parameter count
+    "hope": "hope_tiny",
+    "hope_attention": "hope_attention_tiny",
+    "titans": "titans_tiny",
+    "transformer": "tiny",
 }
 POLICIES = {  # name: nested_jax.session.Policy fields
     "persistent": {"learn": "all", "reset": "never"},
@@ -53,6 +53,9 @@ POLICIES = {  # name: nested_jax.session.Policy fields
     "reset": {"learn": "all", "reset": "document"},
     "keep_fast": {"learn": "all", "reset": "never", "cms_reset": "document"},
     "in_context": {"learn": "fast", "reset": "document"},
+    # which CMS level carries what consolidation gains (models with a two-level CMS only)
+    "consolidate_level1": {"reset": "document", "cms_reset": "never", "cms_levels": (1, 0)},
+    "consolidate_level2": {"reset": "document", "cms_reset": "never", "cms_levels": (0, 1)},
 }
 PYDOC = Path("/usr/share/doc/python3.11/html/_sources")  # Debian python3.11-doc (optional)
 FULL = {"steps": 500, "seq_len": 128, "batch": 8, "docs": 4, "doc_bytes": 2400, "doc_tokens": 2048}
@@ -93,9 +96,11 @@ def stream_documents(setup: dict, seed: int) -> list[tuple[str, str]]:
 def cell_config(model: str, seed: int, setup: dict, smoke: bool):
     from nested_jax.train.config import DataConfig, TrainConfig
 
-    name, overrides = MODELS[model]
+    name = MODELS[model]
     if smoke:  # one small layer, the label-free CMS signal: seconds to compile
-        overrides += (("n_layers", 1), ("d_model", 16), ("d_ff", 16), ("cms.signal", "local"))
+        overrides = (("n_layers", 1), ("d_model", 16), ("d_ff", 16), ("cms.signal", "local"))
+    else:  # within 2% of Hope's 66.6K parameters (tests/test_experiments.py)
+        overrides = () if model == "hope" else matched_d_ff(name, MODELS["hope"])
     every = max(1, min(50, setup["steps"]))
     return TrainConfig(
         model=name,
@@ -143,6 +148,8 @@ def run_cell(model: str, seed: int, out: Path, setup: dict, smoke: bool, policie
     cdir = out / model / f"seed{seed}"
     done = cdir / "cell.json"
     rec = json.loads(done.read_text()) if done.exists() else None
+    if "transformer" in model or model == "titans":  # no CMS: per-level policies do not apply
+        policies = [p for p in policies if "cms_levels" not in POLICIES[p]]
     missing = [p for p in policies if rec is None or p not in rec["policies"]]
     if not missing:
         return rec
@@ -168,6 +175,8 @@ def report(out: Path, cells: list[dict], setup: dict, policies) -> dict:
     for model in sorted({c["model"] for c in cells}):
         mine = [c for c in cells if c["model"] == model]
         for policy in policies:
+            if any(policy not in c["policies"] for c in mine):
+                continue  # not deployed for this model (no CMS) or not yet for every seed
             keys = mine[0]["policies"][policy].keys()
             table[f"{model}/{policy}"] = {
                 k: {

@@ -38,7 +38,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import pyplot, save_figure, write_results
+from experiments.common import matched_d_ff, pyplot, save_figure, write_results
 
 VARIANTS = ("hope", "hope_ntp", "hope_frozen", "titans", "transformer")
 BUDGETS = {
@@ -77,16 +77,11 @@ def model_spec(variant: str, eval_len: int, shrink=()) -> tuple[str, tuple]:
     """``(registry name, overrides)`` of a variant; Titans' and Transformer++'s MLP widths (multiples
     of 8) are the ones whose parameter count is nearest Hope's. ``shrink``: overrides applied to
     every variant and to the Hope the others are matched to (the smoke run's one layer)."""
-    from nested_jax.models import count_params, get_config, matched_d_ff
-
     name, extra = _BASE[variant]
     shrink = tuple(tuple(x) for x in shrink)
-    overrides = (("max_len", eval_len),) + shrink + extra
     if variant in ("titans", "transformer"):
-        target = count_params(get_config("hope_tiny", max_len=eval_len, **dict(shrink)))
-        best = matched_d_ff(get_config(name, **dict(overrides)), target, multiple=8)
-        overrides = overrides + (("d_ff", best),)
-    return name, overrides
+        return name, matched_d_ff(name, "hope_tiny", (("max_len", eval_len),) + shrink) + extra
+    return name, (("max_len", eval_len),) + shrink + extra
 
 
 def cell_config(variant: str, budget: str, seed: int, setup: dict, steps: int | None = None):
