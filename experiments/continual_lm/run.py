@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -169,51 +170,86 @@ def run_cell(model: str, seed: int, out: Path, setup: dict, smoke: bool, policie
     return rec
 
 
+DOMAINS = ("shakespeare", "wikipedia", "python_docs", "shakespeare_again", "forgetting")
+
+
+def _stats(xs) -> dict:
+    return {"mean": float(np.mean(xs)), "std": float(np.std(xs)), "seeds": len(xs)}
+
+
 def report(out: Path, cells: list[dict], setup: dict, policies) -> dict:
-    """Mean +- std over seeds of every (model, policy, domain) in ``results.json`` and a plot."""
-    table = {}
+    """Mean +- std over seeds of every (model, policy, domain) in ``results.json`` (``table``),
+    the same as paired differences from the ``reset`` policy of the same seed (``vs_reset``:
+    negative = better than starting every document afresh), and a plot of the differences."""
+    table, vs_reset = {}, {}
     for model in sorted({c["model"] for c in cells}):
         mine = [c for c in cells if c["model"] == model]
         for policy in policies:
             if any(policy not in c["policies"] for c in mine):
                 continue  # not deployed for this model (no CMS) or not yet for every seed
-            keys = mine[0]["policies"][policy].keys()
-            table[f"{model}/{policy}"] = {
-                k: {
-                    "mean": float(np.mean([c["policies"][policy][k] for c in mine])),
-                    "std": float(np.std([c["policies"][policy][k] for c in mine])),
-                    "seeds": len(mine),
+            keys = [k for k in DOMAINS if k in mine[0]["policies"][policy]]
+            row = {k: _stats([c["policies"][policy][k] for c in mine]) for k in keys}
+            table[f"{model}/{policy}"] = row
+            if all("reset" in c["policies"] for c in mine):
+                vs_reset[f"{model}/{policy}"] = {
+                    k: _stats([c["policies"][policy][k] - c["policies"]["reset"][k] for c in mine])
+                    for k in keys
                 }
-                for k in keys
-            }
     payload = {
         "setup": setup,
-        "machine": f"{platform.machine()}, {platform.system()}",
+        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPU cores",
         "python_docs": PYDOC.is_dir(),
         "table": table,
+        "vs_reset": vs_reset,
         "cells": cells,
     }
     write_results(out, payload)
-    plt = pyplot()
-    domains = [d for d in ("shakespeare", "wikipedia", "python_docs", "shakespeare_again")]
-    domains = [d for d in domains if any(d in v for v in table.values())]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(table)), 4))
-    width = 0.8 / max(1, len(domains))
-    for i, d in enumerate(domains):
-        xs = np.arange(len(table)) + i * width
-        ax.bar(
-            xs,
-            [v[d]["mean"] for v in table.values()],
-            width,
-            label=d,
-            yerr=[v[d]["std"] for v in table.values()],
-        )
-    ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, list(table), rotation=30, ha="right")
-    ax.set_ylabel("bits per byte")
-    ax.set_title("deployed on a stream of domains (lower is better)")
-    ax.legend(fontsize=8)
-    save_figure(fig, out / "continual_lm.png")
+    plot(payload, out / "continual_lm.png")
     return payload
+
+
+def plot(payload: dict, path: Path) -> None:
+    """Per model: each policy's bits per byte minus the ``reset`` policy's, per domain."""
+    plt = pyplot()
+    diffs = payload["vs_reset"]
+    models = sorted({k.split("/")[0] for k in diffs})
+    if not models:
+        return
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = {k.split("/")[1]: v for k, v in diffs.items() if k.startswith(model + "/")}
+        rows.pop("reset", None)
+        domains = [d for d in DOMAINS if d != "forgetting" and any(d in v for v in rows.values())]
+        width = 0.8 / max(1, len(domains))
+        for i, d in enumerate(domains):
+            xs = np.arange(len(rows)) + i * width
+            means = [v[d]["mean"] for v in rows.values()]
+            ax.bar(xs, means, width, label=d, yerr=[v[d]["std"] for v in rows.values()])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, list(rows), rotation=35, ha="right")
+        ax.set_title(model)
+    axes[0][0].set_ylabel("bits/byte minus reset (lower: better)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("deployed on Shakespeare -> Wikipedia -> Shakespeare, vs. resetting per document")
+    save_figure(fig, path)
+
+
+def markdown(payload: dict) -> str:
+    """The results as a Markdown table: bits per byte (mean +- std over seeds) and, in brackets,
+    the paired difference from ``reset``."""
+    keys = [d for d in DOMAINS if any(d in v for v in payload["table"].values())]
+    lines = ["| model / policy | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, row in payload["table"].items():
+        diff = payload["vs_reset"].get(name, {})
+        cells = []
+        for k in keys:
+            v = row[k]
+            text = f"{v['mean']:.3f} ± {v['std']:.3f}"
+            if k in diff and not name.endswith("/reset") and k != "forgetting":
+                text += f" ({diff[k]['mean']:+.3f} ± {diff[k]['std']:.3f})"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -225,7 +261,11 @@ def main(argv=None) -> dict:
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     p.add_argument("--steps", type=int, default=None, help="training steps (default 500)")
     p.add_argument("--max-minutes", type=float, default=None, help="start no cell after this")
+    p.add_argument("--table", action="store_true", help="print results.json as Markdown")
     a = p.parse_args(argv)
+    if a.table:
+        print(markdown(json.loads((Path(a.out) / "results.json").read_text())))
+        return {}
     setup = dict(SMOKE if a.smoke else FULL)
     if a.steps is not None:
         setup["steps"] = a.steps
