@@ -13,6 +13,7 @@ BENCHMARKS = (
     "model_throughput",
     "selfmod_chunked",
     "flop_split",
+    "session_absorb",
 )
 
 

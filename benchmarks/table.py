@@ -174,6 +174,34 @@ def memory_ab_table(data: dict) -> str:
     return _table(caption, ["code"] + [f"{k} (ms)" for k in cases], rows)
 
 
+def session_absorb_table(data: dict) -> str:
+    rows = [
+        [
+            r["model"],
+            str(r["piece"]),
+            f"{r['token']['tokens_per_s']:.0f}",
+            f"{r['parallel']['tokens_per_s']:.0f}",
+            f"{r['speedup']:.1f}x",
+            f"{r['token']['compile_s']:.1f}",
+            f"{r['parallel']['compile_s']:.1f}",
+        ]
+        for r in data["results"]
+    ]
+    return _table(
+        _machine(data["machine"]) + " Batch 1, forward only; medians of >= 5 runs, compile apart.",
+        [
+            "model",
+            "piece",
+            "token-by-token tok/s",
+            "parallel tok/s",
+            "speedup",
+            "compile token (s)",
+            "compile parallel (s)",
+        ],
+        rows,
+    )
+
+
 TABLES = {
     "flop_split": flop_split_table,
     "memory_chunked": memory_chunked_table,
@@ -181,6 +209,7 @@ TABLES = {
     "optim_step": optim_step_table,
     "model_throughput": model_throughput_table,
     "selfmod_chunked": selfmod_chunked_table,
+    "session_absorb": session_absorb_table,
 }
 
 

@@ -142,3 +142,14 @@ def test_quick_flop_split_writes_json(tmp_path):
         fo["forward_gflop"] == selfmod["forward_gflop"]
     )  # first order: same values, less backward
     assert fo["forward_backward_gflop"] < selfmod["forward_backward_gflop"]
+
+
+def test_quick_session_absorb_writes_json(tmp_path):
+    out = tmp_path / "sa.json"
+    run.main(["session_absorb", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert {r["model"] for r in data["results"]} == {"tiny", "hope_tiny"}
+    for r in data["results"]:
+        assert (
+            r["speedup"] > 0 and r["parallel"]["tokens_per_s"] > 0 and r["token"]["compile_s"] > 0
+        )
