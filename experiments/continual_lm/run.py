@@ -38,6 +38,7 @@ import platform
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from experiments.common import matched_d_ff, pyplot, save_figure, write_results
@@ -152,7 +153,7 @@ def run_cell(model: str, seed: int, out: Path, setup: dict, smoke: bool, policie
     if "transformer" in model or model == "titans":  # no CMS: per-level policies do not apply
         policies = [p for p in policies if "cms_levels" not in POLICIES[p]]
     missing = [p for p in policies if rec is None or p not in rec["policies"]]
-    if not missing:
+    if not missing and "cms_rates" in rec:
         return rec
     t0 = time.perf_counter()
     if rec is None:
@@ -164,10 +165,21 @@ def run_cell(model: str, seed: int, out: Path, setup: dict, smoke: bool, policie
         rec["policies"], rec["seconds"] = {}, 0.0
     for p in missing:
         rec["policies"][p] = deploy(trained, docs, POLICIES[p], setup["doc_tokens"])
+    rec["cms_rates"] = cms_rates(*trained[:2])
     rec["seconds"] += time.perf_counter() - t0
     cdir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(rec, indent=2) + "\n")
     return rec
+
+
+def cms_rates(model, params) -> list | None:
+    """The trained CMS levels' inner learning rates, ``[layer][level]`` (``None``: no CMS)."""
+    if not model.config.has_cms:
+        return None
+    from nested_jax.models.cms import ContinuumMemory
+
+    lrs = jax.vmap(ContinuumMemory(model.config).rates)(params["layers"]["cms"])
+    return np.asarray(lrs).round(5).tolist()
 
 
 DOMAINS = ("shakespeare", "wikipedia", "python_docs", "shakespeare_again", "forgetting")
