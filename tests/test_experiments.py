@@ -119,6 +119,8 @@ def test_continual_lm_smoke_and_resume(tmp_path):
     assert {"shakespeare", "wikipedia", "shakespeare_again", "forgetting"} <= set(row)
     assert all(math.isfinite(v["mean"]) for v in row.values())
     assert row["forgetting"]["mean"] == 0.0  # a reset per document cannot forget
+    assert len(data["by_position"]["transformer/reset"]) == 8  # along the document
+    assert (tmp_path / "by_position.png").stat().st_size > 5_000
     cell = tmp_path / "transformer" / "seed0" / "cell.json"
     stamp = cell.stat().st_mtime_ns
     again = clm.main(["--smoke", "--out", str(tmp_path)])

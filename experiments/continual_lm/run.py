@@ -127,6 +127,7 @@ def deploy(trained, docs, policy: dict, doc_tokens: int) -> dict:
     s = ses.open_session(model, params, policy=ses.Policy(**policy))
     bits: dict[str, float] = {}
     nbytes: dict[str, int] = {}
+    by_position = []  # bits per token along each document (where persisting memory acts)
     for domain, text in docs:
         # every document the same number of tokens: one compiled step per policy
         ids = np.asarray(tok.encode(text))[:doc_tokens]
@@ -136,14 +137,20 @@ def deploy(trained, docs, policy: dict, doc_tokens: int) -> dict:
         # persistent one from the previous document's end (neither says anything about learning)
         bits[domain] = bits.get(domain, 0.0) + float(np.sum(out.nll[:, 1:])) / math.log(2)
         nbytes[domain] = nbytes.get(domain, 0) + len(tok.decode(ids[1:]).encode("utf-8"))
+        by_position.append(np.asarray(out.nll[0, 1:]) / math.log(2))
     bpb = {d: bits[d] / nbytes[d] for d in bits}
     bpb["forgetting"] = bpb["shakespeare_again"] - bpb["shakespeare"]
+    curve = np.mean(by_position, axis=0)  # positions 1 .. doc_tokens - 1, over every document
+    bpb["by_position"] = [float(x.mean()) for x in np.array_split(curve, 8)]
     return bpb
 
 
-def run_cell(model: str, seed: int, out: Path, setup: dict, smoke: bool, policies) -> dict:
+def run_cell(
+    model: str, seed: int, out: Path, setup: dict, smoke: bool, policies, redeploy=()
+) -> dict:
     """Train (or resume) the cell's model, then deploy it under every policy in ``policies``
-    that its ``cell.json`` does not hold yet (so a policy added later costs no retraining)."""
+    that its ``cell.json`` does not hold yet (so a policy added later costs no retraining) and
+    again under those in ``redeploy``."""
     from nested_jax import session as ses
     from nested_jax.train import train
 
@@ -153,6 +160,7 @@ def run_cell(model: str, seed: int, out: Path, setup: dict, smoke: bool, policie
     if "transformer" in model or model == "titans":  # no CMS: per-level policies do not apply
         policies = [p for p in policies if "cms_levels" not in POLICIES[p]]
     missing = [p for p in policies if rec is None or p not in rec["policies"]]
+    missing += [p for p in redeploy if p in policies and p not in missing]
     if not missing and "cms_rates" in rec:
         return rec
     t0 = time.perf_counter()
@@ -207,12 +215,21 @@ def report(out: Path, cells: list[dict], setup: dict, policies) -> dict:
                     k: _stats([c["policies"][policy][k] - c["policies"]["reset"][k] for c in mine])
                     for k in keys
                 }
+    profiles = {  # bits per token along a document, mean over seeds (where recorded)
+        f"{c['model']}/{p}": None for c in cells for p in policies if p in c["policies"]
+    }
+    for name in list(profiles):
+        model, policy = name.split("/")
+        rows = [c["policies"][policy].get("by_position") for c in cells if c["model"] == model]
+        if rows and all(r is not None for r in rows):
+            profiles[name] = np.mean(rows, axis=0).round(4).tolist()
     payload = {
         "setup": setup,
         "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPU cores",
         "python_docs": PYDOC.is_dir(),
         "table": table,
         "vs_reset": vs_reset,
+        "by_position": {k: v for k, v in profiles.items() if v is not None},
         "cells": cells,
     }
     write_results(out, payload)
@@ -244,6 +261,22 @@ def plot(payload: dict, path: Path) -> None:
     axes[0][-1].legend(fontsize=7)
     fig.suptitle("deployed on Shakespeare -> Wikipedia -> Shakespeare, vs. resetting per document")
     save_figure(fig, path)
+    curves = payload["by_position"]
+    models = sorted({k.split("/")[0] for k in curves})
+    if not models:
+        return
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.5), squeeze=False)
+    n = payload["setup"]["doc_tokens"]
+    for ax, model in zip(axes[0], models, strict=True):
+        for name, ys in curves.items():
+            if name.startswith(model + "/"):
+                xs = (np.arange(len(ys)) + 0.5) * n / len(ys)
+                ax.plot(xs, ys, marker="o", ms=3, label=name.split("/")[1])
+        ax.set_title(model)
+        ax.set_xlabel("position in the document (tokens)")
+    axes[0][0].set_ylabel("bits per token (all documents)")
+    axes[0][-1].legend(fontsize=7)
+    save_figure(fig, path.with_name("by_position.png"))
 
 
 def markdown(payload: dict) -> str:
@@ -274,6 +307,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="training steps (default 500)")
     p.add_argument("--max-minutes", type=float, default=None, help="start no cell after this")
     p.add_argument("--table", action="store_true", help="print results.json as Markdown")
+    p.add_argument("--redeploy", nargs="+", default=[], choices=list(POLICIES), help="again")
     a = p.parse_args(argv)
     if a.table:
         print(markdown(json.loads((Path(a.out) / "results.json").read_text())))
@@ -292,7 +326,7 @@ def main(argv=None) -> dict:
         for seed in seeds:
             if a.max_minutes is not None and time.perf_counter() - t0 > 60 * a.max_minutes:
                 break
-            cells.append(run_cell(model, seed, out, setup, a.smoke, a.policies))
+            cells.append(run_cell(model, seed, out, setup, a.smoke, a.policies, a.redeploy))
     return report(out, cells, setup, a.policies)
 
 
