@@ -274,8 +274,8 @@ def plot(payload: dict, path: Path) -> None:
                 ax.plot(xs, ys, marker="o", ms=3, label=name.split("/")[1])
         ax.set_title(model)
         ax.set_xlabel("position in the document (tokens)")
+        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("bits per token (all documents)")
-    axes[0][-1].legend(fontsize=7)
     save_figure(fig, path.with_name("by_position.png"))
 
 
