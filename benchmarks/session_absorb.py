@@ -25,9 +25,9 @@ FULL = {
     "models": ("tiny", "titans_tiny", "hope_attention_tiny", "hope_tiny"),
     "overrides": {"max_len": 512},
 }
-QUICK = {
+QUICK = {  # the harness only (Hope's parallel step is tested in tests/test_session.py)
     "pieces": (16,),
-    "models": ("tiny", "hope_tiny"),
+    "models": ("tiny", "titans_tiny"),
     "overrides": {"max_len": 16, "n_layers": 1, "d_model": 16, "d_ff": 16},
 }
 

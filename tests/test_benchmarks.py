@@ -148,7 +148,7 @@ def test_quick_session_absorb_writes_json(tmp_path):
     out = tmp_path / "sa.json"
     run.main(["session_absorb", "--quick", "--out", str(out)])
     data = json.loads(out.read_text())
-    assert {r["model"] for r in data["results"]} == {"tiny", "hope_tiny"}
+    assert {r["model"] for r in data["results"]} == {"tiny", "titans_tiny"}
     for r in data["results"]:
         assert (
             r["speedup"] > 0 and r["parallel"]["tokens_per_s"] > 0 and r["token"]["compile_s"] > 0
