@@ -223,14 +223,16 @@ def end_document(session: Session) -> Session:
     if not (seq or cms):
         return session
     fresh = reset(session)
-    old, new = session.state.layers, fresh.state.layers
-    kept = {k: (new[k] if (k == "cms") == cms else old[k]) for k in old}
-    if seq:  # the CMS keeps its weights; a chunk in progress restarts (as in ``next_sequence``)
-        kept["cms"] = new["cms"]._replace(params=old["cms"].params)
+    if seq:  # the session's config has a persistent CMS: the model's own next_sequence
+        return dataclasses.replace(
+            fresh, state=session.model.next_sequence(session.params, session.state)
+        )
+    # the CMS restarts, the fast memories keep what they read (a CMS chunk in progress restarts)
+    kept = {**session.state.layers, "cms": fresh.state.layers["cms"]}
     state = fresh.state._replace(layers=kept)
     if state.start is not None:
         state = state._replace(start=kept, teach=kept if state.teach is not None else None)
-    return dataclasses.replace(fresh if seq else session, state=state)
+    return dataclasses.replace(session, state=state)
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_jax.levels import scan_chunks
-from nested_jax.memory.base import StreamState
+from nested_jax.memory import StreamState
 from nested_jax.models.cms import ContinuumMemory
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.hope import HopeBlock
