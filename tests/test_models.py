@@ -208,3 +208,41 @@ def test_model_config_has_sub_configs_and_reads_old_runs():
     old.update(mem_chunk=4, sm_chunk=2, cms_periods=[4, 8], cms_signal="ntp")
     assert migrate_model_json(old)["cms"] == {"periods": [4, 8], "signal": "ntp"}
     assert ModelConfig.from_json(old) == cfg.replace(cms={"signal": "ntp"})
+
+
+@pytest.mark.parametrize("name", ["selfmod_tiny", "hope_tiny"])
+def test_layer_inputs_and_what_the_self_modifying_memories_generate(name):
+    """``layer_inputs`` is the residual stream of the training form: layer 0 reads the
+    embeddings; collecting it leaves the logits unchanged (Hope: the teach signal's final pass);
+    without a CMS each layer maps its input to the next one's. ``generated`` gives what the
+    memories write: unit keys, rates inside their bounds."""
+    from nested_jax.models.self_modifying import SelfModifyingTitans
+
+    small = dict(n_layers=2, d_model=16, d_ff=16, max_len=32)
+    model, params, tokens = setup(name, length=20, **small)
+    state = model.init_state(params, 2)
+
+    def both(p, t):  # one program: the training form, and the same pass collecting the inputs
+        (logits, inputs), _ = model._run(p, state, t, parallel=True, collect=True)
+        return model.apply(p, t)[0], logits, jnp.moveaxis(inputs, 2, 0)
+
+    want, logits, inputs = jax.jit(both)(params, tokens)
+    close(logits, want)
+    assert inputs.shape == (2, 2, 20, 16)
+    close(inputs[0], params["embed"][tokens])
+    if name == "selfmod_tiny":  # the public method is the same pass
+        close(model.layer_inputs(params, tokens), inputs)
+    layer = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
+    p0, s0 = layer(params["layers"], 0), layer(state.layers, 0)
+    if name == "selfmod_tiny":
+        nxt, _ = model.block(p0, s0, inputs[0])
+        close(nxt, inputs[1])
+    mixer = SelfModifyingTitans(model.config)
+    mp, ms = (p0["mixer"], s0["mixer"]) if name == "hope_tiny" else (p0["mixer"], s0)
+    g = mixer.generated(mp, ms, inputs[0])
+    assert g["k"].shape == g["v"].shape == (2, 20, 2, 8) and g["eta"].shape == (2, 20, 2)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(g["k"]), axis=-1), 1.0, atol=1e-5)
+    eta, alpha = np.asarray(g["eta"]), np.asarray(g["alpha"])
+    assert np.all((eta > 0) & (eta < model.config.titans.eta_max)) and np.all(
+        (alpha > 0) & (alpha < 1)
+    )

@@ -173,9 +173,12 @@ class LanguageModel:
         cut=0,
         probes=None,
         teach=None,
+        collect: bool = False,
     ):
         """Embeddings -> every layer (scanned) -> head; ``(logits, layers)``. ``cut``, ``probes``,
-        ``teach`` (per CMS level, stacked over layers): the teach signal's passes (Hope blocks)."""
+        ``teach`` (per CMS level, stacked over layers): the teach signal's passes (Hope blocks).
+        ``collect``: the logits become ``(logits, inputs)``, ``inputs [B, T, L, D]`` the residual
+        stream entering each layer (:meth:`layer_inputs`)."""
         x = params["embed"][tokens]
         block = self.block
         extra = {}
@@ -184,19 +187,23 @@ class LanguageModel:
 
         def layer(x, inp):
             p, s, probe, tc = inp
-            x, s = block(p, s, x, parallel=parallel, **extra, **_given(probe=probe, teach=tc))
-            return x, s
+            y, s = block(p, s, x, parallel=parallel, **extra, **_given(probe=probe, teach=tc))
+            return y, (s, x) if collect else s
 
-        x, layers = jax.lax.scan(layer, x, (params["layers"], layers, probes, teach))
+        x, out = jax.lax.scan(layer, x, (params["layers"], layers, probes, teach))
         x = rms_norm(x, params["final_norm"], self.config.norm_eps)
-        return x @ params["head"], layers
+        if collect:  # the inputs with time on axis 1, as the logits: [B, T, L, D]
+            layers, inputs = out
+            return (x @ params["head"], jnp.moveaxis(inputs, 0, 2)), layers
+        return x @ params["head"], out
 
-    def _run(self, params: dict, state: Any, tokens: jax.Array, parallel: bool):
+    def _run(self, params: dict, state: Any, tokens: jax.Array, parallel: bool, collect=False):
         self._check_tokens(tokens)
         if self.ntp:
-            run = self._ntp_parallel if parallel else self._ntp_stream
-            return run(params, state, tokens)
-        logits, layers = self._forward(params, state.layers, tokens, parallel)
+            if not parallel:
+                return self._ntp_stream(params, state, tokens)
+            return self._ntp_parallel(params, state, tokens, collect)
+        logits, layers = self._forward(params, state.layers, tokens, parallel, collect=collect)
         return logits, LMState(layers)
 
     # --- CMS driven by the next-token loss -------------------------------------------------------
@@ -225,23 +232,27 @@ class LanguageModel:
         errors, new = jax.grad(loss, has_aux=True)(zeros)
         return sg(errors), sg(new)
 
-    def _teach_chunks(self, params: dict, layers: Any, teach: Any, tokens: jax.Array):
+    def _teach_chunks(
+        self, params: dict, layers: Any, teach: Any, tokens: jax.Array, collect=False
+    ):
         """Both passes over whole CMS chunks: ``(logits, layers, teach)``."""
         starts = teach["cms"].params  # the sequence-start CMS weights (pass 1 never updates them)
         errors, teach = self._teach_signal(params, teach, tokens)
-        logits, layers = self._forward(params, layers, tokens, True, teach=(errors, starts))
+        logits, layers = self._forward(
+            params, layers, tokens, True, teach=(errors, starts), collect=collect
+        )
         return logits, layers, teach
 
-    def _ntp_chunk(self, params: dict, layers: Any, tokens: jax.Array):
+    def _ntp_chunk(self, params: dict, layers: Any, tokens: jax.Array, collect=False):
         """One complete CMS chunk ``tokens: [B, C]`` from a chunk start: ``(logits, layers)`` with
         the CMS update committed."""
         cms = ContinuumMemory(self.config)
 
         def chunk_loss(fast):
             ls = {**layers, "cms": layers["cms"]._replace(params=fast)}
-            logits, new = self._forward(params, ls, tokens, parallel=True)
-            nll = token_nll(logits, tokens)
-            return jnp.sum(jnp.mean(nll, axis=1)), (logits, new)  # per-sample mean
+            out, new = self._forward(params, ls, tokens, parallel=True, collect=collect)
+            nll = token_nll(out[0] if collect else out, tokens)
+            return jnp.sum(jnp.mean(nll, axis=1)), (out, new)  # per-sample mean
 
         g, (logits, new) = jax.grad(chunk_loss, has_aux=True)(layers["cms"].params)
         lrs = jax.vmap(cms.rates)(params["layers"]["cms"])  # [L, levels]
@@ -258,21 +269,21 @@ class LanguageModel:
         new_cms = jax.vmap(commit)(params["layers"]["cms"], new["cms"], inc)
         return logits, {**new, "cms": new_cms}
 
-    def _ntp_parallel(self, params: dict, state: LMState, tokens: jax.Array):
+    def _ntp_parallel(self, params: dict, state: LMState, tokens: jax.Array, collect=False):
         c = self.config.cms.chunk
         b = tokens.shape[0]
 
         def ntp_chunk(carry, tc):  # one chunk, its update committed
             layers, teach = carry
-            logits, layers = self._ntp_chunk(params, layers, tc)
+            logits, layers = self._ntp_chunk(params, layers, tc, collect)
             return (layers, teach), logits
 
         def teach_chunks(carry, tc):  # every full chunk at once (the teach signal's two passes)
-            logits, layers, teach = self._teach_chunks(params, *carry, tc)
+            logits, layers, teach = self._teach_chunks(params, *carry, tc, collect)
             return (layers, teach), logits
 
         def tail(carry, tc):  # an unfinished chunk: the CMS waits for its end (streaming)
-            logits, layers = self._forward(params, carry[0], tc, parallel=True)
+            logits, layers = self._forward(params, carry[0], tc, parallel=True, collect=collect)
             return (layers, carry[1]), logits
 
         res = scan_chunks(
@@ -372,6 +383,16 @@ class LanguageModel:
 
         state, logits = jax.lax.scan(one, state, tokens.T)
         return jnp.swapaxes(logits, 0, 1), state
+
+    def layer_inputs(self, params: dict, tokens: jax.Array) -> jax.Array:
+        """What each layer reads in the training form (:meth:`apply` from fresh memories): the
+        residual stream entering every layer, ``[n_layers, B, T, D]`` (with a next-token CMS
+        signal, the pass whose logits :meth:`apply` returns). For looking inside a model: feed
+        ``inputs[l]`` to layer ``l``'s sequence layer, e.g.
+        ``SelfModifyingTitans.generated``, to see what its memories generate."""
+        state = self.init_state(params, tokens.shape[0])
+        (_, inputs), _ = self._run(params, state, tokens, parallel=True, collect=True)
+        return jnp.moveaxis(inputs, 2, 0)
 
     def loss(self, params: dict, tokens: jax.Array) -> jax.Array:
         """Mean next-token cross-entropy (nats) of ``tokens: [B, T]``."""

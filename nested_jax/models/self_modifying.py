@@ -230,6 +230,24 @@ class SelfModifyingTitans:
         q = y[..., 2 * d : 3 * d] if self.config.selfmod.adaptive_q else None
         return k, v, q, y[..., -2], y[..., -1]
 
+    def generated(self, p: dict, state: dict, x: jax.Array) -> dict:
+        """What the layer's memories generate from its input ``x: [B, T, D]`` (chunk-parallel,
+        continuing ``state``, e.g. ``init_state``): ``{"k", "v", "q", "eta", "alpha"}`` with keys,
+        values and queries ``[B, T, H, d]`` (``q`` the fixed projection's unless
+        ``selfmod.adaptive_q``) and the rates ``[B, T, H]`` -- the values :meth:`__call__` writes
+        into its main memory. For inspection; the layer's state is not returned."""
+        c = self.config
+        b, t, d = x.shape
+        h = rms_norm(x, p["norm"], c.norm_eps)
+        a, _ = causal_conv(p["conv"], h @ p["w_in"], state["conv"])
+        a = jax.nn.silu(a).reshape(b, t, 2, c.n_heads, c.head_dim)
+        _, (k, v, q, eta, alpha) = self._gen_parallel(
+            p, state["gen"], jnp.swapaxes(a[:, :, 0], 1, 2)
+        )
+        q = jnp.swapaxes(q, 1, 2) if q is not None else l2_normalize(a[:, :, 1])
+        sw = lambda z: jnp.swapaxes(z, 1, 2)
+        return {"k": sw(k), "v": sw(v), "q": q, "eta": sw(eta), "alpha": sw(alpha)}
+
     # --- the layer -------------------------------------------------------------------------------
     def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True, cut: int = 0):
         """``x: [B, T, D]`` -> ``(x + mixer output, state)``. ``cut > 0`` (parallel, from a
