@@ -1,0 +1,1 @@
+"""Notebooks that look inside a running nest of learning levels (see README.md here)."""
