@@ -14,6 +14,7 @@ BENCHMARKS = (
     "selfmod_chunked",
     "flop_split",
     "session_absorb",
+    "config_costs",
 )
 
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         "--seqs", nargs="+", type=int, default=None, help="model_throughput only: lengths"
     )
     p.add_argument("--batch", type=int, default=1, help="model_throughput only: batch size")
+    p.add_argument("--configs", nargs="+", default=None, help="config_costs only: which configs")
     args = p.parse_args(argv)
     mod = importlib.import_module(f"benchmarks.{args.name}")
     kwargs = {"models": args.models} if args.models else {}
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         kwargs["batch"] = args.batch
     if kwargs and args.name != "model_throughput":
         raise SystemExit("--models, --seqs and --batch apply to model_throughput only.")
+    if args.configs:
+        if args.name != "config_costs":
+            raise SystemExit("--configs applies to config_costs only.")
+        kwargs["configs"] = args.configs
     payload = mod.run(quick=args.quick, repeats=args.repeats, **kwargs)
     suffix = "_quick" if args.quick else ""
     out = args.out or f"benchmarks/results/{args.name}{suffix}.json"

@@ -202,7 +202,29 @@ def session_absorb_table(data: dict) -> str:
     )
 
 
+def config_costs_table(data: dict) -> str:
+    rows = [
+        [
+            f"`{r['config']}`",
+            f"{r['model']} ({r['params'] / 1e6:.2f}M)",
+            r["optimizer"],
+            f"{r['batch']} x {r['seq_len']}",
+            f"{r['compile_s']:.0f}",
+            f"{r['median_s']:.3f}" + (" (one run)" if r.get("timed_runs", 5) == 1 else ""),
+            f"{r['tokens_per_s']:,.0f}",
+        ]
+        for r in data["results"]
+    ]
+    return _table(
+        _machine(data["machine"]) + " One training step (full optimisation); median of >= 5"
+        " timed runs after warm-up unless marked.",
+        ["config", "model (parameters)", "optimizer", "batch", "compile (s)", "s / step", "tokens/s"],
+        rows,
+    )
+
+
 TABLES = {
+    "config_costs": config_costs_table,
     "flop_split": flop_split_table,
     "memory_chunked": memory_chunked_table,
     "memory_ab": memory_ab_table,

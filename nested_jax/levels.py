@@ -472,9 +472,21 @@ def run_levels(
       :class:`LevelsResult` ``(states, outputs, fired)``.
 
     Raises:
-      ValueError / TypeError before tracing for bad configs (see :class:`Level` and the checks on
-      ``xs``). Jit with ``jax.jit(run_levels, static_argnames=("levels", "form"))`` and pass
-      ``levels`` as a tuple.
+      ValueError: before tracing, for bad configs and inputs (see :class:`Level` and the checks
+        on ``xs``).
+      TypeError: before tracing, for arguments of the wrong kind.
+
+    Jit with ``jax.jit(run_levels, static_argnames=("levels", "form"))`` and pass ``levels`` as
+    a tuple.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from nested_jax import Level, run_levels
+      >>> fast = Level("fast", 1, lambda s, x: (s + 0.5 * (x - s), s))
+      >>> slow = Level("slow", 4, lambda s, x: (s + 0.5 / 4 * (x - s), s))
+      >>> res = run_levels((fast, slow), (jnp.zeros(()), jnp.zeros(())), jnp.ones((8,)))
+      >>> res.fired.sum(axis=0).tolist()  # the slow level fired at steps 3 and 7
+      [8, 2]
     """
     length = _check(levels, states, xs)
     levels = tuple(levels)

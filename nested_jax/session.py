@@ -115,7 +115,13 @@ class Policy:
 
     @property
     def resets(self) -> tuple[bool, bool]:
-        """Whether :func:`end_document` resets ``(sequence layers, CMS)``."""
+        """Whether :func:`end_document` resets ``(sequence layers, CMS)``.
+
+        >>> Policy(reset="document", cms_reset="never").resets  # the CMS consolidates
+        (True, False)
+        >>> Policy(reset="document").resets  # cms_reset follows reset unless given
+        (True, True)
+        """
         return self.reset == "document", (self.cms_reset or self.reset) == "document"
 
     def model_config(self, trained: ModelConfig) -> ModelConfig:

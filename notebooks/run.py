@@ -23,8 +23,9 @@ def notebooks() -> list[pathlib.Path]:
     return sorted(HERE.glob("[0-9]*.ipynb"))
 
 
-def execute(path: pathlib.Path | str, size: str = "default", timeout: int = 900):
-    """Run one notebook in a fresh kernel with ``SIZE = size``: the executed ``NotebookNode``.
+def execute(path: pathlib.Path | str, size: str = "default", timeout: int = 900, **params):
+    """Run one notebook in a fresh kernel with ``SIZE = size`` (and any other ``params``, e.g.
+    ``RUN_DIR``, set after the ``parameters`` cell): the executed ``NotebookNode``.
 
     Raises ``nbclient.exceptions.CellExecutionError`` (with the failing cell and its traceback)
     when a cell fails, ``ValueError`` for an unknown size or a notebook without a ``parameters``
@@ -41,7 +42,10 @@ def execute(path: pathlib.Path | str, size: str = "default", timeout: int = 900)
     if len(tagged) != 1:
         raise ValueError(f"{path.name}: expected one cell tagged 'parameters', found {len(tagged)}.")
     if size != "default":
-        cell = nbformat.v4.new_code_cell(f"SIZE = {size!r}  # injected by notebooks/run.py")
+        params = {"SIZE": size, **params}
+    if params:
+        lines = [f"{k} = {v!r}" for k, v in params.items()]
+        cell = nbformat.v4.new_code_cell("\n".join(lines) + "  # injected by notebooks/run.py")
         cell.metadata["tags"] = ["injected-parameters"]
         nb.cells.insert(tagged[0] + 1, cell)
     for c in nb.cells:  # ids required by nbformat >= 4.5

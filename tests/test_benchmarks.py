@@ -153,3 +153,17 @@ def test_quick_session_absorb_writes_json(tmp_path):
         assert (
             r["speedup"] > 0 and r["parallel"]["tokens_per_s"] > 0 and r["token"]["compile_s"] > 0
         )
+
+
+def test_quick_config_costs_writes_json_and_its_table(tmp_path, capsys):
+    out = tmp_path / "cc.json"
+    run.main(["config_costs", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    (r,) = data["results"]
+    assert r["config"] == "shakespeare_transformer" and r["kind"] == "transformer"
+    assert r["tokens_per_step"] == 32 and r["timed_runs"] == 5
+    assert r["compile_s"] > 0 and r["median_s"] > 0 and r["params"] > 0
+    from benchmarks import table
+
+    table.main([str(out)])
+    assert "`shakespeare_transformer`" in capsys.readouterr().out

@@ -66,3 +66,19 @@ def test_readme_nnx_example_runs():
     model.hope(model.embed(x), carry=True)
     after = jax.tree.leaves(model.hope.memory_state.get_value())
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_readme_training_example_runs():
+    """The Hope + nested_jax optimizer loop, with the model shrunk and 3 steps instead of 100
+    (the README's own sizes take ~1.5 minutes, most of it compiling)."""
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[4]
+    full = 'get_config("hope_tiny")'
+    assert full in code and "range(100)" in code
+    small = 'get_config("hope_tiny", n_layers=1, d_model=16, d_ff=16, cms={"signal": "local"})'
+    code = code.replace(full, small).replace("range(100)", "range(3)")
+    ns: dict = {}
+    with jax.numpy_dtype_promotion("standard"):
+        exec(compile(code, "README.md", "exec"), ns)
+    assert np.isfinite(float(ns["loss"])) and ns["step"] == 2
+    assert ns["memory"].momentum["head"].shape == ns["params"]["head"].shape
+    assert float(jnp.abs(ns["memory"].momentum["head"]).sum()) > 0

@@ -72,7 +72,12 @@ Rule = GD | Momentum | DGD
 
 
 def dgd_rate(eta: jax.Array, x: jax.Array) -> jax.Array:
-    """``eta' = eta / (1 + eta ||x||^2)``; ``eta: [...]``, ``x: [..., d]``."""
+    """``eta' = eta / (1 + eta ||x||^2)``; ``eta: [...]``, ``x: [..., d]``.
+
+    >>> import jax.numpy as jnp
+    >>> float(dgd_rate(jnp.float32(1.0), jnp.array([1.0, 0.0])))  # a unit key: half the step
+    0.5
+    """
     return eta / (1.0 + eta * jnp.sum(x * x, axis=-1))
 
 
@@ -81,7 +86,8 @@ def rule_step(rule, w, s, g, x, eta, alpha, beta):
 
     Args:
       rule: :class:`GD`, :class:`Momentum` or :class:`DGD`.
-      w: ``[..., d_out, d_in]`` weights. s: momentum of the same shape, or ``None`` without momentum.
+      w: ``[..., d_out, d_in]`` weights.
+      s: momentum of the same shape, or ``None`` without momentum.
       g: ``[..., d_out, d_in]`` gradient ``dL/dW`` (taken wherever the caller chose).
       x: ``[..., d_in]`` the layer's input (used by DGD's decay).
       eta, alpha, beta: ``[...]`` per-example rates (``beta`` ignored without momentum).

@@ -52,7 +52,18 @@ def read_memory(opt_state: PyTree, probe: PyTree | None = None) -> Any:
       The reading of the one memory state found, or a tuple of readings if there are several.
 
     Raises:
-      ValueError if ``opt_state`` holds no nested_jax memory.
+      ValueError: if ``opt_state`` holds no nested_jax memory.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from nested_jax import optim
+      >>> opt = optim.momentum_memory(0.1, decay=0.9)
+      >>> params = {"w": jnp.zeros(2)}
+      >>> state = opt.init(params)
+      >>> for g in (1.0, 2.0):
+      ...     _, state = opt.update({"w": jnp.full(2, g)}, state, params)
+      >>> optim.read_memory(state)["w"].tolist()  # 0.9 * 1 + 2: the gradients it compressed
+      [2.9000000953674316, 2.9000000953674316]
     """
     types = tuple(_READERS)
     found = [

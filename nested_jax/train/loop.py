@@ -326,18 +326,16 @@ def read_metrics(out_dir) -> list[dict]:
 
 def plot_losses(out_dir) -> Path | None:
     """``OUT/loss.png`` from ``metrics.jsonl`` (``None`` if matplotlib is missing)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure of its own, no pyplot: the caller's backend (a notebook's inline one) stays
+        from matplotlib.figure import Figure
     except ImportError:
         log.warning("matplotlib is not installed: no loss plot.")
         return None
     rec = read_metrics(out_dir)
     tr = [(r["step"], r["loss"]) for r in rec if "loss" in r]
     va = [(r["step"], r["val_loss"]) for r in rec if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     if tr:
         ax.plot(*zip(*tr, strict=True), label="train")
     if va:
@@ -349,7 +347,6 @@ def plot_losses(out_dir) -> Path | None:
     path = Path(out_dir) / "loss.png"
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
