@@ -11,7 +11,8 @@ skips most of the compile; not measured here). The README's cost table is this J
 
 ``wikipedia_hope_small`` (Hope, d_model 384, 6 layers, 16 x 512 BPE tokens per step) takes
 minutes per step on 2 CPU cores: it is timed once after compiling (``"timed_runs": 1``, no
-warm-up, no median), the others as every benchmark here. ``--quick`` checks the harness on the
+warm-up, no median; a step that runs out of the host's memory is recorded with the error and
+XLA's memory analysis), the others as every benchmark here. ``--quick`` checks the harness on the
 Transformer++ config shrunk to one small layer.
 
 Run: ``python -m benchmarks.run config_costs`` (``--configs NAME ...`` to pick).
@@ -24,7 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from benchmarks.harness import time_jitted
+from benchmarks.harness import compiled_memory, time_jitted
 from nested_jax.models import LanguageModel
 from nested_jax.train.config import get_train_config, list_train_configs, model_config
 from nested_jax.train.step import init_train_state, make_optimizer, train_step
@@ -39,16 +40,38 @@ def _time_once(fn, args) -> dict:
     t0 = time.perf_counter()
     compiled = jitted.lower(*args).compile()
     compile_s = time.perf_counter() - t0
+    memory = compiled_memory(compiled)
     t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
+    try:
+        jax.block_until_ready(compiled(*args))
+    except jax.errors.JaxRuntimeError as e:  # e.g. a step that needs more memory than the host
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        error = str(e).splitlines()[0]
+        return {
+            "compile_s": compile_s,
+            "median_s": None,
+            "runs_s": [],
+            "memory": memory,
+            "error": error,
+        }
     step_s = time.perf_counter() - t0
-    return {"compile_s": compile_s, "median_s": step_s, "runs_s": [step_s]}
+    return {"compile_s": compile_s, "median_s": step_s, "runs_s": [step_s], "memory": memory}
 
 
 def run(quick: bool = False, repeats: int = 5, configs=None) -> dict:
     names = ["shakespeare_transformer"] if quick else list(configs or list_train_configs())
-    shrink = ["model.n_layers=1", "model.d_model=16", "model.d_ff=16", "data.batch_size=2",
-              "data.seq_len=16"] if quick else []
+    shrink = (
+        [
+            "model.n_layers=1",
+            "model.d_model=16",
+            "model.d_ff=16",
+            "data.batch_size=2",
+            "data.seq_len=16",
+        ]
+        if quick
+        else []
+    )
     results = []
     for name in names:
         cfg = get_train_config(name, shrink)
@@ -75,8 +98,9 @@ def run(quick: bool = False, repeats: int = 5, configs=None) -> dict:
                 "tokens_per_step": b * t,
                 **res,
                 "timed_runs": len(res["runs_s"]),
-                "tokens_per_s": b * t / res["median_s"],
+                "tokens_per_s": b * t / res["median_s"] if res["median_s"] else None,
             }
         )
-        print(f"{name}: compile {res['compile_s']:.1f} s, {res['median_s']:.3f} s/step", flush=True)
+        took = res.get("error") or f"{res['median_s']:.3f} s/step"
+        print(f"{name}: compile {res['compile_s']:.1f} s, {took}", flush=True)
     return {"benchmark": "config_costs", "config": {"quick": quick}, "results": results}

@@ -202,6 +202,15 @@ def session_absorb_table(data: dict) -> str:
     )
 
 
+def _step_cell(r: dict) -> str:
+    if r.get("error"):
+        m = r.get("memory") or {}
+        need = m.get("temp", 0) + m.get("argument", 0) + m.get("output", 0)
+        need = f" (XLA: {need / 2**30:.0f} GiB of buffers)" if need else ""
+        return f"out of memory{need}"
+    return f"{r['median_s']:.3f}" + (" (one run)" if r.get("timed_runs", 5) == 1 else "")
+
+
 def config_costs_table(data: dict) -> str:
     rows = [
         [
@@ -210,15 +219,23 @@ def config_costs_table(data: dict) -> str:
             r["optimizer"],
             f"{r['batch']} x {r['seq_len']}",
             f"{r['compile_s']:.0f}",
-            f"{r['median_s']:.3f}" + (" (one run)" if r.get("timed_runs", 5) == 1 else ""),
-            f"{r['tokens_per_s']:,.0f}",
+            _step_cell(r),
+            f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "-",
         ]
         for r in data["results"]
     ]
     return _table(
         _machine(data["machine"]) + " One training step (full optimisation); median of >= 5"
         " timed runs after warm-up unless marked.",
-        ["config", "model (parameters)", "optimizer", "batch", "compile (s)", "s / step", "tokens/s"],
+        [
+            "config",
+            "model (parameters)",
+            "optimizer",
+            "batch",
+            "compile (s)",
+            "s / step",
+            "tokens/s",
+        ],
         rows,
     )
 
