@@ -40,7 +40,9 @@ def execute(path: pathlib.Path | str, size: str = "default", timeout: int = 900,
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     if len(tagged) != 1:
-        raise ValueError(f"{path.name}: expected one cell tagged 'parameters', found {len(tagged)}.")
+        raise ValueError(
+            f"{path.name}: expected one cell tagged 'parameters', found {len(tagged)}."
+        )
     if size != "default":
         params = {"SIZE": size, **params}
     if params:

@@ -15,9 +15,18 @@ CONCEPTS = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "concepts.md").re
 
 def test_concepts_has_a_snippet_per_idea():
     headings = re.findall(r"^## (.+)$", (ROOT / "docs" / "concepts.md").read_text(), re.M)
-    for idea in ("Level", "Frequency", "Associative memory", "Objective", "Update rule",
-                 "Knowledge transfer between levels", "Continuum Memory System (CMS)",
-                 "Self-modification", "Optimizers as memories", "Learning after deployment"):
+    for idea in (
+        "Level",
+        "Frequency",
+        "Associative memory",
+        "Objective",
+        "Update rule",
+        "Knowledge transfer between levels",
+        "Continuum Memory System (CMS)",
+        "Self-modification",
+        "Optimizers as memories",
+        "Learning after deployment",
+    ):
         assert idea in headings, idea
     assert len(CONCEPTS) == len(headings)
 
