@@ -193,6 +193,44 @@ def test_m3_sends_non_matrix_leaves_to_adamw():
     assert isinstance(optim.read_memory(s), optim.M3Reading)
 
 
+def test_m3_on_a_stack_of_matrices_is_m3_on_each_matrix():
+    """A leaf [3, 5, 4] (e.g. three layers' weights) moves as three separate [5, 4] leaves."""
+    hp = dict(b1=0.9, b2=0.99, b3=0.8, alpha=0.5, slow_period=2)
+    g = _grads(jax.random.key(10), 5, (3, 5, 4))
+    tx = optim.scale_by_m3(**hp)
+    stack = tx.init({"w": jnp.zeros((3, 5, 4))})
+    apart = tx.init({f"w{i}": jnp.zeros((5, 4)) for i in range(3)})
+    for t in range(5):
+        d, stack = tx.update({"w": g[t]}, stack)
+        e, apart = tx.update({f"w{i}": g[t][i] for i in range(3)}, apart)
+        for i in range(3):
+            np.testing.assert_allclose(
+                np.asarray(d["w"][i]), np.asarray(e[f"w{i}"]), rtol=1e-5, atol=1e-6
+            )
+
+
+def test_m3_stacked_leaves_in_a_language_model_train_step():
+    """``optim.name=m3`` on a model: the layers' stacked weight matrices go to M3, their stacked
+    norms and the embeddings to AdamW (before, every stacked layer leaf went to AdamW)."""
+    from nested_jax.models import LanguageModel, get_config
+    from nested_jax.train.config import OptimConfig
+    from nested_jax.train.step import make_optimizer
+
+    model = LanguageModel(get_config("tiny", n_layers=2, d_model=16, d_ff=32))
+    params = model.init(jax.random.key(0))
+    opt = make_optimizer(OptimConfig(name="m3"), 10)
+    labels = jax.tree.leaves(opt.init(params), is_leaf=lambda x: isinstance(x, optim.M3State))
+    (m3_state,) = [x for x in labels if isinstance(x, optim.M3State)]
+    shapes = {
+        jax.tree_util.keystr(k): a.shape
+        for k, a in jax.tree_util.tree_leaves_with_path(m3_state.m1)
+        if not isinstance(a, optax.MaskedNode)
+    }
+    assert shapes, "no leaf went to M3"
+    assert all(len(s) == 3 and s[0] == 2 for s in shapes.values()), shapes
+    assert not any("embed" in k or "head" in k or "norm" in k for k in shapes), shapes
+
+
 def test_bad_configs():
     for bad in ("cosine", "l2"):  # objectives are types (L2(), DotProduct()), never strings
         with pytest.raises(TypeError, match="objective must be an objective"):
@@ -205,7 +243,7 @@ def test_bad_configs():
         optim.scale_by_m3(slow_period=0)
     with pytest.raises(ValueError, match="coeffs"):
         optim.scale_by_newton_schulz(coeffs="septic")
-    with pytest.raises(ValueError, match="acts on matrices"):
+    with pytest.raises(ValueError, match="acts on matrices"):  # a vector: not a matrix stack
         optim.scale_by_m3().init({"b": jnp.ones(3)})
     with pytest.raises(ValueError, match="no nested_jax optimizer memory"):
         optim.read_memory(optax.adam(1e-3).init(jnp.ones(3)))

@@ -12,8 +12,10 @@ Adam-style second moment:
     every f-th step:  M2 <- M2 + b3 buf (literal) | M2 <- b3 M2 + buf (ema);  O2 <- NS(M2); buf <- 0
 
 The slow term lags one chunk (it uses the previous chunk's gradients), as in Algorithm 1.
-``scale_by_m3`` acts on 2-D leaves; :func:`m3` sends non-matrix leaves (biases, norms, and
-embeddings if asked) to AdamW, as Muon setups do (``docs/decisions.md``).
+``scale_by_m3`` acts on matrices, or stacks of them (``[..., m, n]``: Newton-Schulz on each
+``[m, n]``, e.g. a model's layers stacked on a leading axis); :func:`m3` sends non-matrix leaves
+(biases, norms, and embeddings if asked) to AdamW, as Muon setups do, and is told which leading
+axes stack matrices with ``stacked=`` (``docs/decisions.md`` D76).
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def scale_by_m3(
     ns_coeffs="quintic",
     variant: Literal["literal", "ema"] = "ema",
 ) -> optax.GradientTransformationExtraArgs:
-    """M3's direction for 2-D leaves (Algorithm 1). Every leaf must be a matrix.
+    """M3's direction for matrix leaves (Algorithm 1). Every leaf must be a matrix or a stack of
+    matrices ``[..., m, n]`` (Newton-Schulz orthogonalises each ``[m, n]`` on its own; the rest
+    of the algorithm is elementwise).
 
     Args:
       b1, b2, b3: fast momentum, second moment and slow momentum factors.
@@ -92,14 +96,20 @@ def scale_by_m3(
     ):
         raise ValueError(f"slow_period must be a positive int, got {slow_period!r}.")
     ns_coefficients(ns_coeffs)
-    ns = lambda x: newton_schulz(x, ns_steps, ns_coeffs)
+
+    def ns(x):  # each matrix of a stack [..., m, n] on its own
+        f = lambda m: newton_schulz(m, ns_steps, ns_coeffs)
+        for _ in range(x.ndim - 2):
+            f = jax.vmap(f)
+        return f(x)
 
     def init_fn(params):
         for path, p in jax.tree_util.tree_leaves_with_path(params):
-            if jnp.ndim(p) != 2:
+            if jnp.ndim(p) < 2:
                 raise ValueError(
-                    f"scale_by_m3 acts on matrices, but {jax.tree_util.keystr(path)} has shape "
-                    f"{jnp.shape(p)}; use nested_jax.optim.m3, which sends non-matrix leaves to AdamW."
+                    f"scale_by_m3 acts on matrices (or stacks of them), but "
+                    f"{jax.tree_util.keystr(path)} has shape {jnp.shape(p)}; use "
+                    "nested_jax.optim.m3, which sends non-matrix leaves to AdamW."
                 )
         z = lambda: zeros_f32(params)
         return M3State(jnp.zeros([], jnp.int32), z(), z(), z(), z(), z())
@@ -129,9 +139,10 @@ def scale_by_m3(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _default_labels(embeddings: Callable[[Any], Any] | None):
+def _default_labels(embeddings: Callable[[Any], Any] | None, stacked=None):
     def labels(params):
-        lab = jax.tree.map(lambda p: "m3" if jnp.ndim(p) == 2 else "adamw", params)
+        lead = jax.tree.map(lambda _: 0, params) if stacked is None else stacked(params)
+        lab = jax.tree.map(lambda p, n: "m3" if jnp.ndim(p) - n == 2 else "adamw", params, lead)
         if embeddings is not None:
             mask = embeddings(params)
             lab = jax.tree.map(lambda lb, e: "adamw" if e else lb, lab, mask)
@@ -158,8 +169,13 @@ def m3(
     adam_b2: float = 0.999,
     adam_weight_decay: float = 0.0,
     embeddings: Callable[[Any], Any] | None = None,
+    stacked: Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """M3 on the matrices, AdamW on everything else.
+
+    A leaf is a matrix when it has two axes besides its ``stacked`` leading ones: a language
+    model's per-layer weights are stacked ``[n_layers, m, n]`` (one matrix per layer, each
+    orthogonalised on its own) and its per-layer norms ``[n_layers, d]`` are not matrices.
 
     Args:
       learning_rate: M3's learning rate.
@@ -169,6 +185,9 @@ def m3(
       adam_b1, adam_b2, adam_weight_decay: AdamW's settings.
       embeddings: optional ``params -> bool pytree`` marking 2-D leaves (embeddings, output
         heads) that should also go to AdamW.
+      stacked: optional ``params -> int pytree``: how many leading axes of each leaf stack
+        matrices (default 0 everywhere: only 2-D leaves are matrices). For a
+        :class:`~nested_jax.models.LanguageModel`: 1 for the leaves under ``"layers"``.
     """
     adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
     matrix = optax.chain(
@@ -187,7 +206,7 @@ def m3(
         optax.scale_by_learning_rate(learning_rate),
     )
     other = optax.adamw(adam_lr, b1=adam_b1, b2=adam_b2, weight_decay=adam_weight_decay)
-    return optax.partition({"m3": matrix, "adamw": other}, _default_labels(embeddings))
+    return optax.partition({"m3": matrix, "adamw": other}, _default_labels(embeddings, stacked))
 
 
 def _read(state: M3State, probe) -> M3Reading:

@@ -57,10 +57,16 @@ def make_schedule(o: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def _m3(o: OptimConfig, lr):
-    # the embedding and output matrices go to AdamW, as in Muon setups (optim/m3.py)
+    # the embedding and output matrices go to AdamW, as in Muon setups (optim/m3.py); the
+    # layers' weights are stacked on a leading layer axis: one matrix per layer (decisions D76)
     embeddings = lambda p: jax.tree.map(lambda _: False, p) | {"embed": True, "head": True}
+    stacked = lambda p: (
+        jax.tree.map(lambda _: 0, p) | {"layers": jax.tree.map(lambda _: 1, p["layers"])}
+    )
     wd = o.weight_decay
-    return nj_optim.m3(lr, weight_decay=wd, adam_weight_decay=wd, embeddings=embeddings)
+    return nj_optim.m3(
+        lr, weight_decay=wd, adam_weight_decay=wd, embeddings=embeddings, stacked=stacked
+    )
 
 
 #: The outer optimizers by name: ``(OptimConfig, schedule) -> optax.GradientTransformation``.
