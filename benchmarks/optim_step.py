@@ -30,6 +30,7 @@ def _optimizers():
         "preconditioned_diagonal": optim.preconditioned_momentum(1e-3, preconditioner="diagonal"),
         "m3": optim.m3(1e-3),
         "dmgd_hidden_2x": optim.dmgd(1e-3, hidden_factor=2.0),
+        "dmgd_hidden_8": optim.dmgd(1e-3, hidden=8),
     }
 
 

@@ -35,7 +35,7 @@ def test_quick_optim_benchmark_writes_json(tmp_path):
     run.main(["optim_step", "--quick", "--out", str(out)])
     data = json.loads(out.read_text())
     names = {r["optimizer"] for r in data["results"]}
-    assert {"adamw", "muon", "m3", "dmgd_hidden_2x"} <= names
+    assert {"adamw", "muon", "m3", "dmgd_hidden_2x", "dmgd_hidden_8"} <= names
     adamw = next(r for r in data["results"] if r["optimizer"] == "adamw")
     assert adamw["vs_adamw"] == pytest.approx(1.0)
 

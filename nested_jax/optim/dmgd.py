@@ -46,18 +46,33 @@ def dmgd_memory(hidden: int, objective: Objective = L2()) -> MLPMemory:
     return MLPMemory(hidden, objective=check_objective(objective), rule=GD())
 
 
-def init_dmgd_memory(key, params, *, hidden_factor: float = 2.0, scale: float = 1.0) -> tuple:
+def init_dmgd_memory(
+    key, params, *, hidden_factor: float = 2.0, scale: float = 1.0, hidden: int | None = None
+) -> tuple:
     """Initial memory for ``params``: a tuple with one ``MLPParams`` (one head squeezed out) per
-    leaf, in ``jax.tree.leaves(params)`` order (so any container type works)."""
+    leaf, in ``jax.tree.leaves(params)`` order (so any container type works). Each leaf's memory
+    has ``hidden_factor`` times its row width hidden units, or ``hidden`` units when given (a
+    low-rank memory: ``m(z) = z + W1 act(W2 z)`` with ``W1 W2`` of rank ``<= hidden``; its step
+    costs ``O(rows * d * hidden)`` instead of ``O(rows * d^2)``)."""
+    _check_hidden(hidden)
     leaves = jax.tree.leaves(params)
     keys = jax.random.split(key, max(1, len(leaves)))
     out = []
     for k, leaf in zip(keys, leaves, strict=False):
         d = as_rows(leaf).shape[-1]
-        hid = max(1, int(round(hidden_factor * d)))
+        hid = hidden if hidden is not None else max(1, int(round(hidden_factor * d)))
         p = dmgd_memory(hid).init_params(k, heads=1, d_k=d, d_v=d, scale=scale)
         out.append(MLPParams(p.w1[0], p.w2[0]))
     return tuple(out)
+
+
+def _check_hidden(hidden):
+    if hidden is not None and (
+        isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1
+    ):
+        raise ValueError(
+            f"hidden must be None or a positive int (units per memory), got {hidden!r}."
+        )
 
 
 def _normalised_rows(g, eps):
@@ -76,6 +91,7 @@ def scale_by_dmgd(
     hidden_factor: float = 2.0,
     seed: int = 0,
     eps: float = 1e-12,
+    hidden: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """DMGD's direction ``m_psi(g)`` after one inner step (see module docstring).
 
@@ -89,13 +105,18 @@ def scale_by_dmgd(
       objective: inner loss, ``L2()`` (default) or ``DotProduct()``.
       hidden_factor, seed: hidden width (times the row width) and seed when ``init_memory`` is
         ``None`` (static: pass them in ``static_args`` under ``optax.inject_hyperparams``).
+      hidden: a fixed hidden width for every leaf instead of ``hidden_factor`` (the low-rank
+        memory of :func:`init_dmgd_memory`; e.g. 8: a step within a few times AdamW's).
     """
     dmgd_memory(1, objective)  # validates the objective before anything is traced
+    _check_hidden(hidden)
 
     def init_fn(params):
         n = len(jax.tree.leaves(params))
         if init_memory is None:
-            mem = init_dmgd_memory(jax.random.key(seed), params, hidden_factor=hidden_factor)
+            mem = init_dmgd_memory(
+                jax.random.key(seed), params, hidden_factor=hidden_factor, hidden=hidden
+            )
             return DMGDState(jnp.zeros([], jnp.int32), mem)
         mem = tuple(init_memory)
         if len(mem) != n or not all(isinstance(m, MLPParams) for m in mem):
@@ -140,8 +161,10 @@ def dmgd(
     objective: Objective = L2(),
     hidden_factor: float = 2.0,
     seed: int = 0,
+    hidden: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """DMGD optimizer: ``params <- params - lr * m_psi(g)``."""
+    """DMGD optimizer: ``params <- params - lr * m_psi(g)`` (``hidden``: see
+    :func:`scale_by_dmgd`)."""
     return optax.chain(
         scale_by_dmgd(
             init_memory,
@@ -150,6 +173,7 @@ def dmgd(
             objective=objective,
             hidden_factor=hidden_factor,
             seed=seed,
+            hidden=hidden,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )
