@@ -223,14 +223,13 @@ def test_layer_inputs_and_what_the_self_modifying_memories_generate(name):
     state = model.init_state(params, 2)
 
     def both(p, t):  # one program: the training form, and the same pass collecting the inputs
-        (logits, inputs), _ = model._run(p, state, t, parallel=True, collect=True)
-        return model.apply(p, t)[0], logits, jnp.moveaxis(inputs, 2, 0)
+        return model.apply(p, t)[0], *model.layer_inputs(p, t, with_logits=True)
 
     want, logits, inputs = jax.jit(both)(params, tokens)
     close(logits, want)
     assert inputs.shape == (2, 2, 20, 16)
     close(inputs[0], params["embed"][tokens])
-    if name == "selfmod_tiny":  # the public method is the same pass
+    if name == "selfmod_tiny":  # without the logits: the same inputs
         close(model.layer_inputs(params, tokens), inputs)
     layer = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
     p0, s0 = layer(params["layers"], 0), layer(state.layers, 0)

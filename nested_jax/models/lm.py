@@ -384,15 +384,17 @@ class LanguageModel:
         state, logits = jax.lax.scan(one, state, tokens.T)
         return jnp.swapaxes(logits, 0, 1), state
 
-    def layer_inputs(self, params: dict, tokens: jax.Array) -> jax.Array:
+    def layer_inputs(self, params: dict, tokens: jax.Array, *, with_logits: bool = False):
         """What each layer reads in the training form (:meth:`apply` from fresh memories): the
         residual stream entering every layer, ``[n_layers, B, T, D]`` (with a next-token CMS
-        signal, the pass whose logits :meth:`apply` returns). For looking inside a model: feed
+        signal, the pass whose logits :meth:`apply` returns). ``with_logits``: also those
+        logits, ``(logits, inputs)``, from the same pass. For looking inside a model: feed
         ``inputs[l]`` to layer ``l``'s sequence layer, e.g.
         ``SelfModifyingTitans.generated``, to see what its memories generate."""
         state = self.init_state(params, tokens.shape[0])
-        (_, inputs), _ = self._run(params, state, tokens, parallel=True, collect=True)
-        return jnp.moveaxis(inputs, 2, 0)
+        (logits, inputs), _ = self._run(params, state, tokens, parallel=True, collect=True)
+        inputs = jnp.moveaxis(inputs, 2, 0)
+        return (logits, inputs) if with_logits else inputs
 
     def loss(self, params: dict, tokens: jax.Array) -> jax.Array:
         """Mean next-token cross-entropy (nats) of ``tokens: [B, T]``."""

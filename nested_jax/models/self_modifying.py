@@ -230,17 +230,22 @@ class SelfModifyingTitans:
         q = y[..., 2 * d : 3 * d] if self.config.selfmod.adaptive_q else None
         return k, v, q, y[..., -2], y[..., -1]
 
+    def _project(self, p: dict, state: dict, x: jax.Array, cut: int = 0):
+        """``RMSNorm(x)`` and the memories' input and fixed query before their heads:
+        ``(h, silu(conv4(h W_in)) [B, T, 2, H, d], conv state)``."""
+        c = self.config
+        b, t, _ = x.shape
+        h = rms_norm(x, p["norm"], c.norm_eps)
+        a, conv_state = causal_conv(p["conv"], h @ p["w_in"], state["conv"], cut=cut)
+        return h, jax.nn.silu(a).reshape(b, t, 2, c.n_heads, c.head_dim), conv_state
+
     def generated(self, p: dict, state: dict, x: jax.Array) -> dict:
         """What the layer's memories generate from its input ``x: [B, T, D]`` (chunk-parallel,
         continuing ``state``, e.g. ``init_state``): ``{"k", "v", "q", "eta", "alpha"}`` with keys,
         values and queries ``[B, T, H, d]`` (``q`` the fixed projection's unless
         ``selfmod.adaptive_q``) and the rates ``[B, T, H]`` -- the values :meth:`__call__` writes
         into its main memory. For inspection; the layer's state is not returned."""
-        c = self.config
-        b, t, d = x.shape
-        h = rms_norm(x, p["norm"], c.norm_eps)
-        a, _ = causal_conv(p["conv"], h @ p["w_in"], state["conv"])
-        a = jax.nn.silu(a).reshape(b, t, 2, c.n_heads, c.head_dim)
+        _, a, _ = self._project(p, state, x)
         _, (k, v, q, eta, alpha) = self._gen_parallel(
             p, state["gen"], jnp.swapaxes(a[:, :, 0], 1, 2)
         )
@@ -255,10 +260,7 @@ class SelfModifyingTitans:
         teach signal's first pass)."""
         c = self.config
         b, t, d = x.shape
-        nh, hd = c.n_heads, c.head_dim
-        h = rms_norm(x, p["norm"], c.norm_eps)
-        a, conv_state = causal_conv(p["conv"], h @ p["w_in"], state["conv"], cut=cut)
-        a = jax.nn.silu(a).reshape(b, t, 2, nh, hd)
+        h, a, conv_state = self._project(p, state, x, cut)
         xm = jnp.swapaxes(a[:, :, 0], 1, 2)  # [B, H, T, d]
         if parallel:
             gen, (k, v, q, eta, alpha) = self._gen_parallel(p, state["gen"], xm, cut)
