@@ -10,6 +10,7 @@ import pytest
 from model_helpers import check_prefix_then_stream, close, jitted, setup, stream
 
 from nested_jax import optim
+from nested_jax.memory import SoftmaxState
 from nested_jax.models import CMSConfig, LanguageModel, ModelConfig, get_config, list_configs
 from nested_jax.models.layers import rms_norm, rope, swiglu
 
@@ -75,6 +76,27 @@ def test_transformer_block_is_a_plain_transformer():
     y = x + att.reshape(2, 12, -1) @ p["wo"]
     y = y + swiglu(p["mlp"], rms_norm(y, p["mlp_norm"]))
     np.testing.assert_allclose(np.asarray(got), np.asarray(y), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny", "hope_attention_tiny"])
+def test_training_form_attends_over_the_sequence_not_max_len(name):
+    """From a fresh state the attention memories hold the sequence only: the training step's
+    work does not grow with ``max_len`` (it did: every query scored ``max_len`` slots), and the
+    returned state is the full-capacity one that ``step`` continues (the three-way test above
+    checks its values)."""
+    flops = {}
+    for max_len in (16, 128):
+        model, params, tokens = setup_model(name, length=16, max_len=max_len)
+        lowered = jax.jit(model.loss).lower(params, tokens)
+        flops[max_len] = lowered.compile().cost_analysis()["flops"]
+        _, state = jitted(model, "apply")(params, tokens)
+        caps = {
+            s.pos.shape[-1]
+            for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, SoftmaxState))
+            if isinstance(s, SoftmaxState)
+        }
+        assert caps == {max_len}
+    assert flops[128] == pytest.approx(flops[16], rel=0.02)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_jax.levels import scan_chunks
-from nested_jax.memory import StreamState
+from nested_jax.memory import SoftmaxState, StreamState
 from nested_jax.models.cms import ContinuumMemory
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.hope import HopeBlock
@@ -369,7 +369,36 @@ class LanguageModel:
         ``state`` it continues the stream exactly (as :meth:`step`)."""
         if state is not None:
             return self.step(params, state, tokens)
-        return self._run(params, self.init_state(params, tokens.shape[0]), tokens, parallel=True)
+        model = self._sized(tokens)
+        logits, state = model._run(params, model.init_state(params, tokens.shape[0]), tokens, True)
+        return logits, self._full_capacity(state)
+
+    def _sized(self, tokens: jax.Array) -> LanguageModel:
+        """The model to run ``tokens`` from a fresh state with: attention memories sized to the
+        sequence (``max_len = T``) instead of ``max_len`` slots, most of them empty, that every
+        query would otherwise score and mask (6x a Transformer++ training step at ``T = 512``,
+        ``max_len = 4096``). Same values: a fresh sequence fills slots ``0 .. T - 1`` either way."""
+        self._check_tokens(tokens)
+        t = tokens.shape[1]
+        if self.config.attends and t < self.config.max_len:
+            return LanguageModel(self.config.replace(max_len=t))
+        return self
+
+    def _full_capacity(self, state: Any) -> Any:
+        """``state`` with every attention memory padded with empty slots to ``max_len`` (what
+        :meth:`init_state` and :meth:`step` use), so a sequence run by :meth:`apply` continues
+        with :meth:`step` exactly."""
+        cap = self.config.max_len
+
+        def pad(s):
+            if not isinstance(s, SoftmaxState) or s.pos.shape[-1] == cap:
+                return s
+            more = cap - s.pos.shape[-1]
+            wide = lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, more), (0, 0)])
+            pos = jnp.pad(s.pos, [(0, 0)] * (s.pos.ndim - 1) + [(0, more)], constant_values=-1)
+            return s._replace(keys=wide(s.keys), values=wide(s.values), pos=pos)
+
+        return jax.tree.map(pad, state, is_leaf=lambda s: isinstance(s, SoftmaxState))
 
     def apply_reference(self, params: dict, tokens: jax.Array, state: Any = None):
         """Slow twin of :meth:`apply`: one token at a time through :meth:`step` (a scan)."""
@@ -391,8 +420,9 @@ class LanguageModel:
         logits, ``(logits, inputs)``, from the same pass. For looking inside a model: feed
         ``inputs[l]`` to layer ``l``'s sequence layer, e.g.
         ``SelfModifyingTitans.generated``, to see what its memories generate."""
-        state = self.init_state(params, tokens.shape[0])
-        (logits, inputs), _ = self._run(params, state, tokens, parallel=True, collect=True)
+        model = self._sized(tokens)
+        state = model.init_state(params, tokens.shape[0])
+        (logits, inputs), _ = model._run(params, state, tokens, parallel=True, collect=True)
         inputs = jnp.moveaxis(inputs, 2, 0)
         return (logits, inputs) if with_logits else inputs
 
