@@ -99,6 +99,26 @@ def test_training_form_attends_over_the_sequence_not_max_len(name):
     assert flops[128] == pytest.approx(flops[16], rel=0.02)
 
 
+def test_sliding_window_attention_sees_the_last_window_tokens():
+    """``attn_window=w``: each position's logits (one layer) equal full attention's over the
+    last ``w`` tokens alone; streamed in pieces of ``c`` through a ring buffer of only
+    ``w + c - 1`` slots it equals the parallel form."""
+    w, n = 4, 12
+    model, params, tokens = setup("tiny", n_layers=1, length=n)
+    win = LanguageModel(model.config.replace(attn_window=w))
+    par, _ = jax.jit(win.apply)(params, tokens)
+    full = jax.jit(model.apply)
+    for p in range(n):
+        alone, _ = full(params, tokens[:, max(0, p - w + 1) : p + 1])
+        close(par[:, p], alone[:, -1])
+    c = 3
+    ring = LanguageModel(model.config.replace(attn_window=w, max_len=w + c - 1))
+    streamed, _ = stream(ring, params, tokens, c)
+    close(par, streamed)
+    with pytest.raises(ValueError, match="attn_window"):
+        get_config("tiny", attn_window=0)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_causality_and_batch_isolation(name):
     model, params, tokens = setup_model(name)  # the default test shape: apply compiled once

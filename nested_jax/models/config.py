@@ -229,6 +229,10 @@ class ModelConfig:
       kind: which block the layers are made of (``"transformer"`` = Transformer++).
       vocab_size, d_model, n_layers, n_heads, d_ff: sizes (``d_ff``: SwiGLU hidden width).
       max_len: longest context a state can hold (the attention memory's capacity).
+      attn_window: softmax attention (Transformer++, Hope-Attention) sees only the last
+        ``attn_window`` tokens, itself included (sliding window); ``None``: the whole context.
+        Streaming in pieces of ``C`` tokens then needs ``max_len >= attn_window + C - 1`` (the
+        ring buffer keeps what the window needs), not the whole stream's length.
       rope_base, norm_eps: RoPE base and RMSNorm epsilon.
       titans: the neural memory (:class:`TitansConfig`; Titans, self-modifying Titans, Hope).
       selfmod: the self-modifying layer (:class:`SelfModConfig`; ``"selfmod"``, ``"hope"``).
@@ -245,6 +249,7 @@ class ModelConfig:
     n_heads: int = 2
     d_ff: int = 128
     max_len: int = 256
+    attn_window: int | None = None
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
     titans: TitansConfig = TitansConfig()
@@ -265,6 +270,9 @@ class ModelConfig:
                     f"{type(sub).__name__}."
                 )
         _positive(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"))
+        w = self.attn_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(f"attn_window must be None or a positive int, got {w!r}.")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."

@@ -375,13 +375,15 @@ class LanguageModel:
 
     def _sized(self, tokens: jax.Array) -> LanguageModel:
         """The model to run ``tokens`` from a fresh state with: attention memories sized to the
-        sequence (``max_len = T``) instead of ``max_len`` slots, most of them empty, that every
+        sequence (``max_len = T``, ``T + attn_window - 1`` with a window: the ring buffer's rule)
+        instead of ``max_len`` slots, most of them empty, that every
         query would otherwise score and mask (6x a Transformer++ training step at ``T = 512``,
         ``max_len = 4096``). Same values: a fresh sequence fills slots ``0 .. T - 1`` either way."""
         self._check_tokens(tokens)
-        t = tokens.shape[1]
-        if self.config.attends and t < self.config.max_len:
-            return LanguageModel(self.config.replace(max_len=t))
+        c = self.config
+        need = tokens.shape[1] + (c.attn_window - 1 if c.attn_window else 0)  # the ring's rule
+        if c.attends and need < c.max_len:
+            return LanguageModel(c.replace(max_len=need))
         return self
 
     def _full_capacity(self, state: Any) -> Any:

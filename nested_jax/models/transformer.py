@@ -30,7 +30,7 @@ class Attention:
 
     @property
     def memory(self) -> SoftmaxMemory:
-        return SoftmaxMemory(capacity=self.config.max_len)
+        return SoftmaxMemory(capacity=self.config.max_len, window=self.config.attn_window)
 
     def init(self, key) -> dict:
         c = self.config

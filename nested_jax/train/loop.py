@@ -470,8 +470,9 @@ def train(
                 ev = run.evaluate(state.params)
                 metrics.write({"step": step, **ev})
                 log.info("step %d: val loss %.4f, %.3f bits/byte", step, *ev.values())
-                if bar is not None and not bar.disable:  # evaluation is not training speed
-                    spent = time.perf_counter() - t_eval
+                spent = time.perf_counter() - t_eval
+                t_last += spent  # evaluation is not training speed (tokens_per_s, the bar)
+                if bar is not None and not bar.disable:
                     bar.start_t += spent
                     bar.last_print_t += spent
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
