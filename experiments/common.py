@@ -19,6 +19,20 @@ def write_results(out: Path, payload: dict) -> None:
     (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def mean_std(xs) -> dict | None:
+    """``{"mean", "std" (sample, over seeds), "n"}`` of the values that are not ``None``."""
+    import numpy as np
+
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return {
+        "mean": float(np.mean(xs)),
+        "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0,
+        "n": len(xs),
+    }
+
+
 def pyplot():
     """matplotlib's pyplot on the headless Agg backend."""
     import matplotlib

@@ -38,7 +38,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import matched_d_ff, pyplot, save_figure, write_results
+from experiments.common import matched_d_ff, mean_std, pyplot, save_figure, write_results
 
 VARIANTS = ("hope", "hope_ntp", "hope_frozen", "titans", "transformer")
 BUDGETS = {
@@ -177,17 +177,6 @@ def run_cell(variant: str, budget: str, seed: int, out: Path, setup: dict, steps
     return rec
 
 
-def _mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None
-    return {
-        "mean": float(np.mean(xs)),
-        "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0,
-        "n": len(xs),
-    }
-
-
 def report(out: Path, setup: dict) -> dict:
     """Aggregate every finished cell under ``out`` into ``results.json`` and the plot."""
     cells = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/seed*/cell.json"))]
@@ -201,18 +190,18 @@ def report(out: Path, setup: dict) -> dict:
                 "seeds": [c["seed"] for c in cs],
                 "params": cs[0]["params"],
                 "tokens": cs[0]["tokens"],
-                "val_bpb": _mean_std([c["val_bpb"] for c in cs]),
-                "tokens_per_s": _mean_std([c["median_tokens_per_s"] for c in cs]),
+                "val_bpb": mean_std([c["val_bpb"] for c in cs]),
+                "tokens_per_s": mean_std([c["median_tokens_per_s"] for c in cs]),
                 "skipped_steps": sum(c["skipped_steps"] for c in cs),
             }
             for mode in ("on", "off"):
                 if all(mode in c["bpb_heldout"] for c in cs):
-                    row[f"heldout_bpb_cms_{mode}"] = _mean_std([c["bpb_heldout"][mode] for c in cs])
-                    row[f"beyond_train_len_bpb_cms_{mode}"] = _mean_std(
+                    row[f"heldout_bpb_cms_{mode}"] = mean_std([c["bpb_heldout"][mode] for c in cs])
+                    row[f"beyond_train_len_bpb_cms_{mode}"] = mean_std(
                         [c["bpb_heldout_beyond_train_len"][mode] for c in cs]
                     )
             if all("off" in c["bpb_heldout"] for c in cs):
-                row["cms_on_minus_off"] = _mean_std(
+                row["cms_on_minus_off"] = mean_std(
                     [c["bpb_heldout"]["on"] - c["bpb_heldout"]["off"] for c in cs]
                 )
             summary[f"{budget}/{variant}"] = row

@@ -1,0 +1,87 @@
+"""The language-modelling experiments' models, sizes, corpora and budgets (issue 15).
+
+Every model of a size has Hope's parameter count within 5% (its MLP width ``d_ff`` chosen by
+:func:`nested_jax.models.matched_d_ff`, a multiple of 8), counted with the corpus's vocabulary;
+:func:`model_spec` raises if a match misses. The memory models use the registry's CPU-experiment
+chunking (``hope_small``: neural memory chunk 16, self-modifying memories 8, CMS periods 16 / 64).
+"""
+
+from __future__ import annotations
+
+MODELS = ("transformer", "titans", "selfmod", "hope_attention", "hope")
+LABELS = {
+    "transformer": "Transformer++",
+    "titans": "Titans",
+    "selfmod": "self-modifying Titans",
+    "hope_attention": "Hope-Attention",
+    "hope": "Hope",
+}
+# the registry config each model starts from; every shape field is set by SIZES below
+_BASE = {
+    "transformer": ("tiny", {}),
+    "titans": ("titans_tiny", {"titans": {"chunk": 16}}),
+    "selfmod": ("selfmod_tiny", {"titans": {"chunk": 16}, "selfmod": {"chunk": 8}}),
+    "hope_attention": ("hope_attention_tiny", {"cms": {"periods": (16, 64)}}),
+    "hope": ("hope_small", {}),
+}
+# d_ff is Hope's (its CMS levels' hidden width); the others' d_ff is matched to Hope's count
+SIZES = {
+    "small": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 128},  # ~1.0M (bytes)
+    "medium": {"d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 256},  # ~4.3M (bytes)
+    "smoke": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16},  # the tests' run
+}
+CORPORA = {
+    "shakespeare": {"corpus": "shakespeare", "tokenizer": "byte"},
+    # a small BPE vocabulary so that embeddings do not outweigh a ~1M-parameter model
+    "wikipedia": {"corpus": "wikipedia", "tokenizer": "bpe", "bpe_vocab": 1024},
+}
+MATCH = 0.05  # largest relative parameter difference to Hope allowed
+
+
+def _vocab(corpus: str) -> int:
+    spec = CORPORA[corpus]
+    return 256 if spec["tokenizer"] == "byte" else spec["bpe_vocab"]
+
+
+def model_spec(model: str, size: str, corpus: str, max_len: int, extra: dict | None = None):
+    """``(registry name, overrides as a dotted-path tuple, parameter count)`` of ``model`` at
+    ``size`` on ``corpus``. ``extra``: overrides applied to Hope too before the others are
+    matched to it (an ablation's)."""
+    from nested_jax.models import count_params, get_config, matched_d_ff
+
+    if model not in _BASE:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}.")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}.")
+    shape = {**SIZES[size], "vocab_size": _vocab(corpus), "max_len": max_len}
+    name, own = _BASE[model]
+    cfg = get_config(name, **shape, **own, **(extra or {}))
+    hope_name, hope_own = _BASE["hope"]
+    target = count_params(get_config(hope_name, **shape, **hope_own))
+    if model != "hope":
+        cfg = cfg.replace(d_ff=matched_d_ff(cfg, target, multiple=8))
+    n = count_params(cfg)
+    if abs(n / target - 1) > MATCH and model != "hope":
+        raise ValueError(
+            f"{model} at {size} has {n:,} parameters, {n / target - 1:+.1%} from Hope's {target:,} "
+            f"(allowed {MATCH:.0%}): its d_ff cannot match; change SIZES."
+        )
+    base = get_config(name)
+    overrides = tuple(_diff(base, cfg))
+    return name, overrides, n
+
+
+def _diff(base, cfg):
+    """The dotted-path overrides that turn registry config ``base`` into ``cfg``."""
+    import dataclasses
+
+    for f in dataclasses.fields(cfg):
+        a, b = getattr(base, f.name), getattr(cfg, f.name)
+        if a == b:
+            continue
+        if dataclasses.is_dataclass(b):
+            for g in dataclasses.fields(b):
+                if getattr(a, g.name) != getattr(b, g.name):
+                    yield (f"{f.name}.{g.name}", getattr(b, g.name))
+        else:
+            yield (f.name, b)

@@ -1,0 +1,326 @@
+"""Language modelling at small scale: does Hope beat Transformer++ on real text? (issue 15)
+
+Parts (each a subcommand; every result lands under ``--out``, default ``experiments/lm/results``):
+
+* ``train``: the Table 2 analogue. Transformer++, Titans, self-modifying Titans, Hope-Attention
+  and Hope (:mod:`experiments.lm.configs`: parameters matched to Hope's within 5%) trained on the
+  same tokens of one corpus (Shakespeare bytes, or Wikipedia paragraphs with a 1,024-token BPE),
+  ``--bytes`` of training text each (steps = bytes / (batch x seq_len x bytes per token)). Each
+  cell (size, corpus, budget, model, seed) is a resumable run of the training system; a finished
+  cell writes ``cell.json``: validation bits per byte (per byte whatever the tokenizer), the
+  learning curve against tokens and against training seconds, throughput, compile time.
+* ``context``: the long-context part, on finished ``train`` cells: bits per byte by position over
+  held-out sequences 4x and 16x the training length, streamed in training-length pieces (the
+  memories carry their state; attention models see a sliding window of the training length, and
+  also, as a reference, the whole context with RoPE beyond its trained range); and the
+  needle-in-a-haystack suite of :mod:`experiments.lm.niah` (S-NIAH-1/2/3, MK, MQ, MV).
+* ``report``: ``results.json`` and the plots from every finished cell (``--report`` of the others).
+
+``--max-minutes`` bounds one invocation: no new cell starts after it, and a cell still training
+at the deadline is stopped by SIGTERM (the training system saves a checkpoint and the next
+invocation resumes it), so a grid of multi-hour cells runs as a series of runs under an hour.
+``--smoke``: the tests' seconds-long run (one tiny layer, a few steps, short contexts).
+
+Run: ``python -m experiments.lm.run train --size small --corpus shakespeare --max-minutes 55``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments.common import mean_std, pyplot, save_figure, write_results
+from experiments.lm.configs import CORPORA, LABELS, MODELS, SIZES, model_spec
+
+OUT = "experiments/lm/results"
+FULL = {"seq_len": 256, "batch": 8, "eval_batches": 16, "curve_points": 20, "lr": 3e-3}
+SMOKE = {"seq_len": 32, "batch": 2, "eval_batches": 1, "curve_points": 2, "lr": 3e-3}
+DEFAULT_BYTES = 5_000_000
+
+
+def setup_for(smoke: bool) -> dict:
+    return dict(SMOKE if smoke else FULL)
+
+
+def cell_dir(out: Path, size: str, corpus: str, nbytes: int, model: str, seed: int) -> Path:
+    return out / "train" / f"{size}-{corpus}-{nbytes // 1000}kB" / model / f"seed{seed}"
+
+
+def _bytes_per_token(corpus: str) -> float:
+    """Bytes per token of the corpus's training tokenization (1 for bytes)."""
+    spec = CORPORA[corpus]
+    if spec["tokenizer"] == "byte":
+        return 1.0
+    from nested_jax.train import data as data_lib
+
+    splits = data_lib.prepare(
+        spec["corpus"], tokenizer="bpe", bpe_vocab=spec["bpe_vocab"], cache_dir=".cache/nested_jax"
+    )
+    return splits.bytes_per_token
+
+
+def train_config(model: str, size: str, corpus: str, nbytes: int, seed: int, setup: dict):
+    from nested_jax.train.config import DataConfig, OptimConfig, TrainConfig
+
+    name, overrides, _ = model_spec(model, size, corpus, max_len=setup["seq_len"])
+    tokens_per_step = setup["batch"] * setup["seq_len"]
+    steps = max(1, math.ceil(nbytes / (tokens_per_step * _bytes_per_token(corpus))))
+    every = max(1, steps // setup["curve_points"])
+    spec = CORPORA[corpus]
+    return TrainConfig(
+        model=name,
+        model_overrides=overrides,
+        data=DataConfig(
+            corpus=spec["corpus"],
+            tokenizer=spec["tokenizer"],
+            bpe_vocab=spec.get("bpe_vocab", 4096),
+            seq_len=setup["seq_len"],
+            batch_size=setup["batch"],
+            eval_batches=setup["eval_batches"],
+        ),
+        optim=OptimConfig(lr=setup["lr"], warmup_steps=min(100, max(1, steps // 20))),
+        steps=steps,
+        seed=seed,
+        log_every=every,
+        eval_every=every,
+        ckpt_every=every,
+        keep=2,
+        nan_policy="stop",
+        plot=False,
+    )
+
+
+class _Deadline:
+    """SIGTERM to this process at ``when`` (``time.monotonic()``): inside the training loop the
+    training system saves a checkpoint and stops (the cell resumes next time); outside it (loading
+    data, evaluating) a KeyboardInterrupt ends the cell's attempt with nothing to lose. A SIGTERM
+    from elsewhere (a scheduler, an ending session) is handled the same way."""
+
+    def __init__(self, when: float | None):
+        self.when, self.timer, self.old = when, None, None
+
+    def __enter__(self):
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+
+        self.old = signal.signal(signal.SIGTERM, stop)
+        if self.when is not None:
+            wait = max(0.0, self.when - time.monotonic())
+            self.timer = threading.Timer(wait, os.kill, (os.getpid(), signal.SIGTERM))
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.timer is not None:
+            self.timer.cancel()
+        signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+def curve(run_dir: Path, tokens_per_step: int, bytes_per_token: float) -> dict:
+    """The learning curve from ``metrics.jsonl``: validation bits per byte against training
+    tokens, bytes and training seconds (the logged intervals' durations; the first interval,
+    which includes compiling, and evaluation time are left out: the first interval is counted at
+    the run's median speed)."""
+    from nested_jax.train.loop import read_metrics
+
+    recs = read_metrics(run_dir)
+    logs = [r for r in recs if "tokens_per_s" in r]
+    rates = [r["tokens_per_s"] for r in logs]
+    med = float(np.median(rates[1:] if len(rates) > 1 else rates)) if rates else float("nan")
+    seconds, prev, elapsed = {}, 0, 0.0
+    for i, r in enumerate(logs):
+        rate = med if i == 0 else r["tokens_per_s"]
+        elapsed += (r["step"] - prev) * tokens_per_step / rate
+        seconds[r["step"]] = elapsed
+        prev = r["step"]
+    evals = {r["step"]: r["val_bpb"] for r in recs if "val_bpb" in r}
+    steps = sorted(s for s in evals if s in seconds)
+    return {
+        "step": steps,
+        "tokens": [s * tokens_per_step for s in steps],
+        "bytes": [s * tokens_per_step * bytes_per_token for s in steps],
+        "train_seconds": [seconds[s] for s in steps],
+        "val_bpb": [evals[s] for s in steps],
+        "train_loss": [(r["step"], r["loss"]) for r in logs],
+        "median_tokens_per_s": med,
+        "first_step_s": next((r["first_step_s"] for r in recs if "first_step_s" in r), None),
+    }
+
+
+def run_cell(model, size, corpus, nbytes, seed, out: Path, setup: dict, deadline=None) -> dict:
+    """Train (or resume) one cell and write its ``cell.json``; ``None`` when stopped at the
+    deadline (resumable)."""
+    from nested_jax.train.loop import train
+
+    cdir = cell_dir(out, size, corpus, nbytes, model, seed)
+    done = cdir / "cell.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    cfg = train_config(model, size, corpus, nbytes, seed, setup)
+    try:
+        with _Deadline(deadline):
+            res = train(cfg, cdir / "run", progress=False)
+    except KeyboardInterrupt:
+        return None
+    bpt = _bytes_per_token(corpus)
+    tps = cfg.data.batch_size * cfg.data.seq_len
+    c = curve(cdir / "run", tps, bpt)
+    rec = {
+        "model": model,
+        "size": size,
+        "corpus": corpus,
+        "budget_bytes": nbytes,
+        "seed": seed,
+        "registry": cfg.model,
+        "overrides": [list(kv) for kv in cfg.model_overrides],
+        "params": model_spec(model, size, corpus, setup["seq_len"])[2],
+        "steps": res.step,
+        "tokens": res.step * tps,
+        "bytes": res.step * tps * bpt,
+        "bytes_per_token": bpt,
+        "val_bpb": res.val_bpb,
+        "train_loss_last": res.train_loss,
+        "skipped_steps": res.skipped,
+        "curve": c,
+    }
+    done.write_text(json.dumps(rec) + "\n")
+    return rec
+
+
+def train_grid(
+    size, corpus, nbytes, models, seeds, out: Path, setup: dict, max_minutes=None
+) -> None:
+    deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+    for seed in seeds:  # seed-major: a grid cut short still has every model at seed 0
+        for model in models:
+            if deadline is not None and time.monotonic() > deadline - 60:
+                print(f"--max-minutes {max_minutes} reached; run again to go on", flush=True)
+                return
+            rec = run_cell(model, size, corpus, nbytes, seed, out, setup, deadline)
+            if rec is None:
+                print(f"{model} seed {seed}: stopped at the deadline (checkpoint saved)")
+                return
+            print(
+                f"{size} {corpus} {model:>15} seed {seed}: val {rec['val_bpb']:.3f} bits/byte, "
+                f"{rec['curve']['median_tokens_per_s']:.0f} tokens/s",
+                flush=True,
+            )
+
+
+# --------------------------------------------------------------------------------------- report
+def _cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("train/*/*/seed*/cell.json"))]
+
+
+def report(out: Path) -> dict:
+    cells = _cells(out)
+    table = {}
+    for c in cells:
+        key = f"{c['size']}-{c['corpus']}-{c['budget_bytes'] // 1000}kB"
+        table.setdefault(key, {}).setdefault(c["model"], []).append(c)
+    summary = {}
+    for key, by_model in table.items():
+        summary[key] = {
+            m: {
+                "seeds": [c["seed"] for c in cs],
+                "params": cs[0]["params"],
+                "bytes": cs[0]["bytes"],
+                "val_bpb": mean_std([c["val_bpb"] for c in cs]),
+                "tokens_per_s": mean_std([c["curve"]["median_tokens_per_s"] for c in cs]),
+                "train_hours": mean_std([c["curve"]["train_seconds"][-1] / 3600 for c in cs]),
+                "skipped_steps": sum(c["skipped_steps"] for c in cs),
+            }
+            for m, cs in sorted(by_model.items(), key=lambda kv: MODELS.index(kv[0]))
+        }
+    context = [json.loads(p.read_text()) for p in sorted(out.glob("context/*/*/seed*.json"))]
+    payload = {
+        "experiment": "lm (issue 15)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{jax.device_count()} x {jax.devices()[0].platform}, jax {jax.__version__}",
+        "summary": summary,
+        "context_summary": _context_summary(context),
+        "cells": cells,
+        "context": context,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out, payload)
+    for key, by_model in table.items():
+        _plot_curves(out / f"curves-{key}.png", key, by_model)
+    if context:
+        from experiments.lm.context import plot_context
+
+        plot_context(out, context)
+    return payload
+
+
+def _context_summary(records: list[dict]) -> dict:
+    if not records:
+        return {}
+    from experiments.lm.context import summarize
+
+    return summarize(records)
+
+
+def _plot_curves(path: Path, key: str, by_model: dict) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, m in enumerate(MODELS):
+        cs = by_model.get(m)
+        if not cs:
+            continue
+        n = min(len(c["curve"]["val_bpb"]) for c in cs)
+        y = np.mean([c["curve"]["val_bpb"][:n] for c in cs], axis=0)
+        mb = np.asarray(cs[0]["curve"]["bytes"][:n]) / 1e6
+        hours = np.mean([c["curve"]["train_seconds"][:n] for c in cs], axis=0) / 3600
+        lab = f"{LABELS[m]} ({len(cs)} seed{'s' if len(cs) > 1 else ''})"
+        axes[0].plot(mb, y, "-o", ms=3, color=f"C{i}", label=lab)
+        axes[1].plot(hours, y, "-o", ms=3, color=f"C{i}", label=lab)
+    axes[0].set_xlabel("training text (million bytes)")
+    axes[1].set_xlabel("training time (hours, 2 CPU cores; compile and evaluation excluded)")
+    axes[1].set_xscale("log")
+    for ax in axes:
+        ax.set_ylabel("validation bits per byte (mean over seeds)")
+        ax.legend(fontsize=7)
+    fig.suptitle(key)
+    save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("part", choices=("train", "context", "report"))
+    p.add_argument("--size", default="small", choices=sorted(SIZES))
+    p.add_argument("--corpus", default="shakespeare", choices=sorted(CORPORA))
+    p.add_argument("--bytes", type=int, default=DEFAULT_BYTES, help="training text per model")
+    p.add_argument("--models", nargs="*", choices=MODELS, default=list(MODELS))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--out", default=OUT)
+    p.add_argument("--smoke", action="store_true", help="seconds-long run (tests use it)")
+    a = p.parse_args(argv)
+    out, setup = Path(a.out), setup_for(a.smoke)
+    size = "smoke" if a.smoke else a.size
+    if a.part == "train":
+        train_grid(size, a.corpus, a.bytes, a.models, a.seeds, out, setup, a.max_minutes)
+    elif a.part == "context":
+        from experiments.lm.context import context_grid
+
+        context_grid(size, a.corpus, a.bytes, a.models, a.seeds, out, setup, a.max_minutes, a.smoke)
+    report(out)
+    print(f"wrote {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""experiments/lm (issue 15): matched models, the needle-in-a-haystack generator, the smoke run,
+resuming a cell stopped at its deadline."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from experiments.lm import niah
+from experiments.lm import run as lm
+from experiments.lm.configs import MODELS, model_spec
+
+
+@pytest.mark.parametrize("size", ["small", "medium"])
+def test_every_model_has_hopes_parameter_count_within_5_percent(size):
+    counts = {m: model_spec(m, size, "shakespeare", 256)[2] for m in MODELS}
+    for m, n in counts.items():
+        assert abs(n / counts["hope"] - 1) < 0.05, (m, n, counts["hope"])
+    assert 0.9e6 < counts["hope"] < 1.1e6 if size == "small" else 3.5e6 < counts["hope"] < 4.5e6
+    name, overrides, _ = model_spec("titans", size, "shakespeare", 256)
+    assert name == "titans_tiny" and ("titans.chunk", 16) in overrides
+
+
+def _encode(text):
+    return np.frombuffer(text.encode(), np.uint8).astype(np.int32)
+
+
+def _decode(tokens):
+    return bytes(np.asarray(tokens, np.uint8)).decode()
+
+
+@pytest.mark.parametrize("task", niah.TASKS)
+def test_niah_examples_plant_needles_and_query_them(task):
+    hay = "Enter the king and his train, with drums and colours. " * 400
+    for depth in (0.1, 0.5, 0.9):
+        e = niah.make_example(task, 2048, depth, hay, _encode, seed=3)
+        assert len(e.tokens) == len(e.control) == 2048
+        text, control = _decode(e.tokens), _decode(e.control)
+        n_needles = 1 if task.startswith("s_niah") else 4
+        assert text.count("The secret number of ") == n_needles + (task != "mv_niah") * len(e.spans)
+        assert "The secret number of" not in control[: e.spans[0][0] - 60]  # no needle in control
+        for s, t in e.spans:  # each answer is a planted value (and ends the query's sentence)
+            answer = _decode(e.tokens[s:t])[:-1]
+            for value in answer.split(", "):
+                assert f" is {value}. " in text[: s - 40]
+            assert _decode(e.tokens[s:t]) == _decode(e.control[s:t])  # same tail in the control
+        first = text.index("The secret number of")
+        if task.startswith("s_niah"):  # the one needle sits at its depth of the haystack
+            assert abs(first / (2048 - (2048 - e.spans[0][0]) - 40) - depth) < 0.05
+    hex_value = _decode(e.tokens[e.spans[0][0] : e.spans[0][1]])[:-1]
+    assert len(hex_value) == (12 if task == "s_niah_3" else 7 if task != "mv_niah" else 34)
+    if task != "s_niah_1":  # the synthetic haystack is made to measure
+        with pytest.raises(ValueError, match="needs a haystack"):
+            niah.make_example(task, 4096, 0.5, hay[:3000], _encode, seed=0)
+
+
+def test_lm_smoke_train_context_report_and_resume(tmp_path):
+    """Two models through every part at smoke size: cells train, are evaluated by position and
+    on every NIAH task, aggregate into results.json and plots; finished cells are not rerun."""
+    args = ["--smoke", "--models", "transformer", "titans", "--seeds", "0", "--bytes", "256"]
+    lm.main(["train", *args, "--out", str(tmp_path)])
+    lm.main(["context", *args, "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "results.json").read_text())
+    row = data["summary"]["smoke-shakespeare-0kB"]
+    assert set(row) == {"transformer", "titans"}
+    assert row["transformer"]["bytes"] == row["titans"]["bytes"] == 4 * 2 * 32
+    cell = next(c for c in data["cells"] if c["model"] == "transformer")
+    assert cell["curve"]["step"][-1] == cell["steps"] == 4
+    assert np.isfinite(cell["val_bpb"]) and cell["val_bpb"] == cell["curve"]["val_bpb"][-1]
+    ctx = {r["model"]: r for r in data["context"]}
+    assert set(ctx["transformer"]["by_position"]) == {
+        "4x/window",
+        "4x/full",
+        "16x/window",
+        "16x/full",
+    }
+    assert set(ctx["titans"]["by_position"]) == {"4x/stream", "16x/stream"}
+    tasks = {x["task"] for x in ctx["titans"]["niah"]}
+    assert tasks == set(niah.TASKS)
+    for x in ctx["titans"]["niah"]:
+        assert np.isfinite(x["gain_bits"]) and x["gain_bits"] == pytest.approx(
+            x["control_bits"] - x["answer_bits"]
+        )
+    assert (tmp_path / "curves-smoke-shakespeare-0kB.png").stat().st_size > 10_000
+    assert (tmp_path / "context-smoke-shakespeare-0kB.png").stat().st_size > 10_000
+    before = (
+        tmp_path / "train" / "smoke-shakespeare-0kB" / "titans" / "seed0" / "cell.json"
+    ).stat()
+    lm.main(["train", *args, "--out", str(tmp_path)])
+    after = (tmp_path / "train" / "smoke-shakespeare-0kB" / "titans" / "seed0" / "cell.json").stat()
+    assert before.st_mtime_ns == after.st_mtime_ns
+
+
+def test_a_cell_stopped_at_its_deadline_resumes(tmp_path):
+    setup = lm.setup_for(True)
+    args = ("transformer", "smoke", "shakespeare", 2048, 0, tmp_path, setup)
+    assert lm.run_cell(*args, deadline=time.monotonic() + 1.0) is None
+    cdir = lm.cell_dir(tmp_path, "smoke", "shakespeare", 2048, "transformer", 0)
+    assert not (cdir / "cell.json").exists()
+    rec = lm.run_cell(*args)
+    assert rec["steps"] == 32 and (cdir / "cell.json").exists()
