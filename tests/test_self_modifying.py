@@ -15,7 +15,31 @@ VARIANTS = [
     {"selfmod.adaptive_q": True},
     {"selfmod.momentum": None, "titans.chunk": 3, "selfmod.chunk": 2},
     {"titans.inner_norm": False, "selfmod.unit_values": False},  # the paper's literal rates
+    # the Table 6 ablations at once: plain GD, no retention, shared values
+    {"selfmod.rule": "gd", "selfmod.retention": False, "selfmod.self_values": False},
 ]
+
+
+def test_ablation_switches_change_what_the_memories_do():
+    """Each of the "w/o DGD" / "w/o weight decay" / "w/o self-generated values" switches changes
+    the layer's output (from the same parameters); their memories use the rule and targets
+    they say (plain GD with momentum, no self target on the vector memories)."""
+    from nested_jax.memory import DGD, Momentum
+    from nested_jax.models.self_modifying import SelfModifyingTitans
+
+    model, params, tokens = setup("selfmod_tiny", n_layers=1, length=16)
+    base, _ = jax.jit(model.apply)(params, tokens)
+    for switch in ({"rule": "gd"}, {"retention": False}, {"self_values": False}):
+        m, _, _ = setup("selfmod_tiny", n_layers=1, length=16, selfmod=switch)
+        out, _ = jax.jit(m.apply)(params, tokens)
+        assert np.isfinite(out).all() and float(np.abs(out - base).max()) > 1e-4, switch
+    layer = SelfModifyingTitans(model.config.replace(selfmod={"rule": "gd", "self_values": False}))
+    assert isinstance(layer.main_memory.rule, Momentum) and layer.main_memory.rule.beta == 0.9
+    assert not layer.main_memory.self_target and not layer.proj_memory.self_target
+    assert layer.gate_memory.self_target  # the scalar eta / alpha memories keep theirs
+    assert isinstance(SelfModifyingTitans(model.config).proj_memory.rule, DGD)
+    with pytest.raises(ValueError, match="selfmod.rule"):
+        model.config.replace(selfmod={"rule": "adam"})
 
 
 @pytest.mark.parametrize("overrides", VARIANTS)

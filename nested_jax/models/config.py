@@ -79,6 +79,13 @@ class SelfModConfig:
       unit_values: L2-normalise the generated values ``v_t`` (as the keys). The value memory's
         self-generated target is ``M_v(v_t)`` with ``v_t = M_v(x_t)``, so its gain squares from
         chunk to chunk and explodes once above 1; unit values make it neutral (decisions D51).
+      rule: every memory's inner rule, ``"dgd"`` (Delta Gradient Descent, the paper's) or
+        ``"gd"`` (plain gradient descent, with ``momentum`` if set: the "w/o DGD" ablation).
+      retention: the generated ``alpha_t`` gates every memory's retention (weight decay);
+        ``False`` fixes ``alpha_t = 1`` (the "w/o weight decay" ablation).
+      self_values: each memory writes its self-generated target ``M(v_t)``; ``False``: the main
+        and k / v (/ q) memories all write the shared ``v_t`` (the "w/o self-generated values"
+        ablation; the scalar eta / alpha memories keep theirs: a vector cannot be their target).
     """
 
     chunk: int = 4
@@ -87,11 +94,16 @@ class SelfModConfig:
     main: str = "mlp"
     adaptive: bool = True
     unit_values: bool = True
+    rule: str = "dgd"
+    retention: bool = True
+    self_values: bool = True
 
     def __post_init__(self):
         _positive(self, ("chunk",))
         if self.main not in SM_MAINS:
             raise ValueError(f"selfmod.main must be one of {SM_MAINS}, got {self.main!r}.")
+        if self.rule not in ("dgd", "gd"):
+            raise ValueError(f"selfmod.rule must be 'dgd' or 'gd', got {self.rule!r}.")
         if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"selfmod.momentum must be None or in [0, 1), got {self.momentum}.")
 

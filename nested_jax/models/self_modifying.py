@@ -39,6 +39,7 @@ from nested_jax.memory import (
     DotProduct,
     LinearMemory,
     MLPMemory,
+    Momentum,
     Rates,
     StreamState,
     advance_stream,
@@ -68,7 +69,10 @@ class SelfModifyingTitans:
     # --- the memories ----------------------------------------------------------------------------
     @property
     def _rule(self):
-        return DGD(beta=self.config.selfmod.momentum)
+        sm = self.config.selfmod
+        if sm.rule == "gd":  # the "w/o DGD" ablation
+            return GD() if sm.momentum is None else Momentum(beta=sm.momentum)
+        return DGD(beta=sm.momentum)
 
     @property
     def n_proj(self) -> int:
@@ -85,7 +89,8 @@ class SelfModifyingTitans:
     @property
     def proj_memory(self) -> MLPMemory:
         nu = self._step_norm(self.config.selfmod.chunk)
-        return MLPMemory(self.hidden, rule=self._rule, self_target=True, step_norm=nu)
+        own = self.config.selfmod.self_values
+        return MLPMemory(self.hidden, rule=self._rule, self_target=own, step_norm=nu)
 
     @property
     def gate_memory(self) -> MLPMemory:
@@ -99,7 +104,8 @@ class SelfModifyingTitans:
         if self.config.selfmod.main == "linear":
             return LinearMemory(objective=DotProduct(), rule=GD())
         nu = self._step_norm(self.config.titans.chunk)
-        return MLPMemory(self.hidden, rule=self._rule, self_target=True, step_norm=nu)
+        own = self.config.selfmod.self_values
+        return MLPMemory(self.hidden, rule=self._rule, self_target=own, step_norm=nu)
 
     # --- params and state ------------------------------------------------------------------------
     def init(self, key) -> dict:
@@ -156,6 +162,8 @@ class SelfModifyingTitans:
         g = g + p["b_gate"][None, :, None]
         eta = c.titans.eta_max * jax.nn.sigmoid(g[:, :h])
         alpha = jax.nn.sigmoid(g[:, h:])
+        if not c.selfmod.retention:  # the "w/o weight decay" ablation: every memory keeps all
+            alpha = jnp.ones_like(alpha)
         return k, v, q, eta, alpha
 
     def _gen_write_chunk(self, gen, k, v, eta, alpha):
