@@ -9,7 +9,7 @@ import pytest
 
 from experiments.lm import niah
 from experiments.lm import run as lm
-from experiments.lm.configs import MODELS, model_spec
+from experiments.lm.configs import MODELS, VARIANTS, model_spec
 
 
 @pytest.mark.parametrize("size", ["small", "medium"])
@@ -20,6 +20,17 @@ def test_every_model_has_hopes_parameter_count_within_5_percent(size):
     assert 0.9e6 < counts["hope"] < 1.1e6 if size == "small" else 3.5e6 < counts["hope"] < 4.5e6
     name, overrides, _ = model_spec("titans", size, "shakespeare", 256)
     assert name == "titans_tiny" and ("titans.chunk", 16) in overrides
+
+
+def test_ablations_are_hope_with_one_thing_changed():
+    hope = dict(model_spec("hope", "small", "shakespeare", 256)[1])
+    counts = {}
+    for v in VARIANTS:
+        name, overrides, counts[v] = model_spec(v, "small", "shakespeare", 256)
+        changed = {k: x for k, x in overrides if hope.get(k, "unset") != x}
+        assert name == "hope_small" and len(changed) == 1, (v, changed)
+    assert changed == {"cms.periods": (16, 64, 256)}  # the last: three CMS levels
+    assert counts["hope-cms_1"] < counts["hope-no_dgd"] < counts["hope-cms_3"]
 
 
 def _encode(text):

@@ -36,6 +36,20 @@ CORPORA = {
     "wikipedia": {"corpus": "wikipedia", "tokenizer": "bpe", "bpe_vocab": 1024},
 }
 MATCH = 0.05  # largest relative parameter difference to Hope allowed
+# Table 6 analogue: Hope with one mechanism removed (not re-matched: each removes what it says)
+ABLATIONS = {
+    "no_dgd": ({"selfmod": {"rule": "gd"}}, "w/o DGD (plain GD)"),
+    "no_momentum": ({"selfmod": {"momentum": None}}, "w/o momentum"),
+    "no_retention": ({"selfmod": {"retention": False}}, "w/o weight decay (alpha = 1)"),
+    "no_cms": ({"cms": {"periods": (0, 0)}}, "w/o CMS (frozen: two MLPs)"),
+    "no_self_values": ({"selfmod": {"self_values": False}}, "w/o self-generated values"),
+    "fixed_kvq": ({"selfmod": {"adaptive": False}}, "w/o adaptive k / v / q"),
+    "cms_1": ({"cms": {"periods": (16,)}}, "CMS with 1 level (16)"),
+    "cms_3": ({"cms": {"periods": (16, 64, 256)}}, "CMS with 3 levels (16 / 64 / 256)"),
+}
+VARIANTS = tuple(f"hope-{k}" for k in ABLATIONS)
+ALL = MODELS + VARIANTS
+LABELS.update({f"hope-{k}": f"Hope {v[1]}" for k, v in ABLATIONS.items()})
 
 
 def _vocab(corpus: str) -> int:
@@ -49,8 +63,10 @@ def model_spec(model: str, size: str, corpus: str, max_len: int, extra: dict | N
     matched to it (an ablation's)."""
     from nested_jax.models import count_params, get_config, matched_d_ff
 
+    if model in VARIANTS:  # an ablation: Hope with its overrides, not re-matched
+        return model_spec("hope", size, corpus, max_len, ABLATIONS[model[5:]][0])
     if model not in _BASE:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}.")
+        raise ValueError(f"model must be one of {ALL}, got {model!r}.")
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}.")
     shape = {**SIZES[size], "vocab_size": _vocab(corpus), "max_len": max_len}

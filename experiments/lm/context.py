@@ -31,7 +31,7 @@ import numpy as np
 
 from experiments.common import mean_std, pyplot, save_figure
 from experiments.lm import niah
-from experiments.lm.configs import LABELS, MODELS
+from experiments.lm.configs import ALL, LABELS
 
 LONG = (4, 16)  # held-out lengths in multiples of the training length
 FULL = {"windows": 8, "niah_lengths": (1024, 2048, 4096, 8192), "depths": (0.1, 0.5, 0.9)}
@@ -218,7 +218,7 @@ def plot_context(out: Path, records: list[dict]) -> None:
             r for r in records if f"{r['size']}-{r['corpus']}-{r['budget_bytes'] // 1000}kB" == key
         ]
         fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-        for i, m in enumerate(MODELS):
+        for i, m in enumerate(ALL):
             mine = [r for r in rs if r["model"] == m]
             if not mine:
                 continue
@@ -229,7 +229,7 @@ def plot_context(out: Path, records: list[dict]) -> None:
                 y = np.mean([r["by_position"][k]["bits_per_byte"] for r in mine], axis=0)
                 b = mine[0]["by_position"][k]["bin_tokens"]
                 lab = LABELS[m] + ("" if mode == "stream" else f" ({mode})")
-                axes[0].plot((np.arange(len(y)) + 0.5) * b, y, style, color=f"C{i}", label=lab)
+                axes[0].plot((np.arange(len(y)) + 0.5) * b, y, style, color=f"C{i % 10}", label=lab)
                 lengths = sorted({x["length"] for x in mine[0]["niah"]})
                 gains = [
                     np.mean(
@@ -242,7 +242,7 @@ def plot_context(out: Path, records: list[dict]) -> None:
                     )
                     for n in lengths
                 ]
-                axes[1].plot(lengths, gains, style + "o", ms=3, color=f"C{i}", label=lab)
+                axes[1].plot(lengths, gains, style + "o", ms=3, color=f"C{i % 10}", label=lab)
                 depths = sorted({x["depth"] for x in mine[0]["niah"]})
                 gd = [
                     np.mean(
@@ -255,7 +255,7 @@ def plot_context(out: Path, records: list[dict]) -> None:
                     )
                     for d in depths
                 ]
-                axes[2].plot(depths, gd, style + "o", ms=3, color=f"C{i}", label=lab)
+                axes[2].plot(depths, gd, style + "o", ms=3, color=f"C{i % 10}", label=lab)
         seq = rs[0]["seq_len"]
         axes[0].axvline(seq, color="grey", lw=0.8)
         axes[0].set_xlabel(

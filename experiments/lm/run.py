@@ -40,7 +40,7 @@ import jax
 import numpy as np
 
 from experiments.common import mean_std, pyplot, save_figure, write_results
-from experiments.lm.configs import CORPORA, LABELS, MODELS, SIZES, model_spec
+from experiments.lm.configs import ALL, CORPORA, LABELS, MODELS, SIZES, model_spec
 
 OUT = "experiments/lm/results"
 FULL = {"seq_len": 256, "batch": 8, "eval_batches": 16, "curve_points": 20, "lr": 3e-3}
@@ -242,7 +242,7 @@ def report(out: Path) -> dict:
                 "train_hours": mean_std([c["curve"]["train_seconds"][-1] / 3600 for c in cs]),
                 "skipped_steps": sum(c["skipped_steps"] for c in cs),
             }
-            for m, cs in sorted(by_model.items(), key=lambda kv: MODELS.index(kv[0]))
+            for m, cs in sorted(by_model.items(), key=lambda kv: ALL.index(kv[0]))
         }
     context = [json.loads(p.read_text()) for p in sorted(out.glob("context/*/*/seed*.json"))]
     payload = {
@@ -276,7 +276,7 @@ def _context_summary(records: list[dict]) -> dict:
 def _plot_curves(path: Path, key: str, by_model: dict) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, m in enumerate(MODELS):
+    for i, m in enumerate(ALL):
         cs = by_model.get(m)
         if not cs:
             continue
@@ -285,8 +285,9 @@ def _plot_curves(path: Path, key: str, by_model: dict) -> None:
         mb = np.asarray(cs[0]["curve"]["bytes"][:n]) / 1e6
         hours = np.mean([c["curve"]["train_seconds"][:n] for c in cs], axis=0) / 3600
         lab = f"{LABELS[m]} ({len(cs)} seed{'s' if len(cs) > 1 else ''})"
-        axes[0].plot(mb, y, "-o", ms=3, color=f"C{i}", label=lab)
-        axes[1].plot(hours, y, "-o", ms=3, color=f"C{i}", label=lab)
+        style = "-o" if m in MODELS else "--s"
+        axes[0].plot(mb, y, style, ms=3, color=f"C{i % 10}", label=lab)
+        axes[1].plot(hours, y, style, ms=3, color=f"C{i % 10}", label=lab)
     axes[0].set_xlabel("training text (million bytes)")
     axes[1].set_xlabel("training time (hours, 2 CPU cores; compile and evaluation excluded)")
     axes[1].set_xscale("log")
@@ -304,7 +305,9 @@ def main(argv=None) -> None:
     p.add_argument("--size", default="small", choices=sorted(SIZES))
     p.add_argument("--corpus", default="shakespeare", choices=sorted(CORPORA))
     p.add_argument("--bytes", type=int, default=DEFAULT_BYTES, help="training text per model")
-    p.add_argument("--models", nargs="*", choices=MODELS, default=list(MODELS))
+    p.add_argument(
+        "--models", nargs="*", choices=ALL, default=list(MODELS), help="models or ablations"
+    )
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--out", default=OUT)
