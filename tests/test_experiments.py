@@ -134,3 +134,23 @@ def test_continual_lm_smoke_and_resume(tmp_path):
         for c in [clm.cell_config(m, 0, clm.FULL, smoke=False)]
     }
     assert all(abs(n - sizes["hope"]) / sizes["hope"] < 0.02 for n in sizes.values()), sizes
+
+
+def test_dgd_vs_gd_smoke(tmp_path):
+    """Every rule and memory runs at smoke size with finite errors at its best rate; DGD with the
+    L2 objective converges to half its targets (error 1/4) where the proximal form recalls."""
+    from experiments.dgd_vs_gd import run as dg
+
+    payload = dg.run(smoke=True, out=tmp_path)
+    assert (tmp_path / "dgd_vs_gd.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(payload))
+    for part in ("by_rho", "by_length"):
+        assert len(payload[part]) == 5
+        for rows in payload[part].values():
+            assert all(math.isfinite(r["mean"]) and r["eta"] in dg.SMOKE["etas"] for r in rows)
+    keys, vals = dg.make_pairs(0, 4, 16, 0.0)
+    keys, vals = keys[None], vals[None]
+    mems = dg.deep(16)
+    half = dg.recall_error(mems["linear, DGD (L2)"], 1, (1.0,), keys, vals, passes=40)
+    exact = dg.recall_error(mems["linear, DGD (dot product: proximal)"], 1, (1.0,), keys, vals, 40)
+    assert half[0, 0] == pytest.approx(0.25, abs=0.01) and exact[0, 0] < 1e-3
