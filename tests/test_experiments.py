@@ -51,14 +51,17 @@ def test_experiment_cli_smoke(mod, tmp_path, capsys):
 def test_knowledge_transfer_smoke(tmp_path):
     from experiments.knowledge_transfer import run as kt
 
-    kt.run(smoke=True, out=tmp_path)
+    kt.run(smoke=True, out=tmp_path, seeds=(0, 1))
     data = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "levels.png").stat().st_size > 10_000
-    mse = data["online_mse_held_out"]
+    mse = {k: v["mean"] for k, v in data["online_mse_held_out"].items()}
     assert all(math.isfinite(v) for v in mse.values())
+    assert all(v["n"] == 2 for v in data["online_mse_held_out"].values())
     assert mse["nest (meta-learned init + medium + fast)"] < mse["predict zero"]
-    first, last = data["meta_loss_first_last"]
-    assert last < first  # the slow level learns
+    for one in data["per_seed"]:
+        first, last = one["meta_loss_first_last"]
+        assert last < first  # the slow level learns, on every seed
+    assert data["per_seed"][0]["online_mse_held_out"] != data["per_seed"][1]["online_mse_held_out"]
     assert len(data["what_each_level_learned"]) == 6
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import parse_args, pyplot, save_figure, write_results
+from experiments.common import mean_std, parse_args, pyplot, save_figure, write_results
 from nested_jax.memory import DGD, GD, LinearParams
 from nested_jax.transfer import LearningModule, run_nest
 
@@ -82,7 +82,28 @@ def stream_error(init, members, keys, values, cfg, use=("medium", "fast")):
     return jnp.mean(jnp.sum((res.predictions - values) ** 2, axis=-1)), res
 
 
-def run(smoke: bool = False, out: Path | None = None) -> dict:
+def run(smoke: bool = False, out: Path | None = None, seeds=(0, 1, 2)) -> dict:
+    """Every seed (tasks, shared map and the members' init), then mean ± std over seeds."""
+    t0 = time.time()
+    runs = [_one(smoke, seed) for seed in seeds]
+    agg = lambda part: {k: mean_std([r[part][k] for r in runs]) for k in runs[0][part]}
+    payload = {
+        "config": runs[0]["config"] | {"seed": list(seeds)},
+        "machine": f"{jax.devices()[0].platform}, {jax.device_count()} device(s)",
+        "seconds": round(time.time() - t0, 1),
+        "online_mse_held_out": agg("online_mse_held_out"),
+        "what_each_level_learned": agg("what_each_level_learned"),
+        "per_seed": [{k: v for k, v in r.items() if k != "_plot"} for r in runs],
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_results(out, payload)
+        _plot(out, runs[0])
+    return payload
+
+
+def _one(smoke: bool, seed: int) -> dict:
     cfg = dict(
         dim=8,
         length=64 if smoke else 256,
@@ -98,7 +119,7 @@ def run(smoke: bool = False, out: Path | None = None) -> dict:
         meta_lr=3e-2,
         first_order=True,
         test_tasks=8 if smoke else 128,
-        seed=0,
+        seed=seed,
     )
     t0 = time.time()
     key = jax.random.key(cfg["seed"])
@@ -184,44 +205,45 @@ def run(smoke: bool = False, out: Path | None = None) -> dict:
         "medium only (no fast level)": medium_only,
         "fast only": fast_only,
     }
-    payload = {
+    return {
         "config": cfg,
-        "machine": f"{jax.devices()[0].platform}, {jax.device_count()} device(s)",
+        "seed": seed,
         "seconds": round(time.time() - t0, 1),
         "meta_loss_first_last": [float(meta_hist[0]), float(meta_hist[-1])],
         "online_mse_held_out": mse,
         "what_each_level_learned": what,
+        "_plot": (np.asarray(meta_hist), np.asarray(jnp.linalg.norm(res.reads[0], axis=-1))),
     }
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_results(out, payload)
-        plt = pyplot()
-        fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-        ax[0].plot(np.asarray(meta_hist))
-        ax[0].set_xlabel("meta step (slow level)")
-        ax[0].set_ylabel("online MSE on training tasks")
-        reads = np.asarray(jnp.linalg.norm(res.reads[0], axis=-1))  # [T, 2] first held-out task
-        ax[1].plot(reads[:, 0], label="medium read |y|")
-        ax[1].plot(reads[:, 1], label="fast read |y|")
-        for c in range(0, cfg["length"], cfg["context_len"]):
-            ax[1].axvline(c, color="grey", lw=0.5)
-        ax[1].set_xlabel("token (one held-out task; grey: context changes)")
-        ax[1].legend()
-        save_figure(fig, out / "levels.png")
-    return payload
+
+
+def _plot(out: Path, first: dict) -> None:
+    """The first seed's meta-learning curve and the levels' reads along one held-out task."""
+    meta_hist, reads = first["_plot"]  # reads: [T, 2] (medium, fast) of the first test task
+    cfg = first["config"]
+    plt = pyplot()
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(meta_hist)
+    ax[0].set_xlabel(f"meta step (slow level), seed {first['seed']}")
+    ax[0].set_ylabel("online MSE on training tasks")
+    ax[1].plot(reads[:, 0], label="medium read |y|")
+    ax[1].plot(reads[:, 1], label="fast read |y|")
+    for c in range(0, cfg["length"], cfg["context_len"]):
+        ax[1].axvline(c, color="grey", lw=0.5)
+    ax[1].set_xlabel("token (one held-out task; grey: context changes)")
+    ax[1].legend()
+    save_figure(fig, out / "levels.png")
 
 
 def main(argv=None):
     args = parse_args(__doc__, "experiments/knowledge_transfer/results", argv)
     p = run(smoke=args.smoke, out=Path(args.out))
     print(f"knowledge transfer in a three-level nest ({p['seconds']} s, {p['machine']})")
-    print("online prediction MSE on held-out tasks:")
+    print("online prediction MSE on held-out tasks (mean ± std over seeds):")
     for k, v in p["online_mse_held_out"].items():
-        print(f"  {k:<66} {v:.4f}")
+        print(f"  {k:<66} {v['mean']:.4f} ± {v['std']:.4f}")
     print("what each level learned:")
     for k, v in p["what_each_level_learned"].items():
-        print(f"  {k:<70} {v:.3f}")
+        print(f"  {k:<70} {v['mean']:.3f} ± {v['std']:.3f}")
 
 
 if __name__ == "__main__":
