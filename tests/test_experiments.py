@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from experiments.continual_regression import run as continual
@@ -157,3 +158,19 @@ def test_dgd_vs_gd_smoke(tmp_path):
     half = dg.recall_error(mems["linear, DGD (L2)"], 1, (1.0,), keys, vals, passes=40)
     exact = dg.recall_error(mems["linear, DGD (dot product: proximal)"], 1, (1.0,), keys, vals, 40)
     assert half[0, 0] == pytest.approx(0.25, abs=0.01) and exact[0, 0] < 1e-3
+
+
+def test_class_incremental_smoke(tmp_path):
+    """Every method learns the 5 split-digits tasks at smoke size; replay forgets least; the
+    accuracy matrix is lower-triangular (a task is scored once it has been learned)."""
+    from experiments.class_incremental import run as ci
+
+    payload = ci.run(smoke=True, out=tmp_path)
+    assert (tmp_path / "class_incremental.png").stat().st_size > 10_000
+    digits = payload["results"]["digits"]
+    assert set(digits) == set(ci.METHODS)
+    for r in digits.values():
+        acc = np.asarray(r["accuracy_matrix_mean"])
+        assert np.all(acc[np.triu_indices(5, 1)] == 0) and np.all(acc[np.tril_indices(5)] >= 0)
+        assert 0 <= r["average_accuracy"]["mean"] <= 1 and r["average_accuracy"]["n"] == 2
+    assert digits["replay"]["forgetting"]["mean"] < digits["mlp"]["forgetting"]["mean"]
