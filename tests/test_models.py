@@ -250,6 +250,16 @@ def test_model_config_has_sub_configs_and_reads_old_runs():
     old.update(mem_chunk=4, sm_chunk=2, cms_periods=[4, 8], cms_signal="ntp")
     assert migrate_model_json(old)["cms"] == {"periods": [4, 8], "signal": "ntp"}
     assert ModelConfig.from_json(old) == cfg.replace(cms={"signal": "ntp"})
+    # a run saved before attn_window and the ablation switches existed reads as the same model
+    # (its checkpoint still matches); one saved before inner_norm does not (its default changed)
+    now = cfg.to_json()
+    before = {k: v for k, v in now.items() if k != "attn_window"}
+    added = ("rule", "retention", "self_values")
+    before["selfmod"] = {k: v for k, v in now["selfmod"].items() if k not in added}
+    before["titans"] = {k: v for k, v in now["titans"].items() if k != "inner_norm"}
+    migrated = migrate_model_json(before)
+    assert migrated["selfmod"] == now["selfmod"] and migrated["attn_window"] is None
+    assert "inner_norm" not in migrated["titans"]
 
 
 @pytest.mark.parametrize("name", ["selfmod_tiny", "hope_tiny"])

@@ -222,14 +222,34 @@ def migrate_field(name: str) -> str:
     return _LEGACY.get(name, name)
 
 
+# Fields added after runs were saved whose value then was what their default does now: a saved
+# config without them gets them (so a checkpoint from before still matches its config). A field
+# whose default changed behaviour (``titans.inner_norm``, ``selfmod.unit_values``) is not here:
+# an older run without it keeps failing the checkpoint check instead of loading as another model.
+_ADDED = {
+    "attn_window": None,
+    "selfmod.rule": "dgd",
+    "selfmod.retention": True,
+    "selfmod.self_values": True,
+}
+
+
 def migrate_model_json(d: dict) -> dict:
     """A saved model config (``dataclasses.asdict`` form) with any flat field of older runs
-    (``cms_periods``, ``sm_chunk``, ``mem_chunk``, ...) moved into its sub-config."""
+    (``cms_periods``, ``sm_chunk``, ``mem_chunk``, ...) moved into its sub-config, and the fields
+    added since that leave older models as they were (``attn_window``, ``selfmod.rule``, ...)
+    filled in."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
     for old, new in _LEGACY.items():
         if old in out:
             head, field = new.split(".")
             out.setdefault(head, {})[field] = out.pop(old)
+    for path, value in _ADDED.items():
+        head, _, field = path.partition(".")
+        if not field:
+            out.setdefault(head, value)
+        elif isinstance(out.get(head), dict):
+            out[head].setdefault(field, value)
     return out
 
 
