@@ -260,6 +260,11 @@ def test_model_config_has_sub_configs_and_reads_old_runs():
     migrated = migrate_model_json(before)
     assert migrated["selfmod"] == now["selfmod"] and migrated["attn_window"] is None
     assert "inner_norm" not in migrated["titans"]
+    flat = {}
+    for head, v in before.items():
+        flat.update({f"{head}.{k}": x for k, x in v.items()} if isinstance(v, dict) else {head: v})
+    assert migrate_model_json(flat)["selfmod.rule"] == "dgd"  # checkpoints' flat form too
+    assert "titans.inner_norm" not in migrate_model_json(flat)
 
 
 @pytest.mark.parametrize("name", ["selfmod_tiny", "hope_tiny"])

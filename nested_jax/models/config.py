@@ -244,10 +244,11 @@ def migrate_model_json(d: dict) -> dict:
         if old in out:
             head, field = new.split(".")
             out.setdefault(head, {})[field] = out.pop(old)
+    dotted = any("." in k for k in out)  # the flat form (``"cms.periods": ...``) of checkpoints
     for path, value in _ADDED.items():
         head, _, field = path.partition(".")
-        if not field:
-            out.setdefault(head, value)
+        if not field or dotted:
+            out.setdefault(path, value)
         elif isinstance(out.get(head), dict):
             out[head].setdefault(field, value)
     return out
