@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 
 
-def parse_args(doc: str, default_out: str, argv=None) -> argparse.Namespace:
-    """``--smoke`` (a seconds-long run, used by the tests) and ``--out DIR``."""
+def parse_args(doc: str, default_out: str, argv=None, more=None) -> argparse.Namespace:
+    """``--smoke`` (a seconds-long run, used by the tests) and ``--out DIR``; ``more(parser)``
+    adds an experiment's own options."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="seconds-long run (tests use it)")
     p.add_argument("--out", default=default_out, help="folder for results.json and the plot")
+    if more is not None:
+        more(p)
     return p.parse_args(argv)
 
 

@@ -1,25 +1,30 @@
-"""Orthogonal-task continual regression (PAPER.md §3.3, §9 experiment 3).
+"""Continual regression with tasks that share directions (PAPER.md §3.3, §9 experiment 3).
 
-Tasks ``i = 1..n`` are linear regressions ``y = W*_i x`` whose inputs live in mutually orthogonal
-subspaces ``U_i`` of ``R^d`` (the paper's motivating example for higher-capacity momentum; no
-numbers are reported there). One linear model ``W`` is trained on the tasks in sequence with each
-optimizer; after every task we record the loss on every task. We report:
+Tasks ``i = 1..n`` are linear regressions ``y = W*_i x`` learned in sequence by one linear model
+with each optimizer; after every task we record the loss on every task. Two settings:
+
+* ``shared`` (default, issue 16): every task's inputs span a common block of directions (a
+  quarter of ``R^d``) plus its own block, and the maps share a common part (``W*_i = A + 0.5
+  B_i``): tasks pull the same weights in different directions, so every optimizer can forget and
+  an optimizer's memory of earlier gradients could matter;
+* ``orthogonal`` (``--setting orthogonal``, the first version): mutually orthogonal input
+  subspaces, where plain SGD cannot forget by construction (each task's gradients only touch
+  ``W`` on its own subspace), so any forgetting comes from optimizer state carried across.
+
+We report:
 
 * ``final_avg_loss``: mean loss over all tasks at the end;
 * ``forgetting``: mean over earlier tasks of (loss at the end - loss right after that task);
 * ``old_subspace_momentum``: after training each task ``t >= 2``, the fraction of the optimizer's
-  momentum memory (``nested_jax.optim.read_memory``) lying in the *earlier* tasks' input
-  subspaces, i.e. how much of the old gradient subspace the memory still holds — the quantity the
-  paper's argument is about (``old_subspace_slow_momentum``: the same for M3's slow memory).
+  momentum memory (``nested_jax.optim.read_memory``) lying in the *earlier* tasks' own directions,
+  i.e. how much of the old gradient subspace the memory still holds — the quantity the paper's
+  argument is about (``old_subspace_slow_momentum``: the same for M3's slow memory).
 
-Note what the setting implies: with orthogonal input subspaces plain SGD cannot forget (each
-task's gradients only touch ``W`` on its own subspace); any forgetting comes from optimizer state
-carried across the switch. Learning rates are picked per optimizer from a small grid by final
-average loss. The claim under test: multi-scale (M3) or delta momentum forget less than momentum
-and Adam.
+Learning rates are picked per optimizer from a small grid by final average loss. The claim under
+test: multi-scale (M3) or delta momentum forget less than momentum and Adam.
 
-Run: ``python -m experiments.continual_regression.run [--smoke] [--out DIR]``
--> results.json, forgetting.png.
+Run: ``python -m experiments.continual_regression.run [--setting shared|orthogonal] [--smoke]
+[--out DIR]`` -> results.json, forgetting.png.
 """
 
 from __future__ import annotations
@@ -46,12 +51,30 @@ def optimizers():
     }
 
 
-def make_tasks(key, n_tasks, d, d_out, noise):
+def make_tasks(key, n_tasks, d, d_out, noise, setting="shared"):
+    """``(bases, targets, noise, owns)``: task ``i``'s inputs span ``bases[i]`` and its map is
+    ``targets[i]``; ``owns[i]``: the directions only task ``i`` uses.
+
+    ``"orthogonal"``: mutually orthogonal subspaces, independent maps (SGD cannot forget).
+    ``"shared"``: every task's inputs span a common block (a quarter of ``d``) plus its own, and
+    the maps share a common part (``A + 0.5 B_i``), so tasks pull the same weights in
+    different directions and forgetting is possible for every optimizer."""
     basis = jnp.linalg.qr(jax.random.normal(key, (d, d)))[0]  # orthonormal columns
-    sub = d // n_tasks
-    bases = [basis[:, i * sub : (i + 1) * sub] for i in range(n_tasks)]
-    targets = jax.random.normal(jax.random.fold_in(key, 1), (n_tasks, d_out, d)) / d**0.5
-    return bases, targets, noise
+    if setting == "orthogonal":
+        sub = d // n_tasks
+        bases = [basis[:, i * sub : (i + 1) * sub] for i in range(n_tasks)]
+        targets = jax.random.normal(jax.random.fold_in(key, 1), (n_tasks, d_out, d)) / d**0.5
+        return bases, targets, noise, bases
+    if setting != "shared":
+        raise ValueError(f"setting must be 'shared' or 'orthogonal', got {setting!r}.")
+    common = d // 4
+    own = (d - common) // n_tasks
+    shared = basis[:, :common]
+    owns = [basis[:, common + i * own : common + (i + 1) * own] for i in range(n_tasks)]
+    bases = [jnp.concatenate([shared, o], axis=1) for o in owns]
+    a = jax.random.normal(jax.random.fold_in(key, 1), (d_out, d)) / d**0.5
+    b = jax.random.normal(jax.random.fold_in(key, 2), (n_tasks, d_out, d)) / d**0.5
+    return bases, a[None] + 0.5 * b, noise, owns
 
 
 def task_loss(w, basis, target, key, n=256):
@@ -61,7 +84,7 @@ def task_loss(w, basis, target, key, n=256):
 
 def train(tx, tasks, steps, batch, key):
     """Sequential training; returns loss matrix [after task t, on task s] and memory fractions."""
-    bases, targets, noise = tasks
+    bases, targets, noise, owns = tasks
     n = len(bases)
     d_out, d = targets.shape[1:]
     w = {"w": jnp.zeros((d_out, d))}
@@ -92,7 +115,7 @@ def train(tx, tasks, steps, batch, key):
         for s in range(n):
             losses[t, s] = float(task_loss(w["w"], bases[s], targets[s], eval_key))
         if t > 0:
-            old = jnp.concatenate(bases[:t], axis=1)  # the earlier tasks' subspaces
+            old = jnp.concatenate(owns[:t], axis=1)  # the earlier tasks' own directions
             fast, slow = _memories_of(state)
             if fast is not None:
                 old_fraction.append(_fraction_in(fast, old))
@@ -125,7 +148,9 @@ def summarise(losses):
     return float(np.mean(losses[-1])), float(np.mean(forgetting))
 
 
-def run(*, smoke: bool = False, out: str | Path = "runs/continual_regression") -> dict:
+def run(
+    *, smoke: bool = False, out: str | Path = "runs/continual_regression", setting: str = "shared"
+) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_tasks, d, d_out = (3, 12, 4) if smoke else (4, 32, 8)
@@ -142,7 +167,7 @@ def run(*, smoke: bool = False, out: str | Path = "runs/continual_regression") -
                 per_seed = []
                 for seed in seeds:
                     key = jax.random.key(seed)
-                    tasks = make_tasks(key, n_tasks, d, d_out, noise=0.1)
+                    tasks = make_tasks(key, n_tasks, d, d_out, noise=0.1, setting=setting)
                     per_seed.append(train(make(lr), tasks, steps, 32, jax.random.fold_in(key, 7)))
                 finals = [summarise(r[0])[0] for r in per_seed]
                 score = float(np.mean(finals)) if np.all(np.isfinite(finals)) else np.inf
@@ -176,6 +201,7 @@ def run(*, smoke: bool = False, out: str | Path = "runs/continual_regression") -
             "lrs": lrs,
             "seeds": seeds,
             "smoke": smoke,
+            "setting": setting,
         },
         "results": results,
         "seconds": time.perf_counter() - t0,
@@ -194,15 +220,18 @@ def _plot(curves, path):
         xlabel="after training task",
         ylabel="loss on task 1",
         yscale="log",
-        title="Task 1 loss as later orthogonal tasks are learned (seed 0)",
+        title="Task 1 loss as later tasks are learned (seed 0)",
     )
     ax.legend()
     save_figure(fig, path)
 
 
 def main(argv=None):
-    args = parse_args(__doc__, "runs/continual_regression", argv)
-    payload = run(smoke=args.smoke, out=args.out)
+    def more(p):
+        p.add_argument("--setting", choices=("shared", "orthogonal"), default="shared")
+
+    args = parse_args(__doc__, "runs/continual_regression", argv, more)
+    payload = run(smoke=args.smoke, out=args.out, setting=args.setting)
     for r in payload["results"]:
         frac = r["old_subspace_momentum"]
         slow = r["old_subspace_slow_momentum"]
