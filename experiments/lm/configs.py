@@ -101,3 +101,13 @@ def _diff(base, cfg):
                     yield (f"{f.name}.{g.name}", getattr(b, g.name))
         else:
             yield (f.name, b)
+
+
+def grid_key(size: str, corpus: str, nbytes: int) -> str:
+    """The name of one grid (size, corpus, training budget): its folder and its results key."""
+    return f"{size}-{corpus}-{nbytes // 1000}kB"
+
+
+def record_key(rec: dict) -> str:
+    """:func:`grid_key` of a cell's or an evaluation's record."""
+    return grid_key(rec["size"], rec["corpus"], rec["budget_bytes"])

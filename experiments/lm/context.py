@@ -31,7 +31,7 @@ import numpy as np
 
 from experiments.common import mean_std, pyplot, save_figure
 from experiments.lm import niah
-from experiments.lm.configs import ALL, LABELS
+from experiments.lm.configs import ALL, LABELS, grid_key, record_key
 
 LONG = (4, 16)  # held-out lengths in multiples of the training length
 FULL = {"windows": 8, "niah_lengths": (1024, 2048, 4096, 8192), "depths": (0.1, 0.5, 0.9)}
@@ -148,9 +148,7 @@ def context_grid(size, corpus, nbytes, models, seeds, out: Path, setup, max_minu
     for seed in seeds:
         for model in models:
             cdir = cell_dir(out, size, corpus, nbytes, model, seed)
-            dest = (
-                out / "context" / f"{size}-{corpus}-{nbytes // 1000}kB" / model / f"seed{seed}.json"
-            )
+            dest = out / "context" / grid_key(size, corpus, nbytes) / model / f"seed{seed}.json"
             if dest.exists() or not (cdir / "cell.json").exists():
                 continue
             if deadline is not None and time.monotonic() > deadline:
@@ -168,7 +166,7 @@ def summarize(records: list[dict]) -> dict:
     task the answer-bit gain from the needle (over lengths and depths)."""
     out = {}
     for r in records:
-        key = f"{r['size']}-{r['corpus']}-{r['budget_bytes'] // 1000}kB"
+        key = record_key(r)
         out.setdefault(key, {}).setdefault(r["model"], []).append(r)
     summary = {}
     for key, by_model in out.items():
@@ -210,13 +208,20 @@ def summarize(records: list[dict]) -> dict:
     return summary
 
 
+def _gain_by(records: list[dict], mode: str, by: str):
+    """The NIAH needle gain in ``mode`` averaged over everything but ``by`` (length or depth)."""
+    xs = sorted({x[by] for r in records for x in r["niah"]})
+    pick = lambda v: [
+        x["gain_bits"] for r in records for x in r["niah"] if x[by] == v and x["mode"] == mode
+    ]
+    return xs, [float(np.mean(pick(v))) for v in xs]
+
+
 def plot_context(out: Path, records: list[dict]) -> None:
     plt = pyplot()
-    keys = sorted({f"{r['size']}-{r['corpus']}-{r['budget_bytes'] // 1000}kB" for r in records})
+    keys = sorted({record_key(r) for r in records})
     for key in keys:
-        rs = [
-            r for r in records if f"{r['size']}-{r['corpus']}-{r['budget_bytes'] // 1000}kB" == key
-        ]
+        rs = [r for r in records if record_key(r) == key]
         fig, axes = plt.subplots(1, 3, figsize=(16, 4))
         for i, m in enumerate(ALL):
             mine = [r for r in rs if r["model"] == m]
@@ -230,32 +235,9 @@ def plot_context(out: Path, records: list[dict]) -> None:
                 b = mine[0]["by_position"][k]["bin_tokens"]
                 lab = LABELS[m] + ("" if mode == "stream" else f" ({mode})")
                 axes[0].plot((np.arange(len(y)) + 0.5) * b, y, style, color=f"C{i % 10}", label=lab)
-                lengths = sorted({x["length"] for x in mine[0]["niah"]})
-                gains = [
-                    np.mean(
-                        [
-                            x["gain_bits"]
-                            for r in mine
-                            for x in r["niah"]
-                            if x["length"] == n and x["mode"] == mode
-                        ]
-                    )
-                    for n in lengths
-                ]
-                axes[1].plot(lengths, gains, style + "o", ms=3, color=f"C{i % 10}", label=lab)
-                depths = sorted({x["depth"] for x in mine[0]["niah"]})
-                gd = [
-                    np.mean(
-                        [
-                            x["gain_bits"]
-                            for r in mine
-                            for x in r["niah"]
-                            if x["depth"] == d and x["mode"] == mode
-                        ]
-                    )
-                    for d in depths
-                ]
-                axes[2].plot(depths, gd, style + "o", ms=3, color=f"C{i % 10}", label=lab)
+                for ax, by in ((axes[1], "length"), (axes[2], "depth")):
+                    xs, gains = _gain_by(mine, mode, by)
+                    ax.plot(xs, gains, style + "o", ms=3, color=f"C{i % 10}", label=lab)
         seq = rs[0]["seq_len"]
         axes[0].axvline(seq, color="grey", lw=0.8)
         axes[0].set_xlabel(

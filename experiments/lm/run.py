@@ -40,7 +40,16 @@ import jax
 import numpy as np
 
 from experiments.common import mean_std, pyplot, save_figure, write_results
-from experiments.lm.configs import ALL, CORPORA, LABELS, MODELS, SIZES, model_spec
+from experiments.lm.configs import (
+    ALL,
+    CORPORA,
+    LABELS,
+    MODELS,
+    SIZES,
+    grid_key,
+    model_spec,
+    record_key,
+)
 
 OUT = "experiments/lm/results"
 FULL = {"seq_len": 256, "batch": 8, "eval_batches": 16, "curve_points": 20, "lr": 3e-3}
@@ -53,7 +62,7 @@ def setup_for(smoke: bool) -> dict:
 
 
 def cell_dir(out: Path, size: str, corpus: str, nbytes: int, model: str, seed: int) -> Path:
-    return out / "train" / f"{size}-{corpus}-{nbytes // 1000}kB" / model / f"seed{seed}"
+    return out / "train" / grid_key(size, corpus, nbytes) / model / f"seed{seed}"
 
 
 def _bytes_per_token(corpus: str) -> float:
@@ -228,7 +237,7 @@ def report(out: Path) -> dict:
     cells = _cells(out)
     table = {}
     for c in cells:
-        key = f"{c['size']}-{c['corpus']}-{c['budget_bytes'] // 1000}kB"
+        key = record_key(c)
         table.setdefault(key, {}).setdefault(c["model"], []).append(c)
     summary = {}
     for key, by_model in table.items():
