@@ -177,3 +177,17 @@ def test_class_incremental_smoke(tmp_path):
         assert np.all(acc[np.triu_indices(5, 1)] == 0) and np.all(acc[np.tril_indices(5)] >= 0)
         assert 0 <= r["average_accuracy"]["mean"] <= 1 and r["average_accuracy"]["n"] == 2
     assert digits["replay"]["forgetting"]["mean"] < digits["mlp"]["forgetting"]["mean"]
+
+
+def test_optimizers_smoke(tmp_path):
+    """Every optimizer trains the MLP (digits at smoke size) with its step timed; the best rate
+    of each one's grid is reported with its loss curve."""
+    from experiments.optimizers import run as opt
+
+    payload = opt.run(smoke=True, out=tmp_path)
+    assert (tmp_path / "optimizers.png").stat().st_size > 10_000
+    assert set(payload["results"]) == set(opt.OPTIMIZERS)
+    for r in payload["results"].values():
+        assert len(r["loss_curve_mean"]) == opt.SMOKE["steps"] // opt.SMOKE["log_every"]
+        assert r["step_ms"]["mean"] > 0 and 0 <= r["test_accuracy"]["mean"] <= 1
+    assert payload["results"]["adamw"]["final_train_loss"]["mean"] < 2.3  # below chance (ln 10)

@@ -27,6 +27,7 @@ Run: ``python -m experiments.lm.run train --size small --corpus shakespeare --ma
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -65,6 +66,7 @@ def cell_dir(out: Path, size: str, corpus: str, nbytes: int, model: str, seed: i
     return out / "train" / grid_key(size, corpus, nbytes) / model / f"seed{seed}"
 
 
+@functools.cache
 def _bytes_per_token(corpus: str) -> float:
     """Bytes per token of the corpus's training tokenization (1 for bytes)."""
     spec = CORPORA[corpus]
