@@ -111,3 +111,19 @@ def test_a_cell_stopped_at_its_deadline_resumes(tmp_path):
     assert not (cdir / "cell.json").exists()
     rec = lm.run_cell(*args)
     assert rec["steps"] == 32 and (cdir / "cell.json").exists()
+
+
+def test_a_diverged_cell_is_recorded_and_the_grid_goes_on(tmp_path):
+    """A cell whose loss turns non-finite writes its divergence step as its result (not a
+    crash); the grid trains the next model; the report lists the divergence apart from the
+    finished seeds' mean."""
+    setup = {**lm.setup_for(True), "lr": 1e30}  # every weight ~1e30 after one step: overflow
+    lm.train_grid("smoke", "shakespeare", 512, ["titans", "transformer"], [0], tmp_path, setup)
+    cells = {c["model"]: c for c in lm._cells(tmp_path)}
+    assert set(cells) == {"titans", "transformer"}  # the grid went on past the first
+    for c in cells.values():
+        assert c["val_bpb"] is None and c["diverged_at_step"] >= 2
+        assert c["steps"] == c["diverged_at_step"] - 1 and "non-finite" in c["diverged"]
+    row = lm.report(tmp_path)["summary"]["smoke-shakespeare-0kB"]["titans"]
+    assert row["val_bpb"] is None and row["seeds"] == []
+    assert row["diverged"] == {"0": cells["titans"]["diverged_at_step"]}

@@ -111,3 +111,15 @@ def grid_key(size: str, corpus: str, nbytes: int) -> str:
 def record_key(rec: dict) -> str:
     """:func:`grid_key` of a cell's or an evaluation's record."""
     return grid_key(rec["size"], rec["corpus"], rec["budget_bytes"])
+
+
+def by_grid(records: list[dict]) -> dict:
+    """Records (cells or evaluations) grouped ``{grid key: {model: [records]}}``, the grids in
+    sorted order and the models in :data:`ALL`'s order."""
+    out = {}
+    for r in records:
+        out.setdefault(record_key(r), {}).setdefault(r["model"], []).append(r)
+    return {
+        key: dict(sorted(by_model.items(), key=lambda kv: ALL.index(kv[0])))
+        for key, by_model in sorted(out.items())
+    }

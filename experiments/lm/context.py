@@ -31,7 +31,7 @@ import numpy as np
 
 from experiments.common import mean_std, pyplot, save_figure
 from experiments.lm import niah
-from experiments.lm.configs import ALL, LABELS, grid_key, record_key
+from experiments.lm.configs import ALL, LABELS, by_grid, grid_key
 
 LONG = (4, 16)  # held-out lengths in multiples of the training length
 FULL = {"windows": 8, "niah_lengths": (1024, 2048, 4096, 8192), "depths": (0.1, 0.5, 0.9)}
@@ -76,17 +76,13 @@ def stream_nll(model, params, tokens: np.ndarray, piece: int):
     return -np.take_along_axis(lp, nxt, axis=-1)[..., 0], lp.argmax(-1) == nxt[..., 0]
 
 
-def _load(cell_run: Path):
+def evaluate_cell(cell: dict, cell_run: Path, setup: dict, ctx: dict) -> dict:
+    """Loss by position and the NIAH suite for one trained cell."""
     from nested_jax.models import LanguageModel
     from nested_jax.train.loop import load_run
 
-    run, state, step = load_run(cell_run)
-    return run, state.params, LanguageModel
-
-
-def evaluate_cell(cell: dict, cell_run: Path, setup: dict, ctx: dict) -> dict:
-    """Loss by position and the NIAH suite for one trained cell."""
-    run, params, LanguageModel = _load(cell_run)
+    run, state, _ = load_run(cell_run)
+    params = state.params
     t = setup["seq_len"]
     bpt = run.splits.bytes_per_token
     to_bits = 1 / math.log(2) / bpt
@@ -151,10 +147,12 @@ def context_grid(size, corpus, nbytes, models, seeds, out: Path, setup, max_minu
             dest = out / "context" / grid_key(size, corpus, nbytes) / model / f"seed{seed}.json"
             if dest.exists() or not (cdir / "cell.json").exists():
                 continue
+            cell = json.loads((cdir / "cell.json").read_text())
+            if cell.get("diverged_at_step") is not None:  # nothing trained to evaluate
+                continue
             if deadline is not None and time.monotonic() > deadline:
                 print(f"--max-minutes {max_minutes} reached; run again to go on", flush=True)
                 return
-            cell = json.loads((cdir / "cell.json").read_text())
             rec = evaluate_cell(cell, cdir / "run", setup, ctx)
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(json.dumps(rec) + "\n")
@@ -164,12 +162,8 @@ def context_grid(size, corpus, nbytes, models, seeds, out: Path, setup, max_minu
 def summarize(records: list[dict]) -> dict:
     """Mean ± std over seeds: bits per byte beyond the training length at 4x / 16x, and per NIAH
     task the answer-bit gain from the needle (over lengths and depths)."""
-    out = {}
-    for r in records:
-        key = record_key(r)
-        out.setdefault(key, {}).setdefault(r["model"], []).append(r)
     summary = {}
-    for key, by_model in out.items():
+    for key, by_model in by_grid(records).items():
         summary[key] = {}
         for m, rs in by_model.items():
             row = {"seeds": [r["seed"] for r in rs]}
@@ -219,14 +213,11 @@ def _gain_by(records: list[dict], mode: str, by: str):
 
 def plot_context(out: Path, records: list[dict]) -> None:
     plt = pyplot()
-    keys = sorted({record_key(r) for r in records})
-    for key in keys:
-        rs = [r for r in records if record_key(r) == key]
+    for key, by_model in by_grid(records).items():
+        rs = [r for mine in by_model.values() for r in mine]
         fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-        for i, m in enumerate(ALL):
-            mine = [r for r in rs if r["model"] == m]
-            if not mine:
-                continue
+        for m, mine in by_model.items():
+            i = ALL.index(m)
             for mode, style in (("stream", "-"), ("window", "-"), ("full", ":")):
                 k = f"{LONG[-1]}x/{mode}"
                 if k not in mine[0]["by_position"]:

@@ -35,6 +35,7 @@ import platform
 import signal
 import threading
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -47,9 +48,9 @@ from experiments.lm.configs import (
     LABELS,
     MODELS,
     SIZES,
+    by_grid,
     grid_key,
     model_spec,
-    record_key,
 )
 
 OUT = "experiments/lm/results"
@@ -172,22 +173,32 @@ def curve(run_dir: Path, tokens_per_step: int, bytes_per_token: float) -> dict:
 
 def run_cell(model, size, corpus, nbytes, seed, out: Path, setup: dict, deadline=None) -> dict:
     """Train (or resume) one cell and write its ``cell.json``; ``None`` when stopped at the
-    deadline (resumable)."""
-    from nested_jax.train.loop import train
+    deadline (resumable).
+
+    A cell whose loss turns non-finite (``nan_policy="stop"``) is a result, not a crash: its
+    ``cell.json`` records ``diverged_at_step``, ``val_bpb = None`` and the curve up to there, and
+    the grid goes on with the next cell."""
+    from nested_jax.train.loop import NonFiniteLossError, train
 
     cdir = cell_dir(out, size, corpus, nbytes, model, seed)
     done = cdir / "cell.json"
     if done.exists():
         return json.loads(done.read_text())
     cfg = train_config(model, size, corpus, nbytes, seed, setup)
+    diverged = None
     try:
         with _Deadline(deadline):
             res = train(cfg, cdir / "run", progress=False)
     except KeyboardInterrupt:
         return None
+    except NonFiniteLossError as e:
+        diverged, res = e, None
     bpt = _bytes_per_token(corpus)
     tps = cfg.data.batch_size * cfg.data.seq_len
     c = curve(cdir / "run", tps, bpt)
+    if diverged is not None:  # trained up to the step before the non-finite one
+        steps = (diverged.step or 1) - 1
+        res = types.SimpleNamespace(step=steps, val_bpb=None, train_loss=None, skipped=0)
     rec = {
         "model": model,
         "size": size,
@@ -204,6 +215,8 @@ def run_cell(model, size, corpus, nbytes, seed, out: Path, setup: dict, deadline
         "val_bpb": res.val_bpb,
         "train_loss_last": res.train_loss,
         "skipped_steps": res.skipped,
+        "diverged_at_step": None if diverged is None else diverged.step,
+        "diverged": None if diverged is None else str(diverged),
         "curve": c,
     }
     done.write_text(json.dumps(rec) + "\n")
@@ -223,8 +236,13 @@ def train_grid(
             if rec is None:
                 print(f"{model} seed {seed}: stopped at the deadline (checkpoint saved)")
                 return
+            result = (
+                f"val {rec['val_bpb']:.3f} bits/byte"
+                if rec.get("diverged_at_step") is None
+                else f"diverged at step {rec['diverged_at_step']}"
+            )
             print(
-                f"{size} {corpus} {model:>15} seed {seed}: val {rec['val_bpb']:.3f} bits/byte, "
+                f"{size} {corpus} {model:>15} seed {seed}: {result}, "
                 f"{rec['curve']['median_tokens_per_s']:.0f} tokens/s",
                 flush=True,
             )
@@ -237,24 +255,27 @@ def _cells(out: Path) -> list[dict]:
 
 def report(out: Path) -> dict:
     cells = _cells(out)
-    table = {}
-    for c in cells:
-        key = record_key(c)
-        table.setdefault(key, {}).setdefault(c["model"], []).append(c)
+    table = by_grid(cells)
     summary = {}
     for key, by_model in table.items():
-        summary[key] = {
-            m: {
-                "seeds": [c["seed"] for c in cs],
+        summary[key] = {}
+        for m, cs in by_model.items():
+            ok = [c for c in cs if c.get("diverged_at_step") is None]
+            summary[key][m] = {
+                "seeds": [c["seed"] for c in ok],
                 "params": cs[0]["params"],
-                "bytes": cs[0]["bytes"],
-                "val_bpb": mean_std([c["val_bpb"] for c in cs]),
+                "bytes": ok[0]["bytes"] if ok else None,
+                "val_bpb": mean_std([c["val_bpb"] for c in ok]),
                 "tokens_per_s": mean_std([c["curve"]["median_tokens_per_s"] for c in cs]),
-                "train_hours": mean_std([c["curve"]["train_seconds"][-1] / 3600 for c in cs]),
+                "train_hours": mean_std([c["curve"]["train_seconds"][-1] / 3600 for c in ok]),
                 "skipped_steps": sum(c["skipped_steps"] for c in cs),
+                # seed -> the step whose loss was non-finite (the cell stopped there)
+                "diverged": {
+                    str(c["seed"]): c["diverged_at_step"]
+                    for c in cs
+                    if c.get("diverged_at_step") is not None
+                },
             }
-            for m, cs in sorted(by_model.items(), key=lambda kv: ALL.index(kv[0]))
-        }
     context = [json.loads(p.read_text()) for p in sorted(out.glob("context/*/*/seed*.json"))]
     payload = {
         "experiment": "lm (issue 15)",
@@ -288,23 +309,32 @@ def _plot_curves(path: Path, key: str, by_model: dict) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, m in enumerate(ALL):
-        cs = by_model.get(m)
-        if not cs:
-            continue
-        n = min(len(c["curve"]["val_bpb"]) for c in cs)
-        y = np.mean([c["curve"]["val_bpb"][:n] for c in cs], axis=0)
-        mb = np.asarray(cs[0]["curve"]["bytes"][:n]) / 1e6
-        hours = np.mean([c["curve"]["train_seconds"][:n] for c in cs], axis=0) / 3600
-        lab = f"{LABELS[m]} ({len(cs)} seed{'s' if len(cs) > 1 else ''})"
-        style = "-o" if m in MODELS else "--s"
-        axes[0].plot(mb, y, style, ms=3, color=f"C{i % 10}", label=lab)
-        axes[1].plot(hours, y, style, ms=3, color=f"C{i % 10}", label=lab)
+        cs = [c for c in by_model.get(m, []) if c.get("diverged_at_step") is None]
+        color, style = f"C{i % 10}", "-o" if m in MODELS else "--s"
+        if cs:
+            n = min(len(c["curve"]["val_bpb"]) for c in cs)
+            y = np.mean([c["curve"]["val_bpb"][:n] for c in cs], axis=0)
+            mb = np.asarray(cs[0]["curve"]["bytes"][:n]) / 1e6
+            hours = np.mean([c["curve"]["train_seconds"][:n] for c in cs], axis=0) / 3600
+            lab = f"{LABELS[m]} ({len(cs)} seed{'s' if len(cs) > 1 else ''})"
+            axes[0].plot(mb, y, style, ms=3, color=color, label=lab)
+            axes[1].plot(hours, y, style, ms=3, color=color, label=lab)
+        for c in by_model.get(m, []):  # a diverged cell: its curve up to the divergence
+            if c.get("diverged_at_step") is None or not c["curve"]["val_bpb"]:
+                continue
+            lab = f"{LABELS[m]} seed {c['seed']}: diverged at step {c['diverged_at_step']}"
+            y = c["curve"]["val_bpb"]
+            axes[0].plot(np.asarray(c["curve"]["bytes"]) / 1e6, y, ":x", color=color, label=lab)
+            axes[1].plot(
+                np.asarray(c["curve"]["train_seconds"]) / 3600, y, ":x", color=color, label=lab
+            )
     axes[0].set_xlabel("training text (million bytes)")
     axes[1].set_xlabel("training time (hours, 2 CPU cores; compile and evaluation excluded)")
     axes[1].set_xscale("log")
     for ax in axes:
         ax.set_ylabel("validation bits per byte (mean over seeds)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(key)
     save_figure(fig, path)
 

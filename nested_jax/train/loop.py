@@ -54,7 +54,15 @@ log = logging.getLogger("nested_jax.train")
 
 
 class NonFiniteLossError(RuntimeError):
-    """A step produced a non-finite loss or gradient (the update was not applied)."""
+    """A step produced a non-finite loss or gradient (the update was not applied).
+
+    Attributes:
+      step: the step (1-based) whose loss or gradient was non-finite (``None`` if unknown).
+    """
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 @dataclasses.dataclass
@@ -443,7 +451,7 @@ def train(
                 skips_in_row += 1
                 if cfg.nan_policy == "stop" or skips_in_row > cfg.max_skips:
                     why = "" if cfg.nan_policy == "stop" else f" ({skips_in_row} in a row)"
-                    raise NonFiniteLossError(f"{where}{why}. Stopping; {good}.")
+                    raise NonFiniteLossError(f"{where}{why}. Stopping; {good}.", step=step)
                 log.warning("%s; skipping (nan_policy='skip').", where)
                 metrics.write({"step": step, "skipped": True})
             else:
