@@ -13,8 +13,11 @@ from nested_jax import optim
 from nested_jax.memory import SoftmaxState
 from nested_jax.models import CMSConfig, LanguageModel, ModelConfig, get_config, list_configs
 from nested_jax.models.layers import rms_norm, rope, swiglu
+from nested_jax.models.titans import causal_conv
 
 MODELS = ["tiny", "titans_tiny", "selfmod_tiny", "hope_tiny", "hope_attention_tiny"]
+# the linear-memory family: Titans layers with a matrix memory (reduced cases; written out below)
+LINEAR = ["linear_attention_tiny", "deltanet_tiny", "gated_deltanet_tiny"]
 
 
 def setup_model(name, **kw):
@@ -24,7 +27,7 @@ def setup_model(name, **kw):
     return setup(name, **({} if name == "tiny" else {"n_layers": 1}), **kw)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + LINEAR)
 def test_parallel_equals_reference_equals_streaming(name):
     """Three-way equivalence, streaming in pieces that divide the length (1) and that do not (3),
     and continuing a parallel prefix that ends mid-chunk."""
@@ -256,10 +259,16 @@ def test_model_config_has_sub_configs_and_reads_old_runs():
     before = {k: v for k, v in now.items() if k != "attn_window"}
     added = ("rule", "retention", "self_values")
     before["selfmod"] = {k: v for k, v in now["selfmod"].items() if k not in added}
-    before["titans"] = {k: v for k, v in now["titans"].items() if k != "inner_norm"}
+    memory_fields = ("memory", "objective", "rule", "retention")  # the Titans layer's memory
+    before["titans"] = {
+        k: v for k, v in now["titans"].items() if k != "inner_norm" and k not in memory_fields
+    }
     migrated = migrate_model_json(before)
     assert migrated["selfmod"] == now["selfmod"] and migrated["attn_window"] is None
     assert "inner_norm" not in migrated["titans"]
+    assert {k: migrated["titans"][k] for k in memory_fields} == {
+        k: now["titans"][k] for k in memory_fields
+    }
     flat = {}
     for head, v in before.items():
         flat.update({f"{head}.{k}": x for k, x in v.items()} if isinstance(v, dict) else {head: v})
@@ -302,3 +311,57 @@ def test_layer_inputs_and_what_the_self_modifying_memories_generate(name):
     assert np.all((eta > 0) & (eta < model.config.titans.eta_max)) and np.all(
         (alpha > 0) & (alpha < 1)
     )
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_linear_memory_titans_layers_are_deltanet_and_linear_attention(name):
+    """A Titans layer with a matrix memory and the GD rule is, written out token by token:
+    DeltaNet ``W_t = W_{t-1} (alpha_t I - eta_t k_t k_t^T) + eta_t v_t k_t^T`` (``alpha = 1``
+    ungated), or linear attention ``W_t = alpha_t W_{t-1} + eta_t v_t k_t^T``; token ``t`` reads
+    ``W_{t-1} q_t`` (the prediction of ``v_t``, as every memory here)."""
+    model, params, tokens = setup(name, length=11, n_layers=1)
+    c = model.config
+    assert c.titans.memory == "linear" and c.titans.rule == "gd"
+    p = jax.tree.map(lambda a: a[0], params["layers"])
+    x = params["embed"][tokens]
+    got, _ = model.block(p, model.block.init_state(p, 2), x)
+    b, t, d, nh, hd = 2, 11, c.d_model, c.n_heads, c.head_dim
+    h = rms_norm(x, p["norm"])
+    hist = jnp.zeros((b, c.titans.conv_width - 1, 3 * d))
+    qkv = jax.nn.silu(causal_conv(p["conv"], h @ p["wqkv"], hist)[0]).reshape(b, t, 3, nh, hd)
+    unit = lambda a: a / jnp.sqrt(jnp.sum(a * a, -1, keepdims=True) + 1e-6)
+    q, k, v = unit(qkv[:, :, 0]), unit(qkv[:, :, 1]), qkv[:, :, 2]
+    gates = (h @ p["w_gates"] + p["b_gates"][None, None]).reshape(b, t, 3, nh)
+    eta = c.titans.eta_max * jax.nn.sigmoid(gates[:, :, 0])
+    alpha = jax.nn.sigmoid(gates[:, :, 1]) if c.titans.retention else jnp.ones_like(eta)
+    w = jnp.broadcast_to(p["memory"].w, (b, nh, hd, hd))
+    ys = []
+    for i in range(t):
+        ys.append(jnp.einsum("bhvk,bhk->bhv", w, q[:, i]))
+        e, a = eta[:, i, :, None, None], alpha[:, i, :, None, None]
+        outer = v[:, i, :, :, None] * k[:, i, :, None, :]
+        if c.titans.objective == "l2":  # the delta rule
+            kk = k[:, i, :, :, None] * k[:, i, :, None, :]
+            w = w @ (a * jnp.eye(hd)[None, None] - e * kk) + e * outer
+        else:  # Hebbian
+            w = a * w + e * outer
+    y = jnp.stack(ys, axis=1).reshape(b, t, d)
+    y = rms_norm(y, p["out_norm"]) * jax.nn.silu(h @ p["w_gate_out"])
+    want = x + y @ p["wo"]
+    want = want + swiglu(p["mlp"], rms_norm(want, p["mlp_norm"]))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-4)
+
+
+def test_titans_memory_options_are_checked():
+    with pytest.raises(ValueError, match="titans.memory must be one of"):
+        get_config("titans_tiny", titans={"memory": "deep"})
+    with pytest.raises(ValueError, match="titans.rule must be one of"):
+        get_config("titans_tiny", **{"titans.rule": "dgd"})
+    with pytest.raises(ValueError, match="kind='titans'"):
+        get_config("hope_tiny", **{"titans.memory": "linear"})
+    # the deep memory with other objectives / rules builds and is finite
+    model, params, tokens = setup(
+        "titans_tiny", n_layers=1, titans={"rule": "gd", "objective": "dot"}
+    )
+    assert model.block.memory.objective.__class__.__name__ == "DotProduct"
+    assert np.all(np.isfinite(np.asarray(jitted(model, "apply")(params, tokens)[0])))

@@ -50,6 +50,22 @@ class TitansConfig:
       inner_norm: normalise the deep (MLP) memories' inner steps (NLMS, ``MLPMemory(step_norm=
         C / (1 - beta))`` with each memory's chunk size ``C`` and momentum ``beta``), so that no
         ``eta_max`` makes them diverge (``False``: plain rates).
+      memory: the Titans layer's memory (``kind="titans"`` only): ``"mlp"`` (the deep memory:
+        Titans) or ``"linear"`` (a matrix memory ``y = W q``: the linear-memory family).
+      objective: its inner objective, ``"l2"`` (``||M(k) - v||^2``: the delta rule) or ``"dot"``
+        (``-<M(k), v>``: Hebbian, linear attention).
+      rule: its inner rule, ``"momentum"`` (Titans: ``S <- beta S + grad``, ``beta`` a gate) or
+        ``"gd"``. A linear memory with ``"gd"`` is exact per token (``gradient_at="token"``):
+        ``objective="l2"`` is (gated) DeltaNet, ``"dot"`` (gated) linear attention.
+      retention: the gate ``alpha_t`` forgets (``1 - alpha_t``: Titans, gated DeltaNet, gated
+        linear attention); ``False`` fixes ``alpha = 1`` (DeltaNet, linear attention).
+
+    The reduced cases as configs: ``titans={"memory": "linear", "rule": "gd", "retention":
+    False, "eta_max": 1.0}`` is DeltaNet, with ``"objective": "dot"`` linear attention; with
+    ``"retention": True`` their gated forms (registry: ``deltanet_tiny``, ``gated_deltanet_tiny``,
+    ``linear_attention_tiny``). A linear memory's learning rate gate starts at ``eta_max / 2``
+    (the deep memory's at ``0.01 eta_max``: it diverges at large steps, a linear one with unit
+    keys does not below ``eta = 2``).
     """
 
     chunk: int = 16
@@ -57,9 +73,34 @@ class TitansConfig:
     eta_max: float = 0.1
     conv_width: int = 4
     inner_norm: bool = True
+    memory: str = "mlp"
+    objective: str = "l2"
+    rule: str = "momentum"
+    retention: bool = True
 
     def __post_init__(self):
         _positive(self, ("chunk", "expansion", "conv_width"))
+        for name, allowed in (
+            ("memory", ("mlp", "linear")),
+            ("objective", ("l2", "dot")),
+            ("rule", ("momentum", "gd")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"titans.{name} must be one of {allowed}, got {getattr(self, name)!r}."
+                )
+        if not self.eta_max > 0:
+            raise ValueError(f"titans.eta_max must be > 0, got {self.eta_max}.")
+
+    @property
+    def is_default_memory(self) -> bool:
+        """Whether the layer's memory is Titans' own (deep, L2, momentum, retention gate)."""
+        return (self.memory, self.objective, self.rule, self.retention) == (
+            "mlp",
+            "l2",
+            "momentum",
+            True,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +269,10 @@ def migrate_field(name: str) -> str:
 # an older run without it keeps failing the checkpoint check instead of loading as another model.
 _ADDED = {
     "attn_window": None,
+    "titans.memory": "mlp",
+    "titans.objective": "l2",
+    "titans.rule": "momentum",
+    "titans.retention": True,
     "selfmod.rule": "dgd",
     "selfmod.retention": True,
     "selfmod.self_values": True,
@@ -315,6 +360,12 @@ class ModelConfig:
                 f"the head dimension d_model / n_heads = {self.d_model // self.n_heads} must be "
                 "even (RoPE rotates pairs)."
             )
+        if self.kind != "titans" and not self.titans.is_default_memory:
+            raise ValueError(
+                "titans.memory / objective / rule / retention choose the memory of the Titans "
+                f"layer (kind='titans'); kind={self.kind!r} does not use them. Hope's and "
+                "self-modifying Titans' rules are set by selfmod.rule / momentum / retention."
+            )
         sig, c = self.cms.signal, self.cms.chunk
         if self.has_cms and sig in ("ntp", "teach") and c:
             if c < 2:
@@ -392,6 +443,13 @@ _PAPER = {
     "cms": CMSConfig(periods=(64, 256, 1024)),
 }
 
+
+def _LINEAR(objective: str, retention: bool) -> TitansConfig:  # noqa: N802 (a config maker)
+    return TitansConfig(
+        chunk=4, memory="linear", objective=objective, rule="gd", retention=retention, eta_max=1.0
+    )
+
+
 _REGISTRY = {
     # tests: seconds on a CPU
     "tiny": ModelConfig(**_TINY),
@@ -409,6 +467,10 @@ _REGISTRY = {
     "hope_attention_tiny": ModelConfig(
         kind="hope_attention", cms=CMSConfig(periods=(4, 8)), **_TINY
     ),
+    # the linear-memory family as Titans layers with a matrix memory (reduced cases, spec §2.2)
+    "linear_attention_tiny": ModelConfig(kind="titans", titans=_LINEAR("dot", False), **_TINY),
+    "deltanet_tiny": ModelConfig(kind="titans", titans=_LINEAR("l2", False), **_TINY),
+    "gated_deltanet_tiny": ModelConfig(kind="titans", titans=_LINEAR("l2", True), **_TINY),
     # CPU experiments: ~10.8M parameters (byte vocabulary)
     "small": ModelConfig(
         vocab_size=256, d_model=384, n_layers=6, n_heads=6, d_ff=1024, max_len=512

@@ -22,7 +22,16 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from nested_jax.memory import MLPMemory, Momentum, StreamState, stable_step_norm
+from nested_jax.memory import (
+    GD,
+    L2,
+    DotProduct,
+    LinearMemory,
+    MLPMemory,
+    Momentum,
+    StreamState,
+    stable_step_norm,
+)
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import dense_init, l2_normalize, rms_norm, swiglu, swiglu_init
 
@@ -53,16 +62,25 @@ class TitansBlock:
     config: ModelConfig
 
     @property
-    def memory(self) -> MLPMemory:
-        c = self.config
+    def memory(self) -> MLPMemory | LinearMemory:
+        """The layer's memory: Titans' deep one, or a matrix memory (``titans.memory``)."""
+        tc = self.config.titans
+        objective = L2() if tc.objective == "l2" else DotProduct()
+        if tc.memory == "linear":
+            if tc.rule == "gd":  # exact per token: (gated) DeltaNet / linear attention
+                return LinearMemory(objective, GD(), gradient_at="token")
+            return LinearMemory(objective, Momentum())
+        rule = Momentum() if tc.rule == "momentum" else GD()
         # beta is a per-token gate near 0.9 at init: the NLMS strength uses that nominal value
-        nu = stable_step_norm(c.titans.chunk, Momentum().beta) if c.titans.inner_norm else 0.0
-        return MLPMemory(c.titans.expansion * c.head_dim, rule=Momentum(), step_norm=nu)
+        beta = Momentum().beta if tc.rule == "momentum" else 0.0
+        nu = stable_step_norm(tc.chunk, beta) if tc.inner_norm else 0.0
+        return MLPMemory(tc.expansion * self.config.head_dim, objective, rule, step_norm=nu)
 
     def init(self, key) -> dict:
         c = self.config
         ks = jax.random.split(key, 8)
         d, h = c.d_model, c.n_heads
+        eta_bias = 0.0 if c.titans.memory == "linear" else -4.6  # see TitansConfig
         conv = (
             jnp.zeros((c.titans.conv_width, 3 * d), jnp.float32).at[-1].set(1.0)
         )  # identity at init
@@ -72,7 +90,7 @@ class TitansBlock:
             "conv": conv,
             "w_gates": dense_init(ks[1], (d, 3 * h), scale=0.1),
             "b_gates": jnp.concatenate(
-                [jnp.full((h,), -4.6), jnp.full((h,), 4.6), jnp.full((h,), 2.2)]
+                [jnp.full((h,), eta_bias), jnp.full((h,), 4.6), jnp.full((h,), 2.2)]
             ).astype(jnp.float32),
             "memory": self.memory.init_params(ks[2], heads=h, d_k=c.head_dim, d_v=c.head_dim),
             "out_norm": jnp.ones((d,), jnp.float32),
@@ -101,8 +119,8 @@ class TitansBlock:
         q, k, v = l2_normalize(qkv[:, :, 0]), l2_normalize(qkv[:, :, 1]), qkv[:, :, 2]
         gates = (h @ p["w_gates"] + p["b_gates"][None, None]).reshape(b, t, 3, c.n_heads)
         eta = c.titans.eta_max * jax.nn.sigmoid(gates[:, :, 0])
-        alpha = jax.nn.sigmoid(gates[:, :, 1])
-        beta = jax.nn.sigmoid(gates[:, :, 2])
+        alpha = jax.nn.sigmoid(gates[:, :, 1]) if c.titans.retention else None
+        beta = jax.nn.sigmoid(gates[:, :, 2]) if c.titans.rule == "momentum" else None
         mem = self.memory
         stream: StreamState = state["memory"]
         if parallel:  # from a fresh state (a chunk boundary): the training form
