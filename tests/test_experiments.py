@@ -191,3 +191,36 @@ def test_optimizers_smoke(tmp_path):
         assert len(r["loss_curve_mean"]) == opt.SMOKE["steps"] // opt.SMOKE["log_every"]
         assert r["step_ms"]["mean"] > 0 and 0 <= r["test_accuracy"]["mean"] <= 1
     assert payload["results"]["adamw"]["final_train_loss"]["mean"] < 2.3  # below chance (ln 10)
+
+
+def test_mqar_data_and_smoke(tmp_path):
+    """MQAR sequences: N pairs, a filler gap, every key queried once with its value next (the
+    answer mask marks exactly those positions); models are matched to Hope's size; the smoke run
+    writes results, plot and one resumable file per (model, seed)."""
+    from experiments.mqar import run as mq
+
+    rng = np.random.default_rng(0)
+    tokens, mask = mq.make_batch(rng, 3, 5, 40)
+    assert tokens.shape == (3, 40) and mask.shape == (3, 39) and mask.sum() == 15
+    for t, m in zip(tokens, mask, strict=True):
+        pairs = dict(zip(t[:10:2], t[1:10:2], strict=True))
+        assert len(pairs) == 5 and all(k < mq.N_KEYS <= v < 2 * mq.N_KEYS for k, v in pairs.items())
+        assert np.all(t[10:20] >= 2 * mq.N_KEYS)  # filler only between pairs and queries
+        for j in np.flatnonzero(m):  # each answer position: a key whose next token is its value
+            assert pairs[t[j]] == t[j + 1]
+        assert sorted(t[np.flatnonzero(m)]) == sorted(pairs)
+    with pytest.raises(ValueError, match="need 24 tokens"):
+        mq.make_batch(rng, 1, 6, 20)
+    hope = mq.build("hope", smoke=False)[1]
+    for name in mq.MODELS:
+        assert abs(mq.build(name, smoke=False)[1] / hope - 1) < 0.05, name
+    args = ["--smoke", "--models", "transformer", "deltanet", "--out", str(tmp_path)]
+    payload = mq.main(args)
+    assert set(payload["summary"]) == {"transformer", "deltanet"}
+    for row in payload["summary"].values():
+        assert set(row["accuracy"]) == {"32/4", "64/4"}
+        assert all(0 <= a["mean"] <= 1 for a in row["accuracy"].values())
+    assert (tmp_path / "mqar.png").stat().st_size > 10_000
+    stamp = (tmp_path / "runs" / "deltanet-seed0.json").stat().st_mtime_ns
+    assert mq.main(args)["runs"] == payload["runs"]  # finished runs are read back, not rerun
+    assert (tmp_path / "runs" / "deltanet-seed0.json").stat().st_mtime_ns == stamp

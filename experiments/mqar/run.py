@@ -1,0 +1,283 @@
+"""Multi-query associative recall (MQAR): where does each model's recall break? (issue 16 item 2)
+
+A sequence holds ``N`` key-value pairs, then filler, then every key again as a query followed by
+its value: ``k_1 v_1 ... k_N v_N  f f ... f  k_a v_a  k_b v_b ...`` (queries in random order,
+each key once). Keys are drawn without replacement from 64 key tokens, values with replacement
+from 64 value tokens, filler from 64 other tokens. Every model is trained on the same sequences
+(next-token loss on the answers only) with ``N`` uniform in ``[2, 8]`` at length 64, then tested
+on each ``N`` in 2 / 4 / 8 / 16 (16: more pairs than ever trained on) at lengths 64, 128 and 256
+(longer filler gaps between the pairs and the queries: lengths never trained on). Score: the
+fraction of answers that are the argmax (recall accuracy; chance is 1/64).
+
+Models, each 2 layers of width 64 (2 heads), parameters matched to Hope's within 5% by the MLP
+width: Transformer++ (full causal attention), linear attention, DeltaNet, gated DeltaNet (the
+Titans layer with a matrix memory and the per-token GD rule: ``titans.memory="linear"``), Titans
+with a linear memory (momentum, chunked gradients) and Titans with its deep MLP memory (the paper's
+claim: a deep memory holds more than a linear one), and Hope. Same data, steps and AdamW rate for
+every model; 3 seeds (initialisation and data), mean ± std.
+
+Run: ``python -m experiments.mqar.run [--smoke] [--models ...] [--out experiments/mqar/results]``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.common import mean_std, parse_args, pyplot, save_figure, write_results
+
+OUT = "experiments/mqar/results"
+N_KEYS = N_VALUES = N_FILLER = 64  # token ranges: keys [0, 64), values [64, 128), filler [128, 192)
+SHAPE = {"vocab_size": 192, "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 512}
+# (registry config, overrides): every model's d_ff is then matched to Hope's parameter count
+MODELS = {
+    "transformer": ("tiny", {}),
+    "linear_attention": ("linear_attention_tiny", {"titans.chunk": 16}),
+    "deltanet": ("deltanet_tiny", {"titans.chunk": 16}),
+    "gated_deltanet": ("gated_deltanet_tiny", {"titans.chunk": 16}),
+    "titans_linear": ("titans_tiny", {"titans.memory": "linear", "titans.chunk": 8}),
+    "titans": ("titans_tiny", {"titans.chunk": 8}),
+    "hope": (
+        "hope_tiny",
+        {"titans.chunk": 8, "selfmod.chunk": 4, "cms.periods": (8, 32), "d_ff": 64},
+    ),
+}
+LABELS = {
+    "transformer": "Transformer++",
+    "linear_attention": "linear attention",
+    "deltanet": "DeltaNet",
+    "gated_deltanet": "gated DeltaNet",
+    "titans_linear": "Titans, linear memory",
+    "titans": "Titans (deep memory)",
+    "hope": "Hope",
+}
+FULL = {
+    "steps": 1200,
+    "batch": 32,
+    "train_len": 64,
+    "train_pairs": (2, 8),
+    "lr": 3e-3,
+    "test_pairs": (2, 4, 8, 16),
+    "test_lens": (64, 128, 256),
+    "test_batches": 4,
+    "seeds": (0, 1, 2),
+}
+SMOKE = {
+    **FULL,
+    "steps": 3,
+    "batch": 4,
+    "train_len": 32,
+    "train_pairs": (2, 4),
+    "test_pairs": (4,),
+    "test_lens": (32, 64),
+    "test_batches": 1,
+    "seeds": (0,),
+}
+
+
+def make_batch(rng: np.random.Generator, batch: int, n_pairs, length: int):
+    """``(tokens [batch, length], answer mask [batch, length - 1])``: ``mask[b, j]`` marks the
+    positions whose next token ``tokens[b, j + 1]`` is an answer. ``n_pairs``: an int, or a
+    ``(low, high)`` range drawn per sequence."""
+    tokens = np.empty((batch, length), np.int32)
+    mask = np.zeros((batch, length - 1), bool)
+    for b in range(batch):
+        n = n_pairs if isinstance(n_pairs, int) else int(rng.integers(n_pairs[0], n_pairs[1] + 1))
+        if 4 * n > length:
+            raise ValueError(f"{n} pairs need {4 * n} tokens; the length is {length}.")
+        if n > N_KEYS:
+            raise ValueError(f"at most {N_KEYS} pairs (distinct keys), got {n}.")
+        keys = rng.choice(N_KEYS, n, replace=False)
+        values = N_KEYS + rng.integers(0, N_VALUES, n)
+        order = rng.permutation(n)
+        gap = length - 4 * n
+        filler = N_KEYS + N_VALUES + rng.integers(0, N_FILLER, gap)
+        pairs = np.stack([keys, values], 1).reshape(-1)
+        queries = np.stack([keys[order], values[order]], 1).reshape(-1)
+        tokens[b] = np.concatenate([pairs, filler, queries])
+        mask[b, 2 * n + gap + np.arange(n) * 2] = True  # each query key predicts its value
+    return tokens, mask
+
+
+def build(name: str, smoke: bool):
+    """``(LanguageModel, parameter count)`` of one model at the experiment's size (``d_ff``
+    matched to Hope's parameter count, a multiple of 8)."""
+    from nested_jax.models import LanguageModel, count_params, get_config, matched_d_ff
+
+    shape = {**SHAPE, **({"d_model": 16, "n_layers": 1} if smoke else {})}
+    config = lambda m: get_config(MODELS[m][0], **{**shape, **MODELS[m][1]})
+    cfg = config(name)
+    if name != "hope":
+        cfg = cfg.replace(d_ff=matched_d_ff(cfg, count_params(config("hope")), multiple=8))
+    return LanguageModel(cfg), count_params(cfg)
+
+
+def _answer_nll_and_hits(model, params, tokens, mask):
+    from nested_jax.models import token_nll
+
+    logits, _ = model.apply(params, tokens)
+    nll = token_nll(logits, tokens)
+    hit = jnp.argmax(logits[:, :-1], -1) == tokens[:, 1:]
+    m = mask.astype(jnp.float32)
+    return jnp.sum(nll * m) / jnp.sum(m), jnp.sum(hit.astype(jnp.float32) * m), jnp.sum(m)
+
+
+def train_and_test(name: str, seed: int, setup: dict, smoke: bool) -> dict:
+    import optax
+
+    model, n_params = build(name, smoke)
+    params = model.init(jax.random.key(seed))
+    opt = optax.adamw(
+        optax.warmup_cosine_decay_schedule(
+            0.0, setup["lr"], max(1, setup["steps"] // 20), setup["steps"]
+        ),
+        weight_decay=0.1,
+    )
+    opt = optax.chain(optax.clip_by_global_norm(1.0), opt)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, tokens, mask):
+        def loss(p):
+            return _answer_nll_and_hits(model, p, tokens, mask)[0]
+
+        value, grads = jax.value_and_grad(loss)(params)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32
+            updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    rng = np.random.default_rng(1000 + seed)
+    losses, t0, compile_s = [], time.perf_counter(), None
+    for i in range(setup["steps"]):
+        tokens, mask = make_batch(rng, setup["batch"], setup["train_pairs"], setup["train_len"])
+        params, opt_state, value = step(params, opt_state, tokens, mask)
+        if i == 0:
+            value.block_until_ready()
+            compile_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+        losses.append(float(value) if i % 10 == 0 or i == setup["steps"] - 1 else None)
+    train_s = time.perf_counter() - t1
+    if not np.isfinite(losses[-1]):
+        print(f"{name} seed {seed}: non-finite training loss", flush=True)
+    evaluate = jax.jit(lambda p, t, m: _answer_nll_and_hits(model, p, t, m)[1:])
+    test_rng = np.random.default_rng(9999)  # the same test sequences for every model and seed
+    accuracy = {}
+    for length in setup["test_lens"]:
+        for n in setup["test_pairs"]:
+            if 4 * n > length:
+                continue
+            hits = total = 0.0
+            for _ in range(setup["test_batches"]):
+                tokens, mask = make_batch(test_rng, setup["batch"], n, length)
+                h, c = evaluate(params, tokens, mask)
+                hits, total = hits + float(h), total + float(c)
+            accuracy[f"{length}/{n}"] = hits / total
+    return {
+        "model": name,
+        "seed": seed,
+        "params": n_params,
+        "train_loss": [[i, v] for i, v in enumerate(losses) if v is not None],
+        "final_train_loss": losses[-1],
+        "accuracy": accuracy,
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "tokens_per_s": (setup["steps"] - 1) * setup["batch"] * setup["train_len"] / train_s,
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    out = {}
+    for name in MODELS:
+        rs = [r for r in runs if r["model"] == name]
+        if not rs:
+            continue
+        keys = rs[0]["accuracy"]
+        out[name] = {
+            "params": rs[0]["params"],
+            "seeds": [r["seed"] for r in rs],
+            "accuracy": {k: mean_std([r["accuracy"][k] for r in rs]) for k in keys},
+            "final_train_loss": mean_std([r["final_train_loss"] for r in rs]),
+            "tokens_per_s": mean_std([r["tokens_per_s"] for r in rs]),
+            "compile_s": mean_std([r["compile_s"] for r in rs]),
+        }
+    return out
+
+
+def plot(path: Path, summary: dict, setup: dict) -> None:
+    plt = pyplot()
+    lens = setup["test_lens"]
+    fig, axes = plt.subplots(1, len(lens), figsize=(5 * len(lens), 4), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, length in zip(axes, lens, strict=True):
+        for i, (name, row) in enumerate(summary.items()):
+            ns = [n for n in setup["test_pairs"] if f"{length}/{n}" in row["accuracy"]]
+            acc = [row["accuracy"][f"{length}/{n}"] for n in ns]
+            ax.errorbar(
+                ns,
+                [a["mean"] for a in acc],
+                yerr=[a["std"] for a in acc],
+                fmt="-o",
+                ms=3,
+                capsize=2,
+                color=f"C{i}",
+                label=LABELS[name],
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("key-value pairs N")
+        trained = " (training length)" if length == setup["train_len"] else " (longer gap)"
+        ax.set_title(f"sequence length {length}{trained}")
+    axes[0].set_ylabel("recall accuracy (mean ± std over seeds)")
+    axes[0].legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def main(argv=None) -> dict:
+    def more(p):
+        p.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
+
+    args = parse_args(__doc__, OUT, argv, more)
+    setup = SMOKE if args.smoke else FULL
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_dir = out / "runs"  # one file per (model, seed): a stopped run resumes where it was
+    runs_dir.mkdir(exist_ok=True)
+    runs = []
+    for seed in setup["seeds"]:
+        for name in args.models:
+            path = runs_dir / f"{name}-seed{seed}.json"
+            if path.exists():
+                runs.append(json.loads(path.read_text()))
+                continue
+            r = train_and_test(name, seed, setup, args.smoke)
+            path.write_text(json.dumps(r) + "\n")
+            runs.append(r)
+            acc = " ".join(f"{k}:{v:.2f}" for k, v in r["accuracy"].items())
+            print(
+                f"{name:>16} seed {seed}: loss {r['final_train_loss']:.3f}, acc {acc}, "
+                f"{r['tokens_per_s']:.0f} tok/s, compile {r['compile_s']:.1f} s",
+                flush=True,
+            )
+    summary = summarize(runs)
+    payload = {
+        "experiment": "mqar (issue 16 item 2)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{jax.devices()[0].platform}, jax {jax.__version__}",
+        "setup": setup,
+        "shape": SHAPE,
+        "summary": summary,
+        "runs": runs,
+    }
+    write_results(out, payload)
+    plot(out / "mqar.png", summary, setup)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
