@@ -365,3 +365,37 @@ def test_titans_memory_options_are_checked():
     )
     assert model.block.memory.objective.__class__.__name__ == "DotProduct"
     assert np.all(np.isfinite(np.asarray(jitted(model, "apply")(params, tokens)[0])))
+
+
+def test_titans_momentum_gate_is_capped_where_the_step_bound_is_computed():
+    """The momentum gate ``beta = beta_max sigmoid(.)`` never exceeds ``titans.beta_max``, and the
+    inner steps' normalisation (NLMS) is computed at ``beta_max``: the bound then holds for every
+    gate value. (An uncapped gate normalised at 0.9 learned beta ~ 0.9995 on a run of repeated
+    bytes in the language-modelling grid and the momentum grew without bound; decisions D82.)
+    With every gate saturated (largest rate, no forgetting, largest momentum) the memory state
+    stays bounded on repeated and on changing bytes."""
+    from nested_jax.memory import stable_step_norm
+
+    model, params, _ = setup("titans_tiny", n_layers=1, max_len=512, titans={"chunk": 16})
+    c = model.config.titans
+    assert model.block.memory.step_norm == stable_step_norm(16, c.beta_max)
+    lp = jax.tree.map(lambda a: a[0], params["layers"])
+    h = model.config.n_heads
+    beta0 = c.beta_max * jax.nn.sigmoid(lp["b_gates"][2 * h :])
+    np.testing.assert_allclose(np.asarray(beta0), 0.9, rtol=1e-6)  # 0.9 at init, as before
+    saturated = {
+        **params,
+        "layers": {
+            **params["layers"],
+            "b_gates": jnp.full_like(params["layers"]["b_gates"], 30.0),
+            "w_gates": jnp.zeros_like(params["layers"]["w_gates"]),
+        },
+    }
+    for text in (b" " * 512, b"To be, or not to be: " * 23 + b"x" * 6):
+        tokens = jnp.asarray(np.frombuffer(text, np.uint8).astype(np.int32))[None]
+        logits, state = jitted(model, "apply")(saturated, tokens)
+        memory = state.layers["memory"].state  # weights and momenta, [layer, batch, ...]
+        big = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(memory))
+        assert np.all(np.isfinite(np.asarray(logits))) and big < 10.0, big
+    with pytest.raises(ValueError, match="beta_max"):
+        get_config("titans_tiny", **{"titans.beta_max": 1.0})

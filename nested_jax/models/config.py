@@ -59,6 +59,10 @@ class TitansConfig:
         ``objective="l2"`` is (gated) DeltaNet, ``"dot"`` (gated) linear attention.
       retention: the gate ``alpha_t`` forgets (``1 - alpha_t``: Titans, gated DeltaNet, gated
         linear attention); ``False`` fixes ``alpha = 1`` (DeltaNet, linear attention).
+      beta_max: the momentum gate's largest value, ``beta_t = beta_max sigmoid(.)`` (0.9 at
+        init). ``inner_norm``'s step bound is computed at ``beta_max``, so it holds for every
+        value the gate can take; an uncapped gate learned ``beta ~ 0.9995`` on runs of repeated
+        bytes and the momentum grew without bound (decisions D82).
 
     The reduced cases as configs: ``titans={"memory": "linear", "rule": "gd", "retention":
     False, "eta_max": 1.0}`` is DeltaNet, with ``"objective": "dot"`` linear attention; with
@@ -77,9 +81,15 @@ class TitansConfig:
     objective: str = "l2"
     rule: str = "momentum"
     retention: bool = True
+    beta_max: float = 0.95
 
     def __post_init__(self):
         _positive(self, ("chunk", "expansion", "conv_width"))
+        if not 0.9 < self.beta_max < 1.0:
+            raise ValueError(
+                f"titans.beta_max must be in (0.9, 1) (the momentum gate starts at 0.9), got "
+                f"{self.beta_max}."
+            )
         for name, allowed in (
             ("memory", ("mlp", "linear")),
             ("objective", ("l2", "dot")),
@@ -89,8 +99,6 @@ class TitansConfig:
                 raise ValueError(
                     f"titans.{name} must be one of {allowed}, got {getattr(self, name)!r}."
                 )
-        if not self.eta_max > 0:
-            raise ValueError(f"titans.eta_max must be > 0, got {self.eta_max}.")
 
     @property
     def is_default_memory(self) -> bool:

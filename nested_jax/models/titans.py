@@ -5,7 +5,8 @@ convolution (width 4) and SiLU; ``q, k`` L2-normalised per head. Data-dependent 
 and head: learning rate ``eta = eta_max sigmoid(. - 4.6)`` (about 0.01 eta_max at init: the MLP
 memory diverges above about ``2 (1 - beta) / (0.35 hidden)``, see ``memory/mlp.py``), retention
 ``alpha = sigmoid(. + 4.6)`` (about 0.99 at init; Titans' forgetting gate is ``1 - alpha``) and
-momentum ``beta = sigmoid(. + 2.2)`` (about 0.9). The memory is
+momentum ``beta = beta_max sigmoid(.)`` (0.9 at init, at most ``titans.beta_max``: the inner
+steps' normalisation bounds them for every momentum up to it, decisions D82). The memory is
 :class:`~nested_jax.memory.MLPMemory` with the L2 objective and the momentum rule
 (``S <- beta S + grad; M <- alpha M - eta S``), one per head, whose initial state is a learned
 parameter (meta-learned through the inner updates). Read-out:
@@ -18,6 +19,7 @@ streaming uses :meth:`~nested_jax.memory.AbstractMemory.stream`, which keeps tho
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -71,9 +73,9 @@ class TitansBlock:
                 return LinearMemory(objective, GD(), gradient_at="token")
             return LinearMemory(objective, Momentum())
         rule = Momentum() if tc.rule == "momentum" else GD()
-        # beta is a per-token gate near 0.9 at init: the NLMS strength uses that nominal value
-        beta = Momentum().beta if tc.rule == "momentum" else 0.0
-        nu = stable_step_norm(tc.chunk, beta) if tc.inner_norm else 0.0
+        # beta is a per-token gate up to beta_max: the NLMS strength bounds the step at that value
+        nu = stable_step_norm(tc.chunk, tc.beta_max if tc.rule == "momentum" else 0.0)
+        nu = nu if tc.inner_norm else 0.0
         return MLPMemory(tc.expansion * self.config.head_dim, objective, rule, step_norm=nu)
 
     def init(self, key) -> dict:
@@ -81,6 +83,7 @@ class TitansBlock:
         ks = jax.random.split(key, 8)
         d, h = c.d_model, c.n_heads
         eta_bias = 0.0 if c.titans.memory == "linear" else -4.6  # see TitansConfig
+        beta_bias = math.log(0.9 / (c.titans.beta_max - 0.9))  # beta = 0.9 at init
         conv = (
             jnp.zeros((c.titans.conv_width, 3 * d), jnp.float32).at[-1].set(1.0)
         )  # identity at init
@@ -90,7 +93,7 @@ class TitansBlock:
             "conv": conv,
             "w_gates": dense_init(ks[1], (d, 3 * h), scale=0.1),
             "b_gates": jnp.concatenate(
-                [jnp.full((h,), eta_bias), jnp.full((h,), 4.6), jnp.full((h,), 2.2)]
+                [jnp.full((h,), eta_bias), jnp.full((h,), 4.6), jnp.full((h,), beta_bias)]
             ).astype(jnp.float32),
             "memory": self.memory.init_params(ks[2], heads=h, d_k=c.head_dim, d_v=c.head_dim),
             "out_norm": jnp.ones((d,), jnp.float32),
@@ -120,7 +123,8 @@ class TitansBlock:
         gates = (h @ p["w_gates"] + p["b_gates"][None, None]).reshape(b, t, 3, c.n_heads)
         eta = c.titans.eta_max * jax.nn.sigmoid(gates[:, :, 0])
         alpha = jax.nn.sigmoid(gates[:, :, 1]) if c.titans.retention else None
-        beta = jax.nn.sigmoid(gates[:, :, 2]) if c.titans.rule == "momentum" else None
+        beta = c.titans.beta_max * jax.nn.sigmoid(gates[:, :, 2])
+        beta = beta if c.titans.rule == "momentum" else None
         mem = self.memory
         stream: StreamState = state["memory"]
         if parallel:  # from a fresh state (a chunk boundary): the training form
