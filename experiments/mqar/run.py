@@ -16,7 +16,7 @@ with a linear memory (momentum, chunked gradients) and Titans with its deep MLP 
 claim: a deep memory holds more than a linear one), and Hope. Same data, steps and AdamW rate for
 every model; 3 seeds (initialisation and data), mean ± std.
 
-Run: ``python -m experiments.mqar.run [--smoke] [--models ...] [--out experiments/mqar/results]``
+Run: ``python -m experiments.mqar.run [--smoke] [--models ...] [--report] [--out ...]``
 """
 
 from __future__ import annotations
@@ -241,6 +241,9 @@ def plot(path: Path, summary: dict, setup: dict) -> None:
 def main(argv=None) -> dict:
     def more(p):
         p.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
+        p.add_argument(
+            "--report", action="store_true", help="only aggregate the finished runs (no training)"
+        )
 
     args = parse_args(__doc__, OUT, argv, more)
     setup = SMOKE if args.smoke else FULL
@@ -254,6 +257,8 @@ def main(argv=None) -> dict:
             path = runs_dir / f"{name}-seed{seed}.json"
             if path.exists():
                 runs.append(json.loads(path.read_text()))
+                continue
+            if args.report:
                 continue
             r = train_and_test(name, seed, setup, args.smoke)
             path.write_text(json.dumps(r) + "\n")
