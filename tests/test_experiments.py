@@ -1,5 +1,6 @@
 """Each experiment's smoke mode runs and writes its JSON and PNG (the full runs are not tests)."""
 
+import functools
 import json
 import math
 
@@ -226,3 +227,114 @@ def test_mqar_data_and_smoke(tmp_path):
     only = mq.main([*args[:2], "transformer", "titans", *args[4:], "--report"])
     assert set(only["summary"]) == {"transformer"}  # --report trains nothing
     assert (tmp_path / "runs" / "deltanet-seed0.json").stat().st_mtime_ns == stamp
+
+
+@functools.cache
+def _brute_force(lang: str, limit: int):
+    """The language written as a membership test, and the set of prefixes of its strings of up to
+    ``limit`` symbols, by enumeration (independent of the runner)."""
+    import itertools
+    import re
+
+    from experiments.formal_languages import run as fl
+
+    def member(w):
+        if lang == "parity":
+            return w.count("1") % 2 == 0
+        if lang in ("aa", "abab"):
+            return re.fullmatch({"aa": "(aa)*", "abab": "(abab)*"}[lang], w) is not None
+        if lang in ("anbn", "anbncn"):
+            shape = "a*b*" if lang == "anbn" else "a*b*c*"
+            counts = {w.count(c) for c in ("ab" if lang == "anbn" else "abc")}
+            return re.fullmatch(shape, w) is not None and len(counts) == 1
+        for op, cl in ("()", "[]"):  # shuffle2: each kind balanced on its own
+            depth = 0
+            for c in w:
+                depth += (c == op) - (c == cl)
+                if depth < 0:
+                    return False
+            if depth:
+                return False
+        return True
+
+    alpha = fl.ALPHABETS[lang]
+    prefixes = set()
+    for n in range(limit + 1):
+        for w in map("".join, itertools.product(alpha, repeat=n)):
+            if member(w):
+                prefixes.update(w[:i] for i in range(n + 1))
+    return prefixes, member
+
+
+def _brute_force_rows(lang: str, s: str, limit: int):
+    """What may follow each prefix of ``s`` and whether it is a member (see ``_brute_force``)."""
+    from experiments.formal_languages import run as fl
+
+    prefixes, member = _brute_force(lang, limit)
+    alpha = fl.ALPHABETS[lang]
+    rows = np.zeros((len(s) + 1, fl.N_LABELS), np.float32)
+    for t in range(len(s) + 1):
+        for i, c in enumerate(alpha):
+            rows[t, i] = s[:t] + c in prefixes
+        rows[t, fl.EOS] = member(s[:t])
+    return rows, member
+
+
+@pytest.mark.parametrize(
+    "lang, limit, longest",
+    [
+        ("parity", 14, 12),
+        ("aa", 14, 12),
+        ("abab", 16, 12),
+        ("anbn", 14, 12),
+        ("anbncn", 9, 6),
+        ("shuffle2", 8, 4),
+    ],
+)
+def test_formal_language_targets_match_brute_force(lang, limit, longest):
+    """Every label of every prefix (which symbols may follow, whether the prefix is a member)
+    equals a brute-force enumeration of the language, and sampled strings are members of the
+    length asked for (``longest``: strings whose prefixes complete within ``limit`` symbols)."""
+    from experiments.formal_languages import run as fl
+
+    rng = np.random.default_rng(0)
+    for n in fl._lengths(lang, 1, longest):
+        for _ in range(3):
+            s = fl.sample_string(lang, int(n), rng)
+            want, member = _brute_force_rows(lang, s, limit)
+            assert len(s) == n and member(s), (lang, s)
+            np.testing.assert_array_equal(fl.targets(lang, s), want, err_msg=f"{lang} {s!r}")
+    with pytest.raises(ValueError, match="no strings"):
+        fl._lengths("anbncn", 4, 5)
+
+
+def test_formal_languages_batches_and_smoke(tmp_path):
+    """Batches are BOS + string + padding with one row of labels per prefix; models are matched
+    to Hope's size; the smoke run writes results, plot and one resumable file per run."""
+    from experiments.formal_languages import run as fl
+
+    rng = np.random.default_rng(1)
+    tokens, labels, mask = fl.make_batch("shuffle2", rng, 5, (2, 10), pad_to=12)
+    assert tokens.shape == (5, 13) and labels.shape == (5, 13, fl.N_LABELS)
+    for t, y, m in zip(tokens, labels, mask, strict=True):
+        n = int(m.sum()) - 1
+        assert t[0] == fl.BOS and np.all(t[n + 1 :] == fl.PAD) and 2 <= n <= 10
+        s = "".join(fl.ALPHABETS["shuffle2"][i] for i in t[1 : n + 1])
+        np.testing.assert_array_equal(y[: n + 1], fl.targets("shuffle2", s))
+        assert y[n, fl.EOS] == 1 and not y[n + 1 :].any()
+    hope = fl.build("hope", smoke=False)[1]
+    for name in fl.MODELS:
+        assert abs(fl.build(name, smoke=False)[1] / hope - 1) < 0.05, name
+    args = ["--smoke", "--languages", "parity", "anbn", "--models", "transformer", "deltanet"]
+    payload = fl.main([*args, "--out", str(tmp_path)])
+    assert set(payload["summary"]) == {"parity", "anbn"}
+    for rows in payload["summary"].values():
+        assert set(rows) == {"transformer", "deltanet"}
+        for row in rows.values():
+            assert set(row["accuracy"]) == {"bin0", "bin1"}
+            assert all(0 <= a["mean"] <= 1 for a in row["accuracy"].values())
+    assert (tmp_path / "formal_languages.png").stat().st_size > 10_000
+    stamp = (tmp_path / "runs" / "anbn-deltanet-seed0.json").stat().st_mtime_ns
+    again = fl.main([*args, "--out", str(tmp_path), "--report"])
+    assert again["runs"] == payload["runs"]  # read back, nothing retrained
+    assert (tmp_path / "runs" / "anbn-deltanet-seed0.json").stat().st_mtime_ns == stamp

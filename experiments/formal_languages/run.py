@@ -1,0 +1,393 @@
+"""Formal language recognition: which models learn the rule and keep it at longer lengths? (issue 16
+item 1; paper Table 5, the construction of Bhattamishra et al. 2020 used by Irie et al. 2023)
+
+Six languages: the non-star-free regular ones **parity** (bit strings with an even number of 1s),
+**(aa)\\*** and **(abab)\\***, and the counter languages **a^n b^n**, **a^n b^n c^n** and
+**Shuffle-2** (two kinds of brackets, each balanced on its own, freely interleaved).
+
+The task at every position (character prediction): after reading ``BOS x_1 .. x_t``, say which
+symbols may come next (``c`` is allowed when ``x_1 .. x_t c`` starts some string of the language)
+and whether the string may end here (``EOS``: ``x_1 .. x_t`` is in the language). A multi-label
+output (one sigmoid per symbol and one for ``EOS``); a string is recognised when every label at
+every one of its positions is right (threshold 0.5). Only strings of the language are shown, so
+parity and (aa)\\* are all in the ``EOS`` label: the model must track the count of 1s (or of
+``a``s) mod 2 along the whole string, and (abab)\\* its position mod 4; the counter languages need
+counting to ``n``.
+
+Training strings have lengths 1-40; the test bins are 1-40 (bin 0, fresh strings), 41-80 (bin 1)
+and 81-160 (bin 2), 512 strings each (the same ones for every model and seed). Models, two layers
+of width 32 (two heads), parameters matched to Hope's within 5% by the MLP width: Transformer++,
+linear attention, DeltaNet, self-modifying Titans and Hope, both of those two at chunk 1 (every
+inner memory updates after every token: a non-linear recurrence, what the paper's claim rests on)
+and at chunk 4/2 (the chunked, parallel form). Same data, steps and AdamW rate for every model;
+3 seeds.
+
+Run: ``python -m experiments.formal_languages.run [--smoke] [--languages ...] [--models ...]
+[--report]``; one file per (language, model, seed) in ``results/runs/``, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.common import mean_std, parse_args, pyplot, save_figure, write_results
+
+OUT = "experiments/formal_languages/results"
+N_LABELS = 5  # up to four symbols, then EOS
+EOS = 4
+BOS, PAD = 5, 6  # input-only tokens
+SHAPE = {"vocab_size": 8, "d_model": 32, "n_layers": 2, "n_heads": 2, "max_len": 256}
+# symbols of each language (label channels; EOS is channel 4 for all)
+ALPHABETS = {
+    "parity": "01",
+    "aa": "a",
+    "abab": "ab",
+    "anbn": "ab",
+    "anbncn": "abc",
+    "shuffle2": "()[]",
+}
+LANG_LABELS = {
+    "parity": "parity",
+    "aa": "(aa)*",
+    "abab": "(abab)*",
+    "anbn": "a^n b^n",
+    "anbncn": "a^n b^n c^n",
+    "shuffle2": "Shuffle-2",
+}
+_RECURRENT = {"titans.chunk": 1, "selfmod.chunk": 1}
+MODELS = {
+    "transformer": ("tiny", {}),
+    "linear_attention": ("linear_attention_tiny", {}),
+    "deltanet": ("deltanet_tiny", {}),
+    "selfmod": ("selfmod_tiny", {}),
+    "selfmod_c1": ("selfmod_tiny", _RECURRENT),
+    "hope": ("hope_tiny", {}),
+    "hope_c1": ("hope_tiny", _RECURRENT),
+}
+LABELS = {
+    "transformer": "Transformer++",
+    "linear_attention": "linear attention",
+    "deltanet": "DeltaNet",
+    "selfmod": "self-mod Titans (chunks 4/2)",
+    "selfmod_c1": "self-mod Titans (chunk 1)",
+    "hope": "Hope (chunks 4/2)",
+    "hope_c1": "Hope (chunk 1)",
+}
+BINS = {"bin0": (1, 40), "bin1": (41, 80), "bin2": (81, 160)}
+FULL = {
+    "steps": 800,
+    "batch": 32,
+    "train_lens": (1, 40),
+    "lr": 3e-3,
+    "bins": BINS,
+    "test_strings": 512,
+    "seeds": (0, 1, 2),
+}
+SMOKE = {
+    **FULL,
+    "steps": 3,
+    "batch": 4,
+    "train_lens": (1, 12),
+    "bins": {"bin0": (1, 12), "bin1": (13, 24)},
+    "test_strings": 8,
+    "seeds": (0,),
+}
+
+
+# --- the languages -------------------------------------------------------------------------------
+def _lengths(lang: str, low: int, high: int) -> np.ndarray:
+    """Every length in ``[low, high]`` that the language has strings of (at least one)."""
+    step = {"aa": 2, "abab": 4, "anbn": 2, "anbncn": 3, "shuffle2": 2}.get(lang, 1)
+    ls = np.arange(max(low, 1), high + 1)
+    ls = ls[ls % step == 0]
+    if ls.size == 0:
+        raise ValueError(f"{lang} has no strings with length in [{low}, {high}].")
+    return ls
+
+
+def sample_string(lang: str, n: int, rng: np.random.Generator) -> str:
+    """A uniformly drawn string of length ``n`` of the language (``n`` from :func:`_lengths`)."""
+    if lang == "parity":
+        bits = rng.integers(0, 2, n)
+        bits[-1] = bits[:-1].sum() % 2  # an even count of 1s
+        return "".join("01"[b] for b in bits)
+    if lang == "aa":
+        return "a" * n
+    if lang == "abab":
+        return "ab" * (n // 2)
+    if lang == "anbn":
+        return "a" * (n // 2) + "b" * (n // 2)
+    if lang == "anbncn":
+        return "a" * (n // 3) + "b" * (n // 3) + "c" * (n // 3)
+    if lang == "shuffle2":  # a random walk that can always close in the length left
+        out, depth = [], [0, 0]
+        for i in range(n):
+            left = n - i - 1  # symbols after this one
+            moves = [j for j in (0, 1) if depth[0] + depth[1] + 1 <= left]  # opens
+            moves += [2 + j for j in (0, 1) if depth[j] > 0]  # closes
+            m = moves[rng.integers(len(moves))]
+            depth[m % 2] += 1 if m < 2 else -1
+            out.append("([)]"[m] if m < 2 else ")]"[m - 2])
+        return "".join(out)
+    raise ValueError(f"unknown language {lang!r}; choose from {sorted(ALPHABETS)}.")
+
+
+def targets(lang: str, s: str) -> np.ndarray:
+    """``[len(s) + 1, N_LABELS]`` 0/1: row ``t`` says which symbols may follow ``s[:t]`` (channels
+    in the language's alphabet order) and whether ``s[:t]`` is in the language (``EOS``)."""
+    alpha = ALPHABETS[lang]
+    y = np.zeros((len(s) + 1, N_LABELS), np.float32)
+    for t in range(len(s) + 1):
+        p = s[:t]
+        if lang == "parity":
+            nxt, end = "01", p.count("1") % 2 == 0
+        elif lang == "aa":
+            nxt, end = "a", t % 2 == 0
+        elif lang == "abab":
+            nxt, end = "ab"[t % 2], t % 4 == 0
+        elif lang in ("anbn", "anbncn"):
+            na, nb, nc = p.count("a"), p.count("b"), p.count("c")
+            if nb == 0:  # still reading a's (or nothing yet)
+                nxt, end = ("ab" if na else "a"), t == 0
+            elif nb < na:
+                nxt, end = "b", False
+            elif lang == "anbn":
+                nxt, end = "", True
+            elif nc < na:
+                nxt, end = "c", False
+            else:
+                nxt, end = "", True
+        elif lang == "shuffle2":
+            dp, ds = p.count("(") - p.count(")"), p.count("[") - p.count("]")
+            nxt = "([" + (")" if dp else "") + ("]" if ds else "")
+            end = dp == 0 and ds == 0
+        else:
+            raise ValueError(f"unknown language {lang!r}")
+        for c in nxt:
+            y[t, alpha.index(c)] = 1.0
+        y[t, EOS] = float(end)
+    return y
+
+
+def channel_mask(lang: str) -> np.ndarray:
+    """``[N_LABELS]``: the label channels that the language uses (its symbols and ``EOS``)."""
+    m = np.zeros(N_LABELS, np.float32)
+    m[: len(ALPHABETS[lang])] = 1.0
+    m[EOS] = 1.0
+    return m
+
+
+def make_batch(lang: str, rng: np.random.Generator, batch: int, lens: tuple[int, int], pad_to=None):
+    """``(tokens [B, T + 1], labels [B, T + 1, N_LABELS], mask [B, T + 1])``: tokens are ``BOS``
+    then the string, padded with ``PAD`` to the longest (or ``pad_to``); ``mask`` marks each
+    string's ``len + 1`` positions. Lengths uniform over those the language has in ``lens``."""
+    ls = _lengths(lang, *lens)
+    strings = [sample_string(lang, int(rng.choice(ls)), rng) for _ in range(batch)]
+    t = max(pad_to or 0, max(len(s) for s in strings))
+    tokens = np.full((batch, t + 1), PAD, np.int32)
+    labels = np.zeros((batch, t + 1, N_LABELS), np.float32)
+    mask = np.zeros((batch, t + 1), np.float32)
+    alpha = ALPHABETS[lang]
+    for b, s in enumerate(strings):
+        tokens[b, 0] = BOS
+        tokens[b, 1 : len(s) + 1] = [alpha.index(c) for c in s]
+        labels[b, : len(s) + 1] = targets(lang, s)
+        mask[b, : len(s) + 1] = 1.0
+    return tokens, labels, mask
+
+
+# --- models, training and testing ----------------------------------------------------------------
+def build(name: str, smoke: bool):
+    """``(LanguageModel, parameter count)``; every model's ``d_ff`` matched to Hope's count."""
+    from nested_jax.models import LanguageModel, count_params, get_config, matched_d_ff
+
+    shape = {**SHAPE, **({"d_model": 16, "n_layers": 1} if smoke else {})}
+    config = lambda m: get_config(MODELS[m][0], **{**shape, **MODELS[m][1]})
+    cfg = config(name)
+    if not name.startswith("hope"):
+        cfg = cfg.replace(d_ff=matched_d_ff(cfg, count_params(config("hope")), multiple=8))
+    return LanguageModel(cfg), count_params(cfg)
+
+
+def _loss_and_hits(model, params, tokens, labels, mask, channels):
+    """Masked binary cross-entropy per label, and the number of strings with every label right."""
+    logits, _ = model.apply(params, tokens)
+    z = logits[..., :N_LABELS]
+    bce = jnp.logaddexp(0.0, z) - labels * z  # -log sigmoid(z) if 1, -log(1 - sigmoid(z)) if 0
+    w = mask[..., None] * channels[None, None]
+    loss = jnp.sum(bce * w) / jnp.sum(w)
+    wrong = ((z > 0).astype(jnp.float32) != labels).astype(jnp.float32) * w
+    ok = jnp.sum(wrong, axis=(1, 2)) == 0
+    return loss, jnp.sum(ok.astype(jnp.float32))
+
+
+def train_and_test(lang: str, name: str, seed: int, setup: dict, smoke: bool) -> dict:
+    import optax
+
+    model, n_params = build(name, smoke)
+    params = model.init(jax.random.key(seed))
+    steps = setup["steps"]
+    opt = optax.adamw(
+        optax.warmup_cosine_decay_schedule(0.0, setup["lr"], max(1, steps // 20), steps),
+        weight_decay=0.1,
+    )
+    opt = optax.chain(optax.clip_by_global_norm(1.0), opt)
+    opt_state = opt.init(params)
+    channels = jnp.asarray(channel_mask(lang))
+
+    @jax.jit
+    def step(params, opt_state, tokens, labels, mask):
+        def loss(p):
+            return _loss_and_hits(model, p, tokens, labels, mask, channels)[0]
+
+        value, grads = jax.value_and_grad(loss)(params)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32
+            updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    rng = np.random.default_rng(1000 + seed)
+    losses, t0, compile_s = [], time.perf_counter(), None
+    train_len = setup["train_lens"][1]
+    for i in range(steps):  # padded to the longest training length: one compiled shape
+        batch = make_batch(lang, rng, setup["batch"], setup["train_lens"], pad_to=train_len)
+        params, opt_state, value = step(params, opt_state, *batch)
+        if i == 0:
+            value.block_until_ready()
+            compile_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+        losses.append(float(value) if i % 10 == 0 or i == steps - 1 else None)
+    train_s = time.perf_counter() - t1
+    evaluate = jax.jit(lambda p, t, y, m: _loss_and_hits(model, p, t, y, m, channels))
+    test_rng = np.random.default_rng(9999)  # the same test strings for every model and seed
+    accuracy, test_loss = {}, {}
+    for bin_name, lens in setup["bins"].items():
+        hits = loss_sum = 0.0
+        n, per = setup["test_strings"], min(setup["test_strings"], 128)
+        for _ in range(n // per):
+            batch = make_batch(lang, test_rng, per, lens, pad_to=lens[1])
+            loss_b, h = evaluate(params, *batch)
+            hits, loss_sum = hits + float(h), loss_sum + float(loss_b)
+        accuracy[bin_name] = hits / (n // per * per)
+        test_loss[bin_name] = loss_sum / (n // per)
+    return {
+        "language": lang,
+        "model": name,
+        "seed": seed,
+        "params": n_params,
+        "train_loss": [[i, v] for i, v in enumerate(losses) if v is not None],
+        "final_train_loss": losses[-1],
+        "accuracy": accuracy,
+        "test_loss": test_loss,
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "steps_per_s": (steps - 1) / train_s if steps > 1 else None,
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    out = {}
+    for lang in ALPHABETS:
+        for name in MODELS:
+            rs = [r for r in runs if r["language"] == lang and r["model"] == name]
+            if not rs:
+                continue
+            out.setdefault(lang, {})[name] = {
+                "params": rs[0]["params"],
+                "seeds": [r["seed"] for r in rs],
+                "accuracy": {
+                    k: mean_std([r["accuracy"][k] for r in rs]) for k in rs[0]["accuracy"]
+                },
+                "final_train_loss": mean_std([r["final_train_loss"] for r in rs]),
+                "steps_per_s": mean_std([r["steps_per_s"] for r in rs]),
+                "compile_s": mean_std([r["compile_s"] for r in rs]),
+            }
+    return out
+
+
+def plot(path: Path, summary: dict, setup: dict) -> None:
+    plt = pyplot()
+    langs = list(summary)
+    if not langs:
+        return
+    bins = list(setup["bins"])
+    fig, axes = plt.subplots(1, len(langs), figsize=(3.2 * len(langs), 3.6), sharey=True)
+    axes = np.atleast_1d(axes)
+    names = [m for m in MODELS if any(m in summary[lang] for lang in langs)]
+    width = 0.8 / max(1, len(names))
+    for ax, lang in zip(axes, langs, strict=True):
+        for i, name in enumerate(names):
+            row = summary[lang].get(name)
+            if row is None:
+                continue
+            acc = [row["accuracy"][b] for b in bins]
+            ax.bar(
+                np.arange(len(bins)) + i * width,
+                [a["mean"] for a in acc],
+                width,
+                yerr=[a["std"] for a in acc],
+                color=f"C{i}",
+                label=LABELS[name],
+            )
+        ax.set_xticks(np.arange(len(bins)) + 0.4 - width / 2)
+        ax.set_xticklabels([f"{b}\n{setup['bins'][b][0]}-{setup['bins'][b][1]}" for b in bins])
+        ax.set_title(LANG_LABELS[lang])
+    axes[0].set_ylabel("strings recognised (mean ± std)")
+    axes[-1].legend(fontsize=6)
+    save_figure(fig, path)
+
+
+def main(argv=None) -> dict:
+    def more(p):
+        p.add_argument("--languages", nargs="*", choices=list(ALPHABETS), default=list(ALPHABETS))
+        p.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
+        p.add_argument("--seeds", nargs="*", type=int, default=None)
+        p.add_argument(
+            "--report", action="store_true", help="only aggregate the finished runs (no training)"
+        )
+
+    args = parse_args(__doc__, OUT, argv, more)
+    setup = SMOKE if args.smoke else FULL
+    seeds = setup["seeds"] if args.seeds is None else tuple(args.seeds)
+    out = Path(args.out)
+    runs_dir = out / "runs"  # one file per (language, model, seed): a stopped run resumes
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        for lang in args.languages:
+            for name in args.models:
+                path = runs_dir / f"{lang}-{name}-seed{seed}.json"
+                if path.exists() or args.report:
+                    continue
+                r = train_and_test(lang, name, seed, setup, args.smoke)
+                path.write_text(json.dumps(r) + "\n")
+                acc = " ".join(f"{k}:{v:.2f}" for k, v in r["accuracy"].items())
+                print(
+                    f"{lang:>9} {name:>16} seed {seed}: loss {r['final_train_loss']:.4f}, "
+                    f"{acc}, {r['steps_per_s']:.1f} steps/s, compile {r['compile_s']:.1f} s",
+                    flush=True,
+                )
+    runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
+    summary = summarize(runs)
+    payload = {
+        "experiment": "formal languages (issue 16 item 1)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{jax.devices()[0].platform}, jax {jax.__version__}",
+        "setup": {**setup, "bins": {k: list(v) for k, v in setup["bins"].items()}},
+        "shape": SHAPE,
+        "summary": summary,
+        "runs": runs,
+    }
+    write_results(out, payload)
+    plot(out / "formal_languages.png", summary, setup)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
