@@ -64,3 +64,24 @@ def matched_d_ff(name: str, target: str, overrides=(), multiple: int = 8) -> tup
     return overrides + (
         ("d_ff", best(get_config(name, **dict(overrides)), want, multiple=multiple)),
     )
+
+
+def adamw_step(loss, params, steps: int, lr: float):
+    """The synthetic-task experiments' optimizer: AdamW (weight decay 0.1, cosine schedule with a
+    5% warm-up, global-norm clip 1.0). ``loss(params, *batch) -> scalar``. Returns
+    ``(opt_state, step)`` with ``step(params, opt_state, *batch) -> (params, opt_state, loss)``
+    jitted."""
+    import jax
+    import optax
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), steps)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.1))
+
+    @jax.jit
+    def step(params, opt_state, *batch):
+        value, grads = jax.value_and_grad(loss)(params, *batch)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32
+            updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return opt.init(params), step

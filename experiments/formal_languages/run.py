@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import mean_std, parse_args, pyplot, save_figure, write_results
+from experiments.common import adamw_step, mean_std, parse_args, pyplot, save_figure, write_results
 
 OUT = "experiments/formal_languages/results"
 N_LABELS = 5  # up to four symbols, then EOS
@@ -230,28 +230,13 @@ def _loss_and_hits(model, params, tokens, labels, mask, channels):
 
 
 def train_and_test(lang: str, name: str, seed: int, setup: dict, smoke: bool) -> dict:
-    import optax
-
     model, n_params = build(name, smoke)
     params = model.init(jax.random.key(seed))
     steps = setup["steps"]
-    opt = optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, setup["lr"], max(1, steps // 20), steps),
-        weight_decay=0.1,
-    )
-    opt = optax.chain(optax.clip_by_global_norm(1.0), opt)
-    opt_state = opt.init(params)
     channels = jnp.asarray(channel_mask(lang))
-
-    @jax.jit
-    def step(params, opt_state, tokens, labels, mask):
-        def loss(p):
-            return _loss_and_hits(model, p, tokens, labels, mask, channels)[0]
-
-        value, grads = jax.value_and_grad(loss)(params)
-        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32
-            updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
+    opt_state, step = adamw_step(
+        lambda p, *batch: _loss_and_hits(model, p, *batch, channels)[0], params, steps, setup["lr"]
+    )
 
     rng = np.random.default_rng(1000 + seed)
     losses, t0, compile_s = [], time.perf_counter(), None

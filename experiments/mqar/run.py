@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import mean_std, parse_args, pyplot, save_figure, write_results
+from experiments.common import adamw_step, mean_std, parse_args, pyplot, save_figure, write_results
 
 OUT = "experiments/mqar/results"
 N_KEYS = N_VALUES = N_FILLER = 64  # token ranges: keys [0, 64), values [64, 128), filler [128, 192)
@@ -130,28 +130,14 @@ def _answer_nll_and_hits(model, params, tokens, mask):
 
 
 def train_and_test(name: str, seed: int, setup: dict, smoke: bool) -> dict:
-    import optax
-
     model, n_params = build(name, smoke)
     params = model.init(jax.random.key(seed))
-    opt = optax.adamw(
-        optax.warmup_cosine_decay_schedule(
-            0.0, setup["lr"], max(1, setup["steps"] // 20), setup["steps"]
-        ),
-        weight_decay=0.1,
+    opt_state, step = adamw_step(
+        lambda p, tokens, mask: _answer_nll_and_hits(model, p, tokens, mask)[0],
+        params,
+        setup["steps"],
+        setup["lr"],
     )
-    opt = optax.chain(optax.clip_by_global_norm(1.0), opt)
-    opt_state = opt.init(params)
-
-    @jax.jit
-    def step(params, opt_state, tokens, mask):
-        def loss(p):
-            return _answer_nll_and_hits(model, p, tokens, mask)[0]
-
-        value, grads = jax.value_and_grad(loss)(params)
-        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32
-            updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
 
     rng = np.random.default_rng(1000 + seed)
     losses, t0, compile_s = [], time.perf_counter(), None
