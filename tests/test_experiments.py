@@ -338,3 +338,51 @@ def test_formal_languages_batches_and_smoke(tmp_path):
     again = fl.main([*args, "--out", str(tmp_path), "--report"])
     assert again["runs"] == payload["runs"]  # read back, nothing retrained
     assert (tmp_path / "runs" / "anbn-deltanet-seed0.json").stat().st_mtime_ns == stamp
+
+
+def test_cms_levels_data_and_smoke(tmp_path):
+    """Drifting facts: every label of every value position recomputed from the tokens alone (gap
+    to the key's last statement, known = same value then, updated = the key had another value
+    before, stale = the old value); models matched to the two-level CMS; smoke run and resume."""
+    from experiments.cms_levels import run as cl
+
+    changes = 0
+    for seed in range(4):
+        tokens, info = cl.make_batch(np.random.default_rng(seed), 3, 128, 4, 2)
+        assert tokens.shape == (3, 128) and info["answer"].sum() == 3 * 64
+        for b in range(3):
+            seen = {}  # key -> list of values stated, in order, with positions
+            for j in range(0, 128, 2):
+                k, v = int(tokens[b, j]), int(tokens[b, j + 1])
+                assert 0 <= k < cl.N_KEYS <= v < cl.N_KEYS + cl.N_VALUES
+                hist = seen.setdefault(k, [])
+                gap = j - hist[-1][0] if hist else 0
+                known = bool(hist) and hist[-1][1] == v
+                updated = known and len({val for _, val in hist}) > 1
+                assert info["gap"][b, j] == gap and info["known"][b, j] == known, (b, j)
+                assert info["updated"][b, j] == updated, (b, j)
+                stale = hist[-1][1] if hist and not known else -1
+                assert info["stale"][b, j] == stale, (b, j)
+                changes += stale >= 0
+                hist.append((j, v))
+            assert not info["answer"][b, 1::2].any()
+    assert changes > 0  # the mapping drifted and the stream saw it
+    with pytest.raises(ValueError, match="even"):
+        cl.make_batch(np.random.default_rng(0), 1, 9, 4, 1)
+    ref = cl.build(cl.REFERENCE, smoke=False)[1]
+    for name in cl.MODELS:
+        assert abs(cl.build(name, smoke=False)[1] / ref - 1) < 0.05, name
+    pred = tokens[:, 1:].copy()  # a perfect predictor scores 1 wherever it is scored
+    for k, (h, n) in cl.score(pred, tokens, info).items():
+        assert h == (0 if k == "stale answer" else n), k
+    args = ["--smoke", "--models", "swa", "cms2", "--out", str(tmp_path)]
+    payload = cl.main(args)
+    assert set(payload["summary"]) == {"swa", "cms2"}
+    for row in payload["summary"].values():
+        cats = row["accuracy"]["64"]
+        assert "adaptation" in cats and "retention 1-16" in cats
+        assert all(a is None or 0 <= a["mean"] <= 1 for a in cats.values())
+    assert (tmp_path / "cms_levels.png").stat().st_size > 10_000
+    stamp = (tmp_path / "runs" / "cms2-seed0.json").stat().st_mtime_ns
+    assert cl.main([*args, "--report"])["runs"] == payload["runs"]
+    assert (tmp_path / "runs" / "cms2-seed0.json").stat().st_mtime_ns == stamp
