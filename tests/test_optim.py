@@ -420,3 +420,56 @@ def test_the_gradient_memory_is_an_associative_memory():
     np.testing.assert_allclose(d["a"], want, rtol=1e-6)
     with pytest.raises(TypeError, match="objective"):
         write_gradient_memory(m, g, 0.9, objective="l2")
+
+
+def test_muon_in_a_language_model_is_muon_per_layer_matrix():
+    """``optim.name=muon``: every layer's weight matrix of a stacked ``[n_layers, m, n]`` leaf
+    gets exactly what optax's Muon gives that matrix alone, and the embeddings, head and stacked
+    norms get exactly its AdamW part (two steps, so the momenta matter)."""
+    from nested_jax.models import LanguageModel, get_config
+    from nested_jax.train.config import OptimConfig
+    from nested_jax.train.step import make_optimizer
+
+    model = LanguageModel(get_config("tiny", n_layers=2, d_model=16, d_ff=32))
+    params = model.init(jax.random.key(0))
+    o = OptimConfig(
+        name="muon", lr=0.02, weight_decay=0.01, clip_norm=0.0, schedule="constant", warmup_steps=0
+    )
+    opt = make_optimizer(o, 10)
+    rng = np.random.default_rng(0)
+    grads = [
+        jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params)
+        for _ in range(2)
+    ]
+    with jax.numpy_dtype_promotion("standard"):
+        state = opt.init(params)
+        for g in grads:
+            upd, state = opt.update(g, state, params)
+    flat = {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(params)}
+    got = {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(upd)}
+    matrices = [k for k, a in flat.items() if k.startswith("['layers']") and a.ndim == 3]
+    assert len(matrices) >= 4, matrices
+    for key, leaf in flat.items():
+        gs = [
+            {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(g)}[key]
+            for g in grads
+        ]
+        if key in matrices:  # Muon on each layer's matrix alone
+            ref = optax.contrib.muon(0.02, weight_decay=0.01, adam_weight_decay=0.01, adam_b2=o.b2)
+            for layer in range(leaf.shape[0]):
+                with jax.numpy_dtype_promotion("standard"):
+                    s = ref.init(leaf[layer])
+                    for g in gs:
+                        u, s = ref.update(g[layer], s, leaf[layer])
+                np.testing.assert_allclose(
+                    np.asarray(got[key][layer]), np.asarray(u), rtol=2e-4, atol=1e-6, err_msg=key
+                )
+        else:  # AdamW, Muon's own part
+            ref = optax.adamw(0.02, b1=o.b1, b2=o.b2, weight_decay=0.01, nesterov=True)
+            with jax.numpy_dtype_promotion("standard"):
+                s = ref.init(leaf)
+                for g in gs:
+                    u, s = ref.update(g, s, leaf)
+            np.testing.assert_allclose(
+                np.asarray(got[key]), np.asarray(u), rtol=2e-4, atol=1e-7, err_msg=key
+            )

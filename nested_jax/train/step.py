@@ -69,6 +69,27 @@ def _m3(o: OptimConfig, lr):
     )
 
 
+def _muon(o: OptimConfig, lr):
+    # optax's Muon on one matrix per layer of the stacked layer weights (``[n_layers, m, n]``,
+    # decisions D76); embeddings, head, norms, per-head memory states and everything else go to
+    # Muon's own AdamW part (its default: the same rate)
+    dims = optax.contrib.MuonDimensionNumbers(reduction_axis=1, output_axis=2)
+
+    def matrices(p):
+        per_layer = jax.tree.map(lambda a: dims if a.ndim == 3 else None, p["layers"])
+        return jax.tree.map(lambda _: None, p) | {"layers": per_layer}
+
+    wd = o.weight_decay
+    return optax.contrib.muon(
+        lr,
+        weight_decay=wd,
+        adam_weight_decay=wd,
+        adam_b1=o.b1,
+        adam_b2=o.b2,
+        muon_weight_dimension_numbers=matrices,
+    )
+
+
 #: The outer optimizers by name: ``(OptimConfig, schedule) -> optax.GradientTransformation``.
 #: ``optim.name`` in a training config is one of these keys; add an entry to offer another.
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -79,6 +100,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "delta_momentum": lambda o, lr: nj_optim.delta_momentum(lr, o.b1),
     "adam_memory": lambda o, lr: nj_optim.adam_memory(lr, o.b1, o.b2),
     "m3": _m3,
+    "muon": _muon,
     "dmgd": lambda o, lr: nj_optim.dmgd(lr),
 }
 
