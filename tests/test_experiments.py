@@ -194,6 +194,23 @@ def test_optimizers_smoke(tmp_path):
     assert payload["results"]["adamw"]["final_train_loss"]["mean"] < 2.3  # below chance (ln 10)
 
 
+def test_optimizers_char_lm_smoke(tmp_path):
+    """The character-level half: every optimizer (M3 and Muon through the training system's
+    language-model setups) trains a Transformer++ on Shakespeare bytes and is scored in
+    validation bits per byte; results go to ``char_lm/``."""
+    from experiments.optimizers import run as opt
+
+    payload = opt.run(smoke=True, out=tmp_path, task="lm")
+    assert (tmp_path / "char_lm" / "optimizers.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "char_lm" / "results.json").read_text())["dataset"]
+    assert set(payload["results"]) == set(opt.LM_OPTIMIZERS)
+    for r in payload["results"].values():
+        assert len(r["loss_curve_mean"]) == opt.LM_SMOKE["steps"] // opt.LM_SMOKE["log_every"]
+        assert r["step_ms"]["mean"] > 0 and 0 < r["val_bpb"]["mean"] < 12
+    with pytest.raises(ValueError, match="task must be"):
+        opt.run(smoke=True, out=tmp_path, task="cnn")
+
+
 def test_mqar_data_and_smoke(tmp_path):
     """MQAR sequences: N pairs, a filler gap, every key queried once with its value next (the
     answer mask marks exactly those positions); models are matched to Hope's size; the smoke run
