@@ -354,6 +354,9 @@ def test_formal_languages_batches_and_smoke(tmp_path):
     stamp = (tmp_path / "runs" / "anbn-deltanet-seed0.json").stat().st_mtime_ns
     again = fl.main([*args, "--out", str(tmp_path), "--report"])
     assert again["runs"] == payload["runs"]  # read back, nothing retrained
+    md = fl.table(again["summary"], ("bin0", "bin1")).splitlines()
+    assert md[0] == "| model | parity | a^n b^n |" and len(md) == 4
+    assert md[2].startswith("| Transformer++ | ") and md[2].endswith(" (1) |")
     assert (tmp_path / "runs" / "anbn-deltanet-seed0.json").stat().st_mtime_ns == stamp
 
 

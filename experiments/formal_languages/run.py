@@ -297,6 +297,29 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def table(summary: dict, bins=("bin0", "bin1", "bin2")) -> str:
+    """The READMEs' table: one row per model, ``bin0 / bin1 / bin2`` per language (fraction of
+    strings recognised, mean over seeds; ``(n)`` when fewer than 3 seeds; ``-`` not run)."""
+    names = [m for m in MODELS if any(m in rows for rows in summary.values())]
+    langs = [lang for lang in ALPHABETS if lang in summary]
+    head = "| model | " + " | ".join(LANG_LABELS[lang] for lang in langs) + " |"
+    lines = [head, "|---" * (len(langs) + 1) + "|"]
+    for name in names:
+        cells = []
+        for lang in langs:
+            row = summary[lang].get(name)
+            if row is None:
+                cells.append("-")
+                continue
+            acc = " / ".join(
+                f"{row['accuracy'][b]['mean']:.2f}" for b in bins if b in row["accuracy"]
+            )
+            n = len(row["seeds"])
+            cells.append(acc + (f" ({n})" if n < 3 else ""))
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(path: Path, summary: dict, setup: dict) -> None:
     plt = pyplot()
     langs = list(summary)
@@ -371,6 +394,8 @@ def main(argv=None) -> dict:
     }
     write_results(out, payload)
     plot(out / "formal_languages.png", summary, setup)
+    if args.report:
+        print(table(summary, tuple(setup["bins"])))
     return payload
 
 
