@@ -207,6 +207,12 @@ def test_optimizers_char_lm_smoke(tmp_path):
     for r in payload["results"].values():
         assert len(r["loss_curve_mean"]) == opt.LM_SMOKE["steps"] // opt.LM_SMOKE["log_every"]
         assert r["step_ms"]["mean"] > 0 and 0 < r["val_bpb"]["mean"] < 12
+    runs = sorted((tmp_path / "char_lm" / "runs").glob("*.json"))
+    assert len(runs) == len(opt.LM_OPTIMIZERS)  # one (optimizer, rate, seed) each at smoke size
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    again = opt.run(smoke=True, out=tmp_path, task="lm")  # finished runs are read back
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    assert again["results"] == payload["results"]
     with pytest.raises(ValueError, match="task must be"):
         opt.run(smoke=True, out=tmp_path, task="cnn")
 

@@ -20,11 +20,15 @@ language-model setups for the matrix ones (``nested_jax.train.step.OPTIMIZERS``:
 one matrix per layer of the stacked layer weights, AdamW on embeddings, head and norms, at the
 same rate). Results in ``<out>/char_lm/``.
 
+Each (optimizer, rate, seed) run is saved in ``<out>/runs/`` (``<out>/char_lm/runs/``) when it
+finishes, so a stopped grid resumes where it was.
+
 Run: ``python -m experiments.optimizers.run [--smoke] [--task mlp|lm] [--out ...]``
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -165,7 +169,10 @@ def run(
         lrs = lrs[1:2] if smoke else lrs
         grid = {}
         for lr in lrs:
-            runs = [fit(make, lr, data, cfg, s) for s in range(cfg["seeds"])]
+            runs = [
+                _cached(out, opt, lr, s, lambda m=make, r=lr, s=s: fit(m, r, data, cfg, s))
+                for s in range(cfg["seeds"])
+            ]
             final = [r[0][-1] for r in runs]
             score = float(np.mean(final)) if np.all(np.isfinite(final)) else np.inf
             grid[lr] = (score, runs)
@@ -198,6 +205,20 @@ def run(
     write_results(out, payload)
     _plot(out, cfg, name, results)
     return payload
+
+
+def _cached(out: Path, opt: str, lr: float, seed: int, fit):
+    """One (optimizer, rate, seed) run, read back from ``out/runs/`` when it finished before
+    (so a stopped grid resumes), else ``fit()`` and saved: ``(losses, metric, step seconds)``."""
+    path = out / "runs" / f"{opt}-lr{lr:g}-seed{seed}.json"
+    if path.exists():
+        r = json.loads(path.read_text())
+        return np.asarray(r["losses"]), r["metric"], r["step_s"]
+    losses, metric, step_s = fit()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = {"losses": [float(x) for x in losses], "metric": metric, "step_s": step_s}
+    path.write_text(json.dumps(rec) + "\n")
+    return losses, metric, step_s
 
 
 def _plot(out, cfg, name, results):
