@@ -85,3 +85,73 @@ def adamw_step(loss, params, steps: int, lr: float):
         return optax.apply_updates(params, updates), opt_state, value
 
     return opt.init(params), step
+
+
+def train_loop(step, params, opt_state, batches, log_every: int = 10):
+    """Run ``step(params, opt_state, *batch) -> (params, opt_state, loss)`` over ``batches`` (a
+    sized iterable of tuples): ``(params, losses, compile_s, train_s)`` with the loss every
+    ``log_every`` steps and at the last (``None`` elsewhere), the first step's seconds (it
+    compiles) and the seconds of the others."""
+    import time
+
+    n = len(batches)
+    losses, t0 = [], time.perf_counter()
+    compile_s, t1 = None, None
+    for i, batch in enumerate(batches):
+        params, opt_state, value = step(params, opt_state, *batch)
+        if i == 0:
+            value.block_until_ready()
+            compile_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+        losses.append(float(value) if i % log_every == 0 or i == n - 1 else None)
+    return params, losses, compile_s, time.perf_counter() - t1
+
+
+class Batches:
+    """``n`` batches from ``make()`` called once per step (a sized iterable for
+    :func:`train_loop`)."""
+
+    def __init__(self, make, n: int):
+        self.make, self.n = make, n
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return (self.make() for _ in range(self.n))
+
+
+def run_grid(runs_dir: Path, names: list[str], train, *, report: bool = False, show=None):
+    """The resumable grid of the synthetic-task experiments: for each ``name`` (a file stem such
+    as ``"deltanet-seed0"``) the run's record is read from ``runs_dir/<name>.json`` when it has
+    finished before, else (unless ``report``) ``train(name)`` is run and saved at once, so a
+    stopped grid resumes where it was. ``show(record)`` prints a line per new run. Returns the
+    records that exist, in ``names`` order."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        path = runs_dir / f"{name}.json"
+        if path.exists():
+            out.append(json.loads(path.read_text()))
+            continue
+        if report:
+            continue
+        record = train(name)
+        path.write_text(json.dumps(record) + "\n")
+        out.append(record)
+        if show is not None:
+            print(show(record), flush=True)
+    return out
+
+
+def machine() -> str:
+    """The machine line of every results file: architecture, CPU cores, platform, jax."""
+    import os
+    import platform
+
+    import jax
+
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {jax.devices()[0].platform}, "
+        f"jax {jax.__version__}"
+    )

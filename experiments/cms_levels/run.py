@@ -27,17 +27,24 @@ Run: ``python -m experiments.cms_levels.run [--smoke] [--models ...] [--report]`
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import adamw_step, mean_std, parse_args, pyplot, save_figure, write_results
+from experiments.common import (
+    Batches,
+    adamw_step,
+    machine,
+    mean_std,
+    parse_args,
+    pyplot,
+    run_grid,
+    save_figure,
+    train_loop,
+    write_results,
+)
 
 OUT = "experiments/cms_levels/results"
 N_KEYS = N_VALUES = 16  # keys [0, 16), values [16, 32)
@@ -161,16 +168,13 @@ def train_and_test(name: str, seed: int, setup: dict, smoke: bool) -> dict:
     )
     drift = (setup["drift_every"], setup["n_drift"])
     rng = np.random.default_rng(1000 + seed)
-    losses, t0, compile_s = [], time.perf_counter(), None
-    for i in range(setup["steps"]):
-        tokens, info = make_batch(rng, setup["batch"], setup["train_len"], *drift)
-        params, opt_state, value = step(params, opt_state, tokens, info["answer"])
-        if i == 0:
-            value.block_until_ready()
-            compile_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-        losses.append(float(value) if i % 10 == 0 or i == setup["steps"] - 1 else None)
-    train_s = time.perf_counter() - t1
+    batches = Batches(
+        lambda: (lambda t, i: (t, i["answer"]))(
+            *make_batch(rng, setup["batch"], setup["train_len"], *drift)
+        ),
+        setup["steps"],
+    )
+    params, losses, compile_s, train_s = train_loop(step, params, opt_state, batches)
     evaluate = jax.jit(lambda p, t, a: _value_nll(model, p, t, a)[1])
     test_rng = np.random.default_rng(9999)  # the same test sequences for every model and seed
     accuracy = {}
@@ -258,28 +262,26 @@ def main(argv=None) -> dict:
     if args.smoke:
         seeds = seeds[:1]
     out = Path(args.out)
-    runs_dir = out / "runs"  # one file per (model, seed): a stopped run resumes
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        for name in args.models:
-            path = runs_dir / f"{name}-seed{seed}.json"
-            if path.exists() or args.report:
-                continue
-            r = train_and_test(name, seed, setup, args.smoke)
-            path.write_text(json.dumps(r) + "\n")
-            acc = r["accuracy"][str(setup["test_lens"][0])]
-            shown = " ".join(f"{k}:{v:.2f}" for k, v in acc.items() if v is not None)
-            print(
-                f"{name:>10} seed {seed}: loss {r['final_train_loss']:.3f}, {shown}, "
-                f"{r['tokens_per_s']:.0f} tok/s, compile {r['compile_s']:.1f} s",
-                flush=True,
-            )
-    runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
+
+    def show(r):
+        acc = r["accuracy"][str(setup["test_lens"][0])]
+        shown = " ".join(f"{k}:{v:.2f}" for k, v in acc.items() if v is not None)
+        return (
+            f"{r['model']:>10} seed {r['seed']}: loss {r['final_train_loss']:.3f}, {shown}, "
+            f"{r['tokens_per_s']:.0f} tok/s, compile {r['compile_s']:.1f} s"
+        )
+
+    def train(stem):
+        name, seed = stem.rsplit("-seed", 1)
+        return train_and_test(name, int(seed), setup, args.smoke)
+
+    stems = [f"{name}-seed{seed}" for seed in seeds for name in args.models]
+    # one file per (model, seed): a stopped grid resumes where it was
+    runs = run_grid(out / "runs", stems, train, report=args.report, show=show)
     summary = summarize(runs)
     payload = {
         "experiment": "cms levels and frequencies (issue 16 item 4)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"{jax.devices()[0].platform}, jax {jax.__version__}",
+        "machine": machine(),
         "setup": setup,
         "shape": SHAPE,
         "summary": summary,

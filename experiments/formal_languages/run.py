@@ -28,17 +28,24 @@ Run: ``python -m experiments.formal_languages.run [--smoke] [--languages ...] [-
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import adamw_step, mean_std, parse_args, pyplot, save_figure, write_results
+from experiments.common import (
+    Batches,
+    adamw_step,
+    machine,
+    mean_std,
+    parse_args,
+    pyplot,
+    run_grid,
+    save_figure,
+    train_loop,
+    write_results,
+)
 
 OUT = "experiments/formal_languages/results"
 N_LABELS = 5  # up to four symbols, then EOS
@@ -239,17 +246,11 @@ def train_and_test(lang: str, name: str, seed: int, setup: dict, smoke: bool) ->
     )
 
     rng = np.random.default_rng(1000 + seed)
-    losses, t0, compile_s = [], time.perf_counter(), None
-    train_len = setup["train_lens"][1]
-    for i in range(steps):  # padded to the longest training length: one compiled shape
-        batch = make_batch(lang, rng, setup["batch"], setup["train_lens"], pad_to=train_len)
-        params, opt_state, value = step(params, opt_state, *batch)
-        if i == 0:
-            value.block_until_ready()
-            compile_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-        losses.append(float(value) if i % 10 == 0 or i == steps - 1 else None)
-    train_s = time.perf_counter() - t1
+    train_len = setup["train_lens"][1]  # padded to the longest: one compiled shape
+    batches = Batches(
+        lambda: make_batch(lang, rng, setup["batch"], setup["train_lens"], pad_to=train_len), steps
+    )
+    params, losses, compile_s, train_s = train_loop(step, params, opt_state, batches)
     evaluate = jax.jit(lambda p, t, y, m: _loss_and_hits(model, p, t, y, m, channels))
     test_rng = np.random.default_rng(9999)  # the same test strings for every model and seed
     accuracy, test_loss = {}, {}
@@ -365,28 +366,32 @@ def main(argv=None) -> dict:
     setup = SMOKE if args.smoke else FULL
     seeds = setup["seeds"] if args.seeds is None else tuple(args.seeds)
     out = Path(args.out)
-    runs_dir = out / "runs"  # one file per (language, model, seed): a stopped run resumes
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        for lang in args.languages:
-            for name in args.models:
-                path = runs_dir / f"{lang}-{name}-seed{seed}.json"
-                if path.exists() or args.report:
-                    continue
-                r = train_and_test(lang, name, seed, setup, args.smoke)
-                path.write_text(json.dumps(r) + "\n")
-                acc = " ".join(f"{k}:{v:.2f}" for k, v in r["accuracy"].items())
-                print(
-                    f"{lang:>9} {name:>16} seed {seed}: loss {r['final_train_loss']:.4f}, "
-                    f"{acc}, {r['steps_per_s']:.1f} steps/s, compile {r['compile_s']:.1f} s",
-                    flush=True,
-                )
-    runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
+
+    def show(r):
+        acc = " ".join(f"{k}:{v:.2f}" for k, v in r["accuracy"].items())
+        return (
+            f"{r['language']:>9} {r['model']:>16} seed {r['seed']}: loss "
+            f"{r['final_train_loss']:.4f}, {acc}, {r['steps_per_s']:.1f} steps/s, "
+            f"compile {r['compile_s']:.1f} s"
+        )
+
+    def train(stem):
+        lang, rest = stem.split("-", 1)
+        name, seed = rest.rsplit("-seed", 1)
+        return train_and_test(lang, name, int(seed), setup, args.smoke)
+
+    stems = [
+        f"{lang}-{name}-seed{seed}"
+        for seed in seeds
+        for lang in args.languages
+        for name in args.models
+    ]
+    # one file per (language, model, seed): a stopped grid resumes where it was
+    runs = run_grid(out / "runs", stems, train, report=args.report, show=show)
     summary = summarize(runs)
     payload = {
         "experiment": "formal languages (issue 16 item 1)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"{jax.devices()[0].platform}, jax {jax.__version__}",
+        "machine": machine(),
         "setup": {**setup, "bins": {k: list(v) for k, v in setup["bins"].items()}},
         "shape": SHAPE,
         "summary": summary,

@@ -21,17 +21,24 @@ Run: ``python -m experiments.mqar.run [--smoke] [--models ...] [--report] [--out
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import adamw_step, mean_std, parse_args, pyplot, save_figure, write_results
+from experiments.common import (
+    Batches,
+    adamw_step,
+    machine,
+    mean_std,
+    parse_args,
+    pyplot,
+    run_grid,
+    save_figure,
+    train_loop,
+    write_results,
+)
 
 OUT = "experiments/mqar/results"
 N_KEYS = N_VALUES = N_FILLER = 64  # token ranges: keys [0, 64), values [64, 128), filler [128, 192)
@@ -140,16 +147,11 @@ def train_and_test(name: str, seed: int, setup: dict, smoke: bool) -> dict:
     )
 
     rng = np.random.default_rng(1000 + seed)
-    losses, t0, compile_s = [], time.perf_counter(), None
-    for i in range(setup["steps"]):
-        tokens, mask = make_batch(rng, setup["batch"], setup["train_pairs"], setup["train_len"])
-        params, opt_state, value = step(params, opt_state, tokens, mask)
-        if i == 0:
-            value.block_until_ready()
-            compile_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-        losses.append(float(value) if i % 10 == 0 or i == setup["steps"] - 1 else None)
-    train_s = time.perf_counter() - t1
+    batches = Batches(
+        lambda: make_batch(rng, setup["batch"], setup["train_pairs"], setup["train_len"]),
+        setup["steps"],
+    )
+    params, losses, compile_s, train_s = train_loop(step, params, opt_state, batches)
     if not np.isfinite(losses[-1]):
         print(f"{name} seed {seed}: non-finite training loss", flush=True)
     evaluate = jax.jit(lambda p, t, m: _answer_nll_and_hits(model, p, t, m)[1:])
@@ -235,31 +237,25 @@ def main(argv=None) -> dict:
     setup = SMOKE if args.smoke else FULL
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs_dir = out / "runs"  # one file per (model, seed): a stopped run resumes where it was
-    runs_dir.mkdir(exist_ok=True)
-    runs = []
-    for seed in setup["seeds"]:
-        for name in args.models:
-            path = runs_dir / f"{name}-seed{seed}.json"
-            if path.exists():
-                runs.append(json.loads(path.read_text()))
-                continue
-            if args.report:
-                continue
-            r = train_and_test(name, seed, setup, args.smoke)
-            path.write_text(json.dumps(r) + "\n")
-            runs.append(r)
-            acc = " ".join(f"{k}:{v:.2f}" for k, v in r["accuracy"].items())
-            print(
-                f"{name:>16} seed {seed}: loss {r['final_train_loss']:.3f}, acc {acc}, "
-                f"{r['tokens_per_s']:.0f} tok/s, compile {r['compile_s']:.1f} s",
-                flush=True,
-            )
+
+    def show(r):
+        acc = " ".join(f"{k}:{v:.2f}" for k, v in r["accuracy"].items())
+        return (
+            f"{r['model']:>16} seed {r['seed']}: loss {r['final_train_loss']:.3f}, acc {acc}, "
+            f"{r['tokens_per_s']:.0f} tok/s, compile {r['compile_s']:.1f} s"
+        )
+
+    def train(stem):
+        name, seed = stem.rsplit("-seed", 1)
+        return train_and_test(name, int(seed), setup, args.smoke)
+
+    stems = [f"{name}-seed{seed}" for seed in setup["seeds"] for name in args.models]
+    # one file per (model, seed): a stopped grid resumes where it was
+    runs = run_grid(out / "runs", stems, train, report=args.report, show=show)
     summary = summarize(runs)
     payload = {
         "experiment": "mqar (issue 16 item 2)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"{jax.devices()[0].platform}, jax {jax.__version__}",
+        "machine": machine(),
         "setup": setup,
         "shape": SHAPE,
         "summary": summary,
