@@ -4,6 +4,8 @@ import functools
 import json
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -398,6 +400,9 @@ def test_cms_levels_data_and_smoke(tmp_path):
     ref = cl.build(cl.REFERENCE, smoke=False)[1]
     for name in cl.MODELS:
         assert abs(cl.build(name, smoke=False)[1] / ref - 1) < 0.05, name
+    model = cl.build("swa", smoke=True)[0]  # the windowed models take the longest test length
+    longest = jnp.zeros((1, max(cl.FULL["test_lens"])), jnp.int32)
+    assert model.apply(model.init(jax.random.key(0)), longest)[0].shape[1] == longest.shape[1]
     pred = tokens[:, 1:].copy()  # a perfect predictor scores 1 wherever it is scored
     for k, (h, n) in cl.score(pred, tokens, info).items():
         assert h == (0 if k == "stale answer" else n), k
