@@ -323,14 +323,14 @@ def test_formal_language_targets_match_brute_force(lang, limit, longest):
     from experiments.formal_languages import run as fl
 
     rng = np.random.default_rng(0)
-    for n in fl._lengths(lang, 1, longest):
+    for n in fl.string_lengths(lang, 1, longest):
         for _ in range(3):
             s = fl.sample_string(lang, int(n), rng)
             want, member = _brute_force_rows(lang, s, limit)
             assert len(s) == n and member(s), (lang, s)
             np.testing.assert_array_equal(fl.targets(lang, s), want, err_msg=f"{lang} {s!r}")
     with pytest.raises(ValueError, match="no strings"):
-        fl._lengths("anbncn", 4, 5)
+        fl.string_lengths("anbncn", 4, 5)
 
 
 def test_formal_languages_batches_and_smoke(tmp_path):

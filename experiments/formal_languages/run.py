@@ -110,7 +110,7 @@ SMOKE = {
 
 
 # --- the languages -------------------------------------------------------------------------------
-def _lengths(lang: str, low: int, high: int) -> np.ndarray:
+def string_lengths(lang: str, low: int, high: int) -> np.ndarray:
     """Every length in ``[low, high]`` that the language has strings of (at least one)."""
     step = {"aa": 2, "abab": 4, "anbn": 2, "anbncn": 3, "shuffle2": 2}.get(lang, 1)
     ls = np.arange(max(low, 1), high + 1)
@@ -121,7 +121,7 @@ def _lengths(lang: str, low: int, high: int) -> np.ndarray:
 
 
 def sample_string(lang: str, n: int, rng: np.random.Generator) -> str:
-    """A uniformly drawn string of length ``n`` of the language (``n`` from :func:`_lengths`)."""
+    """A uniformly drawn string of length ``n`` of the language (``n`` from :func:`string_lengths`)."""
     if lang == "parity":
         bits = rng.integers(0, 2, n)
         bits[-1] = bits[:-1].sum() % 2  # an even count of 1s
@@ -196,7 +196,7 @@ def make_batch(lang: str, rng: np.random.Generator, batch: int, lens: tuple[int,
     """``(tokens [B, T + 1], labels [B, T + 1, N_LABELS], mask [B, T + 1])``: tokens are ``BOS``
     then the string, padded with ``PAD`` to the longest (or ``pad_to``); ``mask`` marks each
     string's ``len + 1`` positions. Lengths uniform over those the language has in ``lens``."""
-    ls = _lengths(lang, *lens)
+    ls = string_lengths(lang, *lens)
     strings = [sample_string(lang, int(rng.choice(ls)), rng) for _ in range(batch)]
     t = max(pad_to or 0, max(len(s) for s in strings))
     tokens = np.full((batch, t + 1), PAD, np.int32)
