@@ -155,3 +155,20 @@ def machine() -> str:
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {jax.devices()[0].platform}, "
         f"jax {jax.__version__}"
     )
+
+
+def write_grid(out: Path, experiment: str, setup: dict, shape: dict, runs: list, summarize, plot):
+    """The tail of every grid experiment: ``summarize(runs)``, the payload (experiment, machine,
+    setup, shape, summary, runs) written to ``out/results.json``, then ``plot(summary)``."""
+    summary = summarize(runs)
+    payload = {
+        "experiment": experiment,
+        "machine": machine(),
+        "setup": setup,
+        "shape": shape,
+        "summary": summary,
+        "runs": runs,
+    }
+    write_results(out, payload)
+    plot(summary)
+    return payload

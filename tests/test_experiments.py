@@ -212,6 +212,8 @@ def test_optimizers_char_lm_smoke(tmp_path):
     runs = sorted((tmp_path / "char_lm" / "runs").glob("*.json"))
     assert len(runs) == len(opt.LM_OPTIMIZERS)  # one (optimizer, rate, seed) each at smoke size
     stamps = [p.stat().st_mtime_ns for p in runs]
+    rec = json.loads(runs[0].read_text())
+    assert "CPU cores" in rec["machine"] and rec["compile_s"] > 0 and rec["step_s"] > 0
     again = opt.run(smoke=True, out=tmp_path, task="lm")  # finished runs are read back
     assert [p.stat().st_mtime_ns for p in runs] == stamps
     assert again["results"] == payload["results"]

@@ -36,14 +36,13 @@ import numpy as np
 from experiments.common import (
     Batches,
     adamw_step,
-    machine,
     mean_std,
     parse_args,
     pyplot,
     run_grid,
     save_figure,
     train_loop,
-    write_results,
+    write_grid,
 )
 
 OUT = "experiments/cms_levels/results"
@@ -279,18 +278,15 @@ def main(argv=None) -> dict:
     stems = [f"{name}-seed{seed}" for seed in seeds for name in args.models]
     # one file per (model, seed): a stopped grid resumes where it was
     runs = run_grid(out / "runs", stems, train, report=args.report, show=show)
-    summary = summarize(runs)
-    payload = {
-        "experiment": "cms levels and frequencies (issue 16 item 4)",
-        "machine": machine(),
-        "setup": setup,
-        "shape": SHAPE,
-        "summary": summary,
-        "runs": runs,
-    }
-    write_results(out, payload)
-    plot(out / "cms_levels.png", summary, setup)
-    return payload
+    return write_grid(
+        out,
+        "cms levels and frequencies (issue 16 item 4)",
+        setup,
+        SHAPE,
+        runs,
+        summarize,
+        lambda summary: plot(out / "cms_levels.png", summary, setup),
+    )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,13 @@ import numpy as np
 from experiments.common import (
     Batches,
     adamw_step,
-    machine,
     mean_std,
     parse_args,
     pyplot,
     run_grid,
     save_figure,
     train_loop,
-    write_results,
+    write_grid,
 )
 
 OUT = "experiments/formal_languages/results"
@@ -388,20 +387,22 @@ def main(argv=None) -> dict:
     ]
     # one file per (language, model, seed): a stopped grid resumes where it was
     runs = run_grid(out / "runs", stems, train, report=args.report, show=show)
-    summary = summarize(runs)
-    payload = {
-        "experiment": "formal languages (issue 16 item 1)",
-        "machine": machine(),
-        "setup": {**setup, "bins": {k: list(v) for k, v in setup["bins"].items()}},
-        "shape": SHAPE,
-        "summary": summary,
-        "runs": runs,
-    }
-    write_results(out, payload)
-    plot(out / "formal_languages.png", summary, setup)
-    if args.report:
-        print(table(summary, tuple(setup["bins"])))
-    return payload
+    bins = {k: list(v) for k, v in setup["bins"].items()}
+
+    def plot_and_print(summary):
+        plot(out / "formal_languages.png", summary, setup)
+        if args.report:
+            print(table(summary, tuple(setup["bins"])))
+
+    return write_grid(
+        out,
+        "formal languages (issue 16 item 1)",
+        {**setup, "bins": bins},
+        SHAPE,
+        runs,
+        summarize,
+        plot_and_print,
+    )
 
 
 if __name__ == "__main__":

@@ -30,14 +30,13 @@ import numpy as np
 from experiments.common import (
     Batches,
     adamw_step,
-    machine,
     mean_std,
     parse_args,
     pyplot,
     run_grid,
     save_figure,
     train_loop,
-    write_results,
+    write_grid,
 )
 
 OUT = "experiments/mqar/results"
@@ -252,18 +251,15 @@ def main(argv=None) -> dict:
     stems = [f"{name}-seed{seed}" for seed in setup["seeds"] for name in args.models]
     # one file per (model, seed): a stopped grid resumes where it was
     runs = run_grid(out / "runs", stems, train, report=args.report, show=show)
-    summary = summarize(runs)
-    payload = {
-        "experiment": "mqar (issue 16 item 2)",
-        "machine": machine(),
-        "setup": setup,
-        "shape": SHAPE,
-        "summary": summary,
-        "runs": runs,
-    }
-    write_results(out, payload)
-    plot(out / "mqar.png", summary, setup)
-    return payload
+    return write_grid(
+        out,
+        "mqar (issue 16 item 2)",
+        setup,
+        SHAPE,
+        runs,
+        summarize,
+        lambda summary: plot(out / "mqar.png", summary, setup),
+    )
 
 
 if __name__ == "__main__":

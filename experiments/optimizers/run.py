@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 from experiments.class_incremental.run import available, init_mlp, load, logits, nll
-from experiments.common import mean_std, parse_args, pyplot, save_figure, write_results
+from experiments.common import machine, mean_std, parse_args, pyplot, save_figure, write_results
 from nested_jax import optim
 
 OPTIMIZERS = {
@@ -81,7 +81,7 @@ LM_SMOKE = {"seeds": 1, "steps": 6, "batch": 2, "seq_len": 32, "log_every": 3, "
 
 
 def train(make, lr, data, cfg, seed):
-    """``(losses [steps / log_every], test accuracy, median step seconds)``."""
+    """``(losses [steps / log_every], test accuracy, median step seconds, compile seconds)``."""
     x_tr, y_tr, x_te, y_te = data
     params = init_mlp(jax.random.key(seed), x_tr.shape[1], cfg["hidden"])
     rng = np.random.default_rng(seed)
@@ -94,11 +94,12 @@ def train(make, lr, data, cfg, seed):
         cfg,
     )
     acc = float(jnp.mean(jnp.argmax(logits(params, x_te), -1) == y_te))
-    return losses, acc, float(np.median(times))
+    return losses, acc, float(np.median(times[1:])), times[0]
 
 
 def train_lm(make, lr, data, cfg, seed):
-    """``(losses [steps / log_every], validation bits per byte, median step seconds)``: the
+    """``(losses [steps / log_every], validation bits per byte, median step seconds, compile
+    seconds)``: the
     character-level half, on byte streams ``data = (train, val)``."""
     from nested_jax.models import LanguageModel, get_config
     from nested_jax.train.data import eval_windows
@@ -113,12 +114,12 @@ def train_lm(make, lr, data, cfg, seed):
     params, losses, times = _fit(tx, params, model.loss, batches, cfg)
     val = eval_windows(val_stream, seq_len=cfg["seq_len"], max_windows=cfg["val"])
     val_loss = float(jax.jit(model.loss)(params, jnp.asarray(val)))
-    return losses, val_loss / np.log(2), float(np.median(times))
+    return losses, val_loss / np.log(2), float(np.median(times[1:])), times[0]
 
 
 def _fit(tx, params, loss_fn, batches, cfg):
     """Jitted steps of ``tx`` on ``loss_fn(params, *batch)``: ``(params, losses [steps /
-    log_every] (window means), step seconds after the first (which compiles))``."""
+    log_every] (window means), every step's seconds (the first one compiles))``."""
     with jax.numpy_dtype_promotion("standard"):
         state = tx.init(params)
 
@@ -135,8 +136,7 @@ def _fit(tx, params, loss_fn, batches, cfg):
         t0 = time.perf_counter()
         params, state, loss = step(params, state, *batch)
         loss = float(loss)
-        if t > 0:  # the first step compiles
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)  # the first one compiles
         window.append(loss)
         if (t + 1) % cfg["log_every"] == 0:
             losses.append(float(np.mean(window)))
@@ -182,6 +182,7 @@ def run(
             "final_train_loss": mean_std([float(r[0][-1]) for r in runs]),
             metric: mean_std([r[1] for r in runs]),
             "step_ms": mean_std([1000 * r[2] for r in runs]),
+            "compile_s": mean_std([r[3] for r in runs]),
             "loss_curve_mean": np.mean([r[0] for r in runs], axis=0).tolist(),
             "grid_final_train_loss": {str(k): v[0] for k, v in grid.items()},
         }
@@ -209,16 +210,23 @@ def run(
 
 def _cached(out: Path, opt: str, lr: float, seed: int, fit):
     """One (optimizer, rate, seed) run, read back from ``out/runs/`` when it finished before
-    (so a stopped grid resumes), else ``fit()`` and saved: ``(losses, metric, step seconds)``."""
+    (so a stopped grid resumes), else ``fit()`` and saved with the machine:
+    ``(losses, metric, step seconds, compile seconds)``."""
     path = out / "runs" / f"{opt}-lr{lr:g}-seed{seed}.json"
     if path.exists():
         r = json.loads(path.read_text())
-        return np.asarray(r["losses"]), r["metric"], r["step_s"]
-    losses, metric, step_s = fit()
+        return np.asarray(r["losses"]), r["metric"], r["step_s"], r.get("compile_s")
+    losses, metric, step_s, compile_s = fit()
     path.parent.mkdir(parents=True, exist_ok=True)
-    rec = {"losses": [float(x) for x in losses], "metric": metric, "step_s": step_s}
+    rec = {
+        "losses": [float(x) for x in losses],
+        "metric": metric,
+        "step_s": step_s,
+        "compile_s": compile_s,
+        "machine": machine(),
+    }
     path.write_text(json.dumps(rec) + "\n")
-    return losses, metric, step_s
+    return losses, metric, step_s, compile_s
 
 
 def _plot(out, cfg, name, results):
