@@ -192,6 +192,7 @@ def train_and_test(name: str, seed: int, setup: dict, smoke: bool) -> dict:
         "model": name,
         "seed": seed,
         "params": n_params,
+        "config": model.config.to_json(),  # cms.norm and all (D86 changed its default)
         "train_loss": [[i, v] for i, v in enumerate(losses) if v is not None],
         "final_train_loss": losses[-1],
         "accuracy": accuracy,

@@ -147,9 +147,10 @@ class ContinuumMemory:
         sequence-start weights ``theta_s``: a GD step on ``1/m sum_t 1/2 ||MLP_theta(n_t) -
         v_t||^2``, ``m = C - 1``, towards ``v_t = MLP_theta_s(n_t) - m delta_t``, i.e. "what the
         sequence-start output should have been"; at ``theta = theta_s`` its gradient is exactly
-        the dot-product ``grad sum_t <MLP_theta(n_t), delta_t>``; with ``cms_norm`` each token's
-        rate is ``lr / (1 + lr gain_t / m)``, ``gain_t`` the level's gain at ``n_t``, see
-        :func:`swiglu_gain`), else ``None``. ``probe`` (per level ``[B, C, D]``
+        the dot-product ``grad sum_t <MLP_theta(n_t), delta_t>``; with ``cms.norm="period"`` the
+        rate is ``lr / (1 + lr (P / C) sum_t gain_t / m)`` for a level of period ``P``, with
+        ``"token"`` each token's is ``lr / (1 + lr gain_t / m)``, ``gain_t`` the level's gain at
+        ``n_t``, see :func:`swiglu_gain`), else ``None``. ``probe`` (per level ``[B, C, D]``
         or ``None``) is added to the live levels' outputs (zero probes: their gradients are the
         output errors)."""
         c = self.config
@@ -177,8 +178,12 @@ class ContinuumMemory:
                 out, vjp = jax.vjp(lambda th, n=n: batched_swiglu(th, n), theta)
                 anchor = jax.lax.stop_gradient(batched_swiglu(starts[i], n))
                 rate = lr
-                if c.cms.norm:  # per token [B, C, 1]
-                    rate = (lr / (1.0 + lr * swiglu_gain(theta, n) / m))[..., None]
+                if c.cms.norm != "none":  # [B, C, 1]: per token, or per sample over the period
+                    gain = swiglu_gain(theta, n)
+                    if c.cms.norm == "period":  # the period's P / C chunks, estimated by this one
+                        scale = self.periods[i] // c.cms.chunk
+                        gain = scale * jnp.sum(gain, axis=1, keepdims=True)
+                    rate = (lr / (1.0 + lr * gain / m))[..., None]
                 (g,) = vjp(rate * ((out - anchor) / m + errors[i]))
                 incs.append(jax.tree.map(jnp.negative, g))
             else:

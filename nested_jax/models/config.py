@@ -27,6 +27,7 @@ __all__ = [
 KINDS = ("transformer", "titans", "selfmod", "hope", "hope_attention")
 CMS_VARIANTS = ("sequential", "nested", "independent")
 CMS_SIGNALS = ("ntp", "teach", "local")
+CMS_NORMS = ("period", "token", "none")
 SM_MAINS = ("mlp", "linear")
 
 
@@ -173,8 +174,14 @@ class CMSConfig:
       lr: the levels' inner learning rate (with ``learn_lr``: its value at init; each level then
         learns its own, bounded by ``2 lr``).
       learn_lr: learn each level's rate (``2 lr sigmoid(rho)``) instead of fixing it.
-      norm: with ``"teach"``, normalise each token's rate by the level's gain at its input
-        (``lr / (1 + lr gain / (C - 1))``; decisions D54), so no width or rate diverges.
+      norm: with ``"teach"``, how the rate is normalised by the level's gain at its inputs so
+        that no width, rate or input stream makes the level diverge: ``"period"`` (default;
+        decisions D86) divides by ``1 + lr (P / C) sum_chunk gain_t / (C - 1)``, bounding the whole
+        step a level of period ``P`` takes however alike its ``P`` inputs are; ``"token"``
+        (decisions D54) divides each token's rate by ``1 + lr gain_t / (C - 1)``, which bounds
+        one token's share but lets a chunk of near-identical inputs overshoot up to ``P`` times;
+        ``"none"``: the plain rate. ``True`` / ``False`` (configs saved before D86) read as
+        ``"token"`` / ``"none"``.
       persistent: :meth:`LanguageModel.next_sequence` keeps the CMS weights (deployed /
         continual mode) instead of resetting them to their learned initial values.
     """
@@ -184,7 +191,7 @@ class CMSConfig:
     signal: str = "teach"
     lr: float = 0.1
     learn_lr: bool = True
-    norm: bool = True
+    norm: str = "period"
     persistent: bool = False
 
     def __post_init__(self):
@@ -192,6 +199,10 @@ class CMSConfig:
             raise ValueError(f"cms.variant must be one of {CMS_VARIANTS}, got {self.variant!r}.")
         if self.signal not in CMS_SIGNALS:
             raise ValueError(f"cms.signal must be one of {CMS_SIGNALS}, got {self.signal!r}.")
+        if isinstance(self.norm, bool):  # the boolean of configs saved before D86
+            object.__setattr__(self, "norm", "token" if self.norm else "none")
+        if self.norm not in CMS_NORMS:
+            raise ValueError(f"cms.norm must be one of {CMS_NORMS}, got {self.norm!r}.")
         periods = self.periods
         if isinstance(periods, list | tuple):
             periods = tuple(periods)
