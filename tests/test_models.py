@@ -120,6 +120,10 @@ def test_sliding_window_attention_sees_the_last_window_tokens():
     close(par, streamed)
     with pytest.raises(ValueError, match="attn_window"):
         get_config("tiny", attn_window=0)
+    # the ring buffer needs max_len >= T + w - 1 for T tokens at once: the error says so
+    short = LanguageModel(model.config.replace(attn_window=w, max_len=n))
+    with pytest.raises(ValueError, match="max_len >= T \\+ attn_window - 1"):
+        short.apply(params, tokens)
 
 
 @pytest.mark.parametrize("name", MODELS)

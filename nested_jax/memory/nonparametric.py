@@ -150,7 +150,9 @@ class SoftmaxMemory(AbstractMemory):
         if self.window is not None and self.capacity < self.window + c - 1:
             raise ValueError(
                 f"capacity {self.capacity} is too small for window {self.window} with chunks of {c} "
-                f"tokens; use capacity >= {self.window + c - 1}."
+                f"tokens; use capacity >= {self.window + c - 1}. (In a language model the "
+                "capacity is the config's max_len: a windowed model given T tokens at once needs "
+                "max_len >= T + attn_window - 1, or stream the sequence in shorter pieces.)"
             )
         if self.window is None and c > self.capacity:
             raise ValueError(
