@@ -27,6 +27,7 @@ Run: ``python -m experiments.cms_levels.run [--smoke] [--models ...] [--report]`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -192,7 +193,8 @@ def train_and_test(name: str, seed: int, setup: dict, smoke: bool) -> dict:
         "model": name,
         "seed": seed,
         "params": n_params,
-        "config": model.config.to_json(),  # cms.norm and all (D86 changed its default)
+        # cms.norm and all (D86 changed its default); as JSON reads it back (tuples as lists)
+        "config": json.loads(json.dumps(model.config.to_json())),
         "train_loss": [[i, v] for i, v in enumerate(losses) if v is not None],
         "final_train_loss": losses[-1],
         "accuracy": accuracy,
