@@ -1,5 +1,6 @@
 """Suite-wide strict numerics (STYLE.md, Equinox habit) and CPU-friendly defaults."""
 
+import gc
 import glob
 import os
 import shutil
@@ -43,3 +44,35 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+# Every program XLA compiles for the CPU lives in memory maps of its own, and JAX keeps its
+# compiled programs for as long as the process runs. A worker that runs half the suite gathers
+# tens of thousands of them; at the kernel's limit (`vm.max_map_count`, 65,530 by default) the
+# next compile's mmap fails and XLA segfaults (seen: a worker crashing late in the CI run, in
+# whichever test compiled then; reproduced with the limit lowered to 15,000). When a worker
+# holds more than half the limit, drop JAX's in-memory caches: later tests recompile (from the
+# run's persistent cache where the program took long to compile) instead of crashing.
+def _map_limit() -> int | None:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):  # not Linux: no such limit to keep under
+        return None
+
+
+_MAP_LIMIT = _map_limit()
+
+
+def _maps_in_use() -> int:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if _MAP_LIMIT is not None and _maps_in_use() > _MAP_LIMIT // 2:
+        jax.clear_caches()
+        gc.collect()
