@@ -69,7 +69,43 @@ def test_knowledge_transfer_smoke(tmp_path):
         first, last = one["meta_loss_first_last"]
         assert last < first  # the slow level learns, on every seed
     assert data["per_seed"][0]["online_mse_held_out"] != data["per_seed"][1]["online_mse_held_out"]
-    assert len(data["what_each_level_learned"]) == 6
+    assert len(data["what_each_level_learned"]) == 11
+    for one in data["per_seed"]:  # the slow levels learn (init, backprop, generation)
+        by = one["meta_loss_first_last_by_mechanism"]
+        for name in ("initialization", "backprop", "generation"):
+            assert by[name][1] < by[name][0], name
+        assert all(math.isfinite(v) for v in by["generation_blind"])
+
+
+def test_knowledge_transfer_one_scan_nest_is_run_nest():
+    """The backprop system's scan with ``joint=False`` is the nest of ``run_nest`` (values and
+    first- / second-order meta-gradients); ``joint=True`` changes only the medium's target."""
+    from experiments.knowledge_transfer import run as kt
+
+    cfg = dict(dim=4, length=24, context_len=8, task_scale=0.5, context_scale=0.3, noise=0.02)
+    cfg |= dict(medium_period=4, eta_medium=0.5, eta_fast=0.9)
+    a = jax.random.normal(jax.random.key(0), (4, 4)) / 2
+    task_kw = {k: cfg[k] for k in ("length", "context_len", "task_scale", "context_scale", "noise")}
+    keys, values, _, _ = kt.make_tasks(jax.random.key(1), a, 1, **task_kw)
+    members = kt.build(cfg, jax.random.key(2))
+    init = a + 0.1
+    for first_order in (True, False):
+        c = cfg | {"first_order": first_order}
+        ref = lambda i, c=c: kt.stream_error(i, members, keys[0], values[0], c)[0]
+        one = lambda i, joint=False, c=c: kt.joint_stream_error(
+            i, members, keys[0], values[0], c, joint
+        )[0]
+        np.testing.assert_allclose(one(init), ref(init), rtol=1e-5)
+        np.testing.assert_allclose(jax.grad(one)(init), jax.grad(ref)(init), rtol=1e-4, atol=1e-6)
+        assert abs(float(one(init, True)) - float(ref(init))) > 1e-4
+    c = cfg | {"first_order": True}
+    _, (preds, medium_w, fast_w) = kt.joint_stream_error(
+        init, members, keys[0], values[0], c, False
+    )
+    nest = kt.stream_error(init, members, keys[0], values[0], c)[1]
+    np.testing.assert_allclose(preds, nest.predictions, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(medium_w, nest.modules[0].state.w[0, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast_w, nest.modules[1].state.w[0, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_hope_ablation_smoke_and_resume(tmp_path):

@@ -17,6 +17,20 @@ The nest (one :class:`~nested_jax.transfer.LearningModule` per level):
 Prediction of ``v_t`` = sum of the levels' reads before writing. We report the online prediction
 error of the nest and its ablations on held-out tasks, and what each level's state holds.
 
+The other two mechanisms of §2.4, each against the nest above (issue 16 item 7):
+
+* **generation**: every task comes with a descriptor ``z_tau`` (a noisy random projection of
+  ``D_tau`` to ``descriptor_dim`` numbers); the slow level is a hypernetwork that *generates* the
+  medium level's initial state from ``z_tau`` (:func:`nested_jax.transfer.hypernet_module`),
+  meta-trained through the same nest. Control: the same with a descriptor that carries nothing
+  about the task (independent noise), where generation can at best learn one initial state.
+* **backpropagation**: medium and fast sit in one gradient flow (§2.4 item 3, the form the CMS
+  uses): both follow the gradient of the *joint* prediction's error, each at its own frequency,
+  so the medium level writes ``v - (fast read)`` instead of ``v`` (in the nest above only the
+  fast level is conditioned on the other). Its initial state is meta-learned the same way.
+  :func:`joint_stream_error` runs it; with ``joint=False`` it is the nest above, tested equal to
+  :func:`nested_jax.transfer.run_nest`.
+
 Run: ``python -m experiments.knowledge_transfer.run [--smoke] [--out DIR]`` -> results.json,
 levels.png.
 """
@@ -33,8 +47,9 @@ import numpy as np
 import optax
 
 from experiments.common import mean_std, parse_args, pyplot, save_figure, write_results
+from nested_jax.levels import fire, first_order_update
 from nested_jax.memory import DGD, GD, LinearParams
-from nested_jax.transfer import LearningModule, run_nest
+from nested_jax.transfer import LearningModule, hypernet_init, hypernet_weights, run_nest
 
 
 def make_tasks(key, a, n_tasks, *, length, context_len, task_scale, context_scale, noise):
@@ -49,6 +64,18 @@ def make_tasks(key, a, n_tasks, *, length, context_len, task_scale, context_scal
     values = jnp.einsum("ntij,ntj->nti", maps, keys)
     values = values + noise * jax.random.normal(kn, values.shape)
     return keys, values, d_tau, e
+
+
+def describe(proj_key, noise_key, d_tau, *, dim, noise, informative=True):
+    """Each task's descriptor ``[n_tasks, dim]``: a random projection of ``vec(D_tau)`` fixed by
+    ``proj_key`` (unit variance per entry) plus ``noise``; ``informative=False``: unit noise in
+    its place, nothing about the task."""
+    n, d, _ = d_tau.shape
+    proj = jax.random.normal(proj_key, (dim, d * d)) / d  # rows of norm ~1
+    z = jnp.einsum("zi,ni->nz", proj, d_tau.reshape(n, d * d)) / jnp.std(d_tau)
+    if not informative:
+        z = jax.random.normal(jax.random.fold_in(noise_key, 1), z.shape)
+    return z + noise * jax.random.normal(noise_key, z.shape)
 
 
 def build(cfg, key):
@@ -80,6 +107,59 @@ def stream_error(init, members, keys, values, cfg, use=("medium", "fast")):
         etas.append(cfg["eta_fast"])
     res = run_nest(tuple(mods), keys, values, tuple(etas), first_order=cfg["first_order"])
     return jnp.mean(jnp.sum((res.predictions - values) ** 2, axis=-1)), res
+
+
+def joint_stream_error(init, members, keys, values, cfg, joint=True):
+    """:func:`stream_error` of the nest written as one scan: the medium level accumulates its
+    increments and applies them every ``medium_period`` tokens (:func:`nested_jax.levels.fire`,
+    the CMS rule), the fast level writes every token. ``joint=True``: transfer by
+    backpropagation, the medium level writes what the fast level's read leaves (both follow the
+    joint prediction's error); ``joint=False``: it writes the value (the nest above)."""
+    medium, fast = members
+    period = cfg["medium_period"]
+    med = medium.reset(LinearParams(init[None]))
+
+    def step(carry, inp):
+        st_m, pend, st_f = carry
+        t, k, v = inp
+        y_m, y_f = med.read_state(st_m, k), fast.read_state(st_f, k)
+        target = v - y_f if joint else v
+        cand = med.step(st_m, k, target, cfg["eta_medium"])
+        new_f = fast.step(st_f, k, v - y_m, cfg["eta_fast"])
+        if cfg["first_order"]:  # as run_nest: no gradient through the inner updates
+            cand, new_f = first_order_update(cand, st_m), first_order_update(new_f, st_f)
+        pend = jax.tree.map(lambda p, c, s: p + (c - s), pend, cand, st_m)
+        st_m, pend = fire(st_m, pend, (t + 1) % period == 0)
+        st_f = new_f
+        return (st_m, pend, st_f), y_m + y_f
+
+    zeros = jax.tree.map(jnp.zeros_like, med.state)
+    (st_m, _, st_f), preds = jax.lax.scan(
+        step, (med.state, zeros, fast.state), (jnp.arange(len(keys)), keys, values)
+    )
+    err = jnp.mean(jnp.sum((preds - values) ** 2, axis=-1))
+    return err, (preds, st_m.w[0, 0], st_f.w[0, 0])
+
+
+def meta_train(loss, params, key, cfg):
+    """The slow level: Adam on ``loss(params, key)`` (online error of a batch of fresh tasks)
+    for ``meta_steps`` steps; ``(params, losses)``."""
+    opt = optax.adam(cfg["meta_lr"])
+
+    @jax.jit
+    def meta_step(carry, k):
+        params, st = carry
+        value, g = jax.value_and_grad(loss)(params, k)
+        with jax.numpy_dtype_promotion("standard"):
+            u, st = opt.update(g, st)
+        return (optax.apply_updates(params, u), st), value
+
+    with jax.numpy_dtype_promotion("standard"):
+        st = opt.init(params)
+    (params, _), hist = jax.lax.scan(
+        meta_step, (params, st), jax.random.split(key, cfg["meta_steps"])
+    )
+    return params, hist
 
 
 def run(smoke: bool = False, out: Path | None = None, seeds=(0, 1, 2)) -> dict:
@@ -118,6 +198,9 @@ def _one(smoke: bool, seed: int) -> dict:
         meta_batch=4 if smoke else 16,
         meta_lr=3e-2,
         first_order=True,
+        descriptor_dim=16,
+        descriptor_noise=0.3,
+        hypernet_hidden=64,
         test_tasks=8 if smoke else 128,
         seed=seed,
     )
@@ -135,22 +218,32 @@ def _one(smoke: bool, seed: int) -> dict:
             jax.vmap(lambda ks, vs: stream_error(init, members, ks, vs, cfg)[0])(keys, values)
         )
 
-    opt = optax.adam(cfg["meta_lr"])
-
-    @jax.jit
-    def meta_step(carry, k):
-        init, st = carry
-        loss, g = jax.value_and_grad(meta_loss)(init, k)
-        with jax.numpy_dtype_promotion("standard"):
-            u, st = opt.update(g, st)
-        return (optax.apply_updates(init, u), st), loss
-
     init0 = members[0].params.w[0]  # [d, d]: one head
-    with jax.numpy_dtype_promotion("standard"):
-        st = opt.init(init0)
-    (init, _), meta_hist = jax.lax.scan(
-        meta_step, (init0, st), jax.random.split(kt, cfg["meta_steps"])
-    )
+    init, meta_hist = meta_train(meta_loss, init0, kt, cfg)
+
+    # transfer by backpropagation: medium and fast follow the joint error (own meta-learned init)
+    def joint_meta_loss(init, k):
+        keys, values, _, _ = make_tasks(k, a, cfg["meta_batch"], **task_kw)
+        err = lambda ks, vs: joint_stream_error(init, members, ks, vs, cfg)[0]
+        return jnp.mean(jax.vmap(err)(keys, values))
+
+    joint_init, joint_hist = meta_train(joint_meta_loss, init0, kt, cfg)
+
+    # transfer by generation: a hypernetwork maps the task's descriptor to the medium's init
+    kp, kh = jax.random.split(jax.random.fold_in(key, 7))
+    z_kw = {"dim": cfg["descriptor_dim"], "noise": cfg["descriptor_noise"]}
+
+    def gen_meta_loss(phi, k, informative):
+        keys, values, d_tau, _ = make_tasks(k, a, cfg["meta_batch"], **task_kw)
+        z = describe(kp, jax.random.fold_in(k, 1), d_tau, informative=informative, **z_kw)
+        err = lambda ks, vs, z: stream_error(hypernet_weights(phi, z, d, d), members, ks, vs, cfg)[
+            0
+        ]
+        return jnp.mean(jax.vmap(err)(keys, values, z))
+
+    phi0 = hypernet_init(kh, cfg["descriptor_dim"], cfg["hypernet_hidden"], d, d)
+    phi, gen_hist = meta_train(lambda p, k: gen_meta_loss(p, k, True), phi0, kt, cfg)
+    phi_blind, blind_hist = meta_train(lambda p, k: gen_meta_loss(p, k, False), phi0, kt, cfg)
 
     keys, values, d_tau, e = make_tasks(ktest, a, cfg["test_tasks"], **task_kw)
 
@@ -165,7 +258,28 @@ def _one(smoke: bool, seed: int) -> dict:
             jnp.linalg.norm(w - target, axis=(-2, -1)) / jnp.linalg.norm(target, axis=(-2, -1))
         )
     )
+    z_test = describe(kp, jax.random.fold_in(ktest, 1), d_tau, **z_kw)
+    z_blind = describe(kp, jax.random.fold_in(ktest, 1), d_tau, informative=False, **z_kw)
+    generated = jax.vmap(lambda z: hypernet_weights(phi, z, d, d))(z_test)
+    generated_blind = jax.vmap(lambda z: hypernet_weights(phi_blind, z, d, d))(z_blind)
+
+    def evaluate_per_task(inits):
+        err = lambda i, ks, vs: stream_error(i, members, ks, vs, cfg)[0]
+        return float(jnp.mean(jax.vmap(err)(inits, keys, values)))
+
+    gen = evaluate_per_task(generated)
+    gen_blind = evaluate_per_task(generated_blind)
+    joint_errs, (_, joint_medium_w, joint_fast_w) = jax.vmap(
+        lambda ks, vs: joint_stream_error(joint_init, members, ks, vs, cfg)
+    )(keys, values)
+    joint = float(jnp.mean(joint_errs))
     full, res = evaluate(init, ("medium", "fast"))
+    cosine = lambda w, target: float(
+        jnp.mean(
+            jnp.sum(w * target, axis=(-2, -1))
+            / (jnp.linalg.norm(w, axis=(-2, -1)) * jnp.linalg.norm(target, axis=(-2, -1)))
+        )
+    )
     no_meta, _ = evaluate(jnp.zeros_like(init), ("medium", "fast"))
     random_init, _ = evaluate(init0, ("medium", "fast"))
     medium_only, _ = evaluate(init, ("medium",))
@@ -187,15 +301,20 @@ def _one(smoke: bool, seed: int) -> dict:
             medium_w, jnp.broadcast_to(a, medium_w.shape)
         ),
         "fast: rel. distance of its final state to the last context's E_c": rel(fast_w, last_ctx),
-        "fast: cosine of its final state with E_c": float(
-            jnp.mean(
-                jnp.sum(fast_w * last_ctx, axis=(-2, -1))
-                / (
-                    jnp.linalg.norm(fast_w, axis=(-2, -1))
-                    * jnp.linalg.norm(last_ctx, axis=(-2, -1))
-                )
-            )
+        "fast: cosine of its final state with E_c": cosine(fast_w, last_ctx),
+        "generation: rel. distance of the generated initial state to A + D_tau": rel(
+            generated, task_maps
         ),
+        "generation: the same for the meta-learned (one) initial state": rel(
+            jnp.broadcast_to(init, task_maps.shape), task_maps
+        ),
+        "generation, blind descriptor: the same for its generated initial state": rel(
+            generated_blind, task_maps
+        ),
+        "backprop: medium's rel. distance to A + D_tau at the end of a task": rel(
+            joint_medium_w, task_maps
+        ),
+        "backprop: fast's cosine with E_c": cosine(joint_fast_w, last_ctx),
     }
     mse = {
         "predict zero": zero,
@@ -204,12 +323,24 @@ def _one(smoke: bool, seed: int) -> dict:
         "nest, medium starting from its random init": random_init,
         "medium only (no fast level)": medium_only,
         "fast only": fast_only,
+        "generation: medium's init generated from the task's descriptor": gen,
+        "generation, blind descriptor (carries nothing about the task)": gen_blind,
+        "backprop: medium and fast follow the joint error (one gradient flow)": joint,
     }
     return {
         "config": cfg,
         "seed": seed,
         "seconds": round(time.time() - t0, 1),
         "meta_loss_first_last": [float(meta_hist[0]), float(meta_hist[-1])],
+        "meta_loss_first_last_by_mechanism": {
+            name: [float(h[0]), float(h[-1])]
+            for name, h in (
+                ("initialization", meta_hist),
+                ("backprop", joint_hist),
+                ("generation", gen_hist),
+                ("generation_blind", blind_hist),
+            )
+        },
         "online_mse_held_out": mse,
         "what_each_level_learned": what,
         "_plot": (np.asarray(meta_hist), np.asarray(jnp.linalg.norm(res.reads[0], axis=-1))),
