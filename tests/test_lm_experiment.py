@@ -2,6 +2,7 @@
 resuming a cell stopped at its deadline."""
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -66,12 +67,18 @@ def test_niah_examples_plant_needles_and_query_them(task):
             niah.make_example(task, 4096, 0.5, hay[:3000], _encode, seed=0)
 
 
-def test_lm_smoke_train_context_report_and_resume(tmp_path):
-    """Two models through every part at smoke size: cells train, are evaluated by position and
-    on every NIAH task, aggregate into results.json and plots; finished cells are not rerun."""
+def test_lm_smoke_train_context_report_and_resume(tmp_path, capsys):
+    """Two models through every part at smoke size: cells train and are evaluated by position
+    and on every NIAH task right away (their weights are not committed), aggregate into
+    results.json and plots; finished cells are not rerun; a cell whose weights are gone says
+    so instead of failing."""
     args = ["--smoke", "--models", "transformer", "titans", "--seeds", "0", "--bytes", "256"]
     lm.main(["train", *args, "--out", str(tmp_path)])
-    lm.main(["context", *args, "--out", str(tmp_path)])
+    evaluated = sorted((tmp_path / "context").glob("*/*/seed0.json"))
+    assert [p.parent.name for p in evaluated] == ["titans", "transformer"]
+    stamps = [p.stat().st_mtime_ns for p in evaluated]
+    lm.main(["context", *args, "--out", str(tmp_path)])  # nothing left to evaluate
+    assert [p.stat().st_mtime_ns for p in evaluated] == stamps
     data = json.loads((tmp_path / "results.json").read_text())
     row = data["summary"]["smoke-shakespeare-0kB"]
     assert set(row) == {"transformer", "titans"}
@@ -101,6 +108,14 @@ def test_lm_smoke_train_context_report_and_resume(tmp_path):
     lm.main(["train", *args, "--out", str(tmp_path)])
     after = (tmp_path / "train" / "smoke-shakespeare-0kB" / "titans" / "seed0" / "cell.json").stat()
     assert before.st_mtime_ns == after.st_mtime_ns
+    # a fresh checkout: cell.json committed, run/ (the weights) and the evaluation not
+    cdir = lm.cell_dir(tmp_path, "smoke", "shakespeare", 256, "titans", 0)
+    shutil.rmtree(cdir / "run")
+    evaluated[0].unlink()
+    capsys.readouterr()
+    lm.main(["context", *args, "--out", str(tmp_path)])
+    assert "retrain the cell to evaluate it" in capsys.readouterr().out
+    assert not evaluated[0].exists()
 
 
 def test_a_cell_stopped_at_its_deadline_resumes(tmp_path):

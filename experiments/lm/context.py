@@ -139,24 +139,55 @@ def _score(nll: np.ndarray, hit: np.ndarray, nll_ctl: np.ndarray, e: niah.Exampl
 def context_grid(size, corpus, nbytes, models, seeds, out: Path, setup, max_minutes, smoke):
     from experiments.lm.run import cell_dir
 
-    ctx = dict(SMOKE if smoke else FULL)
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     for seed in seeds:
         for model in models:
             cdir = cell_dir(out, size, corpus, nbytes, model, seed)
-            dest = out / "context" / grid_key(size, corpus, nbytes) / model / f"seed{seed}.json"
-            if dest.exists() or not (cdir / "cell.json").exists():
-                continue
-            cell = json.loads((cdir / "cell.json").read_text())
-            if cell.get("diverged_at_step") is not None:  # nothing trained to evaluate
-                continue
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline and _pending(out, cdir):
                 print(f"--max-minutes {max_minutes} reached; run again to go on", flush=True)
                 return
-            rec = evaluate_cell(cell, cdir / "run", setup, ctx)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(json.dumps(rec) + "\n")
-            print(f"context {model} seed {seed}: {rec['eval_seconds']:.0f} s", flush=True)
+            context_cell(out, cdir, setup, smoke)
+
+
+def _dest(out: Path, cell: dict) -> Path:
+    key = grid_key(cell["size"], cell["corpus"], cell["budget_bytes"])
+    return out / "context" / key / cell["model"] / f"seed{cell['seed']}.json"
+
+
+def _pending(out: Path, cdir: Path) -> bool:
+    """A finished, non-diverged cell whose weights are here and whose evaluation is not."""
+    if not (cdir / "cell.json").exists():
+        return False
+    cell = json.loads((cdir / "cell.json").read_text())
+    return (
+        cell.get("diverged_at_step") is None
+        and not _dest(out, cell).exists()
+        and (cdir / "run").is_dir()
+    )
+
+
+def context_cell(out: Path, cdir: Path, setup: dict, smoke: bool) -> dict | None:
+    """Evaluate one finished training cell (``cdir``) unless it is evaluated already, diverged,
+    or its weights are gone; ``None`` then. The trained weights live in the cell's ``run/``
+    folder, which is not committed (checkpoints are megabytes), so ``train`` calls this right
+    after a cell finishes: a fresh checkout keeps ``cell.json`` but can no longer evaluate it."""
+    if not _pending(out, cdir):
+        if (cdir / "cell.json").exists() and not (cdir / "run").is_dir():
+            cell = json.loads((cdir / "cell.json").read_text())
+            if cell.get("diverged_at_step") is None and not _dest(out, cell).exists():
+                print(
+                    f"context {cell['model']} seed {cell['seed']}: not evaluated, its weights "
+                    f"({cdir / 'run'}) are not in this checkout; retrain the cell to evaluate it",
+                    flush=True,
+                )
+        return None
+    cell = json.loads((cdir / "cell.json").read_text())
+    rec = evaluate_cell(cell, cdir / "run", setup, dict(SMOKE if smoke else FULL))
+    dest = _dest(out, cell)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(rec) + "\n")
+    print(f"context {cell['model']} seed {cell['seed']}: {rec['eval_seconds']:.0f} s", flush=True)
+    return rec
 
 
 def summarize(records: list[dict]) -> dict:

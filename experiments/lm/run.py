@@ -9,7 +9,8 @@ Parts (each a subcommand; every result lands under ``--out``, default ``experime
   cell (size, corpus, budget, model, seed) is a resumable run of the training system; a finished
   cell writes ``cell.json``: validation bits per byte (per byte whatever the tokenizer), the
   learning curve against tokens and against training seconds, throughput, compile time.
-* ``context``: the long-context part, on finished ``train`` cells: bits per byte by position over
+* ``context``: the long-context part, on finished ``train`` cells (``train`` runs it on each
+  cell as it finishes, while the cell's uncommitted weights are on disk): bits per byte by position over
   held-out sequences 4x and 16x the training length, streamed in training-length pieces (the
   memories carry their state; attention models see a sliding window of the training length, and
   also, as a reference, the whole context with RoPE beyond its trained range); and the
@@ -236,6 +237,11 @@ def train_grid(
             if rec is None:
                 print(f"{model} seed {seed}: stopped at the deadline (checkpoint saved)")
                 return
+            # its weights are not committed: evaluate the long context while they are here
+            from experiments.lm.context import context_cell
+
+            cdir = cell_dir(out, size, corpus, nbytes, model, seed)
+            context_cell(out, cdir, setup, smoke=size == "smoke")
             result = (
                 f"val {rec['val_bpb']:.3f} bits/byte"
                 if rec.get("diverged_at_step") is None
