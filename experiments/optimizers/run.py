@@ -71,9 +71,9 @@ def _lm_setup(name):
 LM_OPTIMIZERS = {
     "adamw": (OPTIMIZERS["adamw"][0], (1e-3, 3e-3, 1e-2)),
     "muon": (_lm_setup("muon"), (3e-3, 1e-2, 3e-2)),
-    "m3": (_lm_setup("m3"), (3e-4, 1e-3, 3e-3)),
-    "dmgd": (OPTIMIZERS["dmgd"][0], (3e-3, 1e-2, 3e-2)),
-    "delta_momentum": (OPTIMIZERS["delta_momentum"][0], (1e-2, 3e-2, 1e-1)),
+    "m3": (_lm_setup("m3"), (1e-4, 3e-4, 1e-3, 3e-3)),
+    "dmgd": (OPTIMIZERS["dmgd"][0], (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)),
+    "delta_momentum": (OPTIMIZERS["delta_momentum"][0], (1e-2, 3e-2, 1e-1, 3e-1, 1.0)),
 }
 LM_MODEL = {"vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 172}
 LM_FULL = {"seeds": 3, "steps": 600, "batch": 16, "seq_len": 128, "log_every": 25, "val": 32}
