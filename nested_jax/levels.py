@@ -13,7 +13,9 @@ Period 1 updates every step; period ``0`` or ``None`` is frozen (it still emits 
 
 Levels are chained in the order given: level 0 receives the sequence element ``x_t``, level ``i``
 receives the outputs of level ``i - 1`` at the same step. Every step uses the pre-firing states, so
-the order of levels never changes *when* a level sees its inputs.
+the order of levels never changes *when* a level sees its inputs. An optional ``peek`` reads every
+level's pre-firing state before the chain (a read phase), for levels that must see the outputs of
+levels after them at the same step.
 
 Two interchangeable runners:
 
@@ -301,10 +303,11 @@ def _tree_sub(a, b):
     return jax.tree.map(operator.sub, a, b)
 
 
-def _step_all(levels, states, accs, x):
-    """Evaluate every level at its current (pre-firing) state; accumulate increments."""
+def _step_all(levels, states, accs, x, peek=None):
+    """Evaluate every level at its current (pre-firing) state; accumulate increments. ``peek``
+    (optional) first maps the step's input with every level's pre-firing state."""
     outs, cands, new_accs = [], [], []
-    inp = x
+    inp = x if peek is None else peek(tuple(states), x)
     for lv, st, acc in zip(levels, states, accs, strict=True):
         cand, out = lv.update(st, inp)
         _check_candidate(lv, st, cand)
@@ -367,11 +370,11 @@ def _zeros(states):
     return [jax.tree.map(jnp.zeros_like, s) for s in states]
 
 
-def _masked(levels, states, xs, length, pending, start):
+def _masked(levels, states, xs, length, pending, start, peek):
     def body(carry, inp):
         sts, accs = carry
         t, x = inp
-        cands, accs, outs = _step_all(levels, sts, accs, x)
+        cands, accs, outs = _step_all(levels, sts, accs, x, peek)
         new_s, new_a, fired = [], [], []
         for lv, st, cand, acc in zip(levels, sts, cands, accs, strict=True):
             if lv.frozen:
@@ -391,7 +394,7 @@ def _masked(levels, states, xs, length, pending, start):
     return LevelsResult(tuple(sts), outs, fired, tuple(accs))
 
 
-def _nested(levels, states, xs, length, pending, start):
+def _nested(levels, states, xs, length, pending, start, peek):
     distinct = sorted({lv.period for lv in levels if not lv.frozen})
     for small, big in zip(distinct, distinct[1:], strict=False):
         if big % small:
@@ -402,7 +405,7 @@ def _nested(levels, states, xs, length, pending, start):
 
     def token_step(carry, x):
         sts, accs = carry
-        cands, accs, outs = _step_all(levels, sts, accs, x)
+        cands, accs, outs = _step_all(levels, sts, accs, x, peek)
         new_s, new_a = [], []
         for lv, st, cand, acc in zip(levels, sts, cands, accs, strict=True):
             if lv.period == 1:
@@ -454,6 +457,7 @@ def run_levels(
     form: Literal["masked", "nested"] = "masked",
     pending: Sequence[PyTree] | None = None,
     start: int = 0,
+    peek: Callable[[tuple, PyTree], PyTree] | None = None,
 ) -> LevelsResult:
     """Run an ordered chain of levels over a sequence.
 
@@ -467,6 +471,11 @@ def run_levels(
         starts with empty accumulators.
       start: index of ``xs[0]`` in the whole stream (firing uses absolute steps). With
         ``form="nested"`` it must be a multiple of the slowest period.
+      peek: optional ``(states, x_t) -> x_t'``: a read phase at every step, before the chain,
+        given every level's pre-firing state (a tuple, in chain order); level 0 receives its
+        result instead of ``x_t``. It lets a level's update depend on the outputs of levels
+        *after* it at the same step (:func:`nested_jax.transfer.run_nest`'s ``"joint"``
+        members), which the chain alone cannot. It must not change any state.
 
     Returns:
       :class:`LevelsResult` ``(states, outputs, fired)``.
@@ -492,10 +501,12 @@ def run_levels(
     levels = tuple(levels)
     pending = _check_pending(levels, states, pending)
     start = _check_start(start)
+    if peek is not None and not callable(peek):
+        raise TypeError(f"peek must be a callable (states, x) -> x or None, got {peek!r}.")
     if form == "masked":
-        return _masked(levels, states, xs, length, pending, start)
+        return _masked(levels, states, xs, length, pending, start, peek)
     if form == "nested":
-        return _nested(levels, states, xs, length, pending, start)
+        return _nested(levels, states, xs, length, pending, start, peek)
     raise ValueError(f"form must be 'masked' or 'nested', got {form!r}.")
 
 
@@ -516,7 +527,9 @@ def _check_start(start):
     return int(start)
 
 
-def run_levels_reference(levels, states, xs, *, pending=None, start: int = 0) -> LevelsResult:
+def run_levels_reference(
+    levels, states, xs, *, pending=None, start: int = 0, peek=None
+) -> LevelsResult:
     """Slow twin of :func:`run_levels`: a plain Python loop with ``if (t + 1) % C == 0``.
 
     Eager, one step at a time; for tests and for reading. Same semantics as the fast forms.
@@ -529,7 +542,7 @@ def run_levels_reference(levels, states, xs, *, pending=None, start: int = 0) ->
     for i_t in range(length):
         t = start + i_t
         x = jax.tree.map(lambda a, i_t=i_t: a[i_t], xs)
-        inp = x
+        inp = x if peek is None else peek(tuple(states), x)
         cands, outs = [], []
         for i, lv in enumerate(levels):
             cand, out = lv.update(states[i], inp)

@@ -77,9 +77,39 @@ def test_knowledge_transfer_smoke(tmp_path):
         assert all(math.isfinite(v) for v in by["generation_blind"])
 
 
-def test_knowledge_transfer_one_scan_nest_is_run_nest():
-    """The backprop system's scan with ``joint=False`` is the nest of ``run_nest`` (values and
-    first- / second-order meta-gradients); ``joint=True`` changes only the medium's target."""
+def _kt_one_scan(init, members, keys, values, cfg, joint):
+    """The backprop system written out as one scan (how the experiment ran it before
+    ``run_nest`` had ``"joint"`` members): the medium accumulates its increments and applies them
+    every ``medium_period`` tokens, the fast member writes every token."""
+    from nested_jax.levels import fire, first_order_update
+    from nested_jax.memory import LinearParams
+
+    medium, fast = members
+    period = cfg["medium_period"]
+    med = medium.reset(LinearParams(init[None]))
+
+    def step(carry, inp):
+        st_m, pend, st_f = carry
+        t, k, v = inp
+        y_m, y_f = med.read_state(st_m, k), fast.read_state(st_f, k)
+        cand = med.step(st_m, k, v - y_f if joint else v, cfg["eta_medium"])
+        new_f = fast.step(st_f, k, v - y_m, cfg["eta_fast"])
+        if cfg["first_order"]:
+            cand, new_f = first_order_update(cand, st_m), first_order_update(new_f, st_f)
+        pend = jax.tree.map(lambda p, c, s: p + (c - s), pend, cand, st_m)
+        st_m, pend = fire(st_m, pend, (t + 1) % period == 0)
+        return (st_m, pend, new_f), y_m + y_f
+
+    zeros = jax.tree.map(jnp.zeros_like, med.state)
+    carry = (med.state, zeros, fast.state)
+    (st_m, _, st_f), preds = jax.lax.scan(step, carry, (jnp.arange(len(keys)), keys, values))
+    return jnp.mean(jnp.sum((preds - values) ** 2, axis=-1)), (preds, st_m.w[0, 0], st_f.w[0, 0])
+
+
+def test_knowledge_transfer_nests_equal_the_one_scan_form():
+    """The experiment's nests through ``run_nest`` (one-way: the medium writes the value;
+    backprop: it receives ``"joint"``) equal the same system written out as one scan: errors,
+    first- and second-order meta-gradients, predictions and final states."""
     from experiments.knowledge_transfer import run as kt
 
     cfg = dict(dim=4, length=24, context_len=8, task_scale=0.5, context_scale=0.3, noise=0.02)
@@ -89,23 +119,32 @@ def test_knowledge_transfer_one_scan_nest_is_run_nest():
     keys, values, _, _ = kt.make_tasks(jax.random.key(1), a, 1, **task_kw)
     members = kt.build(cfg, jax.random.key(2))
     init = a + 0.1
-    for first_order in (True, False):
-        c = cfg | {"first_order": first_order}
-        ref = lambda i, c=c: kt.stream_error(i, members, keys[0], values[0], c)[0]
-        one = lambda i, joint=False, c=c: kt.joint_stream_error(
-            i, members, keys[0], values[0], c, joint
-        )[0]
-        np.testing.assert_allclose(one(init), ref(init), rtol=1e-5)
-        np.testing.assert_allclose(jax.grad(one)(init), jax.grad(ref)(init), rtol=1e-4, atol=1e-6)
-        assert abs(float(one(init, True)) - float(ref(init))) > 1e-4
+    for joint in (False, True):
+        for first_order in (True, False):
+            c = cfg | {"first_order": first_order}
+            nest = lambda i, c=c, j=joint: kt.stream_error(
+                i, members, keys[0], values[0], c, joint=j
+            )[0]
+            scan = lambda i, c=c, j=joint: _kt_one_scan(i, members, keys[0], values[0], c, j)[0]
+            np.testing.assert_allclose(nest(init), scan(init), rtol=1e-5)
+            np.testing.assert_allclose(
+                jax.grad(nest)(init), jax.grad(scan)(init), rtol=1e-4, atol=1e-6
+            )
+        c = cfg | {"first_order": True}
+        _, (preds, medium_w, fast_w) = _kt_one_scan(init, members, keys[0], values[0], c, joint)
+        res = kt.stream_error(init, members, keys[0], values[0], c, joint=joint)[1]
+        np.testing.assert_allclose(preds, res.predictions, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(medium_w, res.modules[0].state.w[0, 0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fast_w, res.modules[1].state.w[0, 0], rtol=1e-5, atol=1e-6)
     c = cfg | {"first_order": True}
-    _, (preds, medium_w, fast_w) = kt.joint_stream_error(
-        init, members, keys[0], values[0], c, False
+    one_way = kt.stream_error(init, members, keys[0], values[0], c)[0]
+    assert (
+        abs(
+            float(kt.stream_error(init, members, keys[0], values[0], c, joint=True)[0])
+            - float(one_way)
+        )
+        > 1e-4
     )
-    nest = kt.stream_error(init, members, keys[0], values[0], c)[1]
-    np.testing.assert_allclose(preds, nest.predictions, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(medium_w, nest.modules[0].state.w[0, 0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(fast_w, nest.modules[1].state.w[0, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_hope_ablation_smoke_and_resume(tmp_path):

@@ -379,3 +379,35 @@ def test_fire_with_a_commit_and_lazily():
     jax.block_until_ready(lazy_fire(jnp.array(True)))
     jax.effects_barrier()
     assert calls == [1]
+
+
+def test_peek_sees_every_pre_firing_state_in_all_three_forms():
+    """``peek`` reads every level's pre-firing state before the chain: a literal check on an
+    accumulating level (the peeked state moves only when a level fires), then masked == nested
+    == reference with a peek that feeds the last level's state to the first."""
+    counter = Level("sum", 3, lambda s, x: (s + x[0], x[1]))
+    res = run_levels_reference(
+        (counter,),
+        (jnp.zeros(()),),
+        (jnp.arange(1.0, 8.0), jnp.zeros(7)),
+        peek=lambda sts, x: (x[0], sts[0]),
+    )
+    # the state seen at step t: 0 until it fires after t=2 (6), then after t=5 (21)
+    np.testing.assert_array_equal(np.asarray(res.outputs[0]), [0, 0, 0, 6, 6, 6, 21])
+
+    def peek(sts, x):  # every state, including a later level's, shifts level 0's input
+        return x + sts[-1]["w"] + 0.5 * sts[0]["w"]
+
+    for periods in [(1, 2), (2, 4, 8), (1, 4)]:
+        levels = _levels(periods)
+        states = _states(len(periods), jax.random.key(11))
+        xs = _xs(13, jax.random.key(12))
+        ref = run_levels_reference(levels, states, xs, peek=peek)
+        plain = run_levels(levels, states, xs)
+        assert not np.allclose(np.asarray(ref.outputs[0]), np.asarray(plain.outputs[0]))
+        for form in ("masked", "nested"):
+            fast = run_levels(levels, states, xs, form=form, peek=peek)
+            _assert_same(fast.states, ref.states)
+            _assert_same(fast.outputs, ref.outputs)
+    with pytest.raises(TypeError, match="peek must be a callable"):
+        run_levels(levels, states, xs, peek=3)

@@ -1,5 +1,7 @@
 """Knowledge transfer and Neural Learning Modules (issue 6)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,7 +143,7 @@ def test_learning_module_is_its_memory_one_token_at_a_time():
     ref = run_levels_reference(
         (slow.level(0.1), deep.level(0.3)),
         (slow.state, deep.state),
-        (keys, values, jnp.zeros_like(values), jnp.zeros_like(values)),
+        (keys, values) + (jnp.zeros_like(values),) * 3,
     )
     np.testing.assert_allclose(res.predictions, ref.outputs[-1][2], **TOL)
     assert np.all(np.isfinite(np.asarray(res.predictions)))
@@ -188,7 +190,7 @@ def test_nest_periods_follow_run_levels_semantics():
     ref = run_levels_reference(
         tuple(m.level(e) for m, e in zip(mods, (0.1, 0.2, 0.5), strict=True)),
         tuple(m.state for m in mods),
-        (keys, values, jnp.zeros_like(values), jnp.zeros_like(values)),
+        (keys, values) + (jnp.zeros_like(values),) * 3,
     )
     np.testing.assert_allclose(masked.predictions, ref.outputs[-1][2], **TOL)
     # "input": the second member reads the first one's read-out (a stacked chain)
@@ -199,6 +201,73 @@ def test_nest_periods_follow_run_levels_semantics():
     assert out.modules[1].state.w.shape == (1, 1, 3, 3)
     with pytest.raises(ValueError, match="no neighbour"):
         run_nest((top, bottom), keys, values, (0.1, 0.1))
+
+
+def _joint_loop(mods, etas, keys, values):
+    """Slow twin of a nest with ``"joint"`` members: read every member, then each writes (a
+    joint member ``v`` minus every other read, a residual one ``v`` minus the reads before it,
+    a value one ``v``), the slower ones accumulating their increments until they fire."""
+    states = [m.state for m in mods]
+    pend = [jax.tree.map(jnp.zeros_like, st) for st in states]
+    preds = []
+    for t, (x, v) in enumerate(zip(keys, values, strict=True)):
+        reads = [m.read_state(st, x) for m, st in zip(mods, states, strict=True)]
+        total = sum(reads)
+        preds.append(total)
+        for i, (m, e) in enumerate(zip(mods, etas, strict=True)):
+            target = {"joint": v - (total - reads[i]), "residual": v - sum(reads[:i]), "value": v}
+            cand = m.step(states[i], x, target[m.receives], e)
+            pend[i] = jax.tree.map(lambda p, c, s: p + c - s, pend[i], cand, states[i])
+            if (t + 1) % m.period == 0:
+                states[i] = jax.tree.map(jnp.add, states[i], pend[i])
+                pend[i] = jax.tree.map(jnp.zeros_like, pend[i])
+    return jnp.stack(preds), states
+
+
+def test_joint_members_follow_the_whole_nests_error():
+    """``"joint"`` (transfer by backpropagation, D87): a member writes what every other member's
+    read leaves, members after it included, so both levels follow the joint prediction's error
+    at their own frequencies; masked == nested == a hand-written loop, and gradients flow."""
+    keys, values = _stream(2)
+    medium = LearningModule.init(
+        jax.random.key(1), 4, 3, scale=1.0, name="medium", period=4, receives="joint"
+    )
+    fast = LearningModule.init(jax.random.key(2), 4, 3, name="fast", period=1, rule=DGD())
+    first = dataclasses.replace(fast, name="first", receives="value")
+    last = dataclasses.replace(fast, name="last", period=2, receives="value")
+    for mods in [
+        (medium, fast),  # the fast member is residual: it reads the medium's read
+        (medium, dataclasses.replace(fast, receives="joint")),
+        (first, medium, last),  # a joint member in the middle sees the read after it
+    ]:
+        etas = (0.3, 0.5, 0.2)[: len(mods)]
+        want, states = _joint_loop(mods, etas, keys, values)
+        for form in ("masked", "nested"):
+            res = run_nest(mods, keys, values, etas, form=form)
+            np.testing.assert_allclose(res.predictions, want, **TOL)
+            np.testing.assert_allclose(res.reads.sum(1), res.predictions, **TOL)
+            for m, st in zip(res.modules, states, strict=True):
+                _close_trees(m.state, st)
+    # the medium's target changes with the members after it: joint != value
+    as_value = dataclasses.replace(medium, receives="value")
+    value_nest = run_nest((as_value, fast), keys, values, (0.3, 0.5))
+    joint_nest = run_nest((medium, fast), keys, values, (0.3, 0.5))
+    assert not np.allclose(np.asarray(value_nest.predictions), np.asarray(joint_nest.predictions))
+    # alone, a joint member has no other reads: it writes the value
+    alone = run_nest((medium,), keys, values, (0.3,))
+    alone_value = run_nest((as_value,), keys, values, (0.3,))
+    np.testing.assert_allclose(alone.predictions, alone_value.predictions, **TOL)
+
+    def err(w0):
+        mods = (medium.reset(LinearParams(w0)), fast)
+        res = run_nest(mods, keys, values, (0.3, 0.5))
+        return jnp.mean((res.predictions - values) ** 2)
+
+    w0 = medium.params.w
+    g = jax.grad(err)(w0)
+    d = jax.random.normal(jax.random.key(3), w0.shape)
+    fd = (err(w0 + 1e-2 * d) - err(w0 - 1e-2 * d)) / 2e-2
+    np.testing.assert_allclose(jnp.vdot(g, d), fd, rtol=2e-2)
 
 
 # ------------------------------------------------------------------------------ initialization

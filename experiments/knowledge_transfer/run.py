@@ -28,8 +28,8 @@ The other two mechanisms of §2.4, each against the nest above (issue 16 item 7)
   uses): both follow the gradient of the *joint* prediction's error, each at its own frequency,
   so the medium level writes ``v - (fast read)`` instead of ``v`` (in the nest above only the
   fast level is conditioned on the other). Its initial state is meta-learned the same way.
-  :func:`joint_stream_error` runs it; with ``joint=False`` it is the nest above, tested equal to
-  :func:`nested_jax.transfer.run_nest`.
+  It is :func:`nested_jax.transfer.run_nest` with the medium member receiving ``"joint"``
+  (:func:`stream_error` with ``joint=True``).
 
 Run: ``python -m experiments.knowledge_transfer.run [--smoke] [--out DIR]`` -> results.json,
 levels.png.
@@ -47,7 +47,6 @@ import numpy as np
 import optax
 
 from experiments.common import mean_std, parse_args, pyplot, save_figure, write_results
-from nested_jax.levels import fire, first_order_update
 from nested_jax.memory import DGD, GD, LinearParams
 from nested_jax.transfer import LearningModule, hypernet_init, hypernet_weights, run_nest
 
@@ -94,51 +93,24 @@ def build(cfg, key):
     return medium, fast
 
 
-def stream_error(init, members, keys, values, cfg, use=("medium", "fast")):
-    """Online squared error of the nest on one task (medium starts from ``init``)."""
+def stream_error(init, members, keys, values, cfg, use=("medium", "fast"), joint=False):
+    """Online squared error of the nest on one task (medium starts from ``init``). ``joint``:
+    transfer by backpropagation, the medium member receives ``"joint"`` (it writes what the
+    fast member's read leaves, so both follow the joint prediction's error); otherwise it writes
+    the value (the one-way nest)."""
     medium, fast = members
     mods = []
     etas = []
     if "medium" in use:
         mods.append(medium.reset(LinearParams(init[None])))
+        if joint:
+            mods[-1] = dataclasses.replace(mods[-1], receives="joint")
         etas.append(cfg["eta_medium"])
     if "fast" in use:  # alone, it writes the value itself (nothing precedes it)
         mods.append(fast if "medium" in use else dataclasses.replace(fast, receives="value"))
         etas.append(cfg["eta_fast"])
     res = run_nest(tuple(mods), keys, values, tuple(etas), first_order=cfg["first_order"])
     return jnp.mean(jnp.sum((res.predictions - values) ** 2, axis=-1)), res
-
-
-def joint_stream_error(init, members, keys, values, cfg, joint=True):
-    """:func:`stream_error` of the nest written as one scan: the medium level accumulates its
-    increments and applies them every ``medium_period`` tokens (:func:`nested_jax.levels.fire`,
-    the CMS rule), the fast level writes every token. ``joint=True``: transfer by
-    backpropagation, the medium level writes what the fast level's read leaves (both follow the
-    joint prediction's error); ``joint=False``: it writes the value (the nest above)."""
-    medium, fast = members
-    period = cfg["medium_period"]
-    med = medium.reset(LinearParams(init[None]))
-
-    def step(carry, inp):
-        st_m, pend, st_f = carry
-        t, k, v = inp
-        y_m, y_f = med.read_state(st_m, k), fast.read_state(st_f, k)
-        target = v - y_f if joint else v
-        cand = med.step(st_m, k, target, cfg["eta_medium"])
-        new_f = fast.step(st_f, k, v - y_m, cfg["eta_fast"])
-        if cfg["first_order"]:  # as run_nest: no gradient through the inner updates
-            cand, new_f = first_order_update(cand, st_m), first_order_update(new_f, st_f)
-        pend = jax.tree.map(lambda p, c, s: p + (c - s), pend, cand, st_m)
-        st_m, pend = fire(st_m, pend, (t + 1) % period == 0)
-        st_f = new_f
-        return (st_m, pend, st_f), y_m + y_f
-
-    zeros = jax.tree.map(jnp.zeros_like, med.state)
-    (st_m, _, st_f), preds = jax.lax.scan(
-        step, (med.state, zeros, fast.state), (jnp.arange(len(keys)), keys, values)
-    )
-    err = jnp.mean(jnp.sum((preds - values) ** 2, axis=-1))
-    return err, (preds, st_m.w[0, 0], st_f.w[0, 0])
 
 
 def meta_train(loss, params, key, cfg):
@@ -224,7 +196,7 @@ def _one(smoke: bool, seed: int) -> dict:
     # transfer by backpropagation: medium and fast follow the joint error (own meta-learned init)
     def joint_meta_loss(init, k):
         keys, values, _, _ = make_tasks(k, a, cfg["meta_batch"], **task_kw)
-        err = lambda ks, vs: joint_stream_error(init, members, ks, vs, cfg)[0]
+        err = lambda ks, vs: stream_error(init, members, ks, vs, cfg, joint=True)[0]
         return jnp.mean(jax.vmap(err)(keys, values))
 
     joint_init, joint_hist = meta_train(joint_meta_loss, init0, kt, cfg)
@@ -269,10 +241,12 @@ def _one(smoke: bool, seed: int) -> dict:
 
     gen = evaluate_per_task(generated)
     gen_blind = evaluate_per_task(generated_blind)
-    joint_errs, (_, joint_medium_w, joint_fast_w) = jax.vmap(
-        lambda ks, vs: joint_stream_error(joint_init, members, ks, vs, cfg)
+    joint_errs, joint_res = jax.vmap(
+        lambda ks, vs: stream_error(joint_init, members, ks, vs, cfg, joint=True)
     )(keys, values)
     joint = float(jnp.mean(joint_errs))
+    joint_medium_w = joint_res.modules[0].state.w[:, 0, 0]
+    joint_fast_w = joint_res.modules[1].state.w[:, 0, 0]
     full, res = evaluate(init, ("medium", "fast"))
     cosine = lambda w, target: float(
         jnp.mean(

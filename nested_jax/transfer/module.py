@@ -18,7 +18,12 @@ names how it receives knowledge from the member before it (its faster or slower 
   preceding members' read-outs leave unexplained, ``v - prediction_so_far``;
 * ``"value"``: it writes the value itself (no transfer through outputs; members are independent);
 * ``"input"``: its key is the preceding member's read-out (a stacked, layer-like chain); it
-  writes the value itself.
+  writes the value itself;
+* ``"joint"`` (knowledge transfer by backpropagation, §2.4 item 3, the form the CMS uses): it
+  writes what *every other* member's read leaves unexplained, ``v - (prediction - own read)``,
+  so it steps along the gradient of the whole nest's prediction error (with the L2 objective),
+  at its own frequency. Members after it count too: :func:`run_nest` reads every member first
+  (``run_levels``' ``peek``), then writes (decisions D87).
 
 The nest's prediction for ``v_t`` is the sum of the read-outs (read before write). Knowledge by
 initialization is :func:`nested_jax.transfer.initialization.meta_learn_init`; by generation,
@@ -42,7 +47,7 @@ from nested_jax.memory.objectives import L2
 
 __all__ = ["LearningModule", "run_nest", "NestResult", "RECEIVES"]
 
-RECEIVES = ("residual", "value", "input")
+RECEIVES = ("residual", "value", "input", "joint")
 
 
 def _one(x: jax.Array) -> jax.Array:
@@ -71,7 +76,8 @@ class LearningModule:
       name, period: the level's label and update period (``0`` = frozen).
       memory: the associative memory, e.g. ``LinearMemory(L2(), DGD())`` (default
         ``LinearMemory(L2(), GD())``) or ``MLPMemory(hidden)`` for a deep member.
-      receives: ``"residual"``, ``"value"`` or ``"input"`` (see the module docstring).
+      receives: ``"residual"``, ``"value"``, ``"input"`` or ``"joint"`` (see the module
+        docstring).
     """
 
     params: Any
@@ -142,19 +148,29 @@ class LearningModule:
     def write(self, x, v, eta, alpha=1.0) -> LearningModule:
         return dataclasses.replace(self, state=self.step(self.state, x, v, eta, alpha))
 
+    def key_for(self, x, prev_read):
+        """The key this member reads and writes: the preceding read-out for ``"input"``."""
+        return prev_read if self.receives == "input" else x
+
     def level(self, eta, alpha=1.0, first_order: bool = False) -> Level:
-        """This module as a :class:`~nested_jax.Level` of a nest: input ``(x, v, prediction, _)``,
-        output ``(x', v, prediction + read, read)`` for the next member."""
+        """This module as a :class:`~nested_jax.Level` of a nest: input ``(x, v, prediction, _,
+        total)``, output ``(x, v, prediction + read, read, total)`` for the next member, where
+        ``total`` is the sum of every member's read at this step (used by ``"joint"``)."""
 
         def update(state, inp):
-            x, v, pred, prev_read = inp
-            key = prev_read if self.receives == "input" else x
+            x, v, pred, prev_read, total = inp
+            key = self.key_for(x, prev_read)
             y = self.read_state(state, key)
-            target = v - pred if self.receives == "residual" else v
+            if self.receives == "residual":
+                target = v - pred
+            elif self.receives == "joint":
+                target = v - (total - y)
+            else:
+                target = v
             new = self.step(state, key, target, eta, alpha)
             if first_order:
                 new = first_order_update(new, state)
-            return new, (x, v, pred + y, y)
+            return new, (x, v, pred + y, y, total)
 
         return Level(self.name, self.period, update)
 
@@ -179,7 +195,9 @@ def run_nest(
     """Run a nest of modules over a stream ``keys: [T, d_k]``, ``values: [T, d_v]``.
 
     Member ``i`` updates every ``modules[i].period`` steps (accumulating its per-step increments
-    between firings, :func:`nested_jax.run_levels` semantics) with rate ``etas[i]``."""
+    between firings, :func:`nested_jax.run_levels` semantics) with rate ``etas[i]``. When a
+    member receives ``"joint"``, every member is read first at each step (its pre-firing state,
+    the same read it emits) and the joint members write against the total."""
     alphas = [1.0] * len(modules) if alphas is None else alphas
     if modules and modules[0].receives == "input":
         raise ValueError(f"{modules[0].name}: the first member has no neighbour to read from.")
@@ -188,8 +206,21 @@ def run_nest(
         levels.append(m.level(e, a, first_order))
         states.append(m.state)
 
+    peek = None
+    if any(m.receives == "joint" for m in modules):
+
+        def peek(sts, inp):  # the read phase: every member's read before any writes
+            x, v, pred, prev, _ = inp
+            total = pred
+            for m, st in zip(modules, sts, strict=True):
+                prev = m.read_state(st, m.key_for(x, prev))
+                total = total + prev
+            return x, v, pred, jnp.zeros_like(prev), total
+
     zeros = jnp.zeros_like(values)
-    res = run_levels(tuple(levels), tuple(states), (keys, values, zeros, zeros), form=form)
+    res = run_levels(
+        tuple(levels), tuple(states), (keys, values, zeros, zeros, zeros), form=form, peek=peek
+    )
     reads = jnp.stack([out[3] for out in res.outputs], axis=1)
     preds = res.outputs[-1][2]
     mods = tuple(dataclasses.replace(m, state=s) for m, s in zip(modules, res.states, strict=True))
