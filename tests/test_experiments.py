@@ -326,6 +326,9 @@ def test_mqar_data_and_smoke(tmp_path):
     assert (tmp_path / "mqar.png").stat().st_size > 10_000
     stamp = (tmp_path / "runs" / "deltanet-seed0.json").stat().st_mtime_ns
     assert mq.main(args)["runs"] == payload["runs"]  # finished runs are read back, not rerun
+    assert mq.selected_models(["titans"], False) == ["titans"]
+    assert mq.selected_models(None, False) == [m for m in mq.MODELS if m not in mq.DIAGNOSTICS]
+    assert mq.selected_models(None, True) == list(mq.MODELS)  # --report shows the variants too
     only = mq.main([*args[:2], "transformer", "titans", *args[4:], "--report"])
     assert set(only["summary"]) == {"transformer"}  # --report trains nothing
     assert (tmp_path / "runs" / "deltanet-seed0.json").stat().st_mtime_ns == stamp

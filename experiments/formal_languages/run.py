@@ -17,7 +17,8 @@ counting to ``n``.
 Training strings have lengths 1-40; the test bins are 1-40 (bin 0, fresh strings), 41-80 (bin 1)
 and 81-160 (bin 2), 512 strings each (the same ones for every model and seed). Models, two layers
 of width 32 (two heads), parameters matched to Hope's within 5% by the MLP width: Transformer++,
-linear attention, DeltaNet, self-modifying Titans and Hope, both of those two at chunk 1 (every
+linear attention, DeltaNet, DeltaNet with negative eigenvalues (``eta_max = 2``: the control
+for state tracking), self-modifying Titans and Hope, both of those two at chunk 1 (every
 inner memory updates after every token: a non-linear recurrence, what the paper's claim rests on)
 and at chunk 4/2 (the chunked, parallel form). Same data, steps and AdamW rate for every model;
 3 seeds.
@@ -73,6 +74,9 @@ MODELS = {
     "transformer": ("tiny", {}),
     "linear_attention": ("linear_attention_tiny", {}),
     "deltanet": ("deltanet_tiny", {}),
+    # the delta rule's step up to 2 (Grazzi et al. 2025): the state-transition matrix
+    # I - eta k k^T then has an eigenvalue in (-1, 1), so it can flip a sign per token
+    "deltanet_neg": ("deltanet_tiny", {"titans.eta_max": 2.0}),
     "selfmod": ("selfmod_tiny", {}),
     "selfmod_c1": ("selfmod_tiny", _RECURRENT),
     "hope": ("hope_tiny", {}),
@@ -82,6 +86,7 @@ LABELS = {
     "transformer": "Transformer++",
     "linear_attention": "linear attention",
     "deltanet": "DeltaNet",
+    "deltanet_neg": "DeltaNet, eigenvalues in (-1, 1)",
     "selfmod": "self-mod Titans (chunks 4/2)",
     "selfmod_c1": "self-mod Titans (chunk 1)",
     "hope": "Hope (chunks 4/2)",
