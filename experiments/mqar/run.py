@@ -16,11 +16,12 @@ with a linear memory (momentum, chunked gradients) and Titans with its deep MLP 
 claim: a deep memory holds more than a linear one), and Hope. Same data, steps and AdamW rate for
 every model; 3 seeds (initialisation and data), mean ± std.
 
-Diagnostic variants (``--models titans_linear_c1 titans_linear_gd``; not trained by default):
+Diagnostic variants (named in ``--models``; not trained by default):
 why Titans' linear memory loses its recall at long gaps, changing one thing at a time on the way
 from ``titans_linear`` (momentum, gradients at 8-token chunk boundaries, ``eta_max`` 0.1) to
 ``gated_deltanet`` (no momentum, per-token, ``eta_max`` 1): per-token momentum (chunk 1), then
-no momentum (per-token GD at ``eta_max`` 0.1).
+no momentum (per-token GD at ``eta_max`` 0.1, i.e. gated DeltaNet at that rate cap); and gated
+DeltaNet at ``eta_max`` 0.3 (``--models gated_deltanet_eta03``), between the two caps.
 
 Run: ``python -m experiments.mqar.run [--smoke] [--models ...] [--report] [--out ...]``
 """
@@ -67,8 +68,10 @@ MODELS = {
         "titans_tiny",
         {"titans.memory": "linear", "titans.rule": "gd", "titans.chunk": 8},
     ),
+    # between the two (titans_linear_gd is gated DeltaNet at eta_max 0.1): the inner rate's cap
+    "gated_deltanet_eta03": ("gated_deltanet_tiny", {"titans.chunk": 16, "titans.eta_max": 0.3}),
 }
-DIAGNOSTICS = ("titans_linear_c1", "titans_linear_gd")
+DIAGNOSTICS = ("titans_linear_c1", "titans_linear_gd", "gated_deltanet_eta03")
 LABELS = {
     "transformer": "Transformer++",
     "linear_attention": "linear attention",
@@ -79,6 +82,7 @@ LABELS = {
     "hope": "Hope",
     "titans_linear_c1": "Titans, linear memory, per-token momentum",
     "titans_linear_gd": "Titans, linear memory, no momentum",
+    "gated_deltanet_eta03": "gated DeltaNet, eta_max 0.3",
 }
 FULL = {
     "steps": 1200,
