@@ -611,6 +611,23 @@ def test_normalized_write_bounds_the_step_by_the_memory_gain():
     assert float(moved.min()) > 0
 
 
+def test_step_bound_above_one_lets_a_write_overshoot_its_target():
+    """``stable_step_norm(..., bound=2)`` (``nu = 1/2``): one write at a large rate moves the
+    output at its key past the target, so the error along the old error changes sign on every
+    head (the deep memory's negative eigenvalue); with ``bound = 1/2`` (``nu = 2``) it does not."""
+    _, k, v, eta, _, _ = _inputs(1, jax.random.key(30), eta_scale=1e4)
+    k, v, eta = k[:, 0], v[:, 0], eta[:, 0]
+    left = {}
+    for bound in (0.5, 2.0):
+        mem = MLPMemory(8, rule=GD(), step_norm=stable_step_norm(1, None, bound))
+        st = _state(mem)
+        err = mem.read(st, k) - v
+        after = mem.read(mem.write(st, k, v, eta), k) - v
+        left[bound] = jnp.sum(after * err, -1) / jnp.sum(err * err, -1)
+    assert float(left[0.5].min()) > 0, left  # short of the target: the error keeps its sign
+    assert float(left[2.0].max()) < 0, left  # past it: the error flips
+
+
 def test_normalized_memory_is_stable_at_any_rate():
     """Far above the plain memory's stability bound (hidden 128, momentum 0.9: eta <~ 0.01) the
     plain memory blows up while the normalised one (``nu = C / (1 - beta)``) stays bounded,

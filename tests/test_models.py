@@ -406,3 +406,26 @@ def test_titans_momentum_gate_is_capped_where_the_step_bound_is_computed():
         assert np.all(np.isfinite(np.asarray(logits))) and big < 10.0, big
     with pytest.raises(ValueError, match="beta_max"):
         get_config("titans_tiny", **{"titans.beta_max": 1.0})
+
+
+def test_step_bound_scales_every_deep_memorys_normalisation():
+    """``titans.step_bound`` divides the NLMS strength of Titans' memory and of every memory of
+    self-modifying Titans / Hope (main, k / v / q, eta / alpha): ``nu = C / ((1 - beta) bound)``;
+    1 is the default and what earlier runs used; outside (0, 2] it is refused."""
+    from nested_jax.memory import stable_step_norm
+    from nested_jax.models.self_modifying import SelfModifyingTitans
+
+    for bound in (1.0, 2.0):
+        model, _, _ = setup("titans_tiny", n_layers=1, **{"titans.step_bound": bound})
+        chunk = model.config.titans.chunk
+        assert model.block.memory.step_norm == pytest.approx(chunk / 0.05 / bound)
+        c = get_config("hope_tiny", **{"titans.step_bound": bound, "selfmod.momentum": None})
+        layer = SelfModifyingTitans(c)
+        assert layer.main_memory.step_norm == pytest.approx(4 / bound)
+        assert layer.proj_memory.step_norm == pytest.approx(2 / bound)
+        assert layer.gate_memory.step_norm == stable_step_norm(2, None, bound)
+    for bad in (0.0, 2.5):
+        with pytest.raises(ValueError, match="titans.step_bound must be in"):
+            get_config("hope_tiny", **{"titans.step_bound": bad})
+    with pytest.raises(ValueError, match="step bound must be in"):
+        stable_step_norm(4, 0.9, 3.0)

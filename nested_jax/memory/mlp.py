@@ -51,11 +51,18 @@ from nested_jax.memory.rules import DGD, GD, Momentum, rule_step
 __all__ = ["MLPMemory", "MLPParams", "MLPState", "stable_step_norm"]
 
 
-def stable_step_norm(chunk_size: int, beta: float | None) -> float:
-    """The NLMS strength ``nu = C / (1 - beta)`` that bounds a chunk's total step (``C`` tokens
-    whose gradients share the boundary, each applied ``1 / (1 - beta)`` times by momentum) by one
-    error's worth: what the models pass as ``MLPMemory(step_norm=...)``."""
-    return float(chunk_size) / (1.0 - (beta or 0.0))
+def stable_step_norm(chunk_size: int, beta: float | None, bound: float = 1.0) -> float:
+    """The NLMS strength ``nu = C / ((1 - beta) bound)`` that bounds a chunk's total step (``C``
+    tokens whose gradients share the boundary, each applied ``1 / (1 - beta)`` times by momentum)
+    by ``bound`` errors' worth: what the models pass as ``MLPMemory(step_norm=...)``. ``bound = 1``
+    (the default) lets a step reach the target and no further; up to 2 it may overshoot it, flipping
+    the sign of the error (the deep memory's analogue of a linear recurrence's negative
+    eigenvalues: DeltaNet with ``eta`` up to 2)."""
+    if not 0.0 < bound <= 2.0:
+        raise ValueError(
+            f"the step bound must be in (0, 2] (errors' worth per chunk), got {bound}."
+        )
+    return float(chunk_size) / ((1.0 - (beta or 0.0)) * bound)
 
 
 class MLPParams(NamedTuple):

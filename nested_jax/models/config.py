@@ -64,6 +64,11 @@ class TitansConfig:
         init). ``inner_norm``'s step bound is computed at ``beta_max``, so it holds for every
         value the gate can take; an uncapped gate learned ``beta ~ 0.9995`` on runs of repeated
         bytes and the momentum grew without bound (decisions D82).
+      step_bound: with ``inner_norm``, how many errors' worth one chunk's steps may move a deep
+        memory's output at its key (``nu = C / ((1 - beta) step_bound)``), in (0, 2]. ``1``
+        (default): up to the target. Above 1 a step may overshoot it and flip the sign of the
+        error: the deep memory's analogue of negative eigenvalues in a linear recurrence
+        (DeltaNet with ``eta`` up to 2), which state tracking (parity) needs (decisions D88).
 
     The reduced cases as configs: ``titans={"memory": "linear", "rule": "gd", "retention":
     False, "eta_max": 1.0}`` is DeltaNet, with ``"objective": "dot"`` linear attention; with
@@ -83,9 +88,15 @@ class TitansConfig:
     rule: str = "momentum"
     retention: bool = True
     beta_max: float = 0.95
+    step_bound: float = 1.0
 
     def __post_init__(self):
         _positive(self, ("chunk", "expansion", "conv_width"))
+        if not 0.0 < self.step_bound <= 2.0:
+            raise ValueError(
+                f"titans.step_bound must be in (0, 2] (how many errors' worth one chunk's inner "
+                f"steps may move a memory's output; 1 = up to the target), got {self.step_bound}."
+            )
         if not 0.9 < self.beta_max < 1.0:
             raise ValueError(
                 f"titans.beta_max must be in (0.9, 1) (the momentum gate starts at 0.9), got "
@@ -292,6 +303,7 @@ _ADDED = {
     "titans.objective": "l2",
     "titans.rule": "momentum",
     "titans.retention": True,
+    "titans.step_bound": 1.0,
     "selfmod.rule": "dgd",
     "selfmod.retention": True,
     "selfmod.self_values": True,

@@ -84,7 +84,9 @@ class SelfModifyingTitans:
 
     def _step_norm(self, chunk: int) -> float:
         c = self.config
-        return stable_step_norm(chunk, c.selfmod.momentum) if c.titans.inner_norm else 0.0
+        if not c.titans.inner_norm:
+            return 0.0
+        return stable_step_norm(chunk, c.selfmod.momentum, c.titans.step_bound)
 
     @property
     def proj_memory(self) -> MLPMemory:

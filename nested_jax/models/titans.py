@@ -74,7 +74,9 @@ class TitansBlock:
             return LinearMemory(objective, Momentum())
         rule = Momentum() if tc.rule == "momentum" else GD()
         # beta is a per-token gate up to beta_max: the NLMS strength bounds the step at that value
-        nu = stable_step_norm(tc.chunk, tc.beta_max if tc.rule == "momentum" else 0.0)
+        nu = stable_step_norm(
+            tc.chunk, tc.beta_max if tc.rule == "momentum" else 0.0, tc.step_bound
+        )
         nu = nu if tc.inner_norm else 0.0
         return MLPMemory(tc.expansion * self.config.head_dim, objective, rule, step_norm=nu)
 
