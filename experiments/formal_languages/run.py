@@ -70,6 +70,7 @@ LANG_LABELS = {
     "shuffle2": "Shuffle-2",
 }
 _RECURRENT = {"titans.chunk": 1, "selfmod.chunk": 1}
+_HOPE_GD = {**_RECURRENT, "selfmod.rule": "gd", "selfmod.momentum": None, "titans.eta_max": 10.0}
 MODELS = {
     "transformer": ("tiny", {}),
     "linear_attention": ("linear_attention_tiny", {}),
@@ -81,6 +82,12 @@ MODELS = {
     "selfmod_c1": ("selfmod_tiny", _RECURRENT),
     "hope": ("hope_tiny", {}),
     "hope_c1": ("hope_tiny", _RECURRENT),
+    # the test of the negative-eigenvalue reading (decisions D88): Hope at chunk 1 with plain GD
+    # inner steps (no momentum, no DGD: neither lets one token's step pass the target) and large
+    # rates, its steps bounded by one error's worth (``_gd``, the control) or allowed up to two
+    # (``_neg``: a step may overshoot the target and flip the sign of what the memory holds)
+    "hope_c1_gd": ("hope_tiny", _HOPE_GD),
+    "hope_c1_neg": ("hope_tiny", {**_HOPE_GD, "titans.step_bound": 2.0}),
 }
 LABELS = {
     "transformer": "Transformer++",
@@ -91,6 +98,8 @@ LABELS = {
     "selfmod_c1": "self-mod Titans (chunk 1)",
     "hope": "Hope (chunks 4/2)",
     "hope_c1": "Hope (chunk 1)",
+    "hope_c1_gd": "Hope (chunk 1, GD, steps <= 1 error)",
+    "hope_c1_neg": "Hope (chunk 1, GD, steps <= 2 errors)",
 }
 BINS = {"bin0": (1, 40), "bin1": (41, 80), "bin2": (81, 160)}
 FULL = {
