@@ -628,6 +628,23 @@ def test_step_bound_above_one_lets_a_write_overshoot_its_target():
     assert float(left[2.0].max()) < 0, left  # past it: the error flips
 
 
+def test_dgd_write_stays_short_of_its_target_at_any_rate_or_bound():
+    """DGD cannot overshoot (decisions D88): at rates from 1 to 10^4 times ``_inputs``' and step
+    bounds 1 and 2, one DGD write moves the output at its key toward the target but by less than
+    half the error (its decay of ``W2`` along ``k`` erases the layer's response to the key), where
+    plain GD at the same rate and bound 2 passes the target (the test above)."""
+    _, k, v, eta, _, _ = _inputs(1, jax.random.key(30), eta_scale=1.0)
+    k, v, eta = k[:, 0], v[:, 0], eta[:, 0]
+    for bound in (1.0, 2.0):
+        mem = MLPMemory(8, rule=DGD(None), step_norm=stable_step_norm(1, None, bound))
+        st = _state(mem)
+        err = mem.read(st, k) - v
+        for scale in (1.0, 1e2, 1e4):
+            after = mem.read(mem.write(st, k, v, eta * scale), k) - v
+            moved = 1.0 - jnp.sum(after * err, -1) / jnp.sum(err * err, -1)
+            assert float(moved.min()) > 0.0 and float(moved.max()) < 0.5, (bound, scale, moved)
+
+
 def test_normalized_memory_is_stable_at_any_rate():
     """Far above the plain memory's stability bound (hidden 128, momentum 0.9: eta <~ 0.01) the
     plain memory blows up while the normalised one (``nu = C / (1 - beta)``) stays bounded,

@@ -83,9 +83,10 @@ MODELS = {
     "hope": ("hope_tiny", {}),
     "hope_c1": ("hope_tiny", _RECURRENT),
     # the test of the negative-eigenvalue reading (decisions D88): Hope at chunk 1 with plain GD
-    # inner steps (no momentum, no DGD: neither lets one token's step pass the target) and large
-    # rates, its steps bounded by one error's worth (``_gd``, the control) or allowed up to two
-    # (``_neg``: a step may overshoot the target and flip the sign of what the memory holds)
+    # inner steps (no DGD: its decay keeps a write short of the target at any rate; no momentum:
+    # one token's step is all of it) and large rates, its steps bounded by one error's worth
+    # (``_gd``, the control) or allowed up to two (``_neg``: a step may overshoot the target and
+    # flip the sign of what the memory holds)
     "hope_c1_gd": ("hope_tiny", _HOPE_GD),
     "hope_c1_neg": ("hope_tiny", {**_HOPE_GD, "titans.step_bound": 2.0}),
 }
