@@ -332,6 +332,12 @@ def test_mqar_data_and_smoke(tmp_path):
     only = mq.main([*args[:2], "transformer", "titans", *args[4:], "--report"])
     assert set(only["summary"]) == {"transformer"}  # --report trains nothing
     assert (tmp_path / "runs" / "deltanet-seed0.json").stat().st_mtime_ns == stamp
+    probe = ["--smoke", "--models", "transformer", "--out", str(tmp_path / "probe")]
+    payload = mq.main([*probe, "--steps", "4", "--seeds", "1"])  # a probe: other steps, seeds
+    assert payload["setup"]["steps"] == 4 and list(payload["setup"]["seeds"]) == [1]
+    assert [r["seed"] for r in payload["runs"]] == [1]
+    with pytest.raises(ValueError, match="--steps must be at least 2"):
+        mq.main([*probe, "--steps", "1"])
 
 
 @functools.cache

@@ -49,7 +49,9 @@ from experiments.common import (
 OUT = "experiments/mqar/results"
 N_KEYS = N_VALUES = N_FILLER = 64  # token ranges: keys [0, 64), values [64, 128), filler [128, 192)
 SHAPE = {"vocab_size": 192, "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 512}
-# (registry config, overrides): every model's d_ff is then matched to Hope's parameter count
+_HOPE = {"titans.chunk": 8, "selfmod.chunk": 4, "cms.periods": (8, 32), "d_ff": 64}
+# (registry config, overrides): every model but Hope's variants has its d_ff then matched to
+# Hope's parameter count
 MODELS = {
     "transformer": ("tiny", {}),
     "linear_attention": ("linear_attention_tiny", {"titans.chunk": 16}),
@@ -57,10 +59,7 @@ MODELS = {
     "gated_deltanet": ("gated_deltanet_tiny", {"titans.chunk": 16}),
     "titans_linear": ("titans_tiny", {"titans.memory": "linear", "titans.chunk": 8}),
     "titans": ("titans_tiny", {"titans.chunk": 8}),
-    "hope": (
-        "hope_tiny",
-        {"titans.chunk": 8, "selfmod.chunk": 4, "cms.periods": (8, 32), "d_ff": 64},
-    ),
+    "hope": ("hope_tiny", _HOPE),
     # why does Titans' linear memory lose its recall at long gaps? One change at a time from
     # ``titans_linear`` towards ``gated_deltanet`` (run with ``--models``, not by default):
     "titans_linear_c1": ("titans_tiny", {"titans.memory": "linear", "titans.chunk": 1}),
@@ -70,8 +69,23 @@ MODELS = {
     ),
     # between the two (titans_linear_gd is gated DeltaNet at eta_max 0.1): the inner rate's cap
     "gated_deltanet_eta03": ("gated_deltanet_tiny", {"titans.chunk": 16, "titans.eta_max": 0.3}),
+    # why does Hope not learn the task? One change at a time from ``hope``: no CMS (self-modifying
+    # Titans, its MLP width matched), plain GD inner steps, fixed k / v projections, every memory
+    # writing the shared v_t
+    "selfmod": ("selfmod_tiny", {"titans.chunk": 8, "selfmod.chunk": 4}),
+    "hope_gd": ("hope_tiny", {**_HOPE, "selfmod.rule": "gd"}),
+    "hope_fixed_kv": ("hope_tiny", {**_HOPE, "selfmod.adaptive": False}),
+    "hope_shared_values": ("hope_tiny", {**_HOPE, "selfmod.self_values": False}),
 }
-DIAGNOSTICS = ("titans_linear_c1", "titans_linear_gd", "gated_deltanet_eta03")
+DIAGNOSTICS = (
+    "titans_linear_c1",
+    "titans_linear_gd",
+    "gated_deltanet_eta03",
+    "selfmod",
+    "hope_gd",
+    "hope_fixed_kv",
+    "hope_shared_values",
+)
 LABELS = {
     "transformer": "Transformer++",
     "linear_attention": "linear attention",
@@ -83,6 +97,10 @@ LABELS = {
     "titans_linear_c1": "Titans, linear memory, per-token momentum",
     "titans_linear_gd": "Titans, linear memory, no momentum",
     "gated_deltanet_eta03": "gated DeltaNet, eta_max 0.3",
+    "selfmod": "self-modifying Titans (Hope without CMS)",
+    "hope_gd": "Hope, GD inner steps",
+    "hope_fixed_kv": "Hope, fixed k / v projections",
+    "hope_shared_values": "Hope, every memory writing v_t",
 }
 FULL = {
     "steps": 1200,
@@ -140,7 +158,7 @@ def build(name: str, smoke: bool):
     shape = {**SHAPE, **({"d_model": 16, "n_layers": 1} if smoke else {})}
     config = lambda m: get_config(MODELS[m][0], **{**shape, **MODELS[m][1]})
     cfg = config(name)
-    if name != "hope":
+    if cfg.kind != "hope":
         cfg = cfg.replace(d_ff=matched_d_ff(cfg, count_params(config("hope")), multiple=8))
     return LanguageModel(cfg), count_params(cfg)
 
@@ -263,10 +281,27 @@ def main(argv=None) -> dict:
         p.add_argument(
             "--report", action="store_true", help="only aggregate the finished runs (no training)"
         )
+        p.add_argument("--seeds", type=int, nargs="*", help="default: 0 1 2")
+        p.add_argument(
+            "--steps",
+            type=int,
+            help="a shorter (or longer) training run, for probes; its runs go to "
+            f"{OUT}/steps<N> unless --out is given",
+        )
 
     args = parse_args(__doc__, OUT, argv, more)
     setup = SMOKE if args.smoke else FULL
     out = Path(args.out)
+    if args.seeds:
+        setup = {**setup, "seeds": tuple(args.seeds)}
+    if args.steps is not None:
+        if args.steps < 2:
+            raise ValueError(
+                f"--steps must be at least 2 (one compiles, one is timed), got {args.steps}."
+            )
+        setup = {**setup, "steps": args.steps}
+        if args.out == OUT:
+            out = out / f"steps{args.steps}"
     out.mkdir(parents=True, exist_ok=True)
 
     def show(r):
