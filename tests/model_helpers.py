@@ -64,3 +64,18 @@ def meta_leaves(params):
         for i, lv in enumerate(layers["cms"]["levels"]):
             out[f"cms{i}"] = lv["mlp"]
     return out
+
+
+def heads_without_gradient(grads):
+    """The fast memories' heads whose initial state gets no outer gradient: ``[(memory, head)]``.
+    Memories of one shape are stacked on the head axis (axis 1, after the layers': self-modifying
+    Titans' k / v (/ q) on ``proj``), so a leaf's total hides a memory that learns nothing."""
+    dead = []
+    for name, tree in meta_leaves(grads).items():
+        if name.startswith("cms"):
+            continue
+        heads = jax.tree.leaves(tree)[0].shape[1]
+        for h in range(heads):
+            if all(float(jnp.abs(leaf[:, h]).sum()) == 0 for leaf in jax.tree.leaves(tree)):
+                dead.append((name, h))
+    return dead

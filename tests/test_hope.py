@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-from model_helpers import check_prefix_then_stream, close, jitted, meta_leaves, setup
+from model_helpers import (
+    check_prefix_then_stream,
+    close,
+    heads_without_gradient,
+    jitted,
+    meta_leaves,
+    setup,
+)
 
 from nested_jax.models import LanguageModel, ModelConfig, get_config
 from nested_jax.models.layers import l2_normalize, rms_norm, swiglu
@@ -112,6 +119,22 @@ def test_outer_gradient_reaches_every_initial_state_and_parameter(name, override
     assert meta, "no initial states found"
     expect = {"proj", "gate", "main"} if name != "hope_attention_tiny" else set()
     assert expect <= set(meta)
+    assert not heads_without_gradient(g)
+
+
+def test_stopping_the_gradient_at_self_generated_targets_starves_the_value_memory():
+    """``selfmod.target_grad=False`` (the behaviour before decisions D89): ``v_t`` reaches the
+    loss only through the self-generated targets, so stopping the gradient there leaves the
+    value memory (the second of the k / v heads stacked on ``proj``) with none at all and every
+    other memory with some; the forward pass is the same either way."""
+    h = get_config("hope_tiny").n_heads
+    out = {}
+    for tg in (True, False):
+        model, params, tokens = setup("hope_tiny", length=16, **{"selfmod.target_grad": tg})
+        out[tg] = jitted(model, "apply")(params, tokens)[0]
+        dead = heads_without_gradient(jax.jit(jax.grad(model.loss))(params, tokens))
+        assert dead == ([] if tg else [("proj", i) for i in range(h, 2 * h)]), dead
+    close(out[True], out[False])
 
 
 @pytest.mark.parametrize("name", ["titans_tiny", "selfmod_tiny", "hope_attention_tiny"])

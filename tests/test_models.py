@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from model_helpers import check_prefix_then_stream, close, jitted, setup, stream
+from model_helpers import (
+    check_prefix_then_stream,
+    close,
+    heads_without_gradient,
+    jitted,
+    setup,
+    stream,
+)
 
 from nested_jax import optim
 from nested_jax.memory import SoftmaxState
@@ -165,6 +172,7 @@ def test_two_training_steps_lower_the_loss_and_gradients_reach_every_parameter(n
     for path, leaf in jax.tree_util.tree_leaves_with_path(g):
         assert np.all(np.isfinite(np.asarray(leaf))), jax.tree_util.keystr(path)
         assert float(jnp.abs(leaf).sum()) > 0, jax.tree_util.keystr(path)
+    assert not heads_without_gradient(g)  # every memory of a stack learns, the value one too
     params, state, l1, _ = train_step(params, state)
     l2 = model.loss(params, tokens)
     assert float(l2) < float(l1) < float(l0)

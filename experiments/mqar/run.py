@@ -69,9 +69,11 @@ MODELS = {
     ),
     # between the two (titans_linear_gd is gated DeltaNet at eta_max 0.1): the inner rate's cap
     "gated_deltanet_eta03": ("gated_deltanet_tiny", {"titans.chunk": 16, "titans.eta_max": 0.3}),
-    # why does Hope not learn the task? One change at a time from ``hope``: no CMS (self-modifying
+    # why did Hope not learn the task? One change at a time from ``hope``: the outer gradient
+    # stopped at the self-generated targets (Hope before decisions D89), no CMS (self-modifying
     # Titans, its MLP width matched), plain GD inner steps, fixed k / v projections, every memory
     # writing the shared v_t
+    "hope_sg_targets": ("hope_tiny", {**_HOPE, "selfmod.target_grad": False}),
     "selfmod": ("selfmod_tiny", {"titans.chunk": 8, "selfmod.chunk": 4}),
     "hope_gd": ("hope_tiny", {**_HOPE, "selfmod.rule": "gd"}),
     "hope_fixed_kv": ("hope_tiny", {**_HOPE, "selfmod.adaptive": False}),
@@ -81,6 +83,7 @@ DIAGNOSTICS = (
     "titans_linear_c1",
     "titans_linear_gd",
     "gated_deltanet_eta03",
+    "hope_sg_targets",
     "selfmod",
     "hope_gd",
     "hope_fixed_kv",
@@ -97,6 +100,7 @@ LABELS = {
     "titans_linear_c1": "Titans, linear memory, per-token momentum",
     "titans_linear_gd": "Titans, linear memory, no momentum",
     "gated_deltanet_eta03": "gated DeltaNet, eta_max 0.3",
+    "hope_sg_targets": "Hope, no outer gradient through its targets (before D89)",
     "selfmod": "self-modifying Titans (Hope without CMS)",
     "hope_gd": "Hope, GD inner steps",
     "hope_fixed_kv": "Hope, fixed k / v projections",

@@ -92,9 +92,14 @@ class MLPMemory(AbstractMemory):
       activation: elementwise nonlinearity (default SiLU, as in Titans).
       residual: add ``z`` to the output (needs ``d_k == d_v``).
       self_target: the memory generates its own values (paper §5.2, self-modifying Titans): a
-        write of ``(k, v)`` regresses ``M(k)`` onto ``v_hat = stop_gradient(M_b(v))``, where
-        ``M_b`` is the memory at the state where the gradient is taken (the chunk boundary). ``v``
-        then lives in the key space (``d_k``) and ``v_hat`` in the output space (``d_v``).
+        write of ``(k, v)`` regresses ``M(k)`` onto ``v_hat = M_b(v)``, where ``M_b`` is the
+        memory at the state where the gradient is taken (the chunk boundary). ``v`` then lives in
+        the key space (``d_k``) and ``v_hat`` in the output space (``d_v``). The inner gradient
+        treats ``v_hat`` as a fixed target (PAPER.md §5.4 item 7).
+      target_grad: with ``self_target``, whether the *outer* gradient flows through ``v_hat``
+        (to ``v`` and to ``M_b``: the default, so that whatever generates ``v`` is meta-learned,
+        §5.4 item 9) or is stopped there (``False``; then nothing that only makes ``v`` gets an
+        outer gradient: decisions D89).
       step_norm: ``nu >= 0``; when positive, every token's rate is normalised by the memory's
         gain at its key (see the module docstring), so no ``eta`` makes a step overshoot.
         ``0`` (default): plain rates.
@@ -106,6 +111,7 @@ class MLPMemory(AbstractMemory):
     activation: Callable[[jax.Array], jax.Array] = jax.nn.silu
     residual: bool = True
     self_target: bool = False
+    target_grad: bool = True
     step_norm: float = 0.0
 
     def __post_init__(self):
@@ -117,6 +123,9 @@ class MLPMemory(AbstractMemory):
             raise TypeError(f"rule must be GD(), Momentum(...) or DGD(...), got {self.rule!r}.")
         if not float(self.step_norm) >= 0.0:
             raise ValueError(f"step_norm must be >= 0 (0 = off), got {self.step_norm!r}.")
+
+    def _target_grad(self, v_hat):
+        return v_hat if self.target_grad else jax.lax.stop_gradient(v_hat)
 
     @property
     def normalized(self) -> bool:
@@ -194,8 +203,8 @@ class MLPMemory(AbstractMemory):
         k = k.astype(jnp.float32)
         v = v.astype(jnp.float32)
         src = state if at is None else at
-        if self.self_target:
-            v = jax.lax.stop_gradient(self._apply(src.w1, src.w2, v))
+        if self.self_target:  # v_hat = M_at(v): a constant of the inner gradient below
+            v = self._target_grad(self._apply(src.w1, src.w2, v))
 
         def loss(w1, w2):
             return jnp.sum(self.objective.loss(self._apply(w1, w2, k), v))
@@ -228,8 +237,8 @@ class MLPMemory(AbstractMemory):
 
     def _chunk_step(self, state: MLPState, q, k, v, coefs):
         zs = lambda z, s0: None if s0 is None else z @ jnp.matrix_transpose(s0)
-        if self.self_target:  # v_hat = M_boundary(v), a fixed target
-            v = jax.lax.stop_gradient(self.apply_chunk(state, v))
+        if self.self_target:  # v_hat = M_boundary(v): the errors below treat it as fixed
+            v = self._target_grad(self.apply_chunk(state, v))
         # boundary forward on the keys and the per-token surprise (errors) of both layers
         pre = k @ jnp.matrix_transpose(state.w2)  # [B, H, C, hid]
         if self.normalized:

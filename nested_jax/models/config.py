@@ -147,6 +147,11 @@ class SelfModConfig:
       self_values: each memory writes its self-generated target ``M(v_t)``; ``False``: the main
         and k / v (/ q) memories all write the shared ``v_t`` (the "w/o self-generated values"
         ablation; the scalar eta / alpha memories keep theirs: a vector cannot be their target).
+      target_grad: the outer gradient flows through the self-generated targets ``M(v_t)`` (to
+        ``v_t``, so the value memory is meta-learned); ``False`` stops it there, as before
+        2026-12-06: the value memory's initial state then gets no outer gradient at all and the
+        values stay random projections (decisions D89). The inner gradient treats the targets
+        as fixed either way.
     """
 
     chunk: int = 4
@@ -158,6 +163,7 @@ class SelfModConfig:
     rule: str = "dgd"
     retention: bool = True
     self_values: bool = True
+    target_grad: bool = True
 
     def __post_init__(self):
         _positive(self, ("chunk",))

@@ -9,7 +9,8 @@ Per layer and head (``d`` = head dimension), from ``h = RMSNorm(x)``:
   where every ``M`` is a :class:`~nested_jax.memory.MLPMemory` (residual 2-layer MLP; ``M_eta``,
   ``M_alpha`` scalar-output, no residual);
 * every memory (the main one included) writes ``(k_t, v_t)`` with its *self-generated* target
-  ``v_hat = stop_gradient(M(v_t))`` (``MLPMemory(self_target=True)``), L2 objective, DGD with
+  ``v_hat = M(v_t)`` (``MLPMemory(self_target=True)``; a fixed target for the inner gradient,
+  differentiable for the outer one), L2 objective, DGD with
   retention ``alpha_t`` and rate ``eta_t`` plus momentum (``sm_momentum``);
 * the output ``y_t = M_mem(q_t)`` with the per-token main memory (read before write), then
   ``x + W_o (RMSNorm(y) * silu(h W_g))``.
@@ -91,23 +92,23 @@ class SelfModifyingTitans:
     @property
     def proj_memory(self) -> MLPMemory:
         nu = self._step_norm(self.config.selfmod.chunk)
-        own = self.config.selfmod.self_values
-        return MLPMemory(self.hidden, rule=self._rule, self_target=own, step_norm=nu)
+        return self._memory(nu, self_target=self.config.selfmod.self_values)
 
     @property
     def gate_memory(self) -> MLPMemory:
         nu = self._step_norm(self.config.selfmod.chunk)
-        return MLPMemory(
-            self.hidden, rule=self._rule, residual=False, self_target=True, step_norm=nu
-        )
+        return self._memory(nu, self_target=True, residual=False)
+
+    def _memory(self, step_norm: float, **kw) -> MLPMemory:
+        tg = self.config.selfmod.target_grad
+        return MLPMemory(self.hidden, rule=self._rule, step_norm=step_norm, target_grad=tg, **kw)
 
     @property
     def main_memory(self) -> AbstractMemory:
         if self.config.selfmod.main == "linear":
             return LinearMemory(objective=DotProduct(), rule=GD())
         nu = self._step_norm(self.config.titans.chunk)
-        own = self.config.selfmod.self_values
-        return MLPMemory(self.hidden, rule=self._rule, self_target=own, step_norm=nu)
+        return self._memory(nu, self_target=self.config.selfmod.self_values)
 
     # --- params and state ------------------------------------------------------------------------
     def init(self, key) -> dict:
