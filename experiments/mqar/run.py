@@ -50,8 +50,7 @@ OUT = "experiments/mqar/results"
 N_KEYS = N_VALUES = N_FILLER = 64  # token ranges: keys [0, 64), values [64, 128), filler [128, 192)
 SHAPE = {"vocab_size": 192, "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 512}
 _HOPE = {"titans.chunk": 8, "selfmod.chunk": 4, "cms.periods": (8, 32), "d_ff": 64}
-# (registry config, overrides): every model but Hope's variants has its d_ff then matched to
-# Hope's parameter count
+# (registry config, overrides): every model's d_ff is then matched to Hope's parameter count
 MODELS = {
     "transformer": ("tiny", {}),
     "linear_attention": ("linear_attention_tiny", {"titans.chunk": 16}),
@@ -72,12 +71,16 @@ MODELS = {
     # why did Hope not learn the task? One change at a time from ``hope``: the outer gradient
     # stopped at the self-generated targets (Hope before decisions D89), no CMS (self-modifying
     # Titans, its MLP width matched), plain GD inner steps, fixed k / v projections, every memory
-    # writing the shared v_t
+    # writing the shared v_t, values not L2-normalised, a linear Hebbian main memory, 10x the
+    # inner rates
     "hope_sg_targets": ("hope_tiny", {**_HOPE, "selfmod.target_grad": False}),
     "selfmod": ("selfmod_tiny", {"titans.chunk": 8, "selfmod.chunk": 4}),
     "hope_gd": ("hope_tiny", {**_HOPE, "selfmod.rule": "gd"}),
     "hope_fixed_kv": ("hope_tiny", {**_HOPE, "selfmod.adaptive": False}),
     "hope_shared_values": ("hope_tiny", {**_HOPE, "selfmod.self_values": False}),
+    "hope_free_values": ("hope_tiny", {**_HOPE, "selfmod.unit_values": False}),
+    "hope_linear_main": ("hope_tiny", {**_HOPE, "selfmod.main": "linear"}),
+    "hope_eta1": ("hope_tiny", {**_HOPE, "titans.eta_max": 1.0}),
 }
 DIAGNOSTICS = (
     "titans_linear_c1",
@@ -88,6 +91,9 @@ DIAGNOSTICS = (
     "hope_gd",
     "hope_fixed_kv",
     "hope_shared_values",
+    "hope_free_values",
+    "hope_linear_main",
+    "hope_eta1",
 )
 LABELS = {
     "transformer": "Transformer++",
@@ -105,6 +111,9 @@ LABELS = {
     "hope_gd": "Hope, GD inner steps",
     "hope_fixed_kv": "Hope, fixed k / v projections",
     "hope_shared_values": "Hope, every memory writing v_t",
+    "hope_free_values": "Hope, values not L2-normalised",
+    "hope_linear_main": "Hope, a linear (Hebbian) main memory",
+    "hope_eta1": "Hope, eta_max 1 (10x larger inner rates)",
 }
 FULL = {
     "steps": 1200,
@@ -162,7 +171,7 @@ def build(name: str, smoke: bool):
     shape = {**SHAPE, **({"d_model": 16, "n_layers": 1} if smoke else {})}
     config = lambda m: get_config(MODELS[m][0], **{**shape, **MODELS[m][1]})
     cfg = config(name)
-    if cfg.kind != "hope":
+    if name != "hope":
         cfg = cfg.replace(d_ff=matched_d_ff(cfg, count_params(config("hope")), multiple=8))
     return LanguageModel(cfg), count_params(cfg)
 
