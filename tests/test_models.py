@@ -261,6 +261,17 @@ def test_model_config_has_sub_configs_and_reads_old_runs():
         cfg.replace(cms={"colour": 1})
     with pytest.raises(TypeError, match="cms must be a CMSConfig"):
         ModelConfig(cms=(8, 16))
+    # a switch that is not a bool is refused by name, not read as a truth value
+    for field, bad in (
+        ("selfmod.target_grad", 0),
+        ("selfmod.self_values", "false"),
+        ("titans.inner_norm", None),
+        ("cms.persistent", 1),
+        ("first_order", "no"),
+    ):
+        with pytest.raises(TypeError, match=f"{field} must be True or False"):
+            cfg.replace(**{field: bad})
+    assert cfg.replace(**{"selfmod.target_grad": False}).selfmod.target_grad is False
     old = {k: v for k, v in cfg.to_json().items() if k not in ("titans", "selfmod", "cms")}
     old.update(mem_chunk=4, sm_chunk=2, cms_periods=[4, 8], cms_signal="ntp")
     assert migrate_model_json(old)["cms"] == {"periods": [4, 8], "signal": "ntp"}

@@ -38,6 +38,15 @@ def _positive(owner, names):
             raise ValueError(f"{name} must be a positive int, got {v!r}.")
 
 
+def _flags(owner, prefix, names):
+    """Refuse a non-bool switch (``0``, ``"false"``, ``None``: each would silently read as a
+    truth value and pick a different model)."""
+    for name in names:
+        v = getattr(owner, name)
+        if not isinstance(v, bool):
+            raise TypeError(f"{prefix}{name} must be True or False, got {v!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class TitansConfig:
     """The neural memory (Titans; self-modifying Titans' and Hope's main memory).
@@ -92,6 +101,7 @@ class TitansConfig:
 
     def __post_init__(self):
         _positive(self, ("chunk", "expansion", "conv_width"))
+        _flags(self, "titans.", ("inner_norm", "retention"))
         if not 0.0 < self.step_bound <= 2.0:
             raise ValueError(
                 f"titans.step_bound must be in (0, 2] (how many errors' worth one chunk's inner "
@@ -167,6 +177,11 @@ class SelfModConfig:
 
     def __post_init__(self):
         _positive(self, ("chunk",))
+        _flags(
+            self,
+            "selfmod.",
+            ("adaptive_q", "adaptive", "unit_values", "retention", "self_values", "target_grad"),
+        )
         if self.main not in SM_MAINS:
             raise ValueError(f"selfmod.main must be one of {SM_MAINS}, got {self.main!r}.")
         if self.rule not in ("dgd", "gd"):
@@ -220,6 +235,7 @@ class CMSConfig:
             object.__setattr__(self, "norm", "token" if self.norm else "none")
         if self.norm not in CMS_NORMS:
             raise ValueError(f"cms.norm must be one of {CMS_NORMS}, got {self.norm!r}.")
+        _flags(self, "cms.", ("learn_lr", "persistent"))
         periods = self.periods
         if isinstance(periods, list | tuple):
             periods = tuple(periods)
@@ -385,6 +401,7 @@ class ModelConfig:
                     f"{type(sub).__name__}."
                 )
         _positive(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"))
+        _flags(self, "", ("first_order",))
         w = self.attn_window
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
             raise ValueError(f"attn_window must be None or a positive int, got {w!r}.")
