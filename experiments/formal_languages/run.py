@@ -102,6 +102,14 @@ LABELS = {
     "hope_c1_gd": "Hope (chunk 1, GD, steps <= 1 error)",
     "hope_c1_neg": "Hope (chunk 1, GD, steps <= 2 errors)",
 }
+# Hope and self-modifying Titans as every run of them made before decisions D89 (2026-12-06): the
+# outer gradient stopped at each memory's self-generated target, so the value memory was never
+# meta-learned. Kept to read the old runs back and to compare (``--models``, not by default).
+BEFORE_D89 = tuple(f"{m}_sg_targets" for m in MODELS if m.startswith(("selfmod", "hope")))
+for _name in BEFORE_D89:
+    _base = _name.removesuffix("_sg_targets")
+    MODELS[_name] = (MODELS[_base][0], {**MODELS[_base][1], "selfmod.target_grad": False})
+    LABELS[_name] = f"{LABELS[_base]}, before D89"
 BINS = {"bin0": (1, 40), "bin1": (41, 80), "bin2": (81, 160)}
 FULL = {
     "steps": 800,
@@ -370,7 +378,14 @@ def plot(path: Path, summary: dict, setup: dict) -> None:
 def main(argv=None) -> dict:
     def more(p):
         p.add_argument("--languages", nargs="*", choices=list(ALPHABETS), default=list(ALPHABETS))
-        p.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
+        p.add_argument(
+            "--models",
+            nargs="*",
+            choices=list(MODELS),
+            default=None,
+            help=f"default: every model but the runs from before decisions D89 "
+            f"({', '.join(BEFORE_D89)}) when training, every model with --report",
+        )
         p.add_argument("--seeds", nargs="*", type=int, default=None)
         p.add_argument(
             "--report", action="store_true", help="only aggregate the finished runs (no training)"
@@ -379,6 +394,8 @@ def main(argv=None) -> dict:
     args = parse_args(__doc__, OUT, argv, more)
     setup = SMOKE if args.smoke else FULL
     seeds = setup["seeds"] if args.seeds is None else tuple(args.seeds)
+    if args.models is None:
+        args.models = [m for m in MODELS if args.report or m not in BEFORE_D89]
     out = Path(args.out)
 
     def show(r):
