@@ -436,6 +436,21 @@ def test_formal_languages_batches_and_smoke(tmp_path):
     hope = fl.build("hope", smoke=False)[1]
     for name in fl.MODELS:
         assert abs(fl.build(name, smoke=False)[1] / hope - 1) < 0.05, name
+    # the runs made before decisions D89 read back as their model with only the target stop
+    assert {n.removesuffix("_sg_targets") for n in fl.BEFORE_D89} == {
+        "selfmod",
+        "selfmod_c1",
+        "hope",
+        "hope_c1",
+        "hope_c1_gd",
+        "hope_c1_neg",
+    }
+    for name in fl.BEFORE_D89:
+        base = fl.build(name.removesuffix("_sg_targets"), smoke=True)[0].config
+        assert base.selfmod.target_grad
+        assert fl.build(name, smoke=True)[0].config == base.replace(
+            **{"selfmod.target_grad": False}
+        )
     args = ["--smoke", "--languages", "parity", "anbn", "--models", "transformer", "deltanet"]
     payload = fl.main([*args, "--out", str(tmp_path)])
     assert set(payload["summary"]) == {"parity", "anbn"}
