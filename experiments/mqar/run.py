@@ -81,6 +81,9 @@ MODELS = {
     "hope_free_values": ("hope_tiny", {**_HOPE, "selfmod.unit_values": False}),
     "hope_linear_main": ("hope_tiny", {**_HOPE, "selfmod.main": "linear"}),
     "hope_eta1": ("hope_tiny", {**_HOPE, "titans.eta_max": 1.0}),
+    # why does Hope (fixed) lose its recall at longer gaps? Momentum made Titans' linear memory
+    # lose it (titans_linear_gd keeps it); Hope's memories all carry momentum 0.9
+    "hope_no_momentum": ("hope_tiny", {**_HOPE, "selfmod.momentum": None}),
 }
 DIAGNOSTICS = (
     "titans_linear_c1",
@@ -94,6 +97,7 @@ DIAGNOSTICS = (
     "hope_free_values",
     "hope_linear_main",
     "hope_eta1",
+    "hope_no_momentum",
 )
 LABELS = {
     "transformer": "Transformer++",
@@ -114,6 +118,7 @@ LABELS = {
     "hope_free_values": "Hope, values not L2-normalised",
     "hope_linear_main": "Hope, a linear (Hebbian) main memory",
     "hope_eta1": "Hope, eta_max 1 (10x larger inner rates)",
+    "hope_no_momentum": "Hope, no momentum in its inner rules",
 }
 FULL = {
     "steps": 1200,
