@@ -121,6 +121,13 @@ class Batches:
         return (self.make() for _ in range(self.n))
 
 
+def selected_models(models, every, left_out, report: bool) -> list[str]:
+    """The ``--models`` given, else every model of ``every`` but those ``left_out`` when training
+    (diagnostic variants, or runs kept from before a fix: trained only when named), every model
+    when only reporting."""
+    return list(models) if models else [m for m in every if report or m not in left_out]
+
+
 def run_grid(runs_dir: Path, names: list[str], train, *, report: bool = False, show=None):
     """The resumable grid of the synthetic-task experiments: for each ``name`` (a file stem such
     as ``"deltanet-seed0"``) the run's record is read from ``runs_dir/<name>.json`` when it has

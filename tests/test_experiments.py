@@ -300,6 +300,7 @@ def test_mqar_data_and_smoke(tmp_path):
     """MQAR sequences: N pairs, a filler gap, every key queried once with its value next (the
     answer mask marks exactly those positions); models are matched to Hope's size; the smoke run
     writes results, plot and one resumable file per (model, seed)."""
+    from experiments.common import selected_models
     from experiments.mqar import run as mq
 
     rng = np.random.default_rng(0)
@@ -326,9 +327,10 @@ def test_mqar_data_and_smoke(tmp_path):
     assert (tmp_path / "mqar.png").stat().st_size > 10_000
     stamp = (tmp_path / "runs" / "deltanet-seed0.json").stat().st_mtime_ns
     assert mq.main(args)["runs"] == payload["runs"]  # finished runs are read back, not rerun
-    assert mq.selected_models(["titans"], False) == ["titans"]
-    assert mq.selected_models(None, False) == [m for m in mq.MODELS if m not in mq.DIAGNOSTICS]
-    assert mq.selected_models(None, True) == list(mq.MODELS)  # --report shows the variants too
+    pick = lambda models, report: selected_models(models, mq.MODELS, mq.DIAGNOSTICS, report)
+    assert pick(["titans"], False) == ["titans"]
+    assert pick(None, False) == [m for m in mq.MODELS if m not in mq.DIAGNOSTICS]
+    assert pick(None, True) == list(mq.MODELS)  # --report shows the variants too
     only = mq.main([*args[:2], "transformer", "titans", *args[4:], "--report"])
     assert set(only["summary"]) == {"transformer"}  # --report trains nothing
     assert (tmp_path / "runs" / "deltanet-seed0.json").stat().st_mtime_ns == stamp

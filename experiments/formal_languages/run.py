@@ -43,6 +43,7 @@ from experiments.common import (
     pyplot,
     run_grid,
     save_figure,
+    selected_models,
     train_loop,
     write_grid,
 )
@@ -394,8 +395,7 @@ def main(argv=None) -> dict:
     args = parse_args(__doc__, OUT, argv, more)
     setup = SMOKE if args.smoke else FULL
     seeds = setup["seeds"] if args.seeds is None else tuple(args.seeds)
-    if args.models is None:
-        args.models = [m for m in MODELS if args.report or m not in BEFORE_D89]
+    models = selected_models(args.models, MODELS, BEFORE_D89, args.report)
     out = Path(args.out)
 
     def show(r):
@@ -412,10 +412,7 @@ def main(argv=None) -> dict:
         return train_and_test(lang, name, int(seed), setup, args.smoke)
 
     stems = [
-        f"{lang}-{name}-seed{seed}"
-        for seed in seeds
-        for lang in args.languages
-        for name in args.models
+        f"{lang}-{name}-seed{seed}" for seed in seeds for lang in args.languages for name in models
     ]
     # one file per (language, model, seed): a stopped grid resumes where it was
     runs = run_grid(out / "runs", stems, train, report=args.report, show=show)

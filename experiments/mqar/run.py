@@ -42,6 +42,7 @@ from experiments.common import (
     pyplot,
     run_grid,
     save_figure,
+    selected_models,
     train_loop,
     write_grid,
 )
@@ -281,12 +282,6 @@ def plot(path: Path, summary: dict, setup: dict) -> None:
     save_figure(fig, path)
 
 
-def selected_models(models: list[str] | None, report: bool) -> list[str]:
-    """The ``--models`` given, else every model but the diagnostic variants when training (they
-    answer one question and cost an hour), every model when only reporting."""
-    return models or [m for m in MODELS if report or m not in DIAGNOSTICS]
-
-
 def main(argv=None) -> dict:
     def more(p):
         p.add_argument(
@@ -333,7 +328,7 @@ def main(argv=None) -> dict:
         name, seed = stem.rsplit("-seed", 1)
         return train_and_test(name, int(seed), setup, args.smoke)
 
-    models = selected_models(args.models, args.report)
+    models = selected_models(args.models, MODELS, DIAGNOSTICS, args.report)
     stems = [f"{name}-seed{seed}" for seed in setup["seeds"] for name in models]
     # one file per (model, seed): a stopped grid resumes where it was
     runs = run_grid(out / "runs", stems, train, report=args.report, show=show)
