@@ -151,6 +151,7 @@ def test_hope_ablation_smoke_and_resume(tmp_path):
     """Two cells (Hope with its CMS on / off at evaluation, and Transformer++) train, evaluate,
     aggregate and plot; a second call reuses the finished cells; parameter counts are matched."""
     from experiments.hope_ablation import run as abl
+    from nested_jax.train.config import model_config
 
     payload = abl.run(smoke=True, variants=("hope", "transformer"), seeds=(0,), out=tmp_path)
     assert (tmp_path / "loss_by_position.png").stat().st_size > 10_000
@@ -171,6 +172,13 @@ def test_hope_ablation_smoke_and_resume(tmp_path):
     assert again["cells"] == data["cells"]  # finished cells are not rerun
     with pytest.raises(ValueError, match="not in the 'large' budget"):
         abl.run(budget="large", variants=("hope_ntp",), smoke=True, out=tmp_path)
+    # the cells kept from before decisions D89: each its variant with the target gradient
+    # stopped and nothing else changed
+    for v in abl.BEFORE_D89:
+        base = abl.model_spec(v.removesuffix("_sg_targets"), 64)
+        assert abl.model_spec(v, 64) == (base[0], (*base[1], ("selfmod.target_grad", False)))
+        cfg = model_config(abl.cell_config(v, "shared", 0, abl.SMOKE))
+        assert cfg.selfmod.target_grad is False
 
 
 def test_levels_demo_levels_do_their_jobs(capsys):

@@ -7,7 +7,10 @@ At equal tokens and (nearly) equal parameters, byte level, trained at 256 tokens
 * ``hope_ntp``: the same with the exact next-token CMS signal (``"ntp"``, second order);
 * ``hope_frozen``: the same with every CMS level frozen (``cms.periods=(0, 0)``: two plain MLPs);
 * ``titans`` and ``transformer`` (Transformer++): their MLP width chosen so that the parameter
-  count matches Hope's.
+  count matches Hope's;
+* ``<hope variant>_sg_targets``: the three Hope variants as run before decisions D89, with the
+  outer gradient stopped at every memory's self-generated target (``selfmod.target_grad=False``).
+  The cells made before that fix are kept under these names; they are trained only when named.
 
 Each cell (budget, variant, seed) is a resumable run of the training system
 (:func:`nested_jax.train.train`, checkpoints every ``ckpt_every`` steps), then an evaluation:
@@ -38,13 +41,24 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import matched_d_ff, mean_std, pyplot, save_figure, write_results
+from experiments.common import (
+    matched_d_ff,
+    mean_std,
+    pyplot,
+    save_figure,
+    selected_models,
+    write_results,
+)
 
-VARIANTS = ("hope", "hope_ntp", "hope_frozen", "titans", "transformer")
+_HOPES = ("hope", "hope_ntp", "hope_frozen")
+# the Hope cells made before decisions D89 (the outer gradient stopped at every memory's
+# self-generated target): kept under these names, trained only when named
+BEFORE_D89 = tuple(f"{v}_sg_targets" for v in _HOPES)
+VARIANTS = (*_HOPES, "titans", "transformer", *BEFORE_D89)
 BUDGETS = {
     # name: (optimizer steps, variants); tokens = steps * batch * seq_len
     "shared": (150, VARIANTS),  # 307,200 bytes
-    "large": (1000, tuple(v for v in VARIANTS if v != "hope_ntp")),  # 2,048,000 bytes
+    "large": (1000, tuple(v for v in VARIANTS if not v.startswith("hope_ntp"))),  # 2,048,000 bytes
 }
 FULL = {
     "seq_len": 256,
@@ -71,6 +85,8 @@ _BASE = {
     "titans": ("titans_tiny", ()),
     "transformer": ("tiny", ()),
 }
+for _v in _HOPES:
+    _BASE[f"{_v}_sg_targets"] = (_BASE[_v][0], _BASE[_v][1] + (("selfmod.target_grad", False),))
 
 
 def model_spec(variant: str, eval_len: int, shrink=()) -> tuple[str, tuple]:
@@ -258,7 +274,7 @@ def run(
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}.")
     allowed = BUDGETS[budget][1]
-    variants = tuple(variants or allowed)
+    variants = tuple(selected_models(variants, allowed, BEFORE_D89, report=False))
     bad = [v for v in variants if v not in allowed]
     if bad:
         raise ValueError(f"variants {bad} are not in the {budget!r} budget ({list(allowed)}).")
