@@ -227,6 +227,10 @@ def test_continual_lm_smoke_and_resume(tmp_path):
         for c in [clm.cell_config(m, 0, clm.FULL, smoke=False)]
     }
     assert all(abs(n - sizes["hope"]) / sizes["hope"] < 0.02 for n in sizes.values()), sizes
+    # Hope's cells from before decisions D89: Hope with the target gradient stopped, nothing else
+    hope, kept = (clm.cell_config(m, 0, clm.FULL, smoke=False) for m in ("hope", "hope_sg_targets"))
+    assert kept.model == hope.model
+    assert kept.model_overrides == (*hope.model_overrides, ("selfmod.target_grad", False))
 
 
 def test_dgd_vs_gd_smoke(tmp_path):
