@@ -352,6 +352,18 @@ def test_mqar_data_and_smoke(tmp_path):
     assert [r["seed"] for r in payload["runs"]] == [1]
     with pytest.raises(ValueError, match="--steps must be at least 2"):
         mq.main([*probe, "--steps", "1"])
+    # Hope's evaluation-time ablations: each stops one in-context learner and changes nothing else
+    hope_cfg = mq.build("hope", smoke=True)[0].config
+    ablated = mq.eval_ablations(hope_cfg)
+    assert set(ablated) == {"cms_frozen", "generators_frozen"}
+    assert ablated["cms_frozen"].cms.lr == 0 < hope_cfg.cms.lr
+    assert ablated["cms_frozen"].replace(cms={"lr": hope_cfg.cms.lr}) == hope_cfg
+    assert ablated["generators_frozen"].selfmod.adaptive is False
+    assert ablated["generators_frozen"].replace(**{"selfmod.adaptive": True}) == hope_cfg
+    assert set(mq.eval_ablations(mq.build("selfmod", smoke=True)[0].config)) == {
+        "generators_frozen"
+    }
+    assert mq.eval_ablations(mq.build("titans", smoke=True)[0].config) == {}
 
 
 @functools.cache

@@ -210,8 +210,32 @@ def train_and_test(name: str, seed: int, setup: dict, smoke: bool) -> dict:
     params, losses, compile_s, train_s = train_loop(step, params, opt_state, batches)
     if not np.isfinite(losses[-1]):
         print(f"{name} seed {seed}: non-finite training loss", flush=True)
+    record = {
+        "model": name,
+        "seed": seed,
+        "params": n_params,
+        "train_loss": [[i, v] for i, v in enumerate(losses) if v is not None],
+        "final_train_loss": losses[-1],
+        "accuracy": recall(model, params, setup),
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "tokens_per_s": (setup["steps"] - 1) * setup["batch"] * setup["train_len"] / train_s,
+    }
+    ablated = eval_ablations(model.config)
+    if ablated:  # the same trained weights with one in-context learner stopped at evaluation
+        from nested_jax.models import LanguageModel
+
+        record["accuracy_ablated"] = {
+            k: recall(LanguageModel(cfg), params, setup) for k, cfg in ablated.items()
+        }
+    return record
+
+
+def recall(model, params, setup: dict) -> dict:
+    """Recall accuracy per ``"<length>/<pairs>"`` on the test sequences (the same ones for every
+    model, seed and ablation)."""
     evaluate = jax.jit(lambda p, t, m: _answer_nll_and_hits(model, p, t, m)[1:])
-    test_rng = np.random.default_rng(9999)  # the same test sequences for every model and seed
+    test_rng = np.random.default_rng(9999)
     accuracy = {}
     for length in setup["test_lens"]:
         for n in setup["test_pairs"]:
@@ -223,17 +247,21 @@ def train_and_test(name: str, seed: int, setup: dict, smoke: bool) -> dict:
                 h, c = evaluate(params, tokens, mask)
                 hits, total = hits + float(h), total + float(c)
             accuracy[f"{length}/{n}"] = hits / total
-    return {
-        "model": name,
-        "seed": seed,
-        "params": n_params,
-        "train_loss": [[i, v] for i, v in enumerate(losses) if v is not None],
-        "final_train_loss": losses[-1],
-        "accuracy": accuracy,
-        "compile_s": compile_s,
-        "train_s": train_s,
-        "tokens_per_s": (setup["steps"] - 1) * setup["batch"] * setup["train_len"] / train_s,
-    }
+    return accuracy
+
+
+def eval_ablations(config) -> dict:
+    """Hope's in-context learners, each stopped at evaluation in a copy of its config (the trained
+    weights unchanged): ``cms_frozen``, every CMS level kept at its learned initial weights
+    (``cms.lr = 0``); ``generators_frozen``, the k / v / eta / alpha memories kept at theirs
+    (``selfmod.adaptive = False``), so only the main memory learns in context. Which of them
+    makes the recall fall at longer gaps? Empty for the other models."""
+    out = {}
+    if config.kind == "hope":
+        out["cms_frozen"] = config.replace(cms={"lr": 0.0})
+    if config.kind in ("hope", "selfmod") and config.selfmod.adaptive:
+        out["generators_frozen"] = config.replace(**{"selfmod.adaptive": False})
+    return out
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -251,6 +279,11 @@ def summarize(runs: list[dict]) -> dict:
             "tokens_per_s": mean_std([r["tokens_per_s"] for r in rs]),
             "compile_s": mean_std([r["compile_s"] for r in rs]),
         }
+        if all("accuracy_ablated" in r for r in rs):  # runs made before it was recorded lack it
+            out[name]["accuracy_ablated"] = {
+                a: {k: mean_std([r["accuracy_ablated"][a][k] for r in rs]) for k in keys}
+                for a in rs[0]["accuracy_ablated"]
+            }
     return out
 
 
