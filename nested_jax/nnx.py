@@ -36,6 +36,7 @@ from nested_jax.memory.base import AbstractMemory, Rates
 from nested_jax.models.cms import ContinuumMemory
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.hope import HopeBlock
+from nested_jax.models.layers import Context
 from nested_jax.models.self_modifying import SelfModifyingBlock
 
 __all__ = [
@@ -132,7 +133,7 @@ class Block(_Functional):
     def __call__(self, x: jax.Array, *, carry: bool = False, parallel: bool = True) -> jax.Array:
         params = self.get_params()
         state = _start(self, self._init_state, params, x.shape[0], carry)
-        y, state = self.block(params, state, x, parallel=parallel)
+        y, state = self.block(params, state, x, Context(parallel=parallel))
         self.memory_state.set_value(state)
         return y
 

@@ -23,8 +23,7 @@ from model_helpers import (
 )
 
 from nested_jax.models import LanguageModel, ModelConfig, get_config
-from nested_jax.models.layers import l2_normalize, rms_norm, swiglu
-from nested_jax.models.titans import causal_conv
+from nested_jax.models.layers import causal_conv, l2_normalize, rms_norm, swiglu
 
 VARIANTS = [
     ("hope_tiny", {"cms": {"variant": "nested", "periods": (4, 0, 8)}, "first_order": True}),

@@ -19,8 +19,7 @@ from model_helpers import (
 from nested_jax import optim
 from nested_jax.memory import SoftmaxState
 from nested_jax.models import CMSConfig, LanguageModel, ModelConfig, get_config, list_configs
-from nested_jax.models.layers import rms_norm, rope, swiglu
-from nested_jax.models.titans import causal_conv
+from nested_jax.models.layers import causal_conv, rms_norm, rope, swiglu
 
 MODELS = ["tiny", "titans_tiny", "selfmod_tiny", "hope_tiny", "hope_attention_tiny"]
 # the linear-memory family: Titans layers with a matrix memory (reduced cases; written out below)

@@ -7,6 +7,7 @@ Where things are:
   linear.py         LinearMemory: linear attention / DeltaNet / implicit delta rule
   mlp.py            MLPMemory: residual 2-layer MLP memory (Titans' deep memory)
   nonparametric.py  SoftmaxMemory: causal softmax attention, full or sliding window
+  swiglu.py         SwiGLUMemory: a SwiGLU MLP learning from external errors (a CMS level)
   base.py           AbstractMemory: sequence drivers (chunked and token-by-token reference),
                     Rates (learning rate, retention, momentum as one value)
 """
@@ -23,7 +24,8 @@ from nested_jax.memory.linear import LinearMemory, LinearParams, LinearState
 from nested_jax.memory.mlp import MLPMemory, MLPParams, MLPState, stable_step_norm
 from nested_jax.memory.nonparametric import SoftmaxMemory, SoftmaxParams, SoftmaxState
 from nested_jax.memory.objectives import L2, DotProduct, Objective, check_objective
-from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, rule_step
+from nested_jax.memory.rules import DGD, GD, Momentum, dgd_rate, nlms_rate, rule_step
+from nested_jax.memory.swiglu import SwiGLUMemory
 
 __all__ = [
     "DGD",
@@ -44,10 +46,12 @@ __all__ = [
     "SoftmaxParams",
     "SoftmaxState",
     "StreamState",
+    "SwiGLUMemory",
     "dgd_rate",
     "advance_stream",
     "check_objective",
     "first_order_update",
+    "nlms_rate",
     "rule_step",
     "stable_step_norm",
     "unit_lower_inverse",

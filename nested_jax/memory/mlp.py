@@ -46,7 +46,7 @@ from nested_jax.memory.chunkwise import (
     delta_inverse,
 )
 from nested_jax.memory.objectives import L2, DotProduct
-from nested_jax.memory.rules import DGD, GD, Momentum, rule_step
+from nested_jax.memory.rules import DGD, GD, Momentum, nlms_rate, rule_step
 
 __all__ = ["MLPMemory", "MLPParams", "MLPState", "stable_step_norm"]
 
@@ -142,7 +142,7 @@ class MLPMemory(AbstractMemory):
             cols = cols[..., None, :]
         h, dact = jax.jvp(self.activation, (pre,), (jnp.ones_like(pre),))
         gain = jnp.sum(h * h, axis=-1) + jnp.sum(k * k, axis=-1) * jnp.sum(dact**2 * cols, -1)
-        return eta / (1.0 + self.step_norm * eta * gain)
+        return nlms_rate(eta, gain, self.step_norm)
 
     @property
     def _rule1(self):

@@ -22,7 +22,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-__all__ = ["DGD", "GD", "Momentum", "Rule", "rule_step", "dgd_rate"]
+__all__ = ["DGD", "GD", "Momentum", "Rule", "dgd_rate", "nlms_rate", "rule_step"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +79,22 @@ def dgd_rate(eta: jax.Array, x: jax.Array) -> jax.Array:
     0.5
     """
     return eta / (1.0 + eta * jnp.sum(x * x, axis=-1))
+
+
+def nlms_rate(eta, gain, strength=1.0):
+    """The normalised (NLMS) rate ``eta / (1 + strength eta gain)``: the one stable-step helper
+    of the deep memories (:class:`~nested_jax.memory.MLPMemory`'s ``step_norm``,
+    :class:`~nested_jax.memory.SwiGLUMemory`'s levels of the CMS).
+
+    ``gain`` is how far a rate-1 gradient step moves the memory's output along its error at that
+    input (each memory computes its own, e.g. :meth:`SwiGLUMemory.gain`); dividing by
+    ``1 + strength eta gain`` bounds the step at ``1 / strength`` errors' worth whatever ``eta``,
+    the width or the weights, and leaves small rates nearly unchanged.
+
+    >>> float(nlms_rate(1e6, 2.0))  # a huge rate: bounded at 1 / gain
+    0.5
+    """
+    return eta / (1.0 + strength * eta * gain)
 
 
 def rule_step(rule, w, s, g, x, eta, alpha, beta):

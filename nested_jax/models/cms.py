@@ -1,35 +1,42 @@
 """Continuum Memory System (paper §4, arXiv §7.1; DESIGN §4 "CMS").
 
-A CMS is a spectrum of MLP blocks (levels) whose weights are *fast*: each level ``l`` keeps
-per-sample weights ``theta_l`` that start every sequence at their meta-learned initial value (a
-parameter) and change every ``P_l`` tokens (``cms_periods``; ``0`` = frozen) by the sum of the
-update terms of those tokens, all evaluated at the weights the level had when its chunk began —
-the level semantics of :mod:`nested_jax.levels` (``Level`` / ``run_levels``), which the tests use
-as the reference.
+A CMS is a spectrum of levels, each an associative memory at its own frequency: level ``l`` is a
+:class:`~nested_jax.memory.SwiGLUMemory` whose per-sample weights ``theta_l`` start every sequence
+at their meta-learned initial value (a parameter) and change every ``P_l`` tokens
+(``cms.periods``; ``0`` = frozen) by the sum of the increments of those tokens, all taken at the
+weights the level had when its period began: the level semantics of :mod:`nested_jax.levels`
+(each level fires through :func:`~nested_jax.levels.fire`; ``Level`` / ``run_levels`` are the
+tests' reference).
 
-Each level is a pre-norm residual SwiGLU, ``z <- z + SwiGLU_theta(RMSNorm(z))``, chained in config
+Each level is a pre-norm residual SwiGLU, ``z <- z + M_theta(RMSNorm(z))``, chained in config
 order (``"sequential"``, the default), or run side by side on the same input and summed with
 learned weights (``"independent"``); ``"nested"`` chains them and, whenever a level fires, resets
 the next faster level to its initial weights (spec §4.2: the fast block restarts from its
 meta-learned initial state at each slower boundary).
 
-Where the update terms come from (``cms_signal``):
+What a level learns from is its *signal* (``cms.signal``), a type beside the memory's objectives:
+each gives a level the step-scaled errors of its outputs for one chunk
+(:meth:`Local.error`, :meth:`Teach.error`, :meth:`NextToken.error`), and the level's memory takes
+the step (:meth:`SwiGLUMemory.write <nested_jax.memory.SwiGLUMemory.write>`).
 
-* ``"local"``: ``-lr * grad 1/(2D) ||SwiGLU_theta(n_t) - n_t W_t||^2`` with the level's normalised
-  input ``n_t`` and a learned target map ``W_t`` (a slow parameter): label-free, computed here;
-* ``"teach"`` (default): a gradient step towards ``MLP_start(n_t) - m delta_t``, where ``delta_t``
-  is the level's output error from one parallel forward/backward of the whole network at the
-  sequence-start weights (gradients cut between CMS chunks, so it is causal);
-  :class:`~nested_jax.models.lm.LanguageModel` computes the errors (pass 1) and passes them in;
-* ``"ntp"`` (the exact reference): ``-lr * grad`` of the next-token loss of the chunk, which needs
-  the whole network re-run per chunk, so :class:`~nested_jax.models.lm.LanguageModel` computes it
-  and calls :meth:`commit`.
+* :class:`Local` (``"local"``): label-free, towards a learned linear map of the level's own input;
+  the CMS computes everything itself.
+* :class:`Teach` (``"teach"``, default): the level's output error ``delta_t`` from one
+  parallel forward / backward of the whole network at the sequence-start CMS weights
+  (:meth:`~nested_jax.models.lm.LanguageModel.output_errors`, gradients cut between CMS chunks,
+  so it is causal), then a normalised L2 step towards what the sequence-start output should have
+  been.
+* :class:`NextToken` (``"ntp"``, the exact reference): the error of the chunk's next-token loss
+  at the current weights, the whole network re-run per chunk; the step is ``-lr`` times the
+  loss's gradient.
 
-Because every non-frozen period is a multiple of the smallest one (``C``, ``config.cms.chunk``),
-the chunk-parallel form is one scan over chunks of ``C`` tokens: inside a chunk no level changes,
-so all its tokens run in parallel; at the chunk's end :meth:`commit` adds the chunk's update terms
-to each level's accumulator and fires the levels whose period ends there. Streaming is the same
-code with chunks of one token.
+The language model supplies the errors of the two signals that need the network
+(``Context.errors``); the CMS turns them into steps. Because every non-frozen period is a
+multiple of the smallest one (``C``, ``config.cms.chunk``), the chunk-parallel form is one scan
+over chunks of ``C`` tokens: inside a chunk no level changes, so all its tokens run in parallel;
+at the chunk's end :meth:`ContinuumMemory.commit` adds the chunk's increments to each level's
+accumulator and fires the levels whose period ends there. Streaming is the same code with chunks
+of one token.
 """
 
 from __future__ import annotations
@@ -41,49 +48,98 @@ import jax
 import jax.numpy as jnp
 
 from nested_jax.levels import fire, scan_chunks
+from nested_jax.memory import SwiGLUMemory, nlms_rate
 from nested_jax.models.config import ModelConfig
-from nested_jax.models.layers import dense_init, rms_norm, swiglu_init
+from nested_jax.models.layers import Context, dense_init, rms_norm
 
-__all__ = ["CMSState", "ContinuumMemory", "batched_swiglu", "swiglu_gain"]
+__all__ = [
+    "CMSState",
+    "ContinuumMemory",
+    "Local",
+    "NextToken",
+    "Signal",
+    "Teach",
+]
 
 
 class CMSState(NamedTuple):
     """``params``: per level, the fast SwiGLU weights ``[batch, ...]``; ``acc``: per level, the
-    accumulated (not yet applied) update terms; ``pos``: tokens since the sequence start."""
+    accumulated (not yet applied) increments; ``pos``: tokens since the sequence start."""
 
     params: tuple
     acc: tuple
     pos: jax.Array
 
 
-def batched_swiglu(p: dict, x: jax.Array) -> jax.Array:
-    """SwiGLU with per-sample weights: ``x: [B, T, D]``, ``p["w_gate"]: [B, D, F]`` etc."""
-    g = jnp.einsum("btd,bdf->btf", x, p["w_gate"])
-    u = jnp.einsum("btd,bdf->btf", x, p["w_up"])
-    return jnp.einsum("btf,bfd->btd", jax.nn.silu(g) * u, p["w_down"])
+# --- the signals: where a level's errors come from ----------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Local:
+    """Label-free: the level regresses its output on a learned linear map of its own input,
+    ``L = 1/(2D) sum_t ||M_theta(n_t) - n_t W_t||^2`` (``W_t``: the level's ``w_target``, a slow
+    parameter); step ``-lr grad L``."""
+
+    from_network = False
+
+    def error(self, lv: dict, out, n, lr, **_):
+        """The step-scaled errors ``lr (out - n W_t) / D``."""
+        return lr * ((out - n @ lv["w_target"]) / out.shape[-1])
 
 
-def swiglu_gain(p: dict, n: jax.Array) -> jax.Array:
-    """How far one gradient step of rate 1 on all three matrices moves a SwiGLU's output at
-    ``n: [B, C, D]`` along its error, at most (first order): ``[B, C]``,
+@dataclasses.dataclass(frozen=True)
+class Teach:
+    """Errors from the network at the sequence-start weights (two passes, DESIGN §10).
 
-        ||h||^2 + ||n||^2 sum_j (s_j^2 + (a_j s'_j)^2) ||W_down[j]||^2,
+    Given the level's output error ``delta_t`` (pass 1: the gradient of each chunk's next-token
+    loss, per sample the mean over its ``m = C - 1`` inner pairs, with respect to the level's
+    output at its sequence-start weights ``theta_s``), the level takes a GD step on
+    ``1/m sum_t 1/2 ||M_theta(n_t) - v_t||^2`` towards ``v_t = M_theta_s(n_t) - m delta_t``
+    ("what the sequence-start output should have been"): at ``theta = theta_s`` its gradient is
+    exactly the next-token one, and the L2 target stops a level once it has moved its output by
+    ``-delta``.
 
-    with ``g = n W_gate``, ``a = n W_up``, ``s = silu(g)``, ``h = s a`` (the ``W_down``,
-    ``W_up`` and ``W_gate`` shares). Dividing a rate by ``1 + rate * gain`` bounds the step
-    (the CMS's NLMS, as :class:`~nested_jax.memory.MLPMemory`'s ``step_norm``)."""
-    g = jnp.einsum("btd,bdf->btf", n, p["w_gate"])
-    a = jnp.einsum("btd,bdf->btf", n, p["w_up"])
-    s, ds = jax.jvp(jax.nn.silu, (g,), (jnp.ones_like(g),))
-    h = s * a
-    rows = jnp.sum(p["w_down"] ** 2, axis=-1)[:, None, :]  # [B, 1, F]
-    through = jnp.sum((s * s + (a * ds) ** 2) * rows, axis=-1)
-    return jnp.sum(h * h, axis=-1) + jnp.sum(n * n, axis=-1) * through
+    Attributes:
+      norm: how the rate is normalised by the level's gain (:meth:`SwiGLUMemory.gain`,
+        :func:`~nested_jax.memory.nlms_rate` with strength ``1 / m``): ``"period"`` divides by
+        ``1 + lr (P / C) sum_chunk gain_t / m`` (bounds the whole step of a level of period
+        ``P``, decisions D86), ``"token"`` each token's rate by ``1 + lr gain_t / m``
+        (decisions D54), ``"none"``: the plain rate.
+    """
+
+    norm: str = "period"
+    from_network = True
+
+    def error(self, mem: SwiGLUMemory, theta, out, n, lr, delta, start, period, chunk, **_):
+        """The step-scaled errors ``rate ((out - M_start(n)) / m + delta)``."""
+        m = max(n.shape[1] - 1, 1)
+        anchor = jax.lax.stop_gradient(mem.apply(start, n))
+        rate = lr
+        if self.norm != "none":  # [B, C, 1]: per token, or per sample over the period
+            gain = mem.gain(theta, n)
+            if self.norm == "period":  # the period's P / C chunks, estimated by this one
+                gain = (period // chunk) * jnp.sum(gain, axis=1, keepdims=True)
+            rate = nlms_rate(lr, gain, 1.0 / m)[..., None]
+        return rate * ((out - anchor) / m + delta)
+
+
+@dataclasses.dataclass(frozen=True)
+class NextToken:
+    """The exact reference: the error of the chunk's next-token loss at the current weights (the
+    whole network re-run per chunk, differentiated through unless ``first_order``); the step is
+    ``-lr`` times the loss's gradient with respect to the level's weights."""
+
+    from_network = True
+
+    def error(self, lr, delta, **_):
+        """The step-scaled errors ``lr delta``."""
+        return lr * delta
+
+
+Signal = Local | Teach | NextToken
 
 
 @dataclasses.dataclass(frozen=True)
 class ContinuumMemory:
-    """The CMS of one layer (replaces the Transformer's MLP sublayer)."""
+    """The CMS of one layer (replaces the Transformer's MLP sublayer): a loop over its levels."""
 
     config: ModelConfig
 
@@ -96,6 +152,21 @@ class ContinuumMemory:
         """Indices of the levels that learn (non-zero period)."""
         return tuple(i for i, p in enumerate(self.periods) if p)
 
+    @property
+    def memory(self) -> SwiGLUMemory:
+        """Every level's memory."""
+        return SwiGLUMemory(self.config.d_model, self.config.d_ff)
+
+    @property
+    def signal(self) -> Signal:
+        """What the levels learn from (``cms.signal``)."""
+        cms = self.config.cms
+        if cms.signal == "local":
+            return Local()
+        if cms.signal == "teach":
+            return Teach(cms.norm)
+        return NextToken()
+
     # --- params and state ------------------------------------------------------------------------
     def init(self, key) -> dict:
         c = self.config
@@ -105,9 +176,9 @@ class ContinuumMemory:
         for i in range(n):
             lv = {
                 "norm": jnp.ones((c.d_model,), jnp.float32),
-                "mlp": swiglu_init(ks[2 * i], c.d_model, c.d_ff),
+                "mlp": self.memory.init_params(ks[2 * i]),
             }
-            if c.cms.signal == "local" and self.periods[i]:  # the local objective's target map
+            if isinstance(self.signal, Local) and self.periods[i]:  # the local target map
                 lv["w_target"] = dense_init(ks[2 * i + 1], (c.d_model, c.d_model))
             levels.append(lv)
         levels = tuple(levels)
@@ -127,78 +198,61 @@ class ContinuumMemory:
         return jnp.full((len(self.periods),), c.cms.lr, jnp.float32)
 
     def init_state(self, params: dict, batch_size: int) -> CMSState:
-        fast = tuple(self._broadcast(lv["mlp"], batch_size) for lv in params["levels"])
+        fast = tuple(self.memory.init_state(lv["mlp"], batch_size) for lv in params["levels"])
         acc = tuple(jax.tree.map(jnp.zeros_like, f) for f in fast)
         return CMSState(fast, acc, jnp.zeros([], jnp.int32))
 
-    @staticmethod
-    def _broadcast(mlp: dict, batch_size: int) -> dict:
-        return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), mlp)
-
     # --- one chunk at frozen fast weights --------------------------------------------------------
-    def forward(
-        self, p: dict, fast: tuple, z: jax.Array, *, local: bool = False, teach=None, probe=None
-    ):
+    def forward(self, p: dict, fast: tuple, z: jax.Array, *, errors=None, starts=None, probes=None):
         """``z: [B, C, D]`` through the levels at weights ``fast``: ``(y, increments)``.
 
-        ``increments`` are the levels' summed update terms for this chunk (``None`` for frozen
-        levels) with ``local=True`` (the local objective) or ``teach = (errors, starts)`` (per
-        level, the teach signal's output errors ``delta_t: [B, C, D]`` and the level's
-        sequence-start weights ``theta_s``: a GD step on ``1/m sum_t 1/2 ||MLP_theta(n_t) -
-        v_t||^2``, ``m = C - 1``, towards ``v_t = MLP_theta_s(n_t) - m delta_t``, i.e. "what the
-        sequence-start output should have been"; at ``theta = theta_s`` its gradient is exactly
-        the dot-product ``grad sum_t <MLP_theta(n_t), delta_t>``; with ``cms.norm="period"`` the
-        rate is ``lr / (1 + lr (P / C) sum_t gain_t / m)`` for a level of period ``P``, with
-        ``"token"`` each token's is ``lr / (1 + lr gain_t / m)``, ``gain_t`` the level's gain at
-        ``n_t``, see :func:`swiglu_gain`), else ``None``. ``probe`` (per level ``[B, C, D]``
-        or ``None``) is added to the live levels' outputs (zero probes: their gradients are the
-        output errors)."""
+        A live level learns when its signal is :class:`Local` or when ``errors`` (per level, its
+        output errors ``[B, C, D]`` from the network; with :class:`Teach` also ``starts``, the
+        levels' sequence-start weights) are given: ``increments`` holds, per level, the chunk's
+        step (``None`` for frozen levels); otherwise ``increments`` is ``None``. ``probes`` (per
+        level ``[B, C, D]`` or ``None``) are added to the live levels' outputs (zero probes: their
+        gradients are the output errors)."""
         c = self.config
-        lrs = self.rates(p)
-        variant = c.cms.variant
-        learn = local or teach is not None
+        mem, sig, lrs = self.memory, self.signal, self.rates(p)
+        learn = isinstance(sig, Local) or errors is not None
         incs = []
         total = z
         for i, (lv, theta) in enumerate(zip(p["levels"], fast, strict=True)):
-            src = z if variant == "independent" else total
+            src = z if c.cms.variant == "independent" else total
             n = rms_norm(src, lv["norm"], c.norm_eps)
-            lr = lrs[i]
-            if local and self.periods[i]:
-                target = n @ lv["w_target"]
+            if learn and self.periods[i]:
+                given = {} if errors is None else {"delta": errors[i]}
+                if starts is not None:
+                    given["start"] = starts[i]
 
-                def loss(th, n=n, target=target):
-                    out = batched_swiglu(th, n)
-                    return 0.5 * jnp.sum(jnp.mean((out - target) ** 2, axis=-1)), out
+                def error_of(out, i=i, lv=lv, theta=theta, n=n, given=given):
+                    return sig.error(
+                        lv=lv,
+                        mem=mem,
+                        theta=theta,
+                        out=out,
+                        n=n,
+                        lr=lrs[i],
+                        period=self.periods[i],
+                        chunk=c.cms.chunk,
+                        **given,
+                    )
 
-                g, out = jax.grad(loss, has_aux=True)(theta)
-                incs.append(jax.tree.map(lambda a, lr=lr: -lr * a, g))
-            elif teach is not None and self.periods[i]:
-                errors, starts = teach
-                m = max(n.shape[1] - 1, 1)
-                out, vjp = jax.vjp(lambda th, n=n: batched_swiglu(th, n), theta)
-                anchor = jax.lax.stop_gradient(batched_swiglu(starts[i], n))
-                rate = lr
-                if c.cms.norm != "none":  # [B, C, 1]: per token, or per sample over the period
-                    gain = swiglu_gain(theta, n)
-                    if c.cms.norm == "period":  # the period's P / C chunks, estimated by this one
-                        scale = self.periods[i] // c.cms.chunk
-                        gain = scale * jnp.sum(gain, axis=1, keepdims=True)
-                    rate = (lr / (1.0 + lr * gain / m))[..., None]
-                (g,) = vjp(rate * ((out - anchor) / m + errors[i]))
-                incs.append(jax.tree.map(jnp.negative, g))
+                out, inc = mem.write(theta, n, error_of)
+                incs.append(inc)
             else:
-                out = batched_swiglu(theta, n)
+                out = mem.apply(theta, n)
                 incs.append(None)
-            if probe is not None and probe[i] is not None:
-                out = out + probe[i]
-            if variant == "independent":
+            if probes is not None and probes[i] is not None:
+                out = out + probes[i]
+            if c.cms.variant == "independent":
                 total = total + p["mix"][i] * out
             else:
                 total = total + out
         return total, (tuple(incs) if learn else None)
 
     def commit(self, p: dict, state: CMSState, increments: tuple, n_tokens) -> CMSState:
-        """Add a chunk's update terms (``None`` entries: nothing) to the accumulators, advance by
+        """Add a chunk's increments (``None`` entries: nothing) to the accumulators, advance by
         ``n_tokens`` and fire every level whose period ends there (nested: then reset the next
         faster level to its initial weights). Chunks must not straddle a period boundary."""
         c = self.config
@@ -218,49 +272,45 @@ class ContinuumMemory:
                     continue
                 reset = pos % min(slower) == 0
                 b = jax.tree.leaves(params[i])[0].shape[0]
-                init = self._broadcast(p["levels"][i]["mlp"], b)
+                init = self.memory.init_state(p["levels"][i]["mlp"], b)
                 params[i] = jax.tree.map(
                     lambda a, b_, f=reset: jnp.where(f, a, b_), init, params[i]
                 )
         return CMSState(tuple(params), tuple(accs), pos)
 
     # --- the sublayer ----------------------------------------------------------------------------
-    def __call__(
-        self,
-        p: dict,
-        state: CMSState,
-        z: jax.Array,
-        *,
-        parallel: bool = True,
-        probe=None,
-        teach=None,
-    ):
+    def __call__(self, p: dict, state: CMSState, z: jax.Array, ctx: Context = Context()):
         """``z: [B, T, D]`` -> ``(y, state)``.
 
-        * ``"local"`` signal: the levels learn here (chunk-parallel, or token by token when not
-          ``parallel``);
-        * ``teach = (errors, starts)`` given (the ``"teach"`` signal's second pass; per level the
-          output errors ``[B, T, D]``, ``T`` a multiple of the CMS chunk, and the sequence-start
-          weights): the levels learn chunk by chunk from them (see :meth:`forward`);
-        * otherwise (``"ntp"``, ``"teach"`` without errors, all levels frozen) the weights in
-          ``state`` are applied as they are (the language model commits the updates); ``probe``
-          adds zero probes to the live levels' outputs (the teach signal's first pass)."""
+        The levels learn here, chunk by chunk, with the :class:`Local` signal (chunk-parallel,
+        or token by token when not ``ctx.parallel``) or when ``ctx.errors`` are given (the
+        network's output errors of every level, ``T`` a multiple of the CMS chunk; with
+        :class:`Teach` also ``ctx.starts``); otherwise the weights in ``state`` are applied as they
+        are, with ``ctx.probes`` added to the live levels' outputs."""
         c = self.config
-        if not self.live or (c.cms.signal != "local" and teach is None):
-            y, _ = self.forward(p, state.params, z, probe=probe)
+        learns = isinstance(self.signal, Local) or ctx.errors is not None
+        if not self.live or not learns:
+            y, _ = self.forward(p, state.params, z, probes=ctx.probes)
             return y, state
-        step = c.cms.chunk if parallel or teach is not None else 1
-        if teach is not None and z.shape[1] % step:
+        step = c.cms.chunk if ctx.parallel or ctx.errors is not None else 1
+        if ctx.errors is not None and z.shape[1] % step:
             raise ValueError(
-                f"teach errors need whole CMS chunks of {step}; got {z.shape[1]} tokens."
+                f"the CMS learns from errors over whole chunks of {step} tokens; got "
+                f"{z.shape[1]} tokens."
             )
-        errors, starts = teach if teach is not None else (tuple(None for _ in self.periods), None)
+        errors = ctx.errors if ctx.errors is not None else tuple(None for _ in self.periods)
 
         def chunk(state, zc, ec):
-            local = c.cms.signal == "local"
-            tc = None if local else (ec, starts)
-            y, inc = self.forward(p, state.params, zc, local=local, teach=tc)
+            has = ctx.errors is not None
+            y, inc = self.forward(
+                p, state.params, zc, errors=ec if has else None, starts=ctx.starts
+            )
             return self.commit(p, state, inc, zc.shape[1]), y
 
         res = scan_chunks(chunk, state, (z, errors), step, axis=1, remat=True)
         return res.outputs, res.carry
+
+    def learn(self, p: dict, state: CMSState, z: jax.Array, errors: tuple) -> CMSState:
+        """The state after the levels learn from the network's output ``errors`` (per level
+        ``[B, T, D]``) on their input ``z: [B, T, D]`` (whole CMS chunks)."""
+        return self(p, state, z, Context(errors=errors))[1]

@@ -16,6 +16,7 @@ import jax
 
 from nested_jax.models.cms import ContinuumMemory
 from nested_jax.models.config import ModelConfig
+from nested_jax.models.layers import Context
 from nested_jax.models.self_modifying import SelfModifyingTitans
 from nested_jax.models.transformer import Attention
 
@@ -50,12 +51,11 @@ class HopeBlock:
             "cms": self.cms.init_state(params["cms"], batch_size),
         }
 
-    def __call__(
-        self, p: dict, state: dict, x, *, parallel: bool = True, cut=0, probe=None, teach=None
-    ):
-        """``cut``, ``probe``: the teach signal's first pass (gradients blocked between CMS
-        chunks; zero probes on the CMS levels' outputs); ``teach``: its second pass (the CMS
-        levels' output errors). See :class:`~nested_jax.models.lm.LanguageModel`."""
-        x, ms = self.mixer(p["mixer"], state["mixer"], x, parallel=parallel, cut=cut)
-        x, cs = self.cms(p["cms"], state["cms"], x, parallel=parallel, probe=probe, teach=teach)
-        return x, {"mixer": ms, "cms": cs}
+    def __call__(self, p: dict, state: dict, x, ctx: Context = Context()):
+        """``x: [B, T, D]`` -> ``(x, state)`` (``(x, state, {"cms": CMS input})`` with
+        ``ctx.collect``): the mixer, then the CMS (which learns from ``ctx.errors`` when the
+        network gives them; see :class:`~nested_jax.models.layers.Context`)."""
+        z, ms = self.mixer(p["mixer"], state["mixer"], x, ctx)
+        y, cs = self.cms(p["cms"], state["cms"], z, ctx)
+        state = {"mixer": ms, "cms": cs}
+        return (y, state, {"cms": z}) if ctx.collect else (y, state)

@@ -1,14 +1,78 @@
-"""Layers shared by the models: RMSNorm, rotary position embedding, SwiGLU MLP, initialisers.
+"""Layers shared by the models: RMSNorm, rotary position embedding, SwiGLU MLP, the causal
+depthwise convolution, initialisers, and :class:`Context`, what a block is asked to do.
 
 Plain functions over arrays and dict params (no framework): every model composes these.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["dense_init", "l2_normalize", "rms_norm", "rope", "swiglu", "swiglu_init"]
+from nested_jax.memory.swiglu import SwiGLUMemory
+
+__all__ = [
+    "Context",
+    "causal_conv",
+    "dense_init",
+    "l2_normalize",
+    "rms_norm",
+    "rope",
+    "swiglu",
+    "swiglu_init",
+]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """How a block runs, one value for every block: ``block(params, state, x, ctx)``.
+
+    Attributes:
+      parallel: the chunk-parallel training form from a chunk boundary (``True``), or token by
+        token, keeping every chunk boundary where the parallel form puts it (streaming).
+      cut: ``0``, or block the gradient between blocks of ``cut`` tokens (same values): an
+        output's gradient then reaches only its own block's inputs (the teach signal's first pass).
+      collect: the block also returns what it read, ``(x, state, taps)`` with
+        ``taps = {"cms": [B, T, D]}`` (the CMS's input, Hope blocks; ``{}`` for the others).
+      probes: per CMS level, ``[B, T, D]`` added to its output (``None`` for frozen levels):
+        zero probes whose gradient is the level's output error (:meth:`LanguageModel.output_errors`).
+      errors: per CMS level, the output errors ``[B, T, D]`` the level learns from (the teach
+        and next-token signals); ``None``: the CMS applies its weights as they are.
+      starts: with ``errors`` and the teach signal, each level's sequence-start weights.
+
+    Inside a language model the array fields carry a leading layer axis (scanned over layers).
+    """
+
+    parallel: bool = dataclasses.field(default=True, metadata={"static": True})
+    cut: int = dataclasses.field(default=0, metadata={"static": True})
+    collect: bool = dataclasses.field(default=False, metadata={"static": True})
+    probes: Any = None
+    errors: Any = None
+    starts: Any = None
+
+    def replace(self, **changes) -> Context:
+        return dataclasses.replace(self, **changes)
+
+
+def causal_conv(w: jax.Array, x: jax.Array, history: jax.Array, cut: int = 0):
+    """Depthwise causal convolution. ``w: [K, D]``, ``x: [B, T, D]``, ``history: [B, K-1, D]``
+    (the previous inputs). Returns ``(y [B, T, D], new history)``. ``cut > 0``: inputs from an
+    earlier block of ``cut`` tokens (counted from ``x``'s start) enter with their gradient stopped."""
+    k = w.shape[0]
+    full = jnp.concatenate([history, x], axis=1)  # [B, K-1+T, D]
+    t = x.shape[1]
+    y = 0.0
+    for i in range(k):
+        xi, back = full[:, i : i + t], k - 1 - i  # tap i looks ``back`` tokens back
+        if cut and back:
+            own = (jnp.arange(t) % cut >= back)[None, :, None]
+            xi = jnp.where(own, xi, jax.lax.stop_gradient(xi))
+        y = y + xi * w[i][None, None]
+    return y, full[:, t:]
 
 
 def dense_init(key, shape, scale: float = 1.0) -> jax.Array:
@@ -42,12 +106,8 @@ def rope(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array
 
 
 def swiglu_init(key, d_model: int, d_ff: int) -> dict:
-    k1, k2, k3 = jax.random.split(key, 3)
-    return {
-        "w_gate": dense_init(k1, (d_model, d_ff)),
-        "w_up": dense_init(k2, (d_model, d_ff)),
-        "w_down": dense_init(k3, (d_ff, d_model)),
-    }
+    """A SwiGLU MLP's weights: the initial weights of a (frozen) CMS level's memory."""
+    return SwiGLUMemory(d_model, d_ff).init_params(key)
 
 
 def swiglu(p: dict, x: jax.Array) -> jax.Array:

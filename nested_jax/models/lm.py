@@ -11,29 +11,25 @@
 Layers are stacked and run under ``lax.scan`` (compile time independent of depth); every layer's
 state (its memories) is stacked the same way.
 
-CMS with the ``"ntp"`` signal (Hope, Hope-Attention; DESIGN §4): the forward is a scan over chunks
-of ``C = config.cms.chunk`` tokens. For chunk ``c`` the whole network runs (chunk-parallel, from
-the memories' state at the chunk start) with the CMS weights ``theta_c``; the gradient of that
-chunk's next-token loss (the mean over the ``C - 1`` pairs inside the chunk, per sample) with
-respect to every layer's CMS weights is the update term ``-lr * g`` that the CMS commits at the
-chunk's end, so it acts from chunk ``c + 1`` on: causal, and outputs never see their own targets.
-The outer gradient differentiates through those inner gradients (second order) unless
-``first_order``. Streaming buffers the current chunk's tokens and the state at its start, and
-recomputes the chunk when it completes, so any cut gives the parallel result.
+A model whose CMS learns from the next-token loss (the :class:`~nested_jax.models.cms.Teach` and
+:class:`~nested_jax.models.cms.NextToken` signals; Hope, Hope-Attention) runs in CMS chunks of
+``C = config.cms.chunk`` tokens, two steps each (:meth:`LanguageModel._learning_chunk`):
 
-CMS with the ``"teach"`` signal (two passes, DESIGN §10): pass 1 runs the whole sequence once in
-parallel with the CMS at its sequence-start weights and zero probes on every live level's output;
-the gradient of the chunks' next-token losses (per sample, the mean over each chunk's ``C - 1``
-inner pairs, as ``"ntp"``) with respect to the probes is each level's output error ``delta_t``.
-Gradients are blocked between CMS chunks inside the sequence layers (the memories' carried state,
-the convolution, attention across chunks), so ``delta_t`` of chunk ``c`` comes from chunk ``c``'s
-targets only: causal. Pass 2 is the ordinary forward in which every level learns chunk by chunk
-from those errors: a GD step on ``1/2 ||MLP_theta(n_t) - (MLP_theta_s(n_t) - delta_t)||^2`` at its
-current weights (``theta_s``: its sequence-start weights), and the outer gradient flows through
-pass 2 only (the errors are constants). For the first chunk it equals ``"ntp"``; later chunks use
-errors from the sequence-start CMS weights, and the L2 target stops a level once it has moved its
-output by ``-delta`` (the dot-product objective alone grew the weights without bound). Streaming keeps
-pass 1's state beside pass 2's and runs both passes on each chunk as it completes.
+1. :meth:`LanguageModel.output_errors`: one forward / backward of the whole network with zero
+   probes on every live CMS level's output gives each level's output error ``delta_t`` (the
+   gradient of the chunk's next-token loss, per sample the mean over its ``C - 1`` inner pairs).
+   Teach takes it once for all full chunks, at the sequence-start CMS weights with gradients
+   blocked between CMS chunks (so ``delta_t`` of chunk ``c`` comes from chunk ``c``'s targets
+   only: causal), as constants; NextToken per chunk at the current weights, differentiated
+   through (second order unless ``first_order``).
+2. The CMS levels learn from those errors (:class:`~nested_jax.models.cms.ContinuumMemory`;
+   the update is committed at the chunk's end, so it acts from chunk ``c + 1`` on and no output
+   sees its own target). Teach runs the forward again with the errors; NextToken's outputs are
+   those of step 1, and only the CMS re-runs on the inputs step 1 collected.
+
+Streaming buffers the current chunk's tokens and the state at its start (and, for Teach, the first
+pass's state), and runs both steps on each chunk as it completes, so any cut gives the parallel
+result.
 """
 
 from __future__ import annotations
@@ -48,20 +44,15 @@ import numpy as np
 
 from nested_jax.levels import scan_chunks
 from nested_jax.memory import SoftmaxState, StreamState
-from nested_jax.models.cms import ContinuumMemory
+from nested_jax.models.cms import ContinuumMemory, Teach
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.hope import HopeBlock
-from nested_jax.models.layers import rms_norm
+from nested_jax.models.layers import Context, rms_norm
 from nested_jax.models.self_modifying import SelfModifyingBlock
 from nested_jax.models.titans import TitansBlock
 from nested_jax.models.transformer import TransformerBlock
 
 __all__ = ["LMState", "LanguageModel", "count_params", "matched_d_ff", "token_nll"]
-
-
-def _given(**kw):
-    """The keyword arguments that are not ``None``."""
-    return {k: v for k, v in kw.items() if v is not None}
 
 
 _BLOCKS = {
@@ -110,15 +101,22 @@ class LanguageModel:
         }
 
     @property
+    def cms(self) -> ContinuumMemory:
+        """Every layer's Continuum Memory System (Hope, Hope-Attention)."""
+        return ContinuumMemory(self.config)
+
+    @property
     def ntp(self) -> bool:
-        """Whether the CMS learns from the next-token loss (``"ntp"`` or ``"teach"``: the LM
-        drives its updates and the state's chunk fields are used)."""
+        """Whether the CMS learns from the next-token loss (``"ntp"`` or ``"teach"``: the network
+        gives the levels their errors, :meth:`output_errors`, and the state's chunk fields are
+        used)."""
         c = self.config
-        return c.has_cms and c.cms.signal in ("ntp", "teach") and c.cms.chunk > 0
+        return c.has_cms and c.cms.chunk > 0 and self.cms.signal.from_network
 
     @property
     def teach(self) -> bool:
-        return self.ntp and self.config.cms.signal == "teach"
+        """Whether those errors come from the sequence-start CMS weights (:class:`Teach`)."""
+        return self.ntp and isinstance(self.cms.signal, Teach)
 
     def init_state(self, params: dict, batch_size: int) -> Any:
         """Every layer's fresh state (from its learned initial memories), stacked over layers."""
@@ -164,130 +162,106 @@ class LanguageModel:
                 f"{self.config.max_len}; raise max_len in the config or stream in chunks."
             )
 
-    def _forward(
-        self,
-        params: dict,
-        layers: Any,
-        tokens: jax.Array,
-        parallel: bool,
-        cut=0,
-        probes=None,
-        teach=None,
-        collect: bool = False,
-    ):
-        """Embeddings -> every layer (scanned) -> head; ``(logits, layers)``. ``cut``, ``probes``,
-        ``teach`` (per CMS level, stacked over layers): the teach signal's passes (Hope blocks).
-        ``collect``: the logits become ``(logits, inputs)``, ``inputs [B, T, L, D]`` the residual
-        stream entering each layer (:meth:`layer_inputs`)."""
+    def _forward(self, params: dict, layers: Any, tokens: jax.Array, ctx: Context):
+        """Embeddings -> every layer (scanned) -> head: ``(logits, layers, taps)``. The array
+        fields of ``ctx`` carry a leading layer axis. ``taps`` (``ctx.collect``; else ``None``):
+        stacked over layers, ``"input"`` (the residual stream entering each layer) and the
+        block's own taps (Hope: ``"cms"``, its CMS's input), ``[L, B, T, D]`` each."""
         x = params["embed"][tokens]
         block = self.block
-        extra = {}
-        if cut:
-            extra["cut"] = cut
 
         def layer(x, inp):
-            p, s, probe, tc = inp
-            y, s = block(p, s, x, parallel=parallel, **extra, **_given(probe=probe, teach=tc))
-            return y, (s, x) if collect else s
+            p, s, ctx_l = inp
+            if ctx.collect:
+                y, s, taps = block(p, s, x, ctx_l)
+                return y, (s, {"input": x, **taps})
+            y, s = block(p, s, x, ctx_l)
+            return y, (s, None)
 
-        x, out = jax.lax.scan(layer, x, (params["layers"], layers, probes, teach))
+        x, (layers, taps) = jax.lax.scan(layer, x, (params["layers"], layers, ctx))
         x = rms_norm(x, params["final_norm"], self.config.norm_eps)
-        if collect:  # the inputs with time on axis 1, as the logits: [B, T, L, D]
-            layers, inputs = out
-            return (x @ params["head"], jnp.moveaxis(inputs, 0, 2)), layers
-        return x @ params["head"], out
+        return x @ params["head"], layers, taps
+
+    @staticmethod
+    def _outputs(logits, taps, collect: bool):
+        """What a run returns per token: the logits, or with ``collect`` ``(logits, inputs)``,
+        the layers' inputs with time on axis 1 as the logits (``[B, T, L, D]``)."""
+        return (logits, jnp.moveaxis(taps["input"], 0, 2)) if collect else logits
 
     def _run(self, params: dict, state: Any, tokens: jax.Array, parallel: bool, collect=False):
         self._check_tokens(tokens)
         if self.ntp:
             if not parallel:
-                return self._ntp_stream(params, state, tokens)
-            return self._ntp_parallel(params, state, tokens, collect)
-        logits, layers = self._forward(params, state.layers, tokens, parallel, collect=collect)
-        return logits, LMState(layers)
+                return self._stream_learning(params, state, tokens)
+            return self._parallel_learning(params, state, tokens, collect)
+        ctx = Context(parallel=parallel, collect=collect)
+        logits, layers, taps = self._forward(params, state.layers, tokens, ctx)
+        return self._outputs(logits, taps, collect), LMState(layers)
 
-    # --- CMS driven by the next-token loss -------------------------------------------------------
-    def _teach_signal(self, params: dict, teach: Any, tokens: jax.Array):
-        """Pass 1 of the teach signal over whole CMS chunks ``tokens: [B, n C]`` from the first
-        pass's state ``teach``: ``(errors, teach)``, the errors per CMS level stacked over layers
-        (``[L, B, n C, D]``, ``None`` for frozen levels), both constants for the outer gradient."""
+    # --- CMS levels that learn from the next-token loss ------------------------------------------
+    def output_errors(
+        self, params: dict, layers: Any, tokens: jax.Array, *, cut: int = 0, collect=False
+    ):
+        """Every live CMS level's output error for ``tokens: [B, n C]`` (whole CMS chunks) run
+        from ``layers`` (every layer's state, stacked): the gradient of the chunks' next-token
+        loss (per sample and chunk, the mean over the chunk's ``C - 1`` inner pairs) with respect
+        to each level's output, through zero probes added to the outputs.
+
+        ``cut``: block the gradient between blocks of ``cut`` tokens (the teach signal's first
+        pass: an error then comes from its own chunk's targets only); ``collect``: as
+        :meth:`_forward`. Returns ``(errors, (logits, layers, taps))``: ``errors`` per CMS level
+        ``[L, B, T, D]`` (``None`` for frozen levels), then what the forward gave."""
         c = self.config
-        cms = ContinuumMemory(c)
         b, t = tokens.shape
-        sg = jax.lax.stop_gradient
-        # every input enters without a tangent (the outputs are constants anyway), so the outer
-        # gradient's trace passes this pass by instead of differentiating it and pruning after
-        params, teach = sg(params), sg(teach)
-        zeros = tuple(
+        probes = tuple(
             jnp.zeros((c.n_layers, b, t, c.d_model), jnp.float32) if period else None
-            for period in cms.periods
+            for period in c.cms.periods
         )
         inner = (jnp.arange(t - 1) % c.cms.chunk != c.cms.chunk - 1).astype(jnp.float32)
 
         def loss(probes):
-            logits, new = self._forward(params, teach, tokens, True, c.cms.chunk, probes=probes)
+            ctx = Context(cut=cut, collect=collect, probes=probes)
+            logits, new, taps = self._forward(params, layers, tokens, ctx)
             nll = token_nll(logits, tokens)
-            return jnp.sum(nll * inner[None]) / (c.cms.chunk - 1), new  # per sample, chunk: mean
+            return jnp.sum(nll * inner[None]) / (c.cms.chunk - 1), (logits, new, taps)
 
-        errors, new = jax.grad(loss, has_aux=True)(zeros)
-        return sg(errors), sg(new)
+        return jax.grad(loss, has_aux=True)(probes)
 
-    def _teach_chunks(
-        self, params: dict, layers: Any, teach: Any, tokens: jax.Array, collect=False
-    ):
-        """Both passes over whole CMS chunks: ``(logits, layers, teach)``."""
-        starts = teach["cms"].params  # the sequence-start CMS weights (pass 1 never updates them)
-        errors, teach = self._teach_signal(params, teach, tokens)
-        logits, layers = self._forward(
-            params, layers, tokens, True, teach=(errors, starts), collect=collect
-        )
-        return logits, layers, teach
+    def _learning_chunk(self, params: dict, layers: Any, first: Any, tokens: jax.Array, collect):
+        """Whole CMS chunks ``tokens: [B, n C]`` from a chunk start (every chunk at once with
+        Teach; one with NextToken): the levels' output errors, then the levels learn from them
+        (see the module docstring). ``first``: Teach's first-pass state (its CMS at the
+        sequence-start weights). Returns ``(outputs, layers, first)``."""
+        c = self.config
+        if self.teach:
+            sg = jax.lax.stop_gradient
+            # every input enters without a tangent (the errors are constants), so the outer
+            # gradient's trace passes this pass by instead of differentiating it and pruning after
+            errors, (_, new_first, _) = self.output_errors(
+                sg(params), sg(first), tokens, cut=c.cms.chunk
+            )
+            ctx = Context(collect=collect, errors=sg(errors), starts=first["cms"].params)
+            logits, layers, taps = self._forward(params, layers, tokens, ctx)
+            return self._outputs(logits, taps, collect), layers, sg(new_first)
+        errors, (logits, layers, taps) = self.output_errors(params, layers, tokens, collect=True)
+        learn = jax.vmap(self.cms.learn)  # over layers: each CMS re-runs on the inputs it read
+        cms = learn(params["layers"]["cms"], layers["cms"], taps["cms"], errors)
+        return self._outputs(logits, taps, collect), {**layers, "cms": cms}, first
 
-    def _ntp_chunk(self, params: dict, layers: Any, tokens: jax.Array, collect=False):
-        """One complete CMS chunk ``tokens: [B, C]`` from a chunk start: ``(logits, layers)`` with
-        the CMS update committed."""
-        cms = ContinuumMemory(self.config)
-
-        def chunk_loss(fast):
-            ls = {**layers, "cms": layers["cms"]._replace(params=fast)}
-            out, new = self._forward(params, ls, tokens, parallel=True, collect=collect)
-            nll = token_nll(out[0] if collect else out, tokens)
-            return jnp.sum(jnp.mean(nll, axis=1)), (out, new)  # per-sample mean
-
-        g, (logits, new) = jax.grad(chunk_loss, has_aux=True)(layers["cms"].params)
-        lrs = jax.vmap(cms.rates)(params["layers"]["cms"])  # [L, levels]
-        scale = lambda a, lr: -lr.reshape(lr.shape + (1,) * (a.ndim - 1)) * a
-        live = set(cms.live)
-        inc = tuple(
-            jax.tree.map(lambda a, i=i: scale(a, lrs[:, i]), gi) if i in live else None
-            for i, gi in enumerate(g)
-        )
-
-        def commit(p, st, inc):
-            return cms.commit(p, st, inc, tokens.shape[1])
-
-        new_cms = jax.vmap(commit)(params["layers"]["cms"], new["cms"], inc)
-        return logits, {**new, "cms": new_cms}
-
-    def _ntp_parallel(self, params: dict, state: LMState, tokens: jax.Array, collect=False):
+    def _parallel_learning(self, params: dict, state: LMState, tokens: jax.Array, collect=False):
         c = self.config.cms.chunk
         b = tokens.shape[0]
 
-        def ntp_chunk(carry, tc):  # one chunk, its update committed
-            layers, teach = carry
-            logits, layers = self._ntp_chunk(params, layers, tc, collect)
-            return (layers, teach), logits
-
-        def teach_chunks(carry, tc):  # every full chunk at once (the teach signal's two passes)
-            logits, layers, teach = self._teach_chunks(params, *carry, tc, collect)
-            return (layers, teach), logits
+        def learn(carry, tc):
+            out, layers, first = self._learning_chunk(params, *carry, tc, collect)
+            return (layers, first), out
 
         def tail(carry, tc):  # an unfinished chunk: the CMS waits for its end (streaming)
-            logits, layers = self._forward(params, carry[0], tc, parallel=True, collect=collect)
-            return (layers, carry[1]), logits
+            logits, layers, taps = self._forward(params, carry[0], tc, Context(collect=collect))
+            return (layers, carry[1]), self._outputs(logits, taps, collect)
 
         res = scan_chunks(
-            teach_chunks if self.teach else ntp_chunk,
+            learn,
             (state.layers, state.teach),
             (tokens,),
             c,
@@ -302,20 +276,18 @@ class LanguageModel:
             buf = buf.at[:, :r].set(tokens[:, -r:].astype(jnp.int32))
         return res.outputs, LMState(layers, start, buf, jnp.asarray(r, jnp.int32), teach)
 
-    def _ntp_stream(self, params: dict, state: LMState, tokens: jax.Array):
+    def _stream_learning(self, params: dict, state: LMState, tokens: jax.Array):
         c = self.config.cms.chunk
 
         def token(st: LMState, tok):
-            logits, layers = self._forward(params, st.layers, tok[:, None], parallel=False)
+            ctx = Context(parallel=False)
+            logits, layers, _ = self._forward(params, st.layers, tok[:, None], ctx)
             buf = st.buf.at[:, st.off].set(tok.astype(jnp.int32))
             off = st.off + 1
 
             def complete(_):
-                if self.teach:
-                    _, new, teach = self._teach_chunks(params, st.start, st.teach, buf)
-                    return new, new, teach
-                _, new = self._ntp_chunk(params, st.start, buf)
-                return new, new, st.teach
+                _, new, first = self._learning_chunk(params, st.start, st.teach, buf, False)
+                return new, new, first
 
             keep = lambda _: (layers, st.start, st.teach)
             layers, start, teach = jax.lax.cond(off == c, complete, keep, None)

@@ -47,8 +47,15 @@ from nested_jax.memory import (
     stable_step_norm,
 )
 from nested_jax.models.config import ModelConfig
-from nested_jax.models.layers import dense_init, l2_normalize, rms_norm, swiglu, swiglu_init
-from nested_jax.models.titans import causal_conv
+from nested_jax.models.layers import (
+    Context,
+    causal_conv,
+    dense_init,
+    l2_normalize,
+    rms_norm,
+    swiglu,
+    swiglu_init,
+)
 
 __all__ = ["SelfModifyingBlock", "SelfModifyingTitans"]
 
@@ -265,11 +272,12 @@ class SelfModifyingTitans:
         return {"k": sw(k), "v": sw(v), "q": q, "eta": sw(eta), "alpha": sw(alpha)}
 
     # --- the layer -------------------------------------------------------------------------------
-    def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True, cut: int = 0):
-        """``x: [B, T, D]`` -> ``(x + mixer output, state)``. ``cut > 0`` (parallel, from a
+    def __call__(self, p: dict, state: dict, x: jax.Array, ctx: Context = Context()):
+        """``x: [B, T, D]`` -> ``(x + mixer output, state)``. ``ctx.cut > 0`` (parallel, from a
         fresh state): no gradient flows between blocks of ``cut`` tokens (same values; the
         teach signal's first pass)."""
         c = self.config
+        parallel, cut = ctx.parallel, ctx.cut
         b, t, d = x.shape
         h, a, conv_state = self._project(p, state, x, cut)
         xm = jnp.swapaxes(a[:, :, 0], 1, 2)  # [B, H, T, d]
@@ -326,7 +334,7 @@ class SelfModifyingBlock:
     def init_state(self, params: dict, batch_size: int) -> dict:
         return self.mixer.init_state(params["mixer"], batch_size)
 
-    def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True):
-        x, state = self.mixer(p["mixer"], state, x, parallel=parallel)
+    def __call__(self, p: dict, state: dict, x: jax.Array, ctx: Context = Context()):
+        x, state = self.mixer(p["mixer"], state, x, ctx)
         x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], self.config.norm_eps))
-        return x, state
+        return (x, state, {}) if ctx.collect else (x, state)

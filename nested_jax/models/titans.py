@@ -35,26 +35,17 @@ from nested_jax.memory import (
     stable_step_norm,
 )
 from nested_jax.models.config import ModelConfig
-from nested_jax.models.layers import dense_init, l2_normalize, rms_norm, swiglu, swiglu_init
+from nested_jax.models.layers import (
+    Context,
+    causal_conv,
+    dense_init,
+    l2_normalize,
+    rms_norm,
+    swiglu,
+    swiglu_init,
+)
 
-__all__ = ["TitansBlock", "causal_conv"]
-
-
-def causal_conv(w: jax.Array, x: jax.Array, history: jax.Array, cut: int = 0):
-    """Depthwise causal convolution. ``w: [K, D]``, ``x: [B, T, D]``, ``history: [B, K-1, D]``
-    (the previous inputs). Returns ``(y [B, T, D], new history)``. ``cut > 0``: inputs from an
-    earlier block of ``cut`` tokens (counted from ``x``'s start) enter with their gradient stopped."""
-    k = w.shape[0]
-    full = jnp.concatenate([history, x], axis=1)  # [B, K-1+T, D]
-    t = x.shape[1]
-    y = 0.0
-    for i in range(k):
-        xi, back = full[:, i : i + t], k - 1 - i  # tap i looks ``back`` tokens back
-        if cut and back:
-            own = (jnp.arange(t) % cut >= back)[None, :, None]
-            xi = jnp.where(own, xi, jax.lax.stop_gradient(xi))
-        y = y + xi * w[i][None, None]
-    return y, full[:, t:]
+__all__ = ["TitansBlock"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +104,8 @@ class TitansBlock:
             "conv": jnp.zeros((batch_size, c.titans.conv_width - 1, 3 * c.d_model), jnp.float32),
         }
 
-    def __call__(self, p: dict, state: dict, x: jax.Array, *, parallel: bool = True):
-        """``x: [B, T, d_model]`` -> ``(x, state)``; ``parallel``: chunk-parallel from a chunk
+    def __call__(self, p: dict, state: dict, x: jax.Array, ctx: Context = Context()):
+        """``x: [B, T, d_model]`` -> ``(x, state)``; ``ctx.parallel``: chunk-parallel from a chunk
         boundary (training); otherwise token-by-token streaming that keeps chunk boundaries."""
         c = self.config
         b, t, d = x.shape
@@ -129,7 +120,7 @@ class TitansBlock:
         beta = beta if c.titans.rule == "momentum" else None
         mem = self.memory
         stream: StreamState = state["memory"]
-        if parallel:  # from a fresh state (a chunk boundary): the training form
+        if ctx.parallel:  # from a fresh state (a chunk boundary): the training form
             stream, y = mem.start_stream(
                 stream.state,
                 q,
@@ -148,4 +139,5 @@ class TitansBlock:
         )
         x = x + y @ p["wo"]
         x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], c.norm_eps))
-        return x, {"memory": stream, "conv": conv_state}
+        state = {"memory": stream, "conv": conv_state}
+        return (x, state, {}) if ctx.collect else (x, state)

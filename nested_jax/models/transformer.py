@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from nested_jax.memory import SoftmaxMemory, SoftmaxState
 from nested_jax.models.config import ModelConfig
-from nested_jax.models.layers import dense_init, rms_norm, rope, swiglu, swiglu_init
+from nested_jax.models.layers import Context, dense_init, rms_norm, rope, swiglu, swiglu_init
 
 __all__ = ["Attention", "TransformerBlock"]
 
@@ -50,14 +50,12 @@ class Attention:
         shapes = self.memory.init_params(heads=c.n_heads, d_k=c.head_dim, d_v=c.head_dim)
         return self.memory.init_state(shapes, batch_size)
 
-    def __call__(
-        self, p: dict, state: SoftmaxState, x: jax.Array, *, parallel: bool = True, cut: int = 0
-    ):
+    def __call__(self, p: dict, state: SoftmaxState, x: jax.Array, ctx: Context = Context()):
         """``x: [B, C, d_model]`` (a chunk continuing ``state``) -> ``(x + attention, state)``.
 
-        Attention is exact in both forms, so ``parallel`` changes nothing here. ``cut > 0``: no
-        gradient flows between positions in different blocks of ``cut`` tokens (same values)."""
-        del parallel
+        Attention is exact in both forms, so ``ctx.parallel`` changes nothing here. ``ctx.cut >
+        0``: no gradient flows between positions in different blocks of ``cut`` tokens (same
+        values)."""
         c = self.config
         b, t, _ = x.shape
         h = rms_norm(x, p["attn_norm"], c.norm_eps)
@@ -66,7 +64,7 @@ class Attention:
         q = rope(split(h @ p["wq"]), positions, c.rope_base)
         k = rope(split(h @ p["wk"]), positions, c.rope_base)
         v = split(h @ p["wv"])
-        state, y = self.memory.write_read_chunk(state, q, k, v, gradient_cut=cut)
+        state, y = self.memory.write_read_chunk(state, q, k, v, gradient_cut=ctx.cut)
         return x + y.reshape(b, t, -1) @ p["wo"], state
 
 
@@ -92,7 +90,7 @@ class TransformerBlock:
     def init_state(self, params: dict, batch_size: int) -> SoftmaxState:
         return self.mixer.init_state(params, batch_size)
 
-    def __call__(self, p: dict, state: SoftmaxState, x: jax.Array, *, parallel: bool = True):
-        x, state = self.mixer(p, state, x, parallel=parallel)
+    def __call__(self, p: dict, state: SoftmaxState, x: jax.Array, ctx: Context = Context()):
+        x, state = self.mixer(p, state, x, ctx)
         x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], self.config.norm_eps))
-        return x, state
+        return (x, state, {}) if ctx.collect else (x, state)

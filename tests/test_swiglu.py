@@ -1,0 +1,77 @@
+"""The SwiGLU memory (memory/swiglu.py): a CMS level's memory, learning from external errors."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from model_helpers import close
+
+from nested_jax.memory import SwiGLUMemory, nlms_rate
+from nested_jax.models.layers import swiglu
+
+MEM = SwiGLUMemory(8, 16)
+
+
+def _state(seed=0, batch=2):
+    return MEM.init_state(MEM.init_params(jax.random.key(seed)), batch)
+
+
+def test_apply_is_a_swiglu_mlp_per_sample():
+    state = _state()
+    n = jax.random.normal(jax.random.key(1), (2, 5, 8))
+    for s in range(2):
+        close(MEM.apply(state, n)[s], swiglu(jax.tree.map(lambda a, s=s: a[s], state), n[s]))
+
+
+def test_write_is_minus_the_gradient_of_the_errors_inner_product():
+    """increment = -grad_theta sum_t <M_theta(n_t), e_t>, with e computed from the outputs."""
+    state = _state(2)
+    n = jax.random.normal(jax.random.key(3), (2, 4, 8))
+    target = jax.random.normal(jax.random.key(4), (2, 4, 8))
+    out, inc = MEM.write(state, n, lambda out: 0.3 * (out - target))
+    close(out, MEM.apply(state, n))
+    e = 0.3 * (MEM.apply(state, n) - target)
+    g = jax.grad(lambda th: jnp.sum(MEM.apply(th, n) * e))(state)
+    close(inc, jax.tree.map(jnp.negative, g), atol=1e-6, rtol=1e-5)
+    new = MEM.write_chunk(state, n, out - target, 0.3)
+    close(new, jax.tree.map(jnp.add, state, inc), atol=1e-6, rtol=1e-5)
+
+
+def test_samples_learn_apart():
+    state = _state(5)
+    n = jax.random.normal(jax.random.key(6), (2, 4, 8))
+    e = jax.random.normal(jax.random.key(7), (2, 4, 8))
+    new = MEM.write_chunk(state, n, e.at[1].set(0.0))
+    close(jax.tree.map(lambda a: a[1], new), jax.tree.map(lambda a: a[1], state), atol=0, rtol=0)
+
+
+def test_gain_bounds_a_gradient_step():
+    """A rate-r step of <M(n), e> on all three matrices moves the output at n along e by
+    r * (its projection) <= r * gain * ||e||^2 (first order: tiny r)."""
+    p = _state(40, batch=1)
+    for s in range(4):
+        n = jax.random.normal(jax.random.key(41 + s), (1, 1, 8))
+        e = jax.random.normal(jax.random.key(51 + s), (1, 1, 8))
+        r = 1e-4
+        new = MEM.write_chunk(p, n, e, r)
+        moved = -jnp.sum((MEM.apply(new, n) - MEM.apply(p, n)) * e) / r
+        bound = MEM.gain(p, n)[0, 0] * jnp.sum(e * e)
+        assert 0 < float(moved) <= float(bound) * 1.01, (moved, bound)
+
+
+def test_a_normalised_step_never_overshoots_its_target():
+    """With the NLMS rate ``nlms_rate(eta, gain)`` a step towards a target at a huge ``eta``
+    moves the output by at most the error (first order: small errors)."""
+    p = _state(60, batch=1)
+    n = jax.random.normal(jax.random.key(61), (1, 1, 8))
+    target = MEM.apply(p, n) + 1e-3 * jax.random.normal(jax.random.key(62), (1, 1, 8))
+    err = MEM.apply(p, n) - target
+    rate = nlms_rate(1e6, MEM.gain(p, n))[..., None]
+    new = MEM.write_chunk(p, n, err, rate)
+    moved = MEM.apply(p, n) - MEM.apply(new, n)
+    assert float(jnp.sum(moved * err)) <= float(jnp.sum(err * err)) * 1.01
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_sizes_are_refused(bad):
+    with pytest.raises(ValueError, match="positive int"):
+        SwiGLUMemory(bad, 4)
