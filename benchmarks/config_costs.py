@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from benchmarks.harness import compiled_memory, time_jitted
 from nested_jax.models import LanguageModel
 from nested_jax.train.config import get_train_config, list_train_configs, model_config
-from nested_jax.train.step import init_train_state, make_optimizer, train_step
+from nested_jax.train.optimizers import make_optimizer
+from nested_jax.train.step import init_train_state, train_step
 
 SLOW = ("wikipedia_hope_small",)  # one timed step each (see the module docstring)
 

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 COMMANDS = {
     "quickstart": "train the tiny Hope on Shakespeare bytes (CPU, ~2 min), checkpoint, sample",
@@ -296,9 +297,11 @@ def _stream(argv) -> int:
     a = p.parse_args(argv)
     if a.piece < 1 or a.save_every < 1:
         p.error("--piece and --save-every must be >= 1")
-    text = open(a.file, encoding="utf-8").read() if a.file else sys.stdin.read()
+    from nested_jax.train.data import DataError, read_text
+
+    text = read_text(a.file) if a.file else sys.stdin.read()
     if not text:
-        p.error("no text to read (empty file or stdin)")
+        raise DataError(f"no text to read: {a.file or 'stdin'} is empty.")
     s, tok = _open_session(a.run, a.session, _policy(a))
     ids = np.asarray(tok.encode(text))
     total = len(text.encode("utf-8"))
@@ -339,6 +342,8 @@ def _sessions(argv) -> int:
     p = argparse.ArgumentParser(prog="nested-jax sessions")
     p.add_argument("--run", required=True, help="a training run directory")
     a = p.parse_args(argv)
+    if not (Path(a.run) / "config.json").exists():
+        raise FileNotFoundError(f"{a.run} is not a training run directory (no config.json).")
     rows = ses.list_sessions(a.run)
     if not rows:
         print(f"no sessions under {a.run}/sessions")

@@ -103,7 +103,12 @@ class _Functional(nnx.Module):
 
     def get_params(self):
         """The functional params (the pytree the wrapped ``init`` / ``init_params`` returns)."""
-        return self._layout.tree(self.params.get_value())
+        return self.as_params(self.params.get_value())
+
+    def as_params(self, flat):
+        """A value laid out as this module's ``params`` (e.g. its gradient from ``nnx.grad``) as
+        the functional params pytree."""
+        return self._layout.tree(flat)
 
     def reset(self) -> None:
         """The fast state back at its initial value (from the current params)."""

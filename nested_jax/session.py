@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_jax.models.config import ModelConfig
-from nested_jax.models.lm import LanguageModel, LMState
+from nested_jax.models.lm import LanguageModel, LMState, check_token_ids
 
 __all__ = [
     "Absorbed",
@@ -284,6 +284,7 @@ def absorb(session: Session, tokens, *, piece: int | None = None) -> Absorbed:
         raise ValueError(
             f"tokens must be [batch={batch}, n] (or [n] for batch 1), got {tokens.shape}."
         )
+    check_token_ids(tokens, session.model.config.vocab_size)
     piece = piece or session.model.config.max_len
     out, bad = [], 0
     s, n, model = 0, tokens.shape[1], session.model

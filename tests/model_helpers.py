@@ -8,6 +8,17 @@ from nested_jax.models import LanguageModel, get_config
 
 ATOL, RTOL = 2e-5, 1e-4
 
+MODELS = ["tiny", "titans_tiny", "selfmod_tiny", "hope_tiny", "hope_attention_tiny"]
+# the linear-memory family: Titans layers with a matrix memory (reduced cases; written out below)
+LINEAR = ["linear_attention_tiny", "deltanet_tiny", "gated_deltanet_tiny"]
+
+
+def setup_model(name, **kw):
+    """``setup`` with one layer for the memory models (their compile time grows with depth;
+    stacking layers is the same scanned code for every kind, tested here with the two-layer
+    Transformer++ and in test_cms.py with two-layer Hopes)."""
+    return setup(name, **({} if name == "tiny" else {"n_layers": 1}), **kw)
+
 
 def setup(name, batch=2, length=10, seed=0, **overrides):
     """A registry model (fields overridden), its params and random byte tokens ``[batch, length]``."""

@@ -106,3 +106,19 @@ def test_stream_policy_options_build_the_per_kind_policy():
     assert got == ses.Policy("all", None, "document", memories=False, cms_reset="never")
     got = cli._policy(Namespace(**dict(none, learn="fast", cms_levels="0,1")))
     assert got == ses.Policy("fast", (False, True), "never")
+
+
+def test_stream_and_sessions_bad_inputs_are_one_clear_line(tmp_path, capsys):
+    """A binary file, an empty file and a directory that is not a run: exit 2 with one line that
+    says what was wrong (before any model is loaded), no usage text."""
+    binary = tmp_path / "blob"
+    binary.write_bytes(bytes(range(128, 256)) * 4)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for path, says in ((binary, "is not UTF-8 text"), (empty, "no text to read")):
+        args = ["stream", "--run", str(tmp_path), "--session", "s", "--file", str(path)]
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and "usage" not in err and len(err.splitlines()) == 1
+    assert cli.main(["sessions", "--run", str(tmp_path / "nothing")]) == 2
+    assert "is not a training run directory" in capsys.readouterr().err

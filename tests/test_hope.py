@@ -22,7 +22,7 @@ from model_helpers import (
     setup,
 )
 
-from nested_jax.models import LanguageModel, ModelConfig, get_config
+from nested_jax.models import LanguageModel, get_config
 from nested_jax.models.layers import causal_conv, l2_normalize, rms_norm, swiglu
 
 VARIANTS = [
@@ -189,35 +189,3 @@ def test_check_grads_through_the_inner_loop(name):
 
 
 # --- configs -----------------------------------------------------------------------------------
-
-
-def test_registry_has_the_paper_scale_configs():
-    from nested_jax.models import list_configs
-
-    names = set(list_configs())
-    assert {"hope_tiny", "hope_small", "hope_760m", "hope_1.3b"} <= names
-    for name, lo, hi in (("hope_760m", 6.5e8, 8.5e8), ("hope_1.3b", 1.15e9, 1.45e9)):
-        model = LanguageModel(get_config(name))
-        n = model.num_params(jax.eval_shape(model.init, jax.random.key(0)))
-        assert lo < n < hi, (name, n)
-
-
-def test_bad_model_configs():
-    with pytest.raises(ValueError, match="cms.variant"):
-        ModelConfig(cms={"variant": "parallel"})
-    with pytest.raises(ValueError, match="cms.signal"):
-        ModelConfig(cms={"signal": "ttt"})
-    with pytest.raises(ValueError, match="multiple of the smallest"):
-        ModelConfig(cms={"periods": (4, 6)})
-    with pytest.raises(ValueError, match="divide the next"):
-        ModelConfig(cms={"periods": (4, 8, 12), "variant": "nested"})
-    with pytest.raises(ValueError, match="ints >= 0"):
-        ModelConfig(cms={"periods": (4, -1)})
-    with pytest.raises(ValueError, match="period >= 2"):
-        ModelConfig(kind="hope_attention", cms={"periods": (1,)})
-    with pytest.raises(ValueError, match="multiple of titans.chunk"):
-        ModelConfig(kind="hope", cms={"periods": (6,)}, titans={"chunk": 4})
-    with pytest.raises(ValueError, match="selfmod.main"):
-        ModelConfig(selfmod={"main": "deep"})
-    with pytest.raises(ValueError, match="selfmod.momentum"):
-        ModelConfig(selfmod={"momentum": 1.5})

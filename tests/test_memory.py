@@ -15,6 +15,7 @@ from nested_jax.memory import (
     DotProduct,
     LinearMemory,
     MLPMemory,
+    MLPParams,
     Momentum,
     Rates,
     SoftmaxMemory,
@@ -595,7 +596,8 @@ def test_normalized_write_bounds_the_step_by_the_memory_gain():
     k, v, eta = k[:, 0], v[:, 0], eta[:, 0]
     new = mem.write(st, k, v, eta)
     g1, g2 = jax.grad(
-        lambda w1, w2: jnp.sum(mem.objective.loss(mem._apply(w1, w2, k), v)), argnums=(0, 1)
+        lambda w1, w2: jnp.sum(mem.objective.loss(mem.apply(MLPParams(w1, w2), k), v)),
+        argnums=(0, 1),
     )(st.w1, st.w2)
     pre = jnp.einsum("bhjk,bhk->bhj", st.w2, k)
     h = jax.nn.silu(pre)

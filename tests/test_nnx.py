@@ -74,7 +74,7 @@ def test_a_hope_block_trains_inside_a_flax_model():
         y, _ = fn(p, fn.init_state(p, 2), h)
         return jnp.mean((model.out(y) - target) ** 2)
 
-    g_nnx = model.hope._layout.tree(nnx.grad(loss)(model).hope.params.get_value())
+    g_nnx = model.hope.as_params(nnx.grad(loss)(model).hope.params.get_value())
     g_fn = jax.grad(functional_loss)(model.hope.get_params())
     _close(g_nnx, g_fn)
     assert any(float(jnp.abs(a).sum()) > 0 for a in jax.tree.leaves(g_fn))

@@ -214,7 +214,7 @@ def test_m3_stacked_leaves_in_a_language_model_train_step():
     norms and the embeddings to AdamW (before, every stacked layer leaf went to AdamW)."""
     from nested_jax.models import LanguageModel, get_config
     from nested_jax.train.config import OptimConfig
-    from nested_jax.train.step import make_optimizer
+    from nested_jax.train.optimizers import make_optimizer
 
     model = LanguageModel(get_config("tiny", n_layers=2, d_model=16, d_ff=32))
     params = model.init(jax.random.key(0))
@@ -428,7 +428,7 @@ def test_muon_in_a_language_model_is_muon_per_layer_matrix():
     norms get exactly its AdamW part (two steps, so the momenta matter)."""
     from nested_jax.models import LanguageModel, get_config
     from nested_jax.train.config import OptimConfig
-    from nested_jax.train.step import make_optimizer
+    from nested_jax.train.optimizers import make_optimizer
 
     model = LanguageModel(get_config("tiny", n_layers=2, d_model=16, d_ff=32))
     params = model.init(jax.random.key(0))

@@ -27,7 +27,8 @@ from nested_jax.train import (
     train,
 )
 from nested_jax.train.config import OPTIMIZERS, OptimConfig, TrainConfig
-from nested_jax.train.step import init_train_state, make_optimizer, make_schedule, train_step
+from nested_jax.train.optimizers import make_optimizer, make_schedule
+from nested_jax.train.step import init_train_state, train_step
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,23 @@ def test_train_writes_metrics_checkpoints_plot_and_resumes_exactly(
     assert ev["step"] == 12 and ev["val_loss"] == pytest.approx(res.val_loss, rel=1e-6)
     text = generate(full, "the ", length=20, temperature=0.0)
     assert isinstance(text, str) and len(text.encode("utf-8", "replace")) >= 10
+
+
+def test_a_finished_run_is_left_alone(corpus, full_run, tmp_path, caplog):
+    """Running a finished run again trains nothing, reports its last losses (not NaN) and leaves
+    its config.json as it was, even when the command changed a setting."""
+    full, res = full_run
+    done = tmp_path / "done"
+    shutil.copytree(full, done)
+    before = (done / "config.json").read_text()
+    with caplog.at_level(logging.INFO, logger="nested_jax.train"):
+        again = train(tiny_config(corpus, "optim.lr=0.5"), done, progress=False)
+    assert again.step == 12 and again.train_loss == pytest.approx(res.train_loss)
+    assert again.val_loss == pytest.approx(res.val_loss)
+    assert (done / "config.json").read_text() == before
+    assert "is finished" in caplog.text and "not used" in caplog.text
+    assert "validation tokens" in caplog.text  # the corpus and its split are reported
+    assert sorted(int(p.name) for p in (done / "checkpoints").iterdir()) == [4, 8, 12]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "scramble", "metadata"])

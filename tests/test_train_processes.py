@@ -122,7 +122,7 @@ SHARDED = textwrap.dedent(
             run = Run(cfg, f"{out}/{model}-{mesh[0]}x{mesh[1]}")
             state, it, ls = run.init_state(), run.data_iterator(), []
             for _ in range(3):
-                state, m = run._step(state, run.batch(next(it)))
+                state, m = run.step(state, run.batch(next(it)))
                 ls.append(float(m["loss"]))
             losses[str(mesh)] = ls
             specs = {str(l.sharding.spec) for l in jax.tree.leaves(state.params)}

@@ -61,7 +61,7 @@ def _lm_setup(name):
 
     def make(lr):
         from nested_jax.train.config import OptimConfig
-        from nested_jax.train.step import OPTIMIZERS as SETUPS
+        from nested_jax.train.optimizers import OPTIMIZERS as SETUPS
 
         return SETUPS[name](OptimConfig(name=name, weight_decay=0.0), lr)
 

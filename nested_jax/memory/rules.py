@@ -91,7 +91,7 @@ def nlms_rate(eta, gain, strength=1.0):
     ``1 + strength eta gain`` bounds the step at ``1 / strength`` errors' worth whatever ``eta``,
     the width or the weights, and leaves small rates nearly unchanged.
 
-    >>> float(nlms_rate(1e6, 2.0))  # a huge rate: bounded at 1 / gain
+    >>> round(float(nlms_rate(1e6, 2.0)), 4)  # a huge rate: bounded at 1 / gain
     0.5
     """
     return eta / (1.0 + strength * eta * gain)

@@ -10,7 +10,10 @@ generator memories) and :class:`CMSConfig` (the Continuum Memory System). Change
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import typing
+from typing import Any, Literal
+
+from nested_jax.models.migrate import LEGACY, migrate_model_json
 
 __all__ = [
     "CMSConfig",
@@ -20,15 +23,20 @@ __all__ = [
     "check_field",
     "get_config",
     "list_configs",
-    "migrate_field",
-    "migrate_model_json",
 ]
 
-KINDS = ("transformer", "titans", "selfmod", "hope", "hope_attention")
-CMS_VARIANTS = ("sequential", "nested", "independent")
-CMS_SIGNALS = ("ntp", "teach", "local")
-CMS_NORMS = ("period", "token", "none")
-SM_MAINS = ("mlp", "linear")
+Kind = Literal["transformer", "titans", "selfmod", "hope", "hope_attention"]
+
+
+def _choices(owner, prefix: str) -> None:
+    """Every ``Literal`` field of ``owner`` holds one of its values (the one place the allowed
+    values are written is the field's type)."""
+    hints = typing.get_type_hints(type(owner))
+    for f in dataclasses.fields(owner):
+        if typing.get_origin(hints[f.name]) is Literal:
+            allowed, v = typing.get_args(hints[f.name]), getattr(owner, f.name)
+            if isinstance(v, bool) or v not in allowed:
+                raise ValueError(f"{prefix}{f.name} must be one of {allowed}, got {v!r}.")
 
 
 def _positive(owner, names):
@@ -92,9 +100,9 @@ class TitansConfig:
     eta_max: float = 0.1
     conv_width: int = 4
     inner_norm: bool = True
-    memory: str = "mlp"
-    objective: str = "l2"
-    rule: str = "momentum"
+    memory: Literal["mlp", "linear"] = "mlp"
+    objective: Literal["l2", "dot"] = "l2"
+    rule: Literal["momentum", "gd"] = "momentum"
     retention: bool = True
     beta_max: float = 0.95
     step_bound: float = 1.0
@@ -112,15 +120,7 @@ class TitansConfig:
                 f"titans.beta_max must be in (0.9, 1) (the momentum gate starts at 0.9), got "
                 f"{self.beta_max}."
             )
-        for name, allowed in (
-            ("memory", ("mlp", "linear")),
-            ("objective", ("l2", "dot")),
-            ("rule", ("momentum", "gd")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"titans.{name} must be one of {allowed}, got {getattr(self, name)!r}."
-                )
+        _choices(self, "titans.")
 
     @property
     def is_default_memory(self) -> bool:
@@ -167,10 +167,10 @@ class SelfModConfig:
     chunk: int = 4
     adaptive_q: bool = False
     momentum: float | None = 0.9
-    main: str = "mlp"
+    main: Literal["mlp", "linear"] = "mlp"
     adaptive: bool = True
     unit_values: bool = True
-    rule: str = "dgd"
+    rule: Literal["dgd", "gd"] = "dgd"
     retention: bool = True
     self_values: bool = True
     target_grad: bool = True
@@ -182,10 +182,7 @@ class SelfModConfig:
             "selfmod.",
             ("adaptive_q", "adaptive", "unit_values", "retention", "self_values", "target_grad"),
         )
-        if self.main not in SM_MAINS:
-            raise ValueError(f"selfmod.main must be one of {SM_MAINS}, got {self.main!r}.")
-        if self.rule not in ("dgd", "gd"):
-            raise ValueError(f"selfmod.rule must be 'dgd' or 'gd', got {self.rule!r}.")
+        _choices(self, "selfmod.")
         if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"selfmod.momentum must be None or in [0, 1), got {self.momentum}.")
 
@@ -212,29 +209,27 @@ class CMSConfig:
         step a level of period ``P`` takes however alike its ``P`` inputs are; ``"token"``
         (decisions D54) divides each token's rate by ``1 + lr gain_t / (C - 1)``, which bounds
         one token's share but lets a chunk of near-identical inputs overshoot up to ``P`` times;
-        ``"none"``: the plain rate. ``True`` / ``False`` (configs saved before D86) read as
-        ``"token"`` / ``"none"``.
+        ``"none"``: the plain rate (configs saved before D86 with ``True`` / ``False`` are read
+        as ``"token"`` / ``"none"`` by :meth:`ModelConfig.from_json`).
       persistent: :meth:`LanguageModel.next_sequence` keeps the CMS weights (deployed /
         continual mode) instead of resetting them to their learned initial values.
     """
 
     periods: tuple = (8, 32)
-    variant: str = "sequential"
-    signal: str = "teach"
+    variant: Literal["sequential", "nested", "independent"] = "sequential"
+    signal: Literal["teach", "ntp", "local"] = "teach"
     lr: float = 0.1
     learn_lr: bool = True
-    norm: str = "period"
+    norm: Literal["period", "token", "none"] = "period"
     persistent: bool = False
 
     def __post_init__(self):
-        if self.variant not in CMS_VARIANTS:
-            raise ValueError(f"cms.variant must be one of {CMS_VARIANTS}, got {self.variant!r}.")
-        if self.signal not in CMS_SIGNALS:
-            raise ValueError(f"cms.signal must be one of {CMS_SIGNALS}, got {self.signal!r}.")
-        if isinstance(self.norm, bool):  # the boolean of configs saved before D86
-            object.__setattr__(self, "norm", "token" if self.norm else "none")
-        if self.norm not in CMS_NORMS:
-            raise ValueError(f"cms.norm must be one of {CMS_NORMS}, got {self.norm!r}.")
+        if isinstance(self.norm, bool):
+            raise TypeError(
+                f"cms.norm is a mode, 'period', 'token' or 'none', not {self.norm!r} (a saved "
+                "config of before decisions D86: ModelConfig.from_json reads it)."
+            )
+        _choices(self, "cms.")
         _flags(self, "cms.", ("learn_lr", "persistent"))
         periods = self.periods
         if isinstance(periods, list | tuple):
@@ -273,30 +268,13 @@ class CMSConfig:
 
 _SUBCONFIGS = {"titans": TitansConfig, "selfmod": SelfModConfig, "cms": CMSConfig}
 
-# The flat field names of nested_jax <= 0.5 (runs saved before the sub-configs): old -> new path.
-_LEGACY = {
-    "mem_chunk": "titans.chunk",
-    "mem_expansion": "titans.expansion",
-    "eta_max": "titans.eta_max",
-    "conv_width": "titans.conv_width",
-    "inner_norm": "titans.inner_norm",
-    **{
-        f"sm_{f}": f"selfmod.{f}"
-        for f in ("chunk", "adaptive_q", "momentum", "main", "adaptive", "unit_values")
-    },
-    **{
-        f"cms_{f}": f"cms.{f}"
-        for f in ("periods", "variant", "signal", "lr", "learn_lr", "norm", "persistent")
-    },
-}
-
 
 def check_field(path: str) -> str:
     """``path`` if it names a model config field (``"d_model"``, ``"cms.signal"``); a ValueError
     saying what to write instead otherwise (the flat names of older versions included)."""
-    if path in _LEGACY:
+    if path in LEGACY:
         raise ValueError(
-            f"{path!r} is now {_LEGACY[path]!r} (the model config has sub-configs since 0.6)."
+            f"{path!r} is now {LEGACY[path]!r} (the model config has sub-configs since 0.6)."
         )
     head, _, field = path.partition(".")
     names = [f.name for f in dataclasses.fields(ModelConfig)]
@@ -307,49 +285,6 @@ def check_field(path: str) -> str:
         if field not in sub:
             raise ValueError(f"unknown field {path!r}; {head} has no sub-fields other than {sub}.")
     return path
-
-
-def migrate_field(name: str) -> str:
-    """A model config field's path today, given its name in a run saved before the sub-configs
-    (``"cms_periods"`` -> ``"cms.periods"``); other names unchanged."""
-    return _LEGACY.get(name, name)
-
-
-# Fields added after runs were saved whose value then was what their default does now: a saved
-# config without them gets them (so a checkpoint from before still matches its config). A field
-# whose default changed behaviour (``titans.inner_norm``, ``selfmod.unit_values``) is not here:
-# an older run without it keeps failing the checkpoint check instead of loading as another model.
-_ADDED = {
-    "attn_window": None,
-    "titans.memory": "mlp",
-    "titans.objective": "l2",
-    "titans.rule": "momentum",
-    "titans.retention": True,
-    "titans.step_bound": 1.0,
-    "selfmod.rule": "dgd",
-    "selfmod.retention": True,
-    "selfmod.self_values": True,
-}
-
-
-def migrate_model_json(d: dict) -> dict:
-    """A saved model config (``dataclasses.asdict`` form) with any flat field of older runs
-    (``cms_periods``, ``sm_chunk``, ``mem_chunk``, ...) moved into its sub-config, and the fields
-    added since that leave older models as they were (``attn_window``, ``selfmod.rule``, ...)
-    filled in."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
-    for old, new in _LEGACY.items():
-        if old in out:
-            head, field = new.split(".")
-            out.setdefault(head, {})[field] = out.pop(old)
-    dotted = any("." in k for k in out)  # the flat form (``"cms.periods": ...``) of checkpoints
-    for path, value in _ADDED.items():
-        head, _, field = path.partition(".")
-        if not field or dotted:
-            out.setdefault(path, value)
-        elif isinstance(out.get(head), dict):
-            out[head].setdefault(field, value)
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,7 +308,7 @@ class ModelConfig:
     Sub-configs may be given as dicts (``ModelConfig(kind="hope", cms={"periods": (4, 8)})``).
     """
 
-    kind: str = "transformer"
+    kind: Kind = "transformer"
     vocab_size: int = 256
     d_model: int = 64
     n_layers: int = 2
@@ -389,8 +324,7 @@ class ModelConfig:
     first_order: bool = False
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}.")
+        _choices(self, "")
         for name, cls in _SUBCONFIGS.items():
             sub = getattr(self, name)
             if isinstance(sub, dict):

@@ -52,7 +52,14 @@ from nested_jax.models.self_modifying import SelfModifyingBlock
 from nested_jax.models.titans import TitansBlock
 from nested_jax.models.transformer import TransformerBlock
 
-__all__ = ["LMState", "LanguageModel", "count_params", "matched_d_ff", "token_nll"]
+__all__ = [
+    "LMState",
+    "LanguageModel",
+    "check_token_ids",
+    "count_params",
+    "matched_d_ff",
+    "token_nll",
+]
 
 
 _BLOCKS = {
@@ -161,6 +168,7 @@ class LanguageModel:
                 f"sequence length {tokens.shape[1]} exceeds the model's max_len "
                 f"{self.config.max_len}; raise max_len in the config or stream in chunks."
             )
+        check_token_ids(tokens, self.config.vocab_size)
 
     def _forward(self, params: dict, layers: Any, tokens: jax.Array, ctx: Context):
         """Embeddings -> every layer (scanned) -> head: ``(logits, layers, taps)``. The array
@@ -407,6 +415,21 @@ class LanguageModel:
 
     def num_params(self, params: dict) -> int:
         return sum(int(a.size) for a in jax.tree.leaves(params))
+
+
+def check_token_ids(tokens, vocab_size: int) -> None:
+    """Raise a ``ValueError`` when concrete ``tokens`` hold an id outside ``[0, vocab_size)``
+    (the embedding lookup would clamp it silently: wrong results, no error). Traced tokens
+    (inside ``jit``) are not checked: check them where they are made (data pipeline, CLI)."""
+    if isinstance(tokens, jax.core.Tracer) or tokens.size == 0:
+        return
+    host = np.asarray(tokens)  # on the host: inside a trace, jnp.min would be traced too
+    lo, hi = int(host.min()), int(host.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(
+            f"token ids must be in [0, vocab_size={vocab_size}); got ids from {lo} to {hi}. "
+            "Use the model's own tokenizer (or a model config with a larger vocab_size)."
+        )
 
 
 def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:

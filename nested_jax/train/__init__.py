@@ -4,7 +4,8 @@ loop with checkpoints (orbax), sharding (``data`` / ``fsdp`` mesh) and generatio
 Where things are:
   data.py        tokenizers, offline corpora, the split by document, the grain pipeline
   config.py      TrainConfig / DataConfig / OptimConfig, named runs, ``key=value`` overrides
-  step.py        TrainState, the outer optimizer and schedule, jitted train / eval steps
+  optimizers.py  the outer optimizers by name (OPTIMIZERS) and the learning-rate schedule
+  step.py        TrainState, jitted train / eval steps
   checkpoint.py  orbax v1 checkpoints: keep N, atomic, fall back past a corrupt step
   sharding.py    the (data, fsdp) mesh and shardings; multi-host initialisation
   loop.py        Run, train (resumable, NaN-guarded), evaluate, generate
@@ -32,9 +33,11 @@ from nested_jax.train.loop import (
     sample,
     train,
 )
-from nested_jax.train.step import TrainState, make_optimizer, train_step
+from nested_jax.train.optimizers import OPTIMIZERS, make_optimizer
+from nested_jax.train.step import TrainState, train_step
 
 __all__ = [
+    "OPTIMIZERS",
     "CheckpointMismatchError",
     "Checkpoints",
     "ConfigError",

@@ -14,14 +14,9 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-from nested_jax.models.config import (
-    ModelConfig,
-    check_field,
-    get_config,
-    list_configs,
-    migrate_field,
-)
-from nested_jax.train.step import OPTIMIZERS
+from nested_jax.models.config import ModelConfig, check_field, get_config, list_configs
+from nested_jax.models.migrate import migrate_field, migrate_value
+from nested_jax.train.optimizers import OPTIMIZERS
 
 __all__ = [
     "ConfigError",
@@ -129,7 +124,10 @@ class TrainConfig:
         d["data"] = DataConfig(**d["data"])
         d["optim"] = OptimConfig(**d["optim"])
         d["model_overrides"] = tuple(  # flat names of runs saved before the sub-configs
-            (migrate_field(k), tuple(v) if isinstance(v, list) else v)
+            (
+                migrate_field(k),
+                migrate_value(migrate_field(k), tuple(v) if isinstance(v, list) else v),
+            )
             for k, v in d["model_overrides"]
         )
         d["mesh"] = tuple(d["mesh"])

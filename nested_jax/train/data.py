@@ -108,6 +108,10 @@ class BPETokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids])
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the vocabulary (``tokenizers`` JSON) to ``path``."""
+        self._tok.save(str(path))
+
 
 # -------------------------------------------------------------------------------------- corpora
 @dataclasses.dataclass
@@ -152,9 +156,10 @@ def _wikipedia() -> Corpus:
     return Corpus("wikipedia", texts=texts)
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: str | os.PathLike) -> str:
     """A UTF-8 text file; a binary or otherwise non-UTF-8 file is a :class:`DataError` (it would
     train on U+FFFD replacement characters)."""
+    path = Path(path)
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
@@ -181,7 +186,7 @@ def load_corpus(source: str) -> Corpus:
             files = sorted(path.rglob("*.txt"))
             if not files:
                 raise DataError(f"corpus folder {path} holds no *.txt files.")
-            texts = [_read_text(f) for f in files]
+            texts = [read_text(f) for f in files]
             corpus = Corpus(str(path), texts=texts)
         elif path.suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
@@ -191,7 +196,7 @@ def load_corpus(source: str) -> Corpus:
                 )
             corpus = Corpus(str(path), arrays=[arr.astype(np.int32)])
         else:
-            corpus = Corpus(str(path), texts=[_read_text(path)])
+            corpus = Corpus(str(path), texts=[read_text(path)])
     docs = corpus.texts if corpus.texts is not None else corpus.arrays
     docs = [d for d in docs if len(d) > 0]
     if not docs:
@@ -249,6 +254,8 @@ def prepare(
     tr, va = split_documents(len(corpus), val_fraction, seed)
     if corpus.arrays is not None:
         stream = corpus.arrays[0]
+        if len(stream) and int(stream.min()) < 0:
+            raise DataError(f"{source} holds negative token ids (min {int(stream.min())}).")
         cut = len(stream) - int(round(val_fraction * len(stream)))
         train, val = stream[:cut], stream[cut:]
         vocab = int(stream.max()) + 1

@@ -17,6 +17,7 @@ Running the same command again resumes from the newest good checkpoint, with the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -34,19 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_jax.models import LanguageModel
-from nested_jax.models.config import migrate_model_json
+from nested_jax.models.migrate import migrate_model_json
 from nested_jax.train import data as data_lib
 from nested_jax.train import sharding as sh
 from nested_jax.train.checkpoint import CheckpointMismatchError, Checkpoints
 from nested_jax.train.config import ConfigError, TrainConfig, dumps, model_config, validate
-from nested_jax.train.step import (
-    bits_per_byte,
-    eval_step,
-    init_train_state,
-    make_optimizer,
-    make_schedule,
-    train_step,
-)
+from nested_jax.train.optimizers import make_optimizer, make_schedule
+from nested_jax.train.step import bits_per_byte, eval_step, init_train_state, train_step
 
 __all__ = ["Run", "RunResult", "NonFiniteLossError", "train", "evaluate", "generate", "sample"]
 
@@ -156,6 +151,16 @@ class Run:
                 cache_dir=d.cache_dir,
             )
             self.tokenizer, vocab = self.splits.tokenizer, self.splits.vocab_size
+            tr, va = self.splits.n_docs
+            log.info(
+                "data %s (%s tokens): %s training and %s validation tokens (%d / %d documents)",
+                d.corpus,
+                self.splits.tokenizer.name if self.splits.tokenizer is not None else "npy",
+                f"{len(self.splits.train):,}",
+                f"{len(self.splits.val):,}",
+                tr,
+                va,
+            )
             data_lib.check_length(self.splits.train, d.seq_len, "training")
             if len(self.splits.val):
                 self._val_windows()  # a too-small validation split stops the run before training
@@ -177,7 +182,7 @@ class Run:
         c = _compiled(self.model_config, cfg.optim, cfg.steps, self.mesh)
         self.opt, self.schedule = c.opt, c.schedule
         self.state_sharding, self.abstract_state = c.state_sharding, c.abstract_state
-        self._init, self._step, self._eval = c.init, c.step, c.eval
+        self._init, self._train_step, self._eval = c.init, c.step, c.eval
         self.ckpt = Checkpoints(self.out_dir / "checkpoints", cfg.keep)
 
     # ---------------------------------------------------------------------------- helpers
@@ -241,6 +246,10 @@ class Run:
 
     def init_state(self):
         return self._init(jax.random.key(self.cfg.seed))
+
+    def step(self, state, batch: jax.Array):
+        """One jitted training step: ``(state, metrics)`` (a non-finite step is not applied)."""
+        return self._train_step(state, batch)
 
     def restore(self, data_iter=None, *, read_only: bool = False):
         """``(step, state)`` from the newest good checkpoint, or ``None`` (``read_only``: leave
@@ -359,28 +368,89 @@ def plot_losses(out_dir) -> Path | None:
 
 
 # ------------------------------------------------------------------------------- the loop
-def _stop_on_sigterm():
-    """Make SIGTERM (what schedulers, CI and ending sessions send) stop a run like Ctrl-C: the
-    loop saves a checkpoint at the current step. Returns the previous handler (``None`` off the
-    main thread, where handlers cannot be set)."""
+@contextlib.contextmanager
+def _sigterm_stops():
+    """SIGTERM (what schedulers, CI and ending sessions send) stops a run like Ctrl-C inside the
+    block: the loop saves a checkpoint at the current step. The previous handler is restored
+    after (off the main thread, where handlers cannot be set, nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        yield
+        return
 
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    return signal.signal(signal.SIGTERM, handler)
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def train(
     cfg: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True, resume: bool = True
 ) -> RunResult:
     """Train (or resume) the run in ``out_dir``. Raises :class:`NonFiniteLossError` on a
-    non-finite step under ``nan_policy="stop"`` (the last good checkpoint stays as it was)."""
-    out_dir = Path(out_dir)
+    non-finite step under ``nan_policy="stop"`` (the last good checkpoint stays as it was). A
+    finished run (its newest checkpoint at ``steps``) is left as it is."""
     run = Run(cfg, out_dir)  # data and config errors raise here, before any folder is made
+    if resume and (done := _finished(run)) is not None:
+        return done
+    _write_run_files(run, resume)
+    it = run.data_iterator()
+    step, state = _start(run, it, resume)
+    hooks = _Hooks(run, step, progress)
+    guard = _NanGuard(run.cfg, hooks)
+    with _sigterm_stops():
+        try:
+            while step < run.cfg.steps:
+                state, m = hooks.step(state, run.batch(next(it)), step + 1)
+                step += 1
+                guard.check(step, m)
+                hooks.after_step(step, state, m, it)
+            ev = hooks.finish(step, state, it)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the current step, then stop
+            hooks.interrupted(step, state, it)
+            raise
+        finally:  # whatever happened: the bar, the files and the checkpointer closed
+            hooks.close()
+    return hooks.result(step, state, ev)
+
+
+def _finished(run: Run) -> RunResult | None:
+    """The result of a run whose newest checkpoint is at its last step (nothing is trained,
+    and its files are left alone; a changed config is reported and not used), else ``None``."""
+    cfg, saved = run.cfg, run.out_dir / "config.json"
+    if not (saved.exists() and run.ckpt.steps and run.ckpt.steps[-1] >= cfg.steps):
+        return None
+    step = run.ckpt.steps[-1]
+    if TrainConfig.from_json(json.loads(saved.read_text())) != cfg:
+        log.warning("%s differs from this config; the run is finished, so it is not used.", saved)
+    rec = read_metrics(run.out_dir) if (run.out_dir / "metrics.jsonl").exists() else []
+    last = lambda key: next((r[key] for r in reversed(rec) if key in r), float("nan"))
+    skipped = sum(1 for r in rec if r.get("skipped"))
+    ckpt = run.ckpt.path(step)
+    run.ckpt.close()
+    log.info(
+        "the run in %s is finished (step %d of %d; train loss %.4f, val loss %.4f, %.3f "
+        "bits/byte); nothing to train. Raise steps to train it further.",
+        run.out_dir,
+        step,
+        cfg.steps,
+        last("loss"),
+        last("val_loss"),
+        last("val_bpb"),
+    )
+    return RunResult(
+        run.out_dir, step, last("loss"), last("val_loss"), last("val_bpb"), ckpt, skipped
+    )
+
+
+def _write_run_files(run: Run, resume: bool) -> None:
+    """The run directory with this config (atomically) and the BPE vocabulary; resuming with a
+    changed config (other than more steps) is reported."""
+    cfg, out_dir = run.cfg, run.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = run.cfg
     saved = out_dir / "config.json"
     if saved.exists() and resume and run.ckpt.steps:
         old = TrainConfig.from_json(json.loads(saved.read_text()))
@@ -390,131 +460,166 @@ def train(
     tmp.write_text(dumps(cfg))
     os.replace(tmp, saved)
     if run.tokenizer is not None and run.tokenizer.name == "bpe":
-        run.tokenizer._tok.save(str(out_dir / "tokenizer.json"))
+        run.tokenizer.save(out_dir / "tokenizer.json")
 
-    it = run.data_iterator()
+
+def _start(run: Run, it, resume: bool):
+    """``(step, state)``: the newest good checkpoint's (the data iterator moved to its
+    position), or a fresh state at step 0."""
     got = run.restore(it) if resume else None
     if got is None:
-        step, state = 0, run.init_state()
-    else:
-        step, state = got
-        log.info("resumed from %s at step %d", run.ckpt.path(step), step)
-    metrics = _Metrics(out_dir, step, cfg.tensorboard)
-    n_params = run.model.num_params(state.params)
-    log.info(
-        "model %s (%s, %.2fM parameters), %s on %d device(s) mesh %s; %d tokens/step",
-        cfg.model,
-        run.model_config.kind,
-        n_params / 1e6,
-        cfg.optim.name,
-        jax.device_count(),
-        dict(run.mesh.shape),
-        cfg.data.batch_size * cfg.data.seq_len,
-    )
-    try:  # the bar starts after the first step: compile time is not in its speed or ETA
-        from tqdm.auto import tqdm
+        return 0, run.init_state()
+    log.info("resumed from %s at step %d", run.ckpt.path(got[0]), got[0])
+    return got
 
-        def new_bar(at):
-            return tqdm(total=cfg.steps, initial=at, disable=not progress, unit="step")
-    except ImportError:  # pragma: no cover
-        new_bar = None
-    bar = None
-    tokens = cfg.data.batch_size * cfg.data.seq_len
-    last_ckpt = run.ckpt.path(run.ckpt.steps[-1]) if run.ckpt.steps else None
-    loss = float("nan")
-    skips_in_row = 0
-    t_last, steps_since = time.perf_counter(), 0
-    first = True
-    old_handler = _stop_on_sigterm()
-    if step < cfg.steps:
-        log.info("compiling the train step (the first step includes it) ...")
-    try:
-        while step < cfg.steps:
-            batch = run.batch(next(it))
-            t_step = time.perf_counter()
-            state, m = run._step(state, batch)
-            step += 1
-            loss, gnorm = float(m["loss"]), float(m["grad_norm"])
-            if first:  # compile (or a compile-cache load) + one step: what a user waits for
-                first = False
-                dt = time.perf_counter() - t_step
-                metrics.write({"step": step, "first_step_s": dt})
-                log.info("first step %.1f s (compiling the train step included)", dt)
-                if new_bar is not None:
-                    bar = new_bar(step - 1)
-            if not bool(m["finite"]):
-                where = (
-                    f"non-finite loss ({loss}) or gradient norm ({gnorm}) at step {step} "
-                    f"(data batch {step - 1}); the update was not applied"
-                )
-                good = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint"
-                skips_in_row += 1
-                if cfg.nan_policy == "stop" or skips_in_row > cfg.max_skips:
-                    why = "" if cfg.nan_policy == "stop" else f" ({skips_in_row} in a row)"
-                    raise NonFiniteLossError(f"{where}{why}. Stopping; {good}.", step=step)
-                log.warning("%s; skipping (nan_policy='skip').", where)
-                metrics.write({"step": step, "skipped": True})
-            else:
-                skips_in_row = 0
-            steps_since += 1
-            if cfg.log_every and step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                rate = steps_since * tokens / max(now - t_last, 1e-9)
-                t_last, steps_since = now, 0
-                rec = {
-                    "step": step,
-                    "loss": loss,
-                    "grad_norm": gnorm,
-                    "lr": float(run.schedule(step - 1)),
-                    "tokens_per_s": rate,
-                }
-                metrics.write(rec)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
-            if bar is not None:
-                bar.update(1)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                t_eval = time.perf_counter()
-                ev = run.evaluate(state.params)
-                metrics.write({"step": step, **ev})
-                log.info("step %d: val loss %.4f, %.3f bits/byte", step, *ev.values())
-                spent = time.perf_counter() - t_eval
-                t_last += spent  # evaluation is not training speed (tokens_per_s, the bar)
-                if bar is not None and not bar.disable:
-                    bar.start_t += spent
-                    bar.last_print_t += spent
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                last_ckpt = run.save(step, state, it)
-            if cfg.step_sleep:
-                time.sleep(cfg.step_sleep)
-        if not run.ckpt.steps or run.ckpt.steps[-1] != step:
-            last_ckpt = run.save(step, state, it)
-        ev = run.evaluate(state.params)
-        metrics.write({"step": step, **ev})
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the current step, then stop
-        if not run.ckpt.steps or run.ckpt.steps[-1] != step:
-            last_ckpt = run.save(step, state, it)
-        log.warning("interrupted at step %d; saved %s. Run again to resume.", step, last_ckpt)
-        raise
-    finally:  # whatever happened: the handler restored, the files flushed and closed
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-        if bar is not None:
-            bar.close()
-        metrics.close()
-        run.ckpt.close()
-    if cfg.plot:
-        plot_losses(out_dir)
-    skipped = int(state.skipped)
-    log.info(
-        "done: step %d, train loss %.4f, val loss %.4f (%.3f bits/byte); checkpoint %s",
-        step,
-        loss,
-        ev["val_loss"],
-        ev["val_bpb"],
-        last_ckpt,
-    )
-    return RunResult(out_dir, step, loss, ev["val_loss"], ev["val_bpb"], last_ckpt, skipped)
+
+class _NanGuard:
+    """The NaN policy (the train step never applies a non-finite update): ``"stop"`` raises
+    :class:`NonFiniteLossError`; ``"skip"`` goes on, up to ``max_skips`` in a row."""
+
+    def __init__(self, cfg: TrainConfig, hooks: _Hooks):
+        self.cfg, self.hooks, self.in_row = cfg, hooks, 0
+
+    def check(self, step: int, m: dict) -> None:
+        if bool(m["finite"]):
+            self.in_row = 0
+            return
+        where = (
+            f"non-finite loss ({float(m['loss'])}) or gradient norm ({float(m['grad_norm'])}) at "
+            f"step {step} (data batch {step - 1}); the update was not applied"
+        )
+        last = self.hooks.last_ckpt
+        good = f"the last good checkpoint is {last}" if last else "no checkpoint"
+        self.in_row += 1
+        if self.cfg.nan_policy == "stop" or self.in_row > self.cfg.max_skips:
+            why = "" if self.cfg.nan_policy == "stop" else f" ({self.in_row} in a row)"
+            raise NonFiniteLossError(f"{where}{why}. Stopping; {good}.", step=step)
+        log.warning("%s; skipping (nan_policy='skip').", where)
+        self.hooks.metrics.write({"step": step, "skipped": True})
+
+
+class _Hooks:
+    """What happens around the steps: the first step's timing, logged metrics and the progress
+    bar, evaluations and checkpoints on schedule, the final save and evaluation."""
+
+    def __init__(self, run: Run, step: int, progress: bool):
+        cfg = self.cfg = run.cfg
+        self.run, self.progress, self.first = run, progress, True
+        self.metrics = _Metrics(run.out_dir, step, cfg.tensorboard)
+        self.last_ckpt = run.ckpt.path(run.ckpt.steps[-1]) if run.ckpt.steps else None
+        self.tokens = cfg.data.batch_size * cfg.data.seq_len
+        self.loss, self.bar = float("nan"), None
+        self.t_last, self.steps_since = time.perf_counter(), 0
+        params = jax.tree.leaves(run.abstract_state.params)
+        log.info(
+            "model %s (%s, %.2fM parameters), %s on %d device(s) mesh %s; %d tokens/step",
+            cfg.model,
+            run.model_config.kind,
+            sum(int(np.prod(a.shape)) for a in params) / 1e6,
+            cfg.optim.name,
+            jax.device_count(),
+            dict(run.mesh.shape),
+            self.tokens,
+        )
+        if step < cfg.steps:
+            log.info("compiling the train step (the first step includes it) ...")
+
+    def step(self, state, batch: jax.Array, step: int):
+        """Run training step number ``step`` (1-based); the first one is timed (compile, or a
+        compile-cache load, plus one step: what a user waits for)."""
+        t = time.perf_counter()
+        state, m = self.run.step(state, batch)
+        self.loss = float(m["loss"])
+        if self.first:
+            self.first = False
+            dt = time.perf_counter() - t
+            self.metrics.write({"step": step, "first_step_s": dt})
+            log.info("first step %.1f s (compiling the train step included)", dt)
+            self._new_bar(step - 1)  # after it: compile time is not in the bar's speed or ETA
+        return state, m
+
+    def after_step(self, step: int, state, m: dict, it) -> None:
+        cfg = self.cfg
+        self.steps_since += 1
+        if cfg.log_every and step % cfg.log_every == 0 or step == cfg.steps:
+            self._log(step, m)
+        if self.bar is not None:
+            self.bar.update(1)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            self._evaluate(step, state)
+        if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+            self.last_ckpt = self.run.save(step, state, it)
+        if cfg.step_sleep:
+            time.sleep(cfg.step_sleep)
+
+    def _new_bar(self, at: int) -> None:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            return
+        self.bar = tqdm(total=self.cfg.steps, initial=at, disable=not self.progress, unit="step")
+
+    def _log(self, step: int, m: dict) -> None:
+        now = time.perf_counter()
+        rate = self.steps_since * self.tokens / max(now - self.t_last, 1e-9)
+        self.t_last, self.steps_since = now, 0
+        rec = {
+            "step": step,
+            "loss": self.loss,
+            "grad_norm": float(m["grad_norm"]),
+            "lr": float(self.run.schedule(step - 1)),
+            "tokens_per_s": rate,
+        }
+        self.metrics.write(rec)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.loss:.3f}", tok_s=f"{rate:,.0f}")
+
+    def _evaluate(self, step: int, state) -> None:
+        t_eval = time.perf_counter()
+        ev = self.run.evaluate(state.params)
+        self.metrics.write({"step": step, **ev})
+        log.info("step %d: val loss %.4f, %.3f bits/byte", step, *ev.values())
+        self.t_last += time.perf_counter() - t_eval  # evaluation is not training speed
+        if self.bar is not None:
+            self.bar.unpause()  # nor in the bar's (its timer restarts from its last print)
+
+    def _save_if_new(self, step: int, state, it) -> None:
+        if not self.run.ckpt.steps or self.run.ckpt.steps[-1] != step:
+            self.last_ckpt = self.run.save(step, state, it)
+
+    def finish(self, step: int, state, it) -> dict:
+        """The final checkpoint and evaluation."""
+        self._save_if_new(step, state, it)
+        ev = self.run.evaluate(state.params)
+        self.metrics.write({"step": step, **ev})
+        return ev
+
+    def interrupted(self, step: int, state, it) -> None:
+        self._save_if_new(step, state, it)
+        log.warning("interrupted at step %d; saved %s. Run again to resume.", step, self.last_ckpt)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.metrics.close()
+        self.run.ckpt.close()
+
+    def result(self, step: int, state, ev: dict) -> RunResult:
+        if self.cfg.plot:
+            plot_losses(self.run.out_dir)
+        log.info(
+            "done: step %d, train loss %.4f, val loss %.4f (%.3f bits/byte); checkpoint %s",
+            step,
+            self.loss,
+            ev["val_loss"],
+            ev["val_bpb"],
+            self.last_ckpt,
+        )
+        out = self.run.out_dir
+        skipped = int(state.skipped)
+        return RunResult(
+            out, step, self.loss, ev["val_loss"], ev["val_bpb"], self.last_ckpt, skipped
+        )
 
 
 def load_run(out_dir, *, load_data: bool = True) -> tuple[Run, Any, int]:
