@@ -20,21 +20,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.harness import write_json
+
 HERE = Path(__file__).resolve().parents[1]
 
 
-def _measure(tree: Path, model: str, seq: int, repeats: int) -> dict:
+def _measure(tree: Path, model: str, seq: int, repeats: int, quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         cmd = [sys.executable, "-m", "benchmarks.run", "model_throughput"]
         cmd += ["--models", model, "--seqs", str(seq), "--repeats", str(repeats), "--out", str(out)]
+        cmd += ["--quick"] if quick else []
         env = {**os.environ, "PYTHONPATH": str(tree)}
         subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
         rows = json.loads(out.read_text())["results"]
@@ -42,7 +44,7 @@ def _measure(tree: Path, model: str, seq: int, repeats: int) -> dict:
     return {k: row[k] for k in ("tokens_per_s", "compile_s", "matmul_gflop_per_step", "params")}
 
 
-def run(base: Path, models, seqs, rounds: int, repeats: int) -> dict:
+def run(base: Path, models, seqs, rounds: int, repeats: int, quick: bool = False) -> dict:
     trees = {"base": base.resolve(), "this": HERE}
     runs = {name: {(m, s): [] for m in models for s in seqs} for name in trees}
     for r in range(rounds):
@@ -50,7 +52,7 @@ def run(base: Path, models, seqs, rounds: int, repeats: int) -> dict:
         for seq in seqs:
             for model in models:
                 for name in order:
-                    got = _measure(trees[name], model, seq, repeats)
+                    got = _measure(trees[name], model, seq, repeats, quick)
                     runs[name][(model, seq)].append(got)
                     print(
                         f"round {r} {name:>4} {model:>18} seq={seq} "
@@ -81,8 +83,7 @@ def run(base: Path, models, seqs, rounds: int, repeats: int) -> dict:
         "base": str(trees["base"]),
         "base_commit": _commit(trees["base"]),
         "this_commit": _commit(HERE),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "config": {"models": list(models), "seqs": list(seqs), "rounds": rounds},
+        "config": {"models": list(models), "seqs": list(seqs), "rounds": rounds, "quick": quick},
         "results": rows,
     }
 
@@ -103,16 +104,15 @@ def main(argv=None) -> None:
     p.add_argument("--seqs", nargs="+", type=int, default=[512])
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (>= 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per measurement")
+    p.add_argument("--quick", action="store_true", help="tiny models (checks the harness only)")
     p.add_argument("--out", default="benchmarks/results/ab.json")
     args = p.parse_args(argv)
     if args.rounds < 2:
         raise SystemExit("--rounds must be >= 2 (each order once).")
     if not (args.base / "benchmarks" / "run.py").exists():
         raise SystemExit(f"{args.base} is not a nested_jax checkout (no benchmarks/run.py).")
-    payload = run(args.base, args.models, args.seqs, args.rounds, args.repeats)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    payload = run(args.base, args.models, args.seqs, args.rounds, args.repeats, args.quick)
+    print(f"wrote {write_json(args.out, payload)}")
 
 
 if __name__ == "__main__":

@@ -240,7 +240,29 @@ def config_costs_table(data: dict) -> str:
     )
 
 
+def ab_table(data: dict) -> str:
+    rows = [
+        [
+            r["model"],
+            str(r["seq"]),
+            f"{r['base_tokens_per_s']:,.0f}",
+            f"{r['this_tokens_per_s']:,.0f}",
+            f"{r['speed_this_over_base']:.2f}",
+            f"{r['base_matmul_gflop']:.2f} -> {r['this_matmul_gflop']:.2f}",
+            f"{r['base_compile_s']:.1f} -> {r['this_compile_s']:.1f}",
+        ]
+        for r in data["results"]
+    ]
+    caption = (
+        f"{_machine(data['machine'])} Base {data['base_commit'][:8]}, this "
+        f"{data['this_commit'][:8]}; medians over {data['config']['rounds']} alternating rounds."
+    )
+    cols = ["model", "seq", "base tok/s", "this tok/s", "this / base", "GFLOP", "compile (s)"]
+    return _table(caption, cols, rows)
+
+
 TABLES = {
+    "ab": ab_table,
     "config_costs": config_costs_table,
     "flop_split": flop_split_table,
     "memory_chunked": memory_chunked_table,

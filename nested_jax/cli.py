@@ -2,7 +2,7 @@
 
 Commands: ``quickstart`` (train the tiny Hope on Shakespeare bytes, CPU, ~2 minutes), ``train``,
 ``eval``, ``generate``, ``stream`` and ``sessions`` (learning after deployment:
-:mod:`nested_jax.session`) and ``configs``. Errors in configs and inputs are printed
+`nested_jax.session`) and ``configs``. Errors in configs and inputs are printed
 as one message and exit with status 2; a non-finite loss under ``nan_policy=stop`` exits with 3;
 Ctrl-C prints one line and exits with 130 (training saves a checkpoint first).
 

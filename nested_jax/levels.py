@@ -1,6 +1,6 @@
-"""Learning levels and the multi-frequency runner (paper §2.3, §4.1; DESIGN §4 "Levels and frequency").
+"""Learning levels and the multi-frequency runner (paper §2.3, §4.1; decisions D1-D4).
 
-A *level* is one learning process of a nested system: a static, hashable :class:`Level` spec
+A *level* is one learning process of a nested system: a static, hashable `Level` spec
 (name, period, pure update function) plus a pytree state. Its update function has the signature
 ``update(state, inputs) -> (candidate_state, outputs)``: the state it would move to if it updated on
 this one input, and what it emits at this step.
@@ -19,15 +19,15 @@ levels after them at the same step.
 
 Two interchangeable runners:
 
-* :func:`run_levels` with ``form="masked"``: one ``lax.scan`` over time; each level's firing is a
+* `run_levels` with ``form="masked"``: one ``lax.scan`` over time; each level's firing is a
   per-step mask applied with ``jnp.where`` (the ``optax.MultiSteps`` idiom). Any periods.
 * ``form="nested"``: nested ``lax.scan`` s, one per distinct period, no masks; requires every
   period to divide the next larger one (e.g. 2, 4, 8).
 
-Both return a :class:`LevelsResult` with every level's final state, the per-step outputs and a boolean
+Both return a `LevelsResult` with every level's final state, the per-step outputs and a boolean
 ``fired[t, level]`` record.
 
-:func:`scan_chunks` is the chunk engine under every chunked learner (a memory's chunk-parallel
+`scan_chunks` is the chunk engine under every chunked learner (a memory's chunk-parallel
 write and read, the CMS levels, self-modifying Titans' generator memories, the language model's
 CMS chunks, and the nested form above): full chunks in a ``lax.scan``, then the tail, outputs back
 in token order, with remat, first-order updates and gradient cuts as options.
@@ -115,7 +115,7 @@ class LevelsResult(NamedTuple):
 
 
 class ChunkScan(NamedTuple):
-    """What :func:`scan_chunks` returns.
+    """What `scan_chunks` returns.
 
     Attributes:
       carry: the carry after every full chunk and the tail.
@@ -161,7 +161,7 @@ def scan_chunks(
     A sequence of ``T`` tokens is ``T // chunk_size`` full chunks and a tail of ``T % chunk_size``
     tokens. ``fn(carry, *chunk) -> (carry, y)`` runs once per full chunk in a ``lax.scan`` (the
     chunk's state-dependent work: a memory's write and read, a CMS level's learning step, one
-    level of :func:`run_levels`' nested form), and ``tail_fn`` (default ``fn``) on the tail. The
+    level of `run_levels`' nested form), and ``tail_fn`` (default ``fn``) on the tail. The
     outputs are put back in token order along ``axis``.
 
     Args:
@@ -179,13 +179,13 @@ def scan_chunks(
         it per chunk: for a chunk computation that is itself parallel over chunks.
       remat: ``jax.checkpoint`` each chunk step (recompute it in the backward pass).
       first_order: stop the outer gradient through each step's change of the carry
-        (:func:`first_order_update`; same values).
+        (`first_order_update`; same values).
       cut: ``0`` or a multiple of ``chunk_size``: the carry entering every chunk that starts at a
         multiple of ``cut`` tokens has its gradient stopped (same values), so an output's gradient
         reaches only its own block of ``cut`` tokens.
 
     Returns:
-      :class:`ChunkScan` ``(carry, outputs, boundary, tail)``.
+      `ChunkScan` ``(carry, outputs, boundary, tail)``.
     """
     if (
         isinstance(chunk_size, bool)
@@ -474,14 +474,14 @@ def run_levels(
       peek: optional ``(states, x_t) -> x_t'``: a read phase at every step, before the chain,
         given every level's pre-firing state (a tuple, in chain order); level 0 receives its
         result instead of ``x_t``. It lets a level's update depend on the outputs of levels
-        *after* it at the same step (:func:`nested_jax.transfer.run_nest`'s ``"joint"``
+        *after* it at the same step (`nested_jax.transfer.run_nest`'s ``"joint"``
         members), which the chain alone cannot. It must not change any state.
 
     Returns:
-      :class:`LevelsResult` ``(states, outputs, fired)``.
+      `LevelsResult` ``(states, outputs, fired)``.
 
     Raises:
-      ValueError: before tracing, for bad configs and inputs (see :class:`Level` and the checks
+      ValueError: before tracing, for bad configs and inputs (see `Level` and the checks
         on ``xs``).
       TypeError: before tracing, for arguments of the wrong kind.
 
@@ -530,7 +530,7 @@ def _check_start(start):
 def run_levels_reference(
     levels, states, xs, *, pending=None, start: int = 0, peek=None
 ) -> LevelsResult:
-    """Slow twin of :func:`run_levels`: a plain Python loop with ``if (t + 1) % C == 0``.
+    """Slow twin of `run_levels`: a plain Python loop with ``if (t + 1) % C == 0``.
 
     Eager, one step at a time; for tests and for reading. Same semantics as the fast forms.
     """

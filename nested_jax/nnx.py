@@ -1,17 +1,17 @@
-"""Flax NNX modules over nested_jax's functional blocks (DESIGN §2: functional core, thin wrappers).
+"""Flax NNX modules over nested_jax's functional blocks (a functional core, thin wrappers; decisions D68).
 
 nested_jax's memories and blocks are pure functions of ``(params, state, inputs)``. These thin
-``flax.nnx.Module`` wrappers hold the params as one :class:`flax.nnx.Param` (a flat dict keyed by
+``flax.nnx.Module`` wrappers hold the params as one `flax.nnx.Param` (a flat dict keyed by
 each leaf's path; ``module.get_params()`` gives the functional pytree) and the fast state
-(memory weights, CMS levels, attention cache) as one :class:`MemoryState` variable, so a Hope block
+(memory weights, CMS levels, attention cache) as one `MemoryState` variable, so a Hope block
 drops into an existing Flax model and trains with ``nnx.Optimizer``; they add no computation (each
 call is the functional form, tested equal).
 
-* :class:`Block` wraps any block of :mod:`nested_jax.models` (``HopeBlock``, ``SelfModifyingBlock``,
-  ``TitansBlock``, ``TransformerBlock``, ``ContinuumMemory``...); :func:`hope_block`,
-  :func:`self_modifying_block` and :func:`continuum_memory` build the common ones from a
-  :class:`~nested_jax.models.ModelConfig`.
-* :class:`MemoryLayer` wraps an associative memory of :mod:`nested_jax.memory` (``q, k, v`` in,
+* `Block` wraps any block of `nested_jax.models` (``HopeBlock``, ``SelfModifyingBlock``,
+  ``TitansBlock``, ``TransformerBlock``, ``ContinuumMemory``...); `hope_block`,
+  `self_modifying_block` and `continuum_memory` build the common ones from a
+  `ModelConfig`.
+* `MemoryLayer` wraps an associative memory of `nested_jax.memory` (``q, k, v`` in,
   reads out).
 
 Each call starts from the initial state built from the params (so the outer gradient reaches the
@@ -22,7 +22,7 @@ chunks per call keep the chunk boundaries of one long call). The state after eve
 
 A CMS inside a foreign model learns in context with the label-free ``cms.signal="local"``; the
 ``"teach"`` and ``"ntp"`` signals come from the language model's next-token loss
-(:class:`~nested_jax.models.LanguageModel`), so outside it those levels apply their weights as they are.
+(`LanguageModel`), so outside it those levels apply their weights as they are.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ __all__ = [
 
 class MemoryState(nnx.Variable):
     """The fast state of a nested_jax block or memory (what it learned in context): not a
-    parameter of the outer optimizer, and filtered apart from :class:`flax.nnx.Param`."""
+    parameter of the outer optimizer, and filtered apart from `flax.nnx.Param`."""
 
 
 def _check_batch(batch_size):
@@ -162,18 +162,18 @@ def continuum_memory(config: ModelConfig, *, batch_size: int, rngs: nnx.Rngs) ->
 
 
 class MemoryLayer(_Functional):
-    """An associative memory of :mod:`nested_jax.memory` as an NNX module.
+    """An associative memory of `nested_jax.memory` as an NNX module.
 
     ``__call__(q, k, v, eta=None, alpha=None, beta=None)`` with ``q, k: [batch, seq, heads,
     d_k]``, ``v: [batch, seq, heads, d_v]`` and the rates as in
-    :meth:`~nested_jax.memory.AbstractMemory.write_read` returns the reads ``[batch, seq,
+    `write_read` returns the reads ``[batch, seq,
     heads, d_v]`` (``write_read`` with this layer's ``chunk_size`` and ``read``).
 
     Args:
       memory: e.g. ``LinearMemory(L2(), DGD())`` or ``MLPMemory(hidden)``.
       heads, d_k, d_v: the memory's shapes; ``init_kw``: extra ``init_params`` arguments.
       chunk_size: tokens per chunk of the parallel form; read: ``"before"`` / ``"after"`` / None.
-      batch_size, rngs: as for :class:`Block`.
+      batch_size, rngs: as for `Block`.
     """
 
     def __init__(

@@ -1,23 +1,23 @@
-"""Learning after deployment: a model that keeps learning from what it reads (issue 13).
+"""Learning after deployment: a model that keeps learning from what it reads.
 
-A :class:`Session` is a deployed model's running memory: the trained params, every layer's fast
+A `Session` is a deployed model's running memory: the trained params, every layer's fast
 state (self-modifying and Titans memories, CMS levels, attention cache), how many tokens it has
 read and the log-probabilities of its next-token prediction. It is a pytree, and every function
-here is pure: :func:`absorb` learns from a stream of tokens (no sampling) and returns the new
-session and the per-token negative log-likelihood; :func:`generate` continues a prompt and learns
+here is pure: `absorb` learns from a stream of tokens (no sampling) and returns the new
+session and the per-token negative log-likelihood; `generate` continues a prompt and learns
 from what it writes too. Cutting a stream anywhere gives the same session as one call (the model's
 ``step`` carries chunk boundaries across calls).
 
-A :class:`Policy` says which levels keep learning (``"all"``, ``"fast"``: the in-context memories
+A `Policy` says which levels keep learning (``"all"``, ``"fast"``: the in-context memories
 only, the CMS frozen at the trained weights, or ``"none"``; per CMS level with ``cms_levels``,
 per kind with ``memories``) and when each kind of memory resets (``"never"`` or at every
-:func:`end_document`; the CMS separately with ``cms_reset``). The policy builds the
+`end_document`; the CMS separately with ``cms_reset``). The policy builds the
 model the session runs from the trained config, so the trained run is never edited.
 
-:func:`save_session` / :func:`load_session` keep a session on disk with orbax (written to a
+`save_session` / `load_session` keep a session on disk with orbax (written to a
 temporary directory and renamed, so a killed process loses nothing already saved), next to but
 apart from the trained weights; a session saved for another model, tokenizer or set of weights is
-refused with a clear message. :func:`absorb` checks the memory after every piece: a non-finite
+refused with a clear message. `absorb` checks the memory after every piece: a non-finite
 state is reported and the session rolls back to the last good one.
 """
 
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_jax.models.config import ModelConfig
-from nested_jax.models.lm import LanguageModel, LMState, check_token_ids
+from nested_jax.models.lm import LanguageModel, LMState, check_token_ids, sample_token
 
 __all__ = [
     "Absorbed",
@@ -84,8 +84,8 @@ class Policy:
       memories: whether the sequence layers' memories learn (overrides ``learn`` for them;
         ``False`` with ``learn="all"``: only the CMS learns); ``None``: as ``learn`` says.
       reset: when the sequence layers' memory resets: ``"never"`` (it persists across
-        documents) or ``"document"`` (every :func:`end_document` returns it to the trained
-        initial state). :func:`reset` resets everything on demand.
+        documents) or ``"document"`` (every `end_document` returns it to the trained
+        initial state). `reset` resets everything on demand.
       cms_reset: the same for the CMS levels; ``None``: as ``reset``. ``reset="document",
         cms_reset="never"`` is the paper's picture of a deployed model: the fast memories start
         every context afresh, the CMS consolidates across them.
@@ -115,7 +115,7 @@ class Policy:
 
     @property
     def resets(self) -> tuple[bool, bool]:
-        """Whether :func:`end_document` resets ``(sequence layers, CMS)``.
+        """Whether `end_document` resets ``(sequence layers, CMS)``.
 
         >>> Policy(reset="document", cms_reset="never").resets  # the CMS consolidates
         (True, False)
@@ -149,7 +149,7 @@ class Policy:
 
     @classmethod
     def from_json(cls, d: dict) -> Policy:
-        """The policy :meth:`to_json` wrote (sessions saved before ``memories`` / ``cms_reset``
+        """The policy `to_json` wrote (sessions saved before ``memories`` / ``cms_reset``
         existed load with their defaults)."""
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
@@ -165,12 +165,12 @@ class Session:
 
     Attributes:
       params: the trained params (never changed by a session).
-      state: the model's :class:`~nested_jax.models.LMState` now (what it learned in context).
+      state: the model's `LMState` now (what it learned in context).
       position: tokens read so far (int32 scalar).
       logp: log-probabilities of the next token, ``[batch, vocab]`` (the prediction of whatever
         comes next; used to score the first token of the next call).
-      model: the :class:`~nested_jax.models.LanguageModel` the session runs (the policy's config).
-      policy: the :class:`Policy`.
+      model: the `LanguageModel` the session runs (the policy's config).
+      policy: the `Policy`.
     """
 
     params: Any
@@ -256,7 +256,7 @@ def _absorb_piece(session: Session, tokens: jax.Array, parallel: bool):
 
 
 class Absorbed(NamedTuple):
-    """What :func:`absorb` returns: the new ``session``, the per-token negative log-likelihood
+    """What `absorb` returns: the new ``session``, the per-token negative log-likelihood
     ``nll: [batch, n]`` in nats (the first token of a fresh session is scored against a uniform
     prediction), and ``rolled_back``: how many pieces left the memory non-finite and were undone."""
 
@@ -269,7 +269,7 @@ def absorb(session: Session, tokens, *, piece: int | None = None) -> Absorbed:
     """Learn from ``tokens: int [batch, n]`` (or ``[n]``) without sampling.
 
     The stream is read in pieces of at most ``piece`` tokens (default: the model's ``max_len``),
-    each a jitted :meth:`~nested_jax.models.LanguageModel.step`: chunk-parallel whenever the
+    each a jitted `step`: chunk-parallel whenever the
     memory is at a chunk boundary (``model.at_boundary``; after a cut elsewhere, token by token
     up to the next one); the memory after each piece is checked, and a piece that leaves it non-finite is
     undone (the session keeps its last good state, the piece's losses are NaN, and it is
@@ -346,21 +346,7 @@ def generate(
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _pick(logp, key, temperature, top_k, top_p):
-    if temperature == 0:
-        return jnp.argmax(logp, axis=-1).astype(jnp.int32)
-    lg = logp / temperature
-    if top_k:
-        kth = jax.lax.top_k(lg, top_k)[0][..., -1:]
-        lg = jnp.where(lg < kth, -jnp.inf, lg)
-    if top_p < 1:
-        order = jnp.argsort(-lg, axis=-1)
-        probs = jax.nn.softmax(jnp.take_along_axis(lg, order, axis=-1), axis=-1)
-        keep_sorted = jnp.cumsum(probs, axis=-1) - probs < top_p  # always keeps the first
-        keep = (
-            jnp.zeros_like(keep_sorted).at[jnp.arange(lg.shape[0])[:, None], order].set(keep_sorted)
-        )
-        lg = jnp.where(keep, lg, -jnp.inf)
-    return jax.random.categorical(key, lg, axis=-1).astype(jnp.int32)
+    return sample_token(logp, key, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 # --- inspection ------------------------------------------------------------------------------
@@ -455,7 +441,7 @@ def load_session(
 ) -> Session:
     """The newest save of session ``name`` for this trained ``model`` / ``params`` (and
     ``tokenizer``). A session saved for another model, tokenizer or set of weights raises
-    :class:`SessionMismatchError` saying which."""
+    `SessionMismatchError` saying which."""
     from nested_jax.train.checkpoint import Checkpoints
 
     path = _session_dir(directory, name)

@@ -167,3 +167,24 @@ def test_quick_config_costs_writes_json_and_its_table(tmp_path, capsys):
 
     table.main([str(out)])
     assert "`shakespeare_transformer`" in capsys.readouterr().out
+
+
+def test_quick_ab_compares_two_checkouts(tmp_path, capsys):
+    """The A/B runs model_throughput from both checkouts (here the same one twice), alternating,
+    and writes both sides' speed and FLOPs with the ratio; its table renders."""
+    import json
+    import pathlib
+
+    from benchmarks import ab, table
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / "ab.json"
+    ab.main(["--base", str(root), "--models", "transformer", "--seqs", "32", "--quick",
+             "--out", str(out)])  # fmt: skip
+    data = json.loads(out.read_text())
+    (row,) = data["results"]
+    assert row["model"] == "transformer" and len(row["base_tokens_per_s_runs"]) == 2
+    assert row["base_matmul_gflop"] == row["this_matmul_gflop"] > 0
+    assert row["speed_this_over_base"] > 0
+    table.main([str(out)])
+    assert "this / base" in capsys.readouterr().out

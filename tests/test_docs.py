@@ -61,3 +61,26 @@ def test_docstring_examples(name):
     res = runner.summarize(verbose=False)
     assert res.failed == 0, f"{res.failed} of {res.attempted} doctest examples failed in {name}"
     assert res.attempted > 0, f"{name} has no docstring examples"
+
+
+def test_site_check_finds_literal_roles_and_internal_references(tmp_path):
+    """The check CI runs on the built site (docs/check_site.py) fails on a literal role, a
+    design-brief reference or an issue number, and passes a clean page."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from check_site import problems
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "ok.html").write_text("<p>See <code>LanguageModel</code> (paper §4).</p>")
+    assert problems(tmp_path) == []
+    (tmp_path / "bad.html").write_text("<p>:class:`~nested_jax.X` and DESIGN §4 and (issue 12)</p>")
+    assert len(problems(tmp_path)) == 3
+
+
+def test_decisions_index_lists_every_decision():
+    text = (ROOT / "docs" / "decisions.md").read_text()
+    written = re.findall(r"^\*\*(D\d+)\. ", text, re.M)
+    indexed = re.findall(r"^\| (D\d+) \|", text, re.M)
+    assert written and indexed == written

@@ -233,3 +233,20 @@ def test_token_ids_outside_the_vocabulary_are_refused():
             ses.absorb(ses.open_session(model, params, batch_size=2), bad)
     logits, _ = jax.jit(model.apply)(params, tokens)  # in range, and under jit: no check
     assert logits.shape == (2, 4, 256)
+
+
+def test_sample_token_greedy_top_k_and_top_p():
+    """The one sampler (CLI, training loop, sessions): greedy is the argmax, and so are top_k=1
+    and a tiny top_p at any temperature; otherwise draws stay inside the top_k set."""
+    from nested_jax.models import sample_token
+
+    logits = jax.random.normal(jax.random.key(3), (4, 50))
+    best = jnp.argmax(logits, axis=-1)
+    key = jax.random.key(4)
+    np.testing.assert_array_equal(sample_token(logits, key, temperature=0), best)
+    np.testing.assert_array_equal(sample_token(logits, key, temperature=2.0, top_k=1), best)
+    np.testing.assert_array_equal(sample_token(logits, key, temperature=2.0, top_p=1e-6), best)
+    top3 = jax.lax.top_k(logits, 3)[1]
+    for k in jax.random.split(key, 20):
+        tok = sample_token(logits, k, temperature=5.0, top_k=3)
+        assert bool(jnp.all(jnp.any(top3 == tok[:, None], axis=-1)))

@@ -723,3 +723,26 @@ def test_every_memory_has_one_state_protocol():
             assert leaf.shape[0] == B, name
     with pytest.raises(TypeError, match="takes \\(params, batch_size\\)"):
         SoftmaxMemory(capacity=4).init_state(B, B)
+
+
+@pytest.mark.parametrize(
+    "mem",
+    [LinearMemory(L2(), GD()), MLPMemory(8), MLPMemory(8, self_target=True), SoftmaxMemory(16)],
+    ids=["linear", "mlp", "mlp_self_target", "softmax"],
+)
+def test_inputs_of_the_wrong_width_are_one_clear_error(mem):
+    """Keys, values or heads that do not fit the state fail before any matmul, saying which."""
+    if isinstance(mem, SoftmaxMemory):
+        state = mem.init_state(mem.init_params(heads=2, d_k=4, d_v=4), 1)
+    else:
+        state = mem.init_state(mem.init_params(jax.random.key(0), heads=2, d_k=4, d_v=4), 1)
+    x = jnp.ones((1, 3, 2, 4))
+    mem.write_read(state, x, x, x, 0.1, chunk_size=2)  # the right widths run
+    bad = ((jnp.ones((1, 3, 2, 5)), x), (x, jnp.ones((1, 3, 2, 6))), (x[:, :, :1], x[:, :, :1]))
+    for k, v in bad:
+        with pytest.raises(ValueError, match="state takes 2 heads of keys of width 4"):
+            mem.write_read(state, k, k, v, 0.1, chunk_size=2)
+        with pytest.raises(ValueError, match="state takes 2 heads of keys of width 4"):
+            mem.write_read_reference(state, k, k, v, 0.1, chunk_size=2)
+        with pytest.raises(ValueError, match="state takes 2 heads of keys of width 4"):
+            mem.stream(mem.init_stream(state), k, k, v, 0.1, chunk_size=2)

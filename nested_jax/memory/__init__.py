@@ -1,4 +1,4 @@
-"""Associative memories (paper §2, §3.5, §5.1-§5.3; DESIGN §4).
+"""Associative memories (paper §2, §3.5, §5.1-§5.3).
 
 Where things are:
   objectives.py     DotProduct (Hebbian) and L2 (delta) inner objectives

@@ -1,4 +1,4 @@
-"""The associative-memory interface shared by every memory (DESIGN §2.2, §4 "Associative memory").
+"""The associative-memory interface shared by every memory (paper §2.1; decisions D5-D7).
 
 A memory is a frozen, hashable spec (objective, update rule, sizes) whose methods are pure functions
 of a per-sample, per-head state pytree:
@@ -8,8 +8,8 @@ of a per-sample, per-head state pytree:
 * ``write_read_chunk(state, q, k, v, eta, alpha, beta)`` processes one chunk in parallel
   (``[batch, C, heads, dim]``, rates ``[batch, C, heads]``): every inner gradient is taken at the
   chunk-boundary state and token ``t`` reads the per-token state after the writes of tokens ``< t``.
-* :meth:`AbstractMemory.write_read` runs a whole sequence (``[batch, seq, heads, dim]``) chunk by
-  chunk inside ``lax.scan``; :meth:`AbstractMemory.write_read_reference` is its slow twin, a
+* `AbstractMemory.write_read` runs a whole sequence (``[batch, seq, heads, dim]``) chunk by
+  chunk inside ``lax.scan``; `AbstractMemory.write_read_reference` is its slow twin, a
   token-by-token scan over ``write``/``read`` with gradients at the chunk boundary
   (``chunk_size=1`` is the exact online recurrence, e.g. DeltaNet).
 """
@@ -44,7 +44,7 @@ class Rates(NamedTuple):
 
     Each field is ``None`` (the memory's default: 1, and the rule's own momentum), a scalar, a
     per-head value ``[heads]``, or a per-token value ``[batch, seq, heads]``; the sequence drivers
-    broadcast them (:meth:`broadcast`). The chunk API (:meth:`AbstractMemory.write_chunk`) takes
+    broadcast them (`broadcast`). The chunk API (`AbstractMemory.write_chunk`) takes
     them already in its heads-first layout (``[batch, heads, C]``).
     """
 
@@ -58,7 +58,7 @@ class Rates(NamedTuple):
 
 
 class StreamState(NamedTuple):
-    """A memory state that can be continued at any token (see :meth:`AbstractMemory.stream`).
+    """A memory state that can be continued at any token (see `AbstractMemory.stream`).
 
     ``state``: the per-token memory state; ``boundary``: the state at the start of the current
     chunk (where inner gradients are taken); ``offset``: tokens written since that boundary.
@@ -84,7 +84,7 @@ def _rates(x, shape, name: str) -> jax.Array:
 
 
 def _as_rates(eta, alpha, beta, rates) -> Rates:
-    """The rates of a driver call: either the three keywords or one :class:`Rates`, not both."""
+    """The rates of a driver call: either the three keywords or one `Rates`, not both."""
     if rates is None:
         return Rates(eta, alpha, beta)
     if not isinstance(rates, Rates):
@@ -98,7 +98,7 @@ def _as_rates(eta, alpha, beta, rates) -> Rates:
 
 def advance_stream(st, bnd, off, chunk_size):
     """One token later in a stream: at a chunk end the boundary moves to the current state (so
-    a stream at offset 0 always has ``boundary == state``, as :meth:`AbstractMemory.start_stream`
+    a stream at offset 0 always has ``boundary == state``, as `AbstractMemory.start_stream`
     returns it)."""
     off = (off + 1) % chunk_size
     bnd = jax.tree.map(lambda a, b: jnp.where(off == 0, a, b), st, bnd)
@@ -145,6 +145,25 @@ class AbstractMemory:
         b = getattr(getattr(self, "rule", None), "beta", None)
         return ones, ones, (ones if b is None else jnp.full_like(ones, b))
 
+    def widths(self, state) -> tuple[int, int, int] | None:
+        """``(heads, d_k, d_v)``: the heads and the key and value widths ``state`` takes as
+        inputs (``None``: not known). Overridden by each memory."""
+        return None
+
+    def _check_widths(self, state, k, v) -> None:
+        """A clear error, before any matmul, when the inputs do not fit ``state``."""
+        want = self.widths(state)
+        if want is None or jnp.ndim(k) != 4 or jnp.ndim(v) != 4:
+            return  # (shapes are checked in _prepare)
+        got = (k.shape[2], k.shape[3], v.shape[3])
+        if got != tuple(want):
+            raise ValueError(
+                f"this {type(self).__name__} state takes {want[0]} heads of keys of width "
+                f"{want[1]} and values of width {want[2]}; got k {tuple(k.shape)} and v "
+                f"{tuple(v.shape)} ([batch, seq, heads, dim]). Pass inputs of the widths given "
+                "to init_params, or make params for these widths."
+            )
+
     # --- shared drivers ------------------------------------------------------------------------
     def _prepare(self, q, k, v, rates: Rates):
         """Check and lay out a sequence call: ``(q, k, v, eta, alpha, beta)`` heads first."""
@@ -187,7 +206,7 @@ class AbstractMemory:
 
     def check_options(self, *, chunk_size: int, read: str | None = None) -> None:
         """Raise the drivers' ``ValueError`` now for a bad ``chunk_size`` or ``read`` (for
-        wrappers that take them once, e.g. :class:`nested_jax.nnx.MemoryLayer`)."""
+        wrappers that take them once, e.g. `nested_jax.nnx.MemoryLayer`)."""
         self._check_chunk(chunk_size)
         self._reads_after(read)
 
@@ -200,7 +219,7 @@ class AbstractMemory:
         return (jnp.concatenate([q[:, :, :1], q[:, :, :-1]], axis=2),) + tuple(arrays[1:])
 
     def _unshift(self, state, arrays, y, after: bool):
-        """Undo :meth:`_shift_queries` on the outputs ``y: [B, H, T, d_v]``."""
+        """Undo `_shift_queries` on the outputs ``y: [B, H, T, d_v]``."""
         if not after or self.inclusive:
             return y
         last = self.read(state, arrays[0][:, :, -1])  # the last query, after every write
@@ -211,10 +230,11 @@ class AbstractMemory:
     ):
         """One chunk in parallel: all ``C`` tokens of the inputs form a single chunk.
 
-        Same layout and arguments as :meth:`write_read`; equal to ``write_read(...,
+        Same layout and arguments as `write_read`; equal to ``write_read(...,
         chunk_size=C)``.
         """
         after = self._reads_after(read)
+        self._check_widths(state, k, v)
         arrays = self._prepare(q, k, v, _as_rates(eta, alpha, beta, rates))
         state, y = self._chunk(state, *self._shift_queries(arrays, after))
         return state, jnp.swapaxes(self._unshift(state, arrays, y, after), 1, 2)
@@ -255,7 +275,7 @@ class AbstractMemory:
           q, k: ``[batch, seq, heads, d_k]``; v: ``[batch, seq, heads, d_v]``.
           eta, alpha, beta: learning rate, retention and momentum: each ``None`` (the memory's
             default), a scalar, per head ``[heads]`` or per token ``[batch, seq, heads]``.
-          rates: the same three as one :class:`Rates` (instead of ``eta``/``alpha``/``beta``).
+          rates: the same three as one `Rates` (instead of ``eta``/``alpha``/``beta``).
           chunk_size: tokens per chunk; the sequence need not be a multiple of it.
           read: ``"before"``: token ``t`` reads the state before its own write (the memory's
             prediction of ``v_t``, as Titans and the paper's recurrences); ``"after"``: after it
@@ -267,7 +287,7 @@ class AbstractMemory:
             first-order MAML). Inside a chunk, reads still differentiate through that chunk's writes.
           gradient_cut: ``0`` or a multiple of ``chunk_size``: no gradient flows through the state
             carried into a block of ``gradient_cut`` tokens (same values), so an output's gradient
-            reaches only the inputs of its own block (the teach signal's first pass, DESIGN §10).
+            reaches only the inputs of its own block (the teach signal's first pass, decisions D52).
 
         Returns:
           ``(state, y)`` with ``y: [batch, seq, heads, d_v]``.
@@ -299,10 +319,11 @@ class AbstractMemory:
         return res.carry, y
 
     def _run_chunks(self, state, q, k, v, rates, chunk_size, read, first_order, gradient_cut):
-        """``write_read``'s chunk scan: ``(ChunkScan, y)`` (see :func:`~nested_jax.levels.scan_chunks`)."""
+        """``write_read``'s chunk scan: ``(ChunkScan, y)`` (see `scan_chunks`)."""
         self._check_chunk(chunk_size)
         self._check_cut(gradient_cut, chunk_size)
         after = self._reads_after(read)
+        self._check_widths(state, k, v)
         arrays = self._prepare(q, k, v, rates)
         # Remat of each chunk step: on CPU, recomputing a chunk's cheap forward in the backward
         # pass is faster than storing its residuals (measured: ~2x for the MLP memory), and it
@@ -336,8 +357,8 @@ class AbstractMemory:
         first_order: bool = False,
         gradient_cut: int = 0,
     ) -> tuple[StreamState, jax.Array]:
-        """:meth:`write_read` from a chunk boundary, returning a :class:`StreamState` that
-        :meth:`stream` continues exactly (the chunk-parallel way to begin a stream, e.g. a
+        """`write_read` from a chunk boundary, returning a `StreamState` that
+        `stream` continues exactly (the chunk-parallel way to begin a stream, e.g. a
         prompt). Same arguments and outputs as ``write_read``."""
         res, y = self._run_chunks(
             state,
@@ -386,7 +407,7 @@ class AbstractMemory:
         """Continue a stream with the next tokens (``[batch, n, heads, dim]``, any ``n``).
 
         Cutting a sequence into pieces of any lengths and streaming them one after the other gives
-        exactly what :meth:`write_read` gives on the whole sequence with the same ``chunk_size``
+        exactly what `write_read` gives on the whole sequence with the same ``chunk_size``
         (and ``read``): the chunk boundaries stay where they were (every ``chunk_size`` tokens from
         the start of the stream), because the stream carries the boundary state and the offset
         within the chunk. Token by token (a scan); meant for decoding and for resuming, not for
@@ -397,6 +418,7 @@ class AbstractMemory:
         """
         self._check_chunk(chunk_size)
         after = self._reads_after(read)
+        self._check_widths(stream.state, k, v)
         arrays = self._prepare(q, k, v, _as_rates(eta, alpha, beta, rates))
 
         def token(carry, inp):
@@ -421,13 +443,14 @@ class AbstractMemory:
         chunk_size: int,
         read: str | None = None,
     ):
-        """Slow twin of :meth:`write_read`: one token at a time through ``write`` and ``read``.
+        """Slow twin of `write_read`: one token at a time through ``write`` and ``read``.
 
         Inner gradients are taken at the state of the last chunk boundary, exactly as in the
         chunk-parallel form; ``chunk_size=1`` gives the exact online recurrence.
         """
         self._check_chunk(chunk_size)
         after = self._reads_after(read)
+        self._check_widths(state, k, v)
         arrays = self._prepare(q, k, v, _as_rates(eta, alpha, beta, rates))
         mv = lambda a: jnp.moveaxis(a, 2, 0)
 

@@ -1,4 +1,4 @@
-"""Chunk-parallel form of the rank-one memory recurrences (DESIGN §6; paper §5.3, Titans/TTT dual form).
+"""Chunk-parallel form of the rank-one memory recurrences (paper §5.3, the Titans/TTT dual form).
 
 Inside one chunk of ``C`` tokens every inner gradient is taken at the chunk-boundary weights ``W_0``,
 so token ``s`` contributes the rank-one term ``e_s x_s^T`` (error ``e_s``, layer input ``x_s``, both
@@ -7,7 +7,7 @@ fixed for the chunk). The per-token weights then follow
     S_t = beta_t S_{t-1} + e_t x_t^T                         (momentum rules; else S_t := e_t x_t^T)
     W_t = alpha_t W_{t-1} - eta_t S_t + u_t x_t^T,   u_t = -eta_t W_{t-1} x_t   (DGD only; else 0)
 
-which is GD, momentum and DGD (:mod:`nested_jax.memory.rules`) at once. Unrolled,
+which is GD, momentum and DGD (`nested_jax.memory.rules`) at once. Unrolled,
 
     W_t = a_t W_0 - g_t S_0 - sum_s Gamma[t, s] e_s x_s^T + sum_s Da[t, s] u_s x_s^T
 
@@ -20,10 +20,10 @@ Reads use the per-token state *before* token t's write: ``y_t = W_{t-1} q_t``.
 
 Performance: everything that does not depend on the memory state (the coefficients, the masked
 ``[C, C]`` products of queries and keys, DGD's triangular inverse) is computed by
-:func:`chunk_coefficients` and :func:`delta_inverse` for *all chunks at once*, outside the scan over
-chunks; only :func:`chunk_read`, :func:`chunk_delta_u` and :func:`chunk_end` run per chunk (the
-linear and MLP memories compose them, :mod:`nested_jax.memory.linear` and
-:mod:`nested_jax.memory.mlp`).
+`chunk_coefficients` and `delta_inverse` for *all chunks at once*, outside the scan over
+chunks; only `chunk_read`, `chunk_delta_u` and `chunk_end` run per chunk (the
+linear and MLP memories compose them, `nested_jax.memory.linear` and
+`nested_jax.memory.mlp`).
 """
 
 from __future__ import annotations

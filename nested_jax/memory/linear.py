@@ -1,7 +1,7 @@
 """Linear (matrix-valued) associative memory ``M(k) = W k`` (paper §2.2.3-§2.2.4, §5.3).
 
-With the :class:`~nested_jax.memory.objectives.DotProduct` objective and GD this is (decayed) linear
-attention; with :class:`~nested_jax.memory.objectives.L2` and GD it is the delta rule (DeltaNet at
+With the `DotProduct` objective and GD this is (decayed) linear
+attention; with `L2` and GD it is the delta rule (DeltaNet at
 ``chunk_size=1``, the TTT/Titans chunked approximation otherwise); with DGD it is the implicit
 (proximal) delta rule of paper §3.5.
 """
@@ -97,6 +97,9 @@ class LinearMemory(AbstractMemory):
         if scale:
             w = scale * jax.random.normal(key, w.shape, jnp.float32)
         return LinearParams(w)
+
+    def widths(self, state: LinearState) -> tuple[int, int, int]:
+        return state.w.shape[1], state.w.shape[-1], state.w.shape[-2]
 
     def init_state(self, params: LinearParams, batch_size: int) -> LinearState:
         """Broadcast the per-head initial memory to every sample (gradients reach ``params``)."""

@@ -2,10 +2,10 @@
 
 Each layer is a matrix memory of its own: per token, ``dL/dW1 = u h^T`` and
 ``dL/dW2 = (act'(W2 k) * W1^T u) k^T`` with ``h = act(W2 k)`` and surprise ``u = dL/dM(k)``, so the
-chunk-parallel form chains two rank-one chunk kernels (:mod:`nested_jax.memory.chunkwise`): the
+chunk-parallel form chains two rank-one chunk kernels (`nested_jax.memory.chunkwise`): the
 first layer's per-token read gives the hidden pre-activation of ``q``, the second layer reads that.
 
-Update rules per layer (DESIGN §4, paper §5.4 item 5): ``W2`` (whose input is the key) follows the
+Update rules per layer (paper §5.4 item 5; decisions D10): ``W2`` (whose input is the key) follows the
 memory's rule, DGD included; ``W1`` (whose input is the hidden ``h``) follows the same rule without the
 DGD decay (decayed GD, with momentum when the rule has it).
 
@@ -24,7 +24,7 @@ at most ``r (||h||^2 + ||k||^2 ||W1 diag act'||^2) <= 1 / nu`` of it (the first 
 share, the second ``W2``'s through ``W1``), whatever ``eta``, the width or the weights; small rates
 are nearly unchanged. ``nu = 1`` bounds one token's step; a chunk of ``C`` tokens sharing the
 boundary gradient, each applied ``1 / (1 - beta)`` times by momentum, needs ``nu = C / (1 - beta)``
-(what the models use, :func:`stable_step_norm`). Both layers then use ``r`` (DGD's ``W2`` its own
+(what the models use, `stable_step_norm`). Both layers then use ``r`` (DGD's ``W2`` its own
 ``r / (1 + r ||k||^2)`` of it).
 """
 
@@ -161,6 +161,10 @@ class MLPMemory(AbstractMemory):
         w2 = scale * jax.random.normal(k2, (heads, self.hidden, d_k), jnp.float32) / d_k**0.5
         w1 = 0.1 * scale * jax.random.normal(k1, (heads, d_v, self.hidden), jnp.float32)
         return MLPParams(w1 / self.hidden**0.5, w2)
+
+    def widths(self, state: MLPState) -> tuple[int, int, int]:
+        d_k = state.w2.shape[-1]  # a self-generated target's input v lives in the key space
+        return state.w2.shape[1], d_k, d_k if self.self_target else state.w1.shape[-2]
 
     def init_state(self, params: MLPParams, batch_size: int) -> MLPState:
         b = lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape).astype(jnp.float32)

@@ -74,6 +74,9 @@ class SoftmaxMemory(AbstractMemory):
             jnp.zeros((heads, 0, d_k), jnp.float32), jnp.zeros((heads, 0, d_v), jnp.float32)
         )
 
+    def widths(self, state: SoftmaxState) -> tuple[int, int, int]:
+        return state.keys.shape[1], state.keys.shape[-1], state.values.shape[-1]
+
     def init_state(self, params: SoftmaxParams, batch_size: int) -> SoftmaxState:
         """An empty context for ``batch_size`` samples (the memory *is* its context)."""
         if not isinstance(params, SoftmaxParams):
@@ -176,7 +179,7 @@ class SoftmaxMemory(AbstractMemory):
         read=None,
         gradient_cut=0,
     ):
-        """One chunk in parallel (see :meth:`AbstractMemory.write_read_chunk`); with
+        """One chunk in parallel (see `AbstractMemory.write_read_chunk`); with
         ``gradient_cut > 0`` no gradient flows between positions in different blocks of
         ``gradient_cut`` positions (same values; the teach signal's first pass)."""
         self._reads_after(read)  # softmax attention reads after its write; checks the argument

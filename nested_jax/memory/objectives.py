@@ -3,8 +3,8 @@
 An objective scores a memory's prediction ``pred = M(k)`` against a value ``v``; the memory learns by
 descending it. What the update rules need is the *surprise* ``u = dL/dpred`` (paper §1 notation).
 
-* :class:`DotProduct` — ``L = -<pred, v>``: Hebbian learning, gives linear attention (Eq. in §2.2.3).
-* :class:`L2` — ``L = 1/2 ||pred - v||^2``: the delta rule, gives DeltaNet (§2.2.4).
+* `DotProduct` — ``L = -<pred, v>``: Hebbian learning, gives linear attention (Eq. in §2.2.3).
+* `L2` — ``L = 1/2 ||pred - v||^2``: the delta rule, gives DeltaNet (§2.2.4).
 """
 
 from __future__ import annotations

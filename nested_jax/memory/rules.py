@@ -4,15 +4,15 @@ Every rule acts on one weight matrix ``W: [..., d_out, d_in]`` that received the
 loss gradient ``G = dL/dW`` (for a linear layer ``G = u x^T`` with surprise ``u``), with per-token
 learning rate ``eta``, retention / weight decay ``alpha`` and (momentum rules) momentum ``beta``:
 
-* :class:`GD`:        ``W <- alpha W - eta G``                              (paper §2.1, §3.2)
-* :class:`Momentum`:  ``S <- beta S + G;  W <- alpha W - eta S``            (§2.2.2, Titans §5.1)
-* :class:`DGD`:       ``W <- W (alpha I - eta' x x^T) - eta' D``,  ``eta' = eta / (1 + eta ||x||^2)``
+* `GD`:        ``W <- alpha W - eta G``                              (paper §2.1, §3.2)
+* `Momentum`:  ``S <- beta S + G;  W <- alpha W - eta S``            (§2.2.2, Titans §5.1)
+* `DGD`:       ``W <- W (alpha I - eta' x x^T) - eta' D``,  ``eta' = eta / (1 + eta ||x||^2)``
   with ``D = G`` or, when ``beta`` is set, ``D = S`` (momentum as above). For ``alpha = 1`` and
   ``D = -u x^T`` this is the exact proximal step ``argmin_W 1/2||W x - u||^2 + 1/(2 eta)||W - W_t||^2``
   (paper §3.5, Sherman-Morrison). Retention enters as in the paper's Hope form (Eq. 88/§5.2).
 
-:func:`rule_step` is the plain token-level form (the "slow twin"); the chunk-parallel form of the same
-recurrences lives in :mod:`nested_jax.memory.chunkwise`.
+`rule_step` is the plain token-level form (the "slow twin"); the chunk-parallel form of the same
+recurrences lives in `nested_jax.memory.chunkwise`.
 """
 
 from __future__ import annotations
@@ -83,11 +83,11 @@ def dgd_rate(eta: jax.Array, x: jax.Array) -> jax.Array:
 
 def nlms_rate(eta, gain, strength=1.0):
     """The normalised (NLMS) rate ``eta / (1 + strength eta gain)``: the one stable-step helper
-    of the deep memories (:class:`~nested_jax.memory.MLPMemory`'s ``step_norm``,
-    :class:`~nested_jax.memory.SwiGLUMemory`'s levels of the CMS).
+    of the deep memories (`MLPMemory`'s ``step_norm``,
+    `SwiGLUMemory`'s levels of the CMS).
 
     ``gain`` is how far a rate-1 gradient step moves the memory's output along its error at that
-    input (each memory computes its own, e.g. :meth:`SwiGLUMemory.gain`); dividing by
+    input (each memory computes its own, e.g. `SwiGLUMemory.gain`); dividing by
     ``1 + strength eta gain`` bounds the step at ``1 / strength`` errors' worth whatever ``eta``,
     the width or the weights, and leaves small rates nearly unchanged.
 
@@ -101,7 +101,7 @@ def rule_step(rule, w, s, g, x, eta, alpha, beta):
     """One token-level update of one weight matrix (the reference form).
 
     Args:
-      rule: :class:`GD`, :class:`Momentum` or :class:`DGD`.
+      rule: `GD`, `Momentum` or `DGD`.
       w: ``[..., d_out, d_in]`` weights.
       s: momentum of the same shape, or ``None`` without momentum.
       g: ``[..., d_out, d_in]`` gradient ``dL/dW`` (taken wherever the caller chose).

@@ -11,13 +11,13 @@ weights the chunk began with:
 
 where ``e_t`` already carries the step size (a rate, or a per-token normalised rate, times the
 error). A level of period ``P`` accumulates the increments of its chunks and applies them when its
-period ends (:func:`nested_jax.levels.fire`); :class:`~nested_jax.models.cms.ContinuumMemory`
+period ends (`nested_jax.levels.fire`); `ContinuumMemory`
 does that, so this memory only gives the increments.
 
-Stable steps (NLMS): :meth:`SwiGLUMemory.gain` is how far a rate-1 step on all three matrices
+Stable steps (NLMS): `SwiGLUMemory.gain` is how far a rate-1 step on all three matrices
 moves the output at ``n`` along its error, at most (first order); dividing a rate by
-``1 + rate * gain`` (:func:`~nested_jax.memory.nlms_rate`, shared with
-:class:`~nested_jax.memory.MLPMemory`) bounds the step at the error itself.
+``1 + rate * gain`` (`nlms_rate`, shared with
+`MLPMemory`) bounds the step at the error itself.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Models built from the memory primitives (paper §4-§6; issue 4).
+"""Models built from the memory primitives (paper §4-§6).
 
 Where things are:
   config.py          ModelConfig (with TitansConfig, SelfModConfig, CMSConfig) and the registry
@@ -28,6 +28,7 @@ from nested_jax.models.lm import (
     LMState,
     count_params,
     matched_d_ff,
+    sample_token,
     token_nll,
 )
 from nested_jax.models.self_modifying import SelfModifyingBlock, SelfModifyingTitans
@@ -53,5 +54,6 @@ __all__ = [
     "get_config",
     "list_configs",
     "matched_d_ff",
+    "sample_token",
     "token_nll",
 ]

@@ -1,11 +1,11 @@
-"""Continuum Memory System (paper §4, arXiv §7.1; DESIGN §4 "CMS").
+"""Continuum Memory System (paper §4, arXiv §7.1; decisions D34, D90).
 
 A CMS is a spectrum of levels, each an associative memory at its own frequency: level ``l`` is a
-:class:`~nested_jax.memory.SwiGLUMemory` whose per-sample weights ``theta_l`` start every sequence
+`SwiGLUMemory` whose per-sample weights ``theta_l`` start every sequence
 at their meta-learned initial value (a parameter) and change every ``P_l`` tokens
 (``cms.periods``; ``0`` = frozen) by the sum of the increments of those tokens, all taken at the
-weights the level had when its period began: the level semantics of :mod:`nested_jax.levels`
-(each level fires through :func:`~nested_jax.levels.fire`; ``Level`` / ``run_levels`` are the
+weights the level had when its period began: the level semantics of `nested_jax.levels`
+(each level fires through `fire`; ``Level`` / ``run_levels`` are the
 tests' reference).
 
 Each level is a pre-norm residual SwiGLU, ``z <- z + M_theta(RMSNorm(z))``, chained in config
@@ -16,17 +16,17 @@ meta-learned initial state at each slower boundary).
 
 What a level learns from is its *signal* (``cms.signal``), a type beside the memory's objectives:
 each gives a level the step-scaled errors of its outputs for one chunk
-(:meth:`Local.error`, :meth:`Teach.error`, :meth:`NextToken.error`), and the level's memory takes
-the step (:meth:`SwiGLUMemory.write <nested_jax.memory.SwiGLUMemory.write>`).
+(`Local.error`, `Teach.error`, `NextToken.error`), and the level's memory takes
+the step (`SwiGLUMemory.write`).
 
-* :class:`Local` (``"local"``): label-free, towards a learned linear map of the level's own input;
+* `Local` (``"local"``): label-free, towards a learned linear map of the level's own input;
   the CMS computes everything itself.
-* :class:`Teach` (``"teach"``, default): the level's output error ``delta_t`` from one
+* `Teach` (``"teach"``, default): the level's output error ``delta_t`` from one
   parallel forward / backward of the whole network at the sequence-start CMS weights
-  (:meth:`~nested_jax.models.lm.LanguageModel.output_errors`, gradients cut between CMS chunks,
+  (`output_errors`, gradients cut between CMS chunks,
   so it is causal), then a normalised L2 step towards what the sequence-start output should have
   been.
-* :class:`NextToken` (``"ntp"``, the exact reference): the error of the chunk's next-token loss
+* `NextToken` (``"ntp"``, the exact reference): the error of the chunk's next-token loss
   at the current weights, the whole network re-run per chunk; the step is ``-lr`` times the
   loss's gradient.
 
@@ -34,7 +34,7 @@ The language model supplies the errors of the two signals that need the network
 (``Context.errors``); the CMS turns them into steps. Because every non-frozen period is a
 multiple of the smallest one (``C``, ``config.cms.chunk``), the chunk-parallel form is one scan
 over chunks of ``C`` tokens: inside a chunk no level changes, so all its tokens run in parallel;
-at the chunk's end :meth:`ContinuumMemory.commit` adds the chunk's increments to each level's
+at the chunk's end `ContinuumMemory.commit` adds the chunk's increments to each level's
 accumulator and fires the levels whose period ends there. Streaming is the same code with chunks
 of one token.
 """
@@ -87,7 +87,7 @@ class Local:
 
 @dataclasses.dataclass(frozen=True)
 class Teach:
-    """Errors from the network at the sequence-start weights (two passes, DESIGN §10).
+    """Errors from the network at the sequence-start weights (two passes; decisions D52).
 
     Given the level's output error ``delta_t`` (pass 1: the gradient of each chunk's next-token
     loss, per sample the mean over its ``m = C - 1`` inner pairs, with respect to the level's
@@ -98,8 +98,8 @@ class Teach:
     ``-delta``.
 
     Attributes:
-      norm: how the rate is normalised by the level's gain (:meth:`SwiGLUMemory.gain`,
-        :func:`~nested_jax.memory.nlms_rate` with strength ``1 / m``): ``"period"`` divides by
+      norm: how the rate is normalised by the level's gain (`SwiGLUMemory.gain`,
+        `nlms_rate` with strength ``1 / m``): ``"period"`` divides by
         ``1 + lr (P / C) sum_chunk gain_t / m`` (bounds the whole step of a level of period
         ``P``, decisions D86), ``"token"`` each token's rate by ``1 + lr gain_t / m``
         (decisions D54), ``"none"``: the plain rate.
@@ -206,8 +206,8 @@ class ContinuumMemory:
     def forward(self, p: dict, fast: tuple, z: jax.Array, *, errors=None, starts=None, probes=None):
         """``z: [B, C, D]`` through the levels at weights ``fast``: ``(y, increments)``.
 
-        A live level learns when its signal is :class:`Local` or when ``errors`` (per level, its
-        output errors ``[B, C, D]`` from the network; with :class:`Teach` also ``starts``, the
+        A live level learns when its signal is `Local` or when ``errors`` (per level, its
+        output errors ``[B, C, D]`` from the network; with `Teach` also ``starts``, the
         levels' sequence-start weights) are given: ``increments`` holds, per level, the chunk's
         step (``None`` for frozen levels); otherwise ``increments`` is ``None``. ``probes`` (per
         level ``[B, C, D]`` or ``None``) are added to the live levels' outputs (zero probes: their
@@ -282,10 +282,10 @@ class ContinuumMemory:
     def __call__(self, p: dict, state: CMSState, z: jax.Array, ctx: Context = Context()):
         """``z: [B, T, D]`` -> ``(y, state)``.
 
-        The levels learn here, chunk by chunk, with the :class:`Local` signal (chunk-parallel,
+        The levels learn here, chunk by chunk, with the `Local` signal (chunk-parallel,
         or token by token when not ``ctx.parallel``) or when ``ctx.errors`` are given (the
         network's output errors of every level, ``T`` a multiple of the CMS chunk; with
-        :class:`Teach` also ``ctx.starts``); otherwise the weights in ``state`` are applied as they
+        `Teach` also ``ctx.starts``); otherwise the weights in ``state`` are applied as they
         are, with ``ctx.probes`` added to the live levels' outputs."""
         c = self.config
         learns = isinstance(self.signal, Local) or ctx.errors is not None

@@ -1,10 +1,10 @@
-"""Model configuration and the registry of named configs (issue 4).
+"""Model configuration and the registry of named configs.
 
-A :class:`ModelConfig` holds the sizes shared by every block and one sub-config per kind of
-learner: :class:`TitansConfig` (the neural memory), :class:`SelfModConfig` (self-modifying Titans'
-generator memories) and :class:`CMSConfig` (the Continuum Memory System). Change fields with
-:meth:`ModelConfig.replace` (``cfg.replace(n_layers=4, cms={"signal": "ntp"})`` or
-``cfg.replace(**{"cms.signal": "ntp"})``) or :func:`get_config`.
+A `ModelConfig` holds the sizes shared by every block and one sub-config per kind of
+learner: `TitansConfig` (the neural memory), `SelfModConfig` (self-modifying Titans'
+generator memories) and `CMSConfig` (the Continuum Memory System). Change fields with
+`ModelConfig.replace` (``cfg.replace(n_layers=4, cms={"signal": "ntp"})`` or
+``cfg.replace(**{"cms.signal": "ntp"})``) or `get_config`.
 """
 
 from __future__ import annotations
@@ -210,8 +210,8 @@ class CMSConfig:
         (decisions D54) divides each token's rate by ``1 + lr gain_t / (C - 1)``, which bounds
         one token's share but lets a chunk of near-identical inputs overshoot up to ``P`` times;
         ``"none"``: the plain rate (configs saved before D86 with ``True`` / ``False`` are read
-        as ``"token"`` / ``"none"`` by :meth:`ModelConfig.from_json`).
-      persistent: :meth:`LanguageModel.next_sequence` keeps the CMS weights (deployed /
+        as ``"token"`` / ``"none"`` by `ModelConfig.from_json`).
+      persistent: `LanguageModel.next_sequence` keeps the CMS weights (deployed /
         continual mode) instead of resetting them to their learned initial values.
     """
 
@@ -300,9 +300,9 @@ class ModelConfig:
         Streaming in pieces of ``C`` tokens then needs ``max_len >= attn_window + C - 1`` (the
         ring buffer keeps what the window needs), not the whole stream's length.
       rope_base, norm_eps: RoPE base and RMSNorm epsilon.
-      titans: the neural memory (:class:`TitansConfig`; Titans, self-modifying Titans, Hope).
-      selfmod: the self-modifying layer (:class:`SelfModConfig`; ``"selfmod"``, ``"hope"``).
-      cms: the Continuum Memory System (:class:`CMSConfig`; ``"hope"``, ``"hope_attention"``).
+      titans: the neural memory (`TitansConfig`; Titans, self-modifying Titans, Hope).
+      selfmod: the self-modifying layer (`SelfModConfig`; ``"selfmod"``, ``"hope"``).
+      cms: the Continuum Memory System (`CMSConfig`; ``"hope"``, ``"hope_attention"``).
       first_order: stop outer gradients through inner updates (all memories and CMS levels).
 
     Sub-configs may be given as dicts (``ModelConfig(kind="hope", cms={"periods": (4, 8)})``).
@@ -385,12 +385,12 @@ class ModelConfig:
         return dataclasses.replace(self, **top)
 
     def to_json(self) -> dict:
-        """A JSON-ready dict (sub-configs as dicts); :meth:`from_json` reads it back."""
+        """A JSON-ready dict (sub-configs as dicts); `from_json` reads it back."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> ModelConfig:
-        """From :meth:`to_json`'s dict, or the flat dict of a run saved before the sub-configs."""
+        """From `to_json`'s dict, or the flat dict of a run saved before the sub-configs."""
         return cls(**migrate_model_json(d))
 
     @property
@@ -481,7 +481,7 @@ _REGISTRY = {
 
 
 def get_config(name: str, **overrides) -> ModelConfig:
-    """A named config, optionally with fields replaced (as :meth:`ModelConfig.replace`).
+    """A named config, optionally with fields replaced (as `ModelConfig.replace`).
 
     >>> c = get_config("hope_tiny", n_layers=4, cms={"signal": "ntp"})
     >>> c.kind, c.n_layers, c.cms.signal, c.cms.periods

@@ -2,9 +2,9 @@
 
 Hope = self-modifying Titans in place of attention, and a Continuum Memory System in place of the
 MLP: per layer ``x <- SelfModTitans(x)`` (pre-norm, residual, gated output; see
-:mod:`~nested_jax.models.self_modifying`), then ``x <- CMS(x)`` (each level a pre-norm residual
-SwiGLU; see :mod:`~nested_jax.models.cms`). Hope-Attention = the same block with global causal
-softmax attention (:class:`~nested_jax.models.transformer.Attention`) as the sequence layer, i.e.
+`self_modifying`), then ``x <- CMS(x)`` (each level a pre-norm residual
+SwiGLU; see `cms`). Hope-Attention = the same block with global causal
+softmax attention (`Attention`) as the sequence layer, i.e.
 Transformer++ + CMS.
 """
 
@@ -54,7 +54,7 @@ class HopeBlock:
     def __call__(self, p: dict, state: dict, x, ctx: Context = Context()):
         """``x: [B, T, D]`` -> ``(x, state)`` (``(x, state, {"cms": CMS input})`` with
         ``ctx.collect``): the mixer, then the CMS (which learns from ``ctx.errors`` when the
-        network gives them; see :class:`~nested_jax.models.layers.Context`)."""
+        network gives them; see `Context`)."""
         z, ms = self.mixer(p["mixer"], state["mixer"], x, ctx)
         y, cs = self.cms(p["cms"], state["cms"], z, ctx)
         state = {"mixer": ms, "cms": cs}

@@ -1,5 +1,5 @@
 """Layers shared by the models: RMSNorm, rotary position embedding, SwiGLU MLP, the causal
-depthwise convolution, initialisers, and :class:`Context`, what a block is asked to do.
+depthwise convolution, initialisers, and `Context`, what a block is asked to do.
 
 Plain functions over arrays and dict params (no framework): every model composes these.
 """
@@ -39,7 +39,7 @@ class Context:
       collect: the block also returns what it read, ``(x, state, taps)`` with
         ``taps = {"cms": [B, T, D]}`` (the CMS's input, Hope blocks; ``{}`` for the others).
       probes: per CMS level, ``[B, T, D]`` added to its output (``None`` for frozen levels):
-        zero probes whose gradient is the level's output error (:meth:`LanguageModel.output_errors`).
+        zero probes whose gradient is the level's output error (`LanguageModel.output_errors`).
       errors: per CMS level, the output errors ``[B, T, D]`` the level learns from (the teach
         and next-token signals); ``None``: the CMS applies its weights as they are.
       starts: with ``errors`` and the teach signal, each level's sequence-start weights.

@@ -1,4 +1,4 @@
-"""Language-model wrapper and the one API every model shares (issue 4).
+"""Language-model wrapper and the one API every model shares.
 
 ``model = LanguageModel(config)``;
 ``params = model.init(key)``; ``state = model.init_state(params, batch_size)``;
@@ -11,18 +11,18 @@
 Layers are stacked and run under ``lax.scan`` (compile time independent of depth); every layer's
 state (its memories) is stacked the same way.
 
-A model whose CMS learns from the next-token loss (the :class:`~nested_jax.models.cms.Teach` and
-:class:`~nested_jax.models.cms.NextToken` signals; Hope, Hope-Attention) runs in CMS chunks of
-``C = config.cms.chunk`` tokens, two steps each (:meth:`LanguageModel._learning_chunk`):
+A model whose CMS learns from the next-token loss (the `Teach` and
+`NextToken` signals; Hope, Hope-Attention) runs in CMS chunks of
+``C = config.cms.chunk`` tokens, two steps each (`LanguageModel._learning_chunk`):
 
-1. :meth:`LanguageModel.output_errors`: one forward / backward of the whole network with zero
+1. `LanguageModel.output_errors`: one forward / backward of the whole network with zero
    probes on every live CMS level's output gives each level's output error ``delta_t`` (the
    gradient of the chunk's next-token loss, per sample the mean over its ``C - 1`` inner pairs).
    Teach takes it once for all full chunks, at the sequence-start CMS weights with gradients
    blocked between CMS chunks (so ``delta_t`` of chunk ``c`` comes from chunk ``c``'s targets
    only: causal), as constants; NextToken per chunk at the current weights, differentiated
    through (second order unless ``first_order``).
-2. The CMS levels learn from those errors (:class:`~nested_jax.models.cms.ContinuumMemory`;
+2. The CMS levels learn from those errors (`ContinuumMemory`;
    the update is committed at the chunk's end, so it acts from chunk ``c + 1`` on and no output
    sees its own target). Teach runs the forward again with the errors; NextToken's outputs are
    those of step 1, and only the CMS re-runs on the inputs step 1 collected.
@@ -58,6 +58,7 @@ __all__ = [
     "check_token_ids",
     "count_params",
     "matched_d_ff",
+    "sample_token",
     "token_nll",
 ]
 
@@ -115,14 +116,14 @@ class LanguageModel:
     @property
     def ntp(self) -> bool:
         """Whether the CMS learns from the next-token loss (``"ntp"`` or ``"teach"``: the network
-        gives the levels their errors, :meth:`output_errors`, and the state's chunk fields are
+        gives the levels their errors, `output_errors`, and the state's chunk fields are
         used)."""
         c = self.config
         return c.has_cms and c.cms.chunk > 0 and self.cms.signal.from_network
 
     @property
     def teach(self) -> bool:
-        """Whether those errors come from the sequence-start CMS weights (:class:`Teach`)."""
+        """Whether those errors come from the sequence-start CMS weights (`Teach`)."""
         return self.ntp and isinstance(self.cms.signal, Teach)
 
     def init_state(self, params: dict, batch_size: int) -> Any:
@@ -217,7 +218,7 @@ class LanguageModel:
 
         ``cut``: block the gradient between blocks of ``cut`` tokens (the teach signal's first
         pass: an error then comes from its own chunk's targets only); ``collect``: as
-        :meth:`_forward`. Returns ``(errors, (logits, layers, taps))``: ``errors`` per CMS level
+        `_forward`. Returns ``(errors, (logits, layers, taps))``: ``errors`` per CMS level
         ``[L, B, T, D]`` (``None`` for frozen levels), then what the forward gave."""
         c = self.config
         b, t = tokens.shape
@@ -311,14 +312,14 @@ class LanguageModel:
         chunk boundaries stay where the parallel form puts them.
 
         ``parallel=True``: the chunk-parallel form (much faster on long pieces), equal to the
-        token-by-token one when ``state`` is :meth:`at_boundary` (every :attr:`boundary` tokens
+        token-by-token one when ``state`` is `at_boundary` (every `boundary` tokens
         of a stream); the piece itself may end anywhere."""
         return self._run(params, state, tokens, parallel=parallel)
 
     @property
     def boundary(self) -> int:
         """Every how many tokens from its start a stream is at a boundary (see
-        :meth:`at_boundary`): the least common multiple of the memories' chunks and the CMS's
+        `at_boundary`): the least common multiple of the memories' chunks and the CMS's
         live periods (1 for Transformer++)."""
         c = self.config
         sizes = [c.titans.chunk] if c.kind in ("titans", "selfmod", "hope") else []
@@ -331,7 +332,7 @@ class LanguageModel:
     def at_boundary(self, state: LMState) -> bool:
         """Whether ``step(..., parallel=True)`` continues ``state`` exactly: every chunked memory
         at the start of a chunk and the CMS at a multiple of its live periods (a host-side
-        check). True every :attr:`boundary` tokens of a stream; after resetting only one kind of
+        check). True every `boundary` tokens of a stream; after resetting only one kind of
         memory their chunks may never line up again (then only the token-by-token form is
         exact)."""
         layers = state.layers
@@ -346,7 +347,7 @@ class LanguageModel:
 
     def apply(self, params: dict, tokens: jax.Array, state: Any = None):
         """The training form: a whole sequence from a fresh state, chunk-parallel. With a carried
-        ``state`` it continues the stream exactly (as :meth:`step`)."""
+        ``state`` it continues the stream exactly (as `step`)."""
         if state is not None:
             return self.step(params, state, tokens)
         model = self._sized(tokens)
@@ -368,8 +369,8 @@ class LanguageModel:
 
     def _full_capacity(self, state: Any) -> Any:
         """``state`` with every attention memory padded with empty slots to ``max_len`` (what
-        :meth:`init_state` and :meth:`step` use), so a sequence run by :meth:`apply` continues
-        with :meth:`step` exactly."""
+        `init_state` and `step` use), so a sequence run by `apply` continues
+        with `step` exactly."""
         cap = self.config.max_len
 
         def pad(s):
@@ -383,7 +384,7 @@ class LanguageModel:
         return jax.tree.map(pad, state, is_leaf=lambda s: isinstance(s, SoftmaxState))
 
     def apply_reference(self, params: dict, tokens: jax.Array, state: Any = None):
-        """Slow twin of :meth:`apply`: one token at a time through :meth:`step` (a scan)."""
+        """Slow twin of `apply`: one token at a time through `step` (a scan)."""
         self._check_tokens(tokens)
         if state is None:
             state = self.init_state(params, tokens.shape[0])
@@ -396,9 +397,9 @@ class LanguageModel:
         return jnp.swapaxes(logits, 0, 1), state
 
     def layer_inputs(self, params: dict, tokens: jax.Array, *, with_logits: bool = False):
-        """What each layer reads in the training form (:meth:`apply` from fresh memories): the
+        """What each layer reads in the training form (`apply` from fresh memories): the
         residual stream entering every layer, ``[n_layers, B, T, D]`` (with a next-token CMS
-        signal, the pass whose logits :meth:`apply` returns). ``with_logits``: also those
+        signal, the pass whose logits `apply` returns). ``with_logits``: also those
         logits, ``(logits, inputs)``, from the same pass. For looking inside a model: feed
         ``inputs[l]`` to layer ``l``'s sequence layer, e.g.
         ``SelfModifyingTitans.generated``, to see what its memories generate."""
@@ -430,6 +431,30 @@ def check_token_ids(tokens, vocab_size: int) -> None:
             f"token ids must be in [0, vocab_size={vocab_size}); got ids from {lo} to {hi}. "
             "Use the model's own tokenizer (or a model config with a larger vocab_size)."
         )
+
+
+def sample_token(logits: jax.Array, key, *, temperature=1.0, top_k: int = 0, top_p=1.0):
+    """One token per row of ``logits: [B, V]`` (float32 softmax): ``int32 [B]``, the one sampler
+    of the CLI, the training loop's :func:`~nested_jax.train.sample` and sessions.
+
+    ``temperature=0``: greedy (the most likely token); otherwise a draw from
+    ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens (``0``: all)
+    and to the smallest set holding ``top_p`` of the probability (``1``: all)."""
+    lg = logits.astype(jnp.float32)
+    if temperature == 0:
+        return jnp.argmax(lg, axis=-1).astype(jnp.int32)
+    lg = lg / temperature
+    if top_k:
+        kth = jax.lax.top_k(lg, top_k)[0][..., -1:]
+        lg = jnp.where(lg < kth, -jnp.inf, lg)
+    if top_p < 1:
+        order = jnp.argsort(-lg, axis=-1)
+        probs = jax.nn.softmax(jnp.take_along_axis(lg, order, axis=-1), axis=-1)
+        keep_sorted = jnp.cumsum(probs, axis=-1) - probs < top_p  # always keeps the first
+        rows = jnp.arange(lg.shape[0])[:, None]
+        keep = jnp.zeros_like(keep_sorted).at[rows, order].set(keep_sorted)
+        lg = jnp.where(keep, lg, -jnp.inf)
+    return jax.random.categorical(key, lg, axis=-1).astype(jnp.int32)
 
 
 def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:

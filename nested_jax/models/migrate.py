@@ -4,10 +4,10 @@ Runs and checkpoints store their model config as JSON. Three kinds of change sin
 so that an old run loads as the model it was:
 
 * flat field names of nested_jax <= 0.5, before the sub-configs (``cms_periods`` is now
-  ``cms.periods``): :data:`LEGACY`, :func:`migrate_field`;
-* fields added later whose value then was what their default does now: :data:`ADDED`;
+  ``cms.periods``): `LEGACY`, `migrate_field`;
+* fields added later whose value then was what their default does now: `ADDED`;
 * values whose type changed: ``cms.norm`` was a bool before decisions D86 (``True`` /
-  ``False`` read as ``"token"`` / ``"none"``): :func:`migrate_value`.
+  ``False`` read as ``"token"`` / ``"none"``): `migrate_value`.
 
 A field whose default changed behaviour (``titans.inner_norm``, ``selfmod.unit_values``) is not
 filled in: an older run without it keeps failing the checkpoint check instead of loading as
@@ -73,7 +73,7 @@ def migrate_model_json(d: dict) -> dict:
     """A saved model config (``dataclasses.asdict`` form) with any flat field of older runs
     (``cms_periods``, ``sm_chunk``, ``mem_chunk``, ...) moved into its sub-config, and the fields
     added since that leave older models as they were (``attn_window``, ``selfmod.rule``, ...)
-    filled in, and old values read as today's (:func:`migrate_value`)."""
+    filled in, and old values read as today's (`migrate_value`)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
     for old, new in LEGACY.items():
         if old in out:

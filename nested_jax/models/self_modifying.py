@@ -6,7 +6,7 @@ Per layer and head (``d`` = head dimension), from ``h = RMSNorm(x)``:
   ``q_t = l2norm(silu(conv4(h W_q)))``;
 * ``k_t = l2norm(M_k(x_t))``, ``v_t = M_v(x_t)``, (``q_t = l2norm(M_q(x_t))`` by flag),
   ``eta_t = eta_max sigmoid(M_eta(x_t) + b_eta)``, ``alpha_t = sigmoid(M_alpha(x_t) + b_alpha)``,
-  where every ``M`` is a :class:`~nested_jax.memory.MLPMemory` (residual 2-layer MLP; ``M_eta``,
+  where every ``M`` is a `MLPMemory` (residual 2-layer MLP; ``M_eta``,
   ``M_alpha`` scalar-output, no residual);
 * every memory (the main one included) writes ``(k_t, v_t)`` with its *self-generated* target
   ``v_hat = M(v_t)`` (``MLPMemory(self_target=True)``; a fixed target for the inner gradient,
@@ -21,7 +21,7 @@ and then take that chunk's writes, gradients at the boundary; the main memory ru
 size ``mem_chunk``. Chunk ``c`` therefore uses only tokens before it. Memories of the same shape
 are stacked along the head axis (k, v, q share one kernel call; eta, alpha another).
 
-Streaming keeps both boundaries (a :class:`~nested_jax.memory.StreamState` per group), so any cut
+Streaming keeps both boundaries (a `StreamState` per group), so any cut
 of the sequence gives the chunk-parallel result.
 """
 
@@ -261,7 +261,7 @@ class SelfModifyingTitans:
         """What the layer's memories generate from its input ``x: [B, T, D]`` (chunk-parallel,
         continuing ``state``, e.g. ``init_state``): ``{"k", "v", "q", "eta", "alpha"}`` with keys,
         values and queries ``[B, T, H, d]`` (``q`` the fixed projection's unless
-        ``selfmod.adaptive_q``) and the rates ``[B, T, H]`` -- the values :meth:`__call__` writes
+        ``selfmod.adaptive_q``) and the rates ``[B, T, H]`` -- the values `__call__` writes
         into its main memory. For inspection; the layer's state is not returned."""
         _, a, _ = self._project(p, state, x)
         _, (k, v, q, eta, alpha) = self._gen_parallel(

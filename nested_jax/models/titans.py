@@ -7,13 +7,13 @@ memory diverges above about ``2 (1 - beta) / (0.35 hidden)``, see ``memory/mlp.p
 ``alpha = sigmoid(. + 4.6)`` (about 0.99 at init; Titans' forgetting gate is ``1 - alpha``) and
 momentum ``beta = beta_max sigmoid(.)`` (0.9 at init, at most ``titans.beta_max``: the inner
 steps' normalisation bounds them for every momentum up to it, decisions D82). The memory is
-:class:`~nested_jax.memory.MLPMemory` with the L2 objective and the momentum rule
+`MLPMemory` with the L2 objective and the momentum rule
 (``S <- beta S + grad; M <- alpha M - eta S``), one per head, whose initial state is a learned
 parameter (meta-learned through the inner updates). Read-out:
 ``x <- x + W_o (RMSNorm(y) * silu(h W_g))``, then ``x <- x + SwiGLU(RMSNorm(x))``.
 
 Training uses the chunk-parallel form (gradients at chunk boundaries, ``mem_chunk`` tokens);
-streaming uses :meth:`~nested_jax.memory.AbstractMemory.stream`, which keeps those boundaries.
+streaming uses `stream`, which keeps those boundaries.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Transformer++ block (the baseline of paper Table 2): RMSNorm, RoPE, SwiGLU, causal softmax
-attention — the attention *is* the non-parametric memory :class:`~nested_jax.memory.SoftmaxMemory`
+attention — the attention *is* the non-parametric memory `SoftmaxMemory`
 (paper §2.2.4), so streaming decode carries its state like any other memory.
 
 ``x <- x + W_o Attn(RoPE(q), RoPE(k), v)`` on ``RMSNorm(x)``, then ``x <- x + SwiGLU(RMSNorm(x))``.
@@ -70,7 +70,7 @@ class Attention:
 
 @dataclasses.dataclass(frozen=True)
 class TransformerBlock:
-    """One Transformer++ layer: :class:`Attention` then a SwiGLU MLP (params in one flat dict)."""
+    """One Transformer++ layer: `Attention` then a SwiGLU MLP (params in one flat dict)."""
 
     config: ModelConfig
 

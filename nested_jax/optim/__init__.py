@@ -1,4 +1,4 @@
-"""Optimizers as associative memories, as Optax transformations (paper §3; DESIGN §2.4, §4).
+"""Optimizers as associative memories, as Optax transformations (paper §3).
 
 Where things are:
   momentum.py       momentum as a memory; delta momentum (L2 objective)

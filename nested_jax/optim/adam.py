@@ -41,7 +41,7 @@ class AdamMemoryState(NamedTuple):
 
 
 class AdamReading(NamedTuple):
-    """What :func:`~nested_jax.optim.read_memory` returns for Adam: the raw first- and second-moment
+    """What `read_memory` returns for Adam: the raw first- and second-moment
     memories and the preconditioner's answer to the probe, ``probe / sqrt(v)`` (up to Adam's
     constant factors: bias correction for ``"ema"``, ``1/sqrt(b2)`` for ``"literal"``)."""
 

@@ -1,9 +1,9 @@
-"""Shared pieces of the optimizers-as-memories (paper §3; DESIGN §2.4).
+"""Shared pieces of the optimizers-as-memories (paper §3; decisions D67).
 
-* :func:`read_memory` queries the memory held in any of our optimizer states with a
+* `read_memory` queries the memory held in any of our optimizer states with a
   gradient-shaped probe (for notebooks: "what does this optimizer remember?").
-* :func:`register_reader` is how each optimizer module declares how its state is read.
-* :func:`write_gradient_memory` is the optimizers' one momentum memory: every running average of
+* `register_reader` is how each optimizer module declares how its state is read.
+* `write_gradient_memory` is the optimizers' one momentum memory: every running average of
   gradients in ``nested_jax.optim`` (heavy-ball and delta momentum, Adam's and M3's moments, the
   preconditioned and learned rules' momenta) is this one write with its own retention and rate.
 """
@@ -33,7 +33,7 @@ def as_rows(x: jax.Array) -> jax.Array:
 
 
 def register_reader(state_type: type, reader: Callable[[Any, PyTree], Any]) -> None:
-    """Declare how a state type answers :func:`read_memory`."""
+    """Declare how a state type answers `read_memory`."""
     _READERS[state_type] = reader
 
 
@@ -108,7 +108,7 @@ def write_gradient_memory(
     """One write of a value-less gradient memory ``m`` (paper §2.2, §3.4; a pytree like ``g``).
 
     The memory takes one gradient step on its objective with retention ``alpha`` (``retention``)
-    and learning rate ``eta`` (``rate``), as every memory in :mod:`nested_jax.memory` does:
+    and learning rate ``eta`` (``rate``), as every memory in `nested_jax.memory` does:
 
     * ``DotProduct()`` (``min_m -<m, g>``): ``m <- alpha m + eta g``;
     * ``L2()`` (the delta rule, per leaf with ``g_hat = g / ||g||``):

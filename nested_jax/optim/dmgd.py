@@ -1,13 +1,13 @@
-"""Deep Momentum Gradient Descent (DMGD; paper §3.4 "more expressive memory", DESIGN §4).
+"""Deep Momentum Gradient Descent (DMGD; paper §3.4 "more expressive memory"; decisions D25).
 
-The momentum is a deep memory: for every parameter leaf, an :class:`~nested_jax.memory.MLPMemory`
+The momentum is a deep memory: for every parameter leaf, an `MLPMemory`
 ``m_psi: R^d -> R^d`` applied row-wise to the gradient (``d`` = the leaf's last axis; vectors are
 one row). Per outer step:
 
 1. inner level — one step of the memory's rule on the unit-normalised rows ``u_i`` of the gradient:
    ``psi <- decay * psi - inner_lr * grad_psi mean_i L(m_psi(u_i), u_i)``
-   (``L`` is :class:`~nested_jax.memory.L2` by default: the memory learns to reproduce the gradient
-   rows it sees; :class:`~nested_jax.memory.DotProduct` gives the paper's literal ``<m(u), 1>``-type
+   (``L`` is `L2` by default: the memory learns to reproduce the gradient
+   rows it sees; `DotProduct` gives the paper's literal ``<m(u), 1>``-type
    objective, which is unbounded below — use it only with decay);
 2. outer level — the direction is ``||g_i|| m_psi(u_i)`` row by row, and the alias applies
    ``-lr`` times it. Normalising the rows keeps the inner regression's scale fixed whatever the
@@ -34,7 +34,7 @@ __all__ = ["DMGDState", "dmgd", "dmgd_memory", "init_dmgd_memory", "scale_by_dmg
 
 
 class DMGDState(NamedTuple):
-    """``memory``: a tuple of :class:`~nested_jax.memory.MLPParams`, one per parameter leaf (in
+    """``memory``: a tuple of `MLPParams`, one per parameter leaf (in
     ``jax.tree.leaves`` order); ``count``."""
 
     count: chex.Array
@@ -96,7 +96,7 @@ def scale_by_dmgd(
     """DMGD's direction ``m_psi(g)`` after one inner step (see module docstring).
 
     Args:
-      init_memory: the memory's initial parameters, as from :func:`init_dmgd_memory` (a tuple of
+      init_memory: the memory's initial parameters, as from `init_dmgd_memory` (a tuple of
         ``MLPParams``, one per parameter leaf in ``jax.tree.leaves`` order). May be traced: build
         the transformation inside the meta-loss to meta-learn it. ``None``: built at ``init``
         from the params with ``init_dmgd_memory(jax.random.key(seed), params, hidden_factor)``.
@@ -106,7 +106,7 @@ def scale_by_dmgd(
       hidden_factor, seed: hidden width (times the row width) and seed when ``init_memory`` is
         ``None`` (static: pass them in ``static_args`` under ``optax.inject_hyperparams``).
       hidden: a fixed hidden width for every leaf instead of ``hidden_factor`` (the low-rank
-        memory of :func:`init_dmgd_memory`; e.g. 8: a step within a few times AdamW's).
+        memory of `init_dmgd_memory`; e.g. 8: a step within a few times AdamW's).
     """
     dmgd_memory(1, objective)  # validates the objective before anything is traced
     _check_hidden(hidden)
@@ -164,7 +164,7 @@ def dmgd(
     hidden: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """DMGD optimizer: ``params <- params - lr * m_psi(g)`` (``hidden``: see
-    :func:`scale_by_dmgd`)."""
+    `scale_by_dmgd`)."""
     return optax.chain(
         scale_by_dmgd(
             init_memory,

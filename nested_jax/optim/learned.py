@@ -7,10 +7,10 @@ MLP of ``(g, m)``:
 
     direction = w2 . tanh(W1 [g, m] + b1) + c_g g + c_m m
 
-initialised at plain SGD (``c_g = 1``, ``w2 = 0``, ``c_m = 0``). :func:`scale_by_learned_rule`
-returns the direction (Optax's convention); :func:`learned_optimizer` chains the learning rate.
+initialised at plain SGD (``c_g = 1``, ``w2 = 0``, ``c_m = 0``). `scale_by_learned_rule`
+returns the direction (Optax's convention); `learned_optimizer` chains the learning rate.
 ``theta`` may be a traced value, so meta-gradients flow into it:
-:func:`meta_train_learned_optimizer` differentiates through unrolled optimisation.
+`meta_train_learned_optimizer` differentiates through unrolled optimisation.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def scale_by_learned_rule(theta: dict, beta: float = 0.9) -> optax.GradientTrans
     """The learned rule's direction from ``(g, m)``, ``m <- beta m + (1 - beta) g``.
 
     Args:
-      theta: the rule's parameters (:func:`init_learned_rule`; may be traced).
+      theta: the rule's parameters (`init_learned_rule`; may be traced).
       beta: the running average's retention.
     """
 
@@ -88,7 +88,7 @@ def learned_optimizer(
     theta: dict, learning_rate: optax.ScalarOrSchedule, beta: float = 0.9
 ) -> optax.GradientTransformationExtraArgs:
     """The learned optimizer: ``params <- params - lr * direction`` (see
-    :func:`scale_by_learned_rule`)."""
+    `scale_by_learned_rule`)."""
     return optax.chain(
         scale_by_learned_rule(theta, beta), optax.scale_by_learning_rate(learning_rate)
     )

@@ -13,7 +13,7 @@ Adam-style second moment:
 
 The slow term lags one chunk (it uses the previous chunk's gradients), as in Algorithm 1.
 ``scale_by_m3`` acts on matrices, or stacks of them (``[..., m, n]``: Newton-Schulz on each
-``[m, n]``, e.g. a model's layers stacked on a leading axis); :func:`m3` sends non-matrix leaves
+``[m, n]``, e.g. a model's layers stacked on a leading axis); `m3` sends non-matrix leaves
 (biases, norms, and embeddings if asked) to AdamW, as Muon setups do, and is told which leading
 axes stack matrices with ``stacked=`` (``docs/decisions.md`` D76).
 """
@@ -54,7 +54,7 @@ class M3State(NamedTuple):
 
 
 class M3Reading(NamedTuple):
-    """Both memories of M3 (:func:`~nested_jax.optim.read_memory`): raw and orthogonalised."""
+    """Both memories of M3 (`read_memory`): raw and orthogonalised."""
 
     fast: optax.Updates
     slow: optax.Updates
@@ -179,7 +179,7 @@ def m3(
 
     Args:
       learning_rate: M3's learning rate.
-      b1, b2, b3, alpha, eps, slow_period, ns_steps, ns_coeffs, variant: see :func:`scale_by_m3`.
+      b1, b2, b3, alpha, eps, slow_period, ns_steps, ns_coeffs, variant: see `scale_by_m3`.
       weight_decay: decoupled weight decay on the M3 leaves.
       adam_learning_rate: AdamW's learning rate (default: ``learning_rate``).
       adam_b1, adam_b2, adam_weight_decay: AdamW's settings.
@@ -187,7 +187,7 @@ def m3(
         heads) that should also go to AdamW.
       stacked: optional ``params -> int pytree``: how many leading axes of each leaf stack
         matrices (default 0 everywhere: only 2-D leaves are matrices). For a
-        :class:`~nested_jax.models.LanguageModel`: 1 for the leaves under ``"layers"``.
+        `LanguageModel`: 1 for the leaves under ``"layers"``.
     """
     adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
     matrix = optax.chain(

@@ -1,4 +1,4 @@
-"""Momentum as an associative memory (paper §2.2 item 2, §3.2, §3.4; DESIGN §4 "Optimizers").
+"""Momentum as an associative memory (paper §2.2 item 2, §3.2, §3.4; decisions D17-D18).
 
 GD with momentum is a 2-level system: the inner level is a value-less memory ``m`` that compresses
 the gradients, the outer level moves the weights with it. The memory's objective picks the rule:
@@ -63,7 +63,7 @@ def scale_by_momentum_memory(
       eps: guards ``||g||`` when normalising the gradient.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` with state :class:`MomentumMemoryState`.
+      An ``optax.GradientTransformationExtraArgs`` with state `MomentumMemoryState`.
     """
     check_objective(objective)
 
@@ -84,7 +84,7 @@ def scale_by_momentum_memory(
 def scale_by_delta_momentum(
     decay: float = 0.9, beta: float = 0.5, eps: float = 1e-12
 ) -> optax.GradientTransformationExtraArgs:
-    """Delta momentum: :func:`scale_by_momentum_memory` with the L2 objective."""
+    """Delta momentum: `scale_by_momentum_memory` with the L2 objective."""
     return scale_by_momentum_memory(decay, objective=L2(), beta=beta, eps=eps)
 
 

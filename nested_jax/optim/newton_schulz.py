@@ -3,7 +3,7 @@
 ``W <- W - lr * NS_T(m)``: with ``m`` the momentum memory, this is Muon. The paper reads one NS step
 as one GD step on ``L(O; g) = 1/2 ||O - g||^2 + 1/4 ||O^T O - I||^2``-type objectives: from
 ``O_0 = g`` with step ``1/4`` the gradient step on ``1/2||O - g||^2 + 1/2||O^T O - I||^2`` gives the
-cubic iteration ``1.5 g - 0.5 g g^T g`` (:func:`orthogonality_gd_step`, tested equal).
+cubic iteration ``1.5 g - 0.5 g g^T g`` (`orthogonality_gd_step`, tested equal).
 
 Coefficients: Muon's quintic ``(3.4445, -4.7750, 2.0315)`` by default, the cubic ``(1.5, -0.5, 0)``
 as ``coeffs="cubic"``. The input is first divided by its Frobenius norm; tall matrices are

@@ -1,5 +1,5 @@
 """Training: data (tokenizers, corpora, grain pipeline), configs, train state and steps, the
-loop with checkpoints (orbax), sharding (``data`` / ``fsdp`` mesh) and generation (issue 5).
+loop with checkpoints (orbax), sharding (``data`` / ``fsdp`` mesh) and generation.
 
 Where things are:
   data.py        tokenizers, offline corpora, the split by document, the grain pipeline

@@ -7,10 +7,10 @@ of the state (per-leaf sums) checked on restore. Orbax writes each checkpoint to
 directory and renames it on commit, so a crash mid-save never leaves a partial step; the newest
 ``keep`` are kept.
 
-:meth:`Checkpoints.restore` starts from the newest step; a step that cannot be read (truncated,
+`Checkpoints.restore` starts from the newest step; a step that cannot be read (truncated,
 corrupted, fingerprint mismatch) is reported by name, moved aside to ``corrupt-<step>`` (nothing
 is deleted) and the previous one is tried. A checkpoint made for a different model (vocabulary,
-shapes) is not corruption: it raises :class:`CheckpointMismatchError`.
+shapes) is not corruption: it raises `CheckpointMismatchError`.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class Checkpoints:
 
         ``abstract_state``: a pytree of ``jax.ShapeDtypeStruct`` (with shardings) giving the
         structure, shapes, dtypes and placement. ``data_iter`` (may be ``None``) is restored in
-        place. ``check_meta(meta, path)`` may raise :class:`CheckpointMismatchError`.
+        place. ``check_meta(meta, path)`` may raise `CheckpointMismatchError`.
         ``read_only``: an unreadable step is reported and skipped but not moved aside (for
         commands that only read a run: eval, generate, sessions).
         """

@@ -1,8 +1,8 @@
 """Training configuration: dataclasses, named configs, ``key=value`` overrides, validation.
 
 ``get_train_config("quickstart", ["steps=50", "data.seq_len=64", "model.d_model=64"])`` returns a
-validated :class:`TrainConfig`. Overrides name a field by its dotted path (``data.*``, ``optim.*``,
-``model.*`` for any :class:`~nested_jax.models.ModelConfig` field, or a top-level field); the value
+validated `TrainConfig`. Overrides name a field by its dotted path (``data.*``, ``optim.*``,
+``model.*`` for any `ModelConfig` field, or a top-level field); the value
 is parsed as a Python literal (``3``, ``1e-3``, ``True``, ``(16, 64)``, ``None``) or else taken as a
 string. Everything is checked here, before anything is loaded or compiled.
 """
@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the tokens come from (see :mod:`nested_jax.train.data`).
+    """Where the tokens come from (see `nested_jax.train.data`).
 
     corpus: ``"shakespeare"``, ``"wikipedia"`` or a path (text file, folder of ``*.txt``, ``.npy``).
     tokenizer: ``"byte"`` (vocabulary 256) or ``"bpe"`` (trained on the training split, cached).
@@ -82,7 +82,7 @@ class TrainConfig:
     """One training run.
 
     model: a model registry name (``nested_jax.models.list_configs()``); model_overrides: fields
-    of its :class:`ModelConfig` to replace (``--set model.d_model=64``). The model's
+    of its `ModelConfig` to replace (``--set model.d_model=64``). The model's
     ``vocab_size`` is set from the tokenizer.
     steps: optimizer steps. seed: parameters and everything random. log_every / eval_every /
     ckpt_every: in steps (``0`` = never; a final checkpoint and evaluation always happen).
@@ -205,7 +205,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
 
 
 def model_config(cfg: TrainConfig, vocab_size: int | None = None) -> ModelConfig:
-    """The run's :class:`ModelConfig` (registry entry + overrides, vocabulary from the data)."""
+    """The run's `ModelConfig` (registry entry + overrides, vocabulary from the data)."""
     ov = dict(cfg.model_overrides)
     if vocab_size is not None:
         ov["vocab_size"] = vocab_size
@@ -216,7 +216,7 @@ def model_config(cfg: TrainConfig, vocab_size: int | None = None) -> ModelConfig
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Raise :class:`ConfigError` naming the first bad value; return ``cfg``."""
+    """Raise `ConfigError` naming the first bad value; return ``cfg``."""
     d, o = cfg.data, cfg.optim
 
     def need(ok, msg):

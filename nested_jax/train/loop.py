@@ -1,5 +1,5 @@
-"""The training loop: :class:`Run` (everything a run needs, built and checked once) and
-:func:`train` / :func:`evaluate` / :func:`generate` on top of it.
+"""The training loop: `Run` (everything a run needs, built and checked once) and
+`train` / `evaluate` / `generate` on top of it.
 
 A run lives in one directory::
 
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nested_jax.models import LanguageModel
+from nested_jax.models import LanguageModel, sample_token
 from nested_jax.models.migrate import migrate_model_json
 from nested_jax.train import data as data_lib
 from nested_jax.train import sharding as sh
@@ -97,7 +97,7 @@ class _Compiled:
 @functools.lru_cache(maxsize=16)
 def _compiled(model_config, optim_config, steps: int, mesh) -> _Compiled:
     """The jitted init / train / eval functions of one (model, optimizer, steps, mesh), shared
-    by every :class:`Run` that has them (re-creating a run, or resuming in the same process,
+    by every `Run` that has them (re-creating a run, or resuming in the same process,
     does not recompile)."""
     model = LanguageModel(model_config)
     opt = make_optimizer(optim_config, steps)
@@ -253,7 +253,7 @@ class Run:
 
     def restore(self, data_iter=None, *, read_only: bool = False):
         """``(step, state)`` from the newest good checkpoint, or ``None`` (``read_only``: leave
-        unreadable checkpoints where they are; see :meth:`Checkpoints.restore`)."""
+        unreadable checkpoints where they are; see `Checkpoints.restore`)."""
         got = self.ckpt.restore(
             self.abstract_state, data_iter, check_meta=self.check_meta, read_only=read_only
         )
@@ -269,7 +269,7 @@ class Run:
         return sh.global_batch(np.asarray(local, np.int32), self.mesh)
 
     def _val_windows(self):
-        """The validation windows; a :class:`DataError` if they do not fill one batch."""
+        """The validation windows; a `DataError` if they do not fill one batch."""
         d = self.cfg.data
         w = data_lib.eval_windows(self.splits.val, seq_len=d.seq_len, max_windows=10**9)
         if len(w) < d.batch_size:
@@ -390,7 +390,7 @@ def _sigterm_stops():
 def train(
     cfg: TrainConfig, out_dir: str | os.PathLike, *, progress: bool = True, resume: bool = True
 ) -> RunResult:
-    """Train (or resume) the run in ``out_dir``. Raises :class:`NonFiniteLossError` on a
+    """Train (or resume) the run in ``out_dir``. Raises `NonFiniteLossError` on a
     non-finite step under ``nan_policy="stop"`` (the last good checkpoint stays as it was). A
     finished run (its newest checkpoint at ``steps``) is left as it is."""
     run = Run(cfg, out_dir)  # data and config errors raise here, before any folder is made
@@ -475,7 +475,7 @@ def _start(run: Run, it, resume: bool):
 
 class _NanGuard:
     """The NaN policy (the train step never applies a non-finite update): ``"stop"`` raises
-    :class:`NonFiniteLossError`; ``"skip"`` goes on, up to ``max_skips`` in a row."""
+    `NonFiniteLossError`; ``"skip"`` goes on, up to ``max_skips`` in a row."""
 
     def __init__(self, cfg: TrainConfig, hooks: _Hooks):
         self.cfg, self.hooks, self.in_row = cfg, hooks, 0
@@ -662,23 +662,16 @@ def sample(
     length: int,
     temperature=1.0,
     top_k: int = 0,
+    top_p=1.0,
 ) -> jax.Array:
-    """Continue ``prompt: int [B, P]`` by ``length`` sampled tokens (``temperature=0``: greedy).
-    The prompt runs chunk-parallel; the continuation streams one token at a time."""
+    """Continue ``prompt: int [B, P]`` by ``length`` tokens drawn by
+    :func:`~nested_jax.models.sample_token` (``temperature=0``: greedy). The prompt runs
+    chunk-parallel; the continuation streams one token at a time."""
     logits, state = model.apply(params, prompt)
-
-    def pick(lg, k):
-        lg = lg.astype(jnp.float32)
-        if temperature == 0:
-            return jnp.argmax(lg, axis=-1).astype(jnp.int32)
-        if top_k:
-            kth = jax.lax.top_k(lg, top_k)[0][..., -1:]
-            lg = jnp.where(lg < kth, -jnp.inf, lg)
-        return jax.random.categorical(k, lg / temperature, axis=-1).astype(jnp.int32)
 
     def one(carry, k):
         st, lg = carry
-        tok = pick(lg, k)
+        tok = sample_token(lg, k, temperature=temperature, top_k=top_k, top_p=top_p)
         out, st = model.step(params, st, tok[:, None])
         return (st, out[:, 0]), tok
 

@@ -1,8 +1,8 @@
 """The outer optimizers by name and the learning-rate schedule of a training run.
 
-:data:`OPTIMIZERS` maps ``optim.name`` (a training config's) to a builder
-``(OptimConfig, schedule) -> optax.GradientTransformation``; :func:`make_optimizer` chains
-gradient clipping in front. ``o`` below is the run's :class:`~nested_jax.train.OptimConfig`
+`OPTIMIZERS` maps ``optim.name`` (a training config's) to a builder
+``(OptimConfig, schedule) -> optax.GradientTransformation``; `make_optimizer` chains
+gradient clipping in front. ``o`` below is the run's `OptimConfig`
 (read by attribute only: this module does not import the config module, which imports it).
 """
 
@@ -85,7 +85,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 
 
 def make_optimizer(o, total_steps: int) -> optax.GradientTransformation:
-    """Clip (``clip_norm``) then the named optimizer (:data:`OPTIMIZERS`) with the schedule."""
+    """Clip (``clip_norm``) then the named optimizer (`OPTIMIZERS`) with the schedule."""
     if o.name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {o.name!r}; choose one of {sorted(OPTIMIZERS)}.")
     opt = OPTIMIZERS[o.name](o, make_schedule(o, total_steps))

@@ -4,8 +4,8 @@ The mesh has two axes, ``("data", "fsdp")``. A batch ``[B, T]`` is split along `
 per-sample fast memory a model builds from it, its in-context state, is split the same way by the
 compiler's sharding propagation). Every parameter and optimizer-state leaf is split along
 ``fsdp`` on its largest dimension that ``fsdp`` divides (replicated when none does, e.g. scalars).
-On one device all of this is a no-op. Multi-host: :func:`initialize_distributed` before anything
-else, then each host feeds its own slice of the batch (:func:`global_batch`).
+On one device all of this is a no-op. Multi-host: `initialize_distributed` before anything
+else, then each host feeds its own slice of the batch (`global_batch`).
 """
 
 from __future__ import annotations

@@ -5,17 +5,17 @@ A linear layer ``y = W x`` trained by gradient descent is a memory that maps its
 step of the dot-product objective ``<W x, delta>``. This module exposes those signals and the
 update family built on them:
 
-* :func:`surprise_signals`: ``delta_l = dL/dy_l`` for every layer output of a network written as
+* `surprise_signals`: ``delta_l = dL/dy_l`` for every layer output of a network written as
   a list of layers (one extra ``jax.vjp``: a zero probe is added to each output and the loss is
   differentiated with respect to the probes), together with every layer's input ``x_l``. Then
   ``dL/dW_l = delta_l x_l^T`` (summed over the batch), which the tests check against ``jax.grad``.
-* :func:`ggd_step`, Generalized Gradient Descent: ``W_{t+1} = argmin_W l(W x_t, u_t) +
+* `ggd_step`, Generalized Gradient Descent: ``W_{t+1} = argmin_W l(W x_t, u_t) +
   ||W - alpha W_t||^2 / (2 eta)`` with a *self-generated* target ``u_t = f_{W_t}(x_t)`` (by
   default ``u = -dL/dy``, the negated LSS). The minimiser differs from ``alpha W_t`` by a rank-one
   term ``a x^T``; ``a`` solves a ``d_out``-dimensional proximal problem, solved by damped Newton
   steps (exact in one step for quadratic and linear objectives). With the dot-product objective
   ``l = -<y, u>`` it is plain GD; with ``l = 1/2 ||y - u||^2`` it is Delta Gradient Descent's
-  closed form (:func:`nested_jax.memory.rule_step` with :class:`~nested_jax.memory.DGD`); the tests
+  closed form (`nested_jax.memory.rule_step` with `DGD`); the tests
   hold both equal without either being called here.
 """
 

@@ -2,12 +2,12 @@
 
 * **Weights** (a hypernetwork): a slow level ``H_phi`` maps a task embedding ``z`` to the fast
   level's weights, ``W = H_phi(z)``; the fast level's read-out ``W x`` is differentiable in
-  ``phi``, so the slow level learns from the fast level's errors (:func:`hypernet_init`,
-  :func:`hypernet_weights`, :func:`hypernet_module`).
+  ``phi``, so the slow level learns from the fast level's errors (`hypernet_init`,
+  `hypernet_weights`, `hypernet_module`).
 * **Updates** (a learned optimizer): a slow level generates the fast level's *updates* from its
-  gradients. It is an optimizer, so it lives in :mod:`nested_jax.optim.learned`
+  gradients. It is an optimizer, so it lives in `nested_jax.optim.learned`
   (``learned_optimizer``, ``meta_train_learned_optimizer``; re-exported by
-  :mod:`nested_jax.transfer`).
+  `nested_jax.transfer`).
 """
 
 from __future__ import annotations

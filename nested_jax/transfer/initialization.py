@@ -2,7 +2,7 @@
 
 The slow level's parameter is the fast level's *initial state*: ``Theta_0 = argmin_Phi
 E_task[ l( M(.; Phi adapted on the task's context) ) ]``. The fast level adapts by writing its
-task's context through its own update rule (a :func:`~nested_jax.transfer.run_nest` of one
+task's context through its own update rule (a `run_nest` of one
 member, so periods, rules and retention work as everywhere else); the slow level differentiates
 the post-adaptation loss through those writes (second order) or, with ``first_order=True``,
 treats each write's increment as a constant (first-order MAML: the gradient reaches the

@@ -1,7 +1,7 @@
 """Neural Learning Modules and their nest (paper §2.3 "neural learning module", §2.4).
 
-A :class:`LearningModule` is one level of a nest: an associative memory from
-:mod:`nested_jax.memory` (``LinearMemory`` by default, ``MLPMemory`` for a deep member: any memory
+A `LearningModule` is one level of a nest: an associative memory from
+`nested_jax.memory` (``LinearMemory`` by default, ``MLPMemory`` for a deep member: any memory
 with the one state protocol) held as one pytree value with the level's *parameters* (what slower
 levels and the outer loop learn: the memory's params, i.e. its initial state, the knowledge it
 receives by initialization) and its *memory state* (one sample, one head). The memory, period,
@@ -10,8 +10,8 @@ name and how the member receives knowledge are static fields; ``init`` / ``read`
 memory's own ``write`` / ``read``, so its objective and update rule are the memory's (GD,
 momentum, DGD; L2 or dot product), not a second implementation.
 
-:func:`run_nest` composes modules into a nest and runs it with :func:`nested_jax.run_levels`
-(each module one :class:`~nested_jax.Level` with its own period; no second runner). Each member
+`run_nest` composes modules into a nest and runs it with `nested_jax.run_levels`
+(each module one `Level` with its own period; no second runner). Each member
 names how it receives knowledge from the member before it (its faster or slower neighbour):
 
 * ``"residual"`` (direct, parametric: the paper's ``M0(.; M1(.))``): it writes what the
@@ -22,12 +22,12 @@ names how it receives knowledge from the member before it (its faster or slower 
 * ``"joint"`` (knowledge transfer by backpropagation, §2.4 item 3, the form the CMS uses): it
   writes what *every other* member's read leaves unexplained, ``v - (prediction - own read)``,
   so it steps along the gradient of the whole nest's prediction error (with the L2 objective),
-  at its own frequency. Members after it count too: :func:`run_nest` reads every member first
+  at its own frequency. Members after it count too: `run_nest` reads every member first
   (``run_levels``' ``peek``), then writes (decisions D87).
 
 The nest's prediction for ``v_t`` is the sum of the read-outs (read before write). Knowledge by
-initialization is :func:`nested_jax.transfer.initialization.meta_learn_init`; by generation,
-:mod:`nested_jax.transfer.generation`; by backpropagation, :mod:`nested_jax.transfer.backprop`.
+initialization is `nested_jax.transfer.initialization.meta_learn_init`; by generation,
+`nested_jax.transfer.generation`; by backpropagation, `nested_jax.transfer.backprop`.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class LearningModule:
         return prev_read if self.receives == "input" else x
 
     def level(self, eta, alpha=1.0, first_order: bool = False) -> Level:
-        """This module as a :class:`~nested_jax.Level` of a nest: input ``(x, v, prediction, _,
+        """This module as a `Level` of a nest: input ``(x, v, prediction, _,
         total)``, output ``(x, v, prediction + read, read, total)`` for the next member, where
         ``total`` is the sum of every member's read at this step (used by ``"joint"``)."""
 
@@ -195,7 +195,7 @@ def run_nest(
     """Run a nest of modules over a stream ``keys: [T, d_k]``, ``values: [T, d_v]``.
 
     Member ``i`` updates every ``modules[i].period`` steps (accumulating its per-step increments
-    between firings, :func:`nested_jax.run_levels` semantics) with rate ``etas[i]``. When a
+    between firings, `nested_jax.run_levels` semantics) with rate ``etas[i]``. When a
     member receives ``"joint"``, every member is read first at each step (its pre-firing state,
     the same read it emits) and the joint members write against the total."""
     alphas = [1.0] * len(modules) if alphas is None else alphas
