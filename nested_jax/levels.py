@@ -488,7 +488,7 @@ def run_levels(
     Jit with ``jax.jit(run_levels, static_argnames=("levels", "form"))`` and pass ``levels`` as
     a tuple.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from nested_jax import Level, run_levels
       >>> fast = Level("fast", 1, lambda s, x: (s + 0.5 * (x - s), s))

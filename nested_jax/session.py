@@ -117,10 +117,11 @@ class Policy:
     def resets(self) -> tuple[bool, bool]:
         """Whether `end_document` resets ``(sequence layers, CMS)``.
 
-        >>> Policy(reset="document", cms_reset="never").resets  # the CMS consolidates
-        (True, False)
-        >>> Policy(reset="document").resets  # cms_reset follows reset unless given
-        (True, True)
+        Examples:
+            >>> Policy(reset="document", cms_reset="never").resets  # the CMS consolidates
+            (True, False)
+            >>> Policy(reset="document").resets  # cms_reset follows reset unless given
+            (True, True)
         """
         return self.reset == "document", (self.cms_reset or self.reset) == "document"
 

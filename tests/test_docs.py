@@ -64,11 +64,11 @@ def test_docstring_examples(name):
 
 
 def test_site_check_finds_literal_roles_and_internal_references(tmp_path):
-    """The check CI runs on the built site (docs/check_site.py) fails on a literal role, a
+    """The check CI runs on the built site (.ci/check_site.py) fails on a literal role, a
     design-brief reference or an issue number, and passes a clean page."""
     import sys
 
-    sys.path.insert(0, str(ROOT / "docs"))
+    sys.path.insert(0, str(ROOT / ".ci"))
     try:
         from check_site import problems
     finally:

@@ -292,18 +292,19 @@ class AbstractMemory:
         Returns:
           ``(state, y)`` with ``y: [batch, seq, heads, d_v]``.
 
-        Example (DeltaNet, exact for every chunk size, against its token-by-token twin):
+        Examples:
+            DeltaNet, exact for every chunk size, against its token-by-token twin:
 
-        >>> import jax, jax.numpy as jnp
-        >>> from nested_jax.memory import L2, GD, LinearMemory
-        >>> mem = LinearMemory(objective=L2(), rule=GD(), gradient_at="token")
-        >>> params = mem.init_params(jax.random.key(0), heads=1, d_k=4, d_v=4)
-        >>> k = jax.random.normal(jax.random.key(1), (1, 6, 1, 4))
-        >>> k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
-        >>> _, y = mem.write_read(mem.init_state(params, 1), k, k, k, 0.5, chunk_size=3)
-        >>> _, y1 = mem.write_read_reference(mem.init_state(params, 1), k, k, k, 0.5, chunk_size=1)
-        >>> y.shape, bool(jnp.allclose(y, y1, atol=1e-5))
-        ((1, 6, 1, 4), True)
+            >>> import jax, jax.numpy as jnp
+            >>> from nested_jax.memory import L2, GD, LinearMemory
+            >>> mem = LinearMemory(objective=L2(), rule=GD(), gradient_at="token")
+            >>> params = mem.init_params(jax.random.key(0), heads=1, d_k=4, d_v=4)
+            >>> k = jax.random.normal(jax.random.key(1), (1, 6, 1, 4))
+            >>> k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+            >>> _, y = mem.write_read(mem.init_state(params, 1), k, k, k, 0.5, chunk_size=3)
+            >>> _, y1 = mem.write_read_reference(mem.init_state(params, 1), k, k, k, 0.5, chunk_size=1)
+            >>> y.shape, bool(jnp.allclose(y, y1, atol=1e-5))
+            ((1, 6, 1, 4), True)
         """
         res, y = self._run_chunks(
             state,

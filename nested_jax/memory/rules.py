@@ -74,9 +74,10 @@ Rule = GD | Momentum | DGD
 def dgd_rate(eta: jax.Array, x: jax.Array) -> jax.Array:
     """``eta' = eta / (1 + eta ||x||^2)``; ``eta: [...]``, ``x: [..., d]``.
 
-    >>> import jax.numpy as jnp
-    >>> float(dgd_rate(jnp.float32(1.0), jnp.array([1.0, 0.0])))  # a unit key: half the step
-    0.5
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> float(dgd_rate(jnp.float32(1.0), jnp.array([1.0, 0.0])))  # a unit key: half the step
+        0.5
     """
     return eta / (1.0 + eta * jnp.sum(x * x, axis=-1))
 
@@ -91,8 +92,9 @@ def nlms_rate(eta, gain, strength=1.0):
     ``1 + strength eta gain`` bounds the step at ``1 / strength`` errors' worth whatever ``eta``,
     the width or the weights, and leaves small rates nearly unchanged.
 
-    >>> round(float(nlms_rate(1e6, 2.0)), 4)  # a huge rate: bounded at 1 / gain
-    0.5
+    Examples:
+        >>> round(float(nlms_rate(1e6, 2.0)), 4)  # a huge rate: bounded at 1 / gain
+        0.5
     """
     return eta / (1.0 + strength * eta * gain)
 

@@ -483,9 +483,10 @@ _REGISTRY = {
 def get_config(name: str, **overrides) -> ModelConfig:
     """A named config, optionally with fields replaced (as `ModelConfig.replace`).
 
-    >>> c = get_config("hope_tiny", n_layers=4, cms={"signal": "ntp"})
-    >>> c.kind, c.n_layers, c.cms.signal, c.cms.periods
-    ('hope', 4, 'ntp', (4, 8))
+    Examples:
+        >>> c = get_config("hope_tiny", n_layers=4, cms={"signal": "ntp"})
+        >>> c.kind, c.n_layers, c.cms.signal, c.cms.periods
+        ('hope', 4, 'ntp', (4, 8))
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown config {name!r}; choose one of {sorted(_REGISTRY)}.")

@@ -467,9 +467,10 @@ def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 def count_params(config: ModelConfig) -> int:
     """Parameters of a model with ``config`` (shapes only: nothing is initialised).
 
-    >>> from nested_jax.models import get_config
-    >>> count_params(get_config("tiny")) > 0
-    True
+    Examples:
+        >>> from nested_jax.models import get_config
+        >>> count_params(get_config("tiny")) > 0
+        True
     """
     model = LanguageModel(config)
     return model.num_params(jax.eval_shape(model.init, jax.random.key(0)))

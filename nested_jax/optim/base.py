@@ -54,7 +54,7 @@ def read_memory(opt_state: PyTree, probe: PyTree | None = None) -> Any:
     Raises:
       ValueError: if ``opt_state`` holds no nested_jax memory.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from nested_jax import optim
       >>> opt = optim.momentum_memory(0.1, decay=0.9)

@@ -1,7 +1,8 @@
 """Fail on what should never reach the built documentation site: Sphinx roles rendered literally
 (``:class:`X```: mkdocstrings does not read them) and references to documents users do not have
-(the design brief; issue numbers outside the decisions record, which is organised by issue). Run
-after ``mkdocs build``: ``python docs/check_site.py``."""
+(the design brief; issue numbers outside the decisions record, which is organised by issue), and
+docstring examples collapsed into quote blocks (doctests belong in an ``Examples:`` section). Run
+after ``mkdocs build``: ``python .ci/check_site.py``."""
 
 from __future__ import annotations
 
@@ -17,11 +18,20 @@ BAD = {
 }
 
 
+# a doctest outside an ``Examples:`` section renders as nested quote blocks, its lines run together
+COLLAPSED = re.compile(
+    r"<blockquote>\s*<blockquote>\s*<blockquote>\s*<p>import|<blockquote>\s*<blockquote>"
+)
+
+
 def problems(site: Path) -> list[str]:
     """``"page: what (excerpt)"`` for every bad pattern in the HTML pages under ``site``."""
     out = []
     for page in sorted(site.rglob("*.html")):
-        text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text(encoding="utf-8")))
+        raw = page.read_text(encoding="utf-8")
+        if COLLAPSED.search(raw):
+            out.append(f"{page.relative_to(site)}: a docstring example collapsed into a quote")
+        text = html.unescape(re.sub(r"<[^>]+>", "", raw))
         history = page.relative_to(site).parts[0] == "decisions"
         for what, pat in BAD.items():
             if history and what == "an issue number":
