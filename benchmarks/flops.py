@@ -8,6 +8,13 @@ once. What is counted is what the traced program asks for (the gradient's jaxpr 
 backward and the rematerialised forward); XLA may still remove dead or duplicate work.
 
 ``while`` loops of unknown trip count raise: none of the benchmarked models has one.
+
+:func:`jaxpr_counts` counts, the same way, what a step *executes* as separate operations: every
+primitive equation (``ops``) and every ``dot_general`` (``matmuls``), loop bodies times their trip
+counts. On a GPU each is about one kernel launch unless XLA fuses it (elementwise chains fuse;
+matmuls in a sequential loop do not), so these counts are the accelerator proxy that FLOPs are
+not: a step of many small sequential matmuls is launch-bound whatever the card. A ``while`` loop
+of unknown trip count is counted once and reported (``unknown_loops``).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Callable
 import jax
 from jax.extend import core as jcore
 
-__all__ = ["matmul_flops", "jaxpr_matmul_flops"]
+__all__ = ["count_ops", "jaxpr_counts", "jaxpr_matmul_flops", "matmul_flops"]
 
 
 def _dot_flops(eqn) -> int:
@@ -64,3 +71,45 @@ def jaxpr_matmul_flops(jaxpr) -> int:
 def matmul_flops(fn: Callable, *args) -> int:
     """Matmul FLOPs of one call ``fn(*args)`` (see the module docstring)."""
     return jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args))
+
+
+_ZERO = {"matmul_flops": 0, "matmuls": 0, "ops": 0, "unknown_loops": 0}
+
+
+def _add(a: dict, b: dict, times: int = 1) -> dict:
+    return {k: a[k] + times * b[k] for k in a}
+
+
+def jaxpr_counts(jaxpr) -> dict:
+    """``{"matmul_flops", "matmuls", "ops", "unknown_loops"}`` of a (closed) jaxpr, every loop
+    body times its trip count (``cond``: its costliest branch by ops)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = dict(_ZERO)
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "scan":
+            total = _add(total, jaxpr_counts(eqn.params["jaxpr"]), eqn.params["length"])
+        elif name == "cond":
+            branches = [jaxpr_counts(b) for b in eqn.params["branches"]]
+            total = _add(total, max(branches, key=lambda c: (c["ops"], c["matmul_flops"])))
+        elif name == "while":
+            body = jaxpr_counts(eqn.params["body_jaxpr"])
+            cond = jaxpr_counts(eqn.params["cond_jaxpr"])
+            total = _add(_add(total, body), cond)
+            total["unknown_loops"] += 1
+        else:
+            subs = list(_sub_jaxprs(eqn))
+            if subs:
+                for j in subs:
+                    total = _add(total, jaxpr_counts(j))
+            else:
+                total["ops"] += 1
+                if name == "dot_general":
+                    total["matmuls"] += 1
+                    total["matmul_flops"] += _dot_flops(eqn)
+    return total
+
+
+def count_ops(fn: Callable, *args) -> dict:
+    """`jaxpr_counts` of one call ``fn(*args)`` (traced only: nothing runs or compiles)."""
+    return jaxpr_counts(jax.make_jaxpr(fn)(*args))

@@ -15,6 +15,7 @@ BENCHMARKS = (
     "flop_split",
     "session_absorb",
     "config_costs",
+    "launches",
 )
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case (>= 5)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/NAME.json)")
     p.add_argument(
-        "--models", nargs="+", default=None, help="model_throughput only: which models to run"
+        "--models", nargs="+", default=None, help="model_throughput / launches: which models"
     )
     p.add_argument(
         "--seqs", nargs="+", type=int, default=None, help="model_throughput only: lengths"
@@ -39,8 +40,10 @@ def main(argv: list[str] | None = None) -> None:
         kwargs["seqs"] = args.seqs
     if args.batch != 1:
         kwargs["batch"] = args.batch
-    if kwargs and args.name != "model_throughput":
-        raise SystemExit("--models, --seqs and --batch apply to model_throughput only.")
+    if kwargs and args.name not in ("model_throughput", "launches"):
+        raise SystemExit(
+            "--models, --seqs and --batch apply to model_throughput and launches only."
+        )
     if args.configs:
         if args.name != "config_costs":
             raise SystemExit("--configs applies to config_costs only.")

@@ -261,8 +261,28 @@ def ab_table(data: dict) -> str:
     return _table(caption, cols, rows)
 
 
+def launches_table(data: dict) -> str:
+    rows = [
+        [
+            r["model"],
+            str(r["seq"]),
+            f"{r['params']:,}",
+            f"{r['matmuls']:,}",
+            f"{r['ops']:,}",
+            f"{r['matmul_gflop']:.2f}",
+        ]
+        for r in data["results"]
+    ]
+    caption = (
+        f"{_machine(data['machine'])} Per training step (loss, gradient, AdamW), traced: loop "
+        "bodies times their trip counts."
+    )
+    return _table(caption, ["model", "seq", "params", "matmuls", "ops", "matmul GFLOP"], rows)
+
+
 TABLES = {
     "ab": ab_table,
+    "launches": launches_table,
     "config_costs": config_costs_table,
     "flop_split": flop_split_table,
     "memory_chunked": memory_chunked_table,

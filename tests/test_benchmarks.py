@@ -188,3 +188,40 @@ def test_quick_ab_compares_two_checkouts(tmp_path, capsys):
     assert row["speed_this_over_base"] > 0
     table.main([str(out)])
     assert "this / base" in capsys.readouterr().out
+
+
+def test_op_counts_are_loop_bodies_times_their_trip_counts():
+    """`jaxpr_counts`: every primitive once per execution, scans times their length, a cond by
+    its costliest branch, a while loop of unknown trip count once (and reported)."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.flops import count_ops
+
+    a, b = jnp.ones((3, 5, 7)), jnp.ones((7, 11))
+    one = count_ops(lambda a, b: a @ b, a, b)
+    assert one["matmuls"] == 1 and one["ops"] >= 1 and one["unknown_loops"] == 0
+    body = lambda c, x: (c + jnp.sum(x @ b @ b.T), None)
+    scan = count_ops(lambda a: jax.lax.scan(body, 0.0, a)[0], a)
+    assert scan["matmuls"] == 3 * 2 and scan["ops"] >= 3 * 3
+    cond = count_ops(
+        lambda p, a: jax.lax.cond(p, lambda: (a @ b @ b.T).sum(), lambda: 0.0), True, a
+    )
+    assert cond["matmuls"] == 2
+    loop = count_ops(lambda n: jax.lax.while_loop(lambda i: i < n, lambda i: i + 1, 0), 4)
+    assert loop["unknown_loops"] == 1
+
+
+def test_quick_launches_writes_json_and_its_table(tmp_path, capsys):
+    import json
+
+    from benchmarks import run, table
+
+    out = tmp_path / "launches.json"
+    run.main(["launches", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    rows = {r["model"]: r for r in data["results"]}
+    assert rows["transformer_pm"]["matmuls"] < rows["hope"]["matmuls"]  # the sequential loops
+    assert all(r["ops"] >= r["matmuls"] > 0 for r in rows.values())
+    table.main([str(out)])
+    assert "matmuls" in capsys.readouterr().out
