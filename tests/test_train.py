@@ -200,6 +200,24 @@ def test_a_finished_run_is_left_alone(corpus, full_run, tmp_path, caplog):
     assert sorted(int(p.name) for p in (done / "checkpoints").iterdir()) == [4, 8, 12]
 
 
+def test_a_time_budget_stops_checkpoints_and_evaluates_then_resumes(corpus, tmp_path, caplog):
+    """``max_minutes``: the run stops once its steps (not the first, which compiles) have taken
+    the budget, checkpoints and evaluates; run again it is finished; with a larger budget it goes
+    on to ``steps``, the training time counted across the two processes' steps."""
+    out = tmp_path / "budget"
+    caplog.set_level(logging.INFO, logger="nested_jax.train")
+    res = train(tiny_config(corpus, "max_minutes=1e-6"), out, progress=False)
+    assert res.budget_spent and 2 <= res.step < 12 and np.isfinite(res.val_loss)
+    assert res.train_s >= 60e-6 and "time budget of 1e-06 minutes reached" in caplog.text
+    assert res.checkpoint.name == str(res.step)
+    again = train(tiny_config(corpus, "max_minutes=1e-6"), out, progress=False)
+    assert again.step == res.step and again.budget_spent and "budget spent" in caplog.text
+    more = train(tiny_config(corpus), out, progress=False)  # no budget: to the end
+    assert more.step == 12 and not more.budget_spent and more.train_s > res.train_s
+    with pytest.raises(ConfigError, match="max_minutes must be >= 0"):
+        train(tiny_config(corpus, "max_minutes=-1"), tmp_path / "bad", progress=False)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "scramble", "metadata"])
 def test_corrupt_latest_checkpoint_falls_back_to_previous(
     corpus, full_run, cut_run, tmp_path, caplog, damage

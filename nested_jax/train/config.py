@@ -92,7 +92,10 @@ class TrainConfig:
     ``data``). distributed: call ``jax.distributed.initialize()`` (multi-host).
     tensorboard: also write TensorBoard events (needs ``tensorboardX``). plot: a PNG loss curve
     at the end (needs ``matplotlib``). step_sleep: seconds to sleep after each step (tests use it
-    to kill a run mid-way; leave at 0).
+    to kill a run mid-way; leave at 0). max_minutes: a budget of training time (``0`` = none):
+    the run stops, checkpoints and evaluates once its steps have taken that long, counted across
+    resumes and without the first step's compile (the same budget for every model gives the
+    comparison at equal wall-clock); run it again with a larger budget to go on.
     """
 
     model: str = "hope_tiny"
@@ -112,6 +115,7 @@ class TrainConfig:
     tensorboard: bool = False
     plot: bool = True
     step_sleep: float = 0.0
+    max_minutes: float = 0.0
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -260,6 +264,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         f"mesh must be (data >= 0, fsdp >= 1) ints (data 0 = all remaining devices), got {cfg.mesh}.",
     )
     need(cfg.step_sleep >= 0, "step_sleep must be >= 0.")
+    need(cfg.max_minutes >= 0, f"max_minutes must be >= 0 (0 = no budget), got {cfg.max_minutes}.")
     return cfg
 
 

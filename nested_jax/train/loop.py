@@ -62,6 +62,9 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass
 class RunResult:
+    """What a run ended with; ``train_s``: its training time so far (seconds, every resume
+    counted, the first step's compile not); ``budget_spent``: it stopped at ``max_minutes``."""
+
     out_dir: Path
     step: int
     train_loss: float
@@ -69,6 +72,8 @@ class RunResult:
     val_bpb: float
     checkpoint: Path | None
     skipped: int
+    train_s: float = float("nan")
+    budget_spent: bool = False
 
 
 def _json_model(mc) -> dict:
@@ -403,7 +408,7 @@ def train(
     guard = _NanGuard(run.cfg, hooks)
     with _sigterm_stops():
         try:
-            while step < run.cfg.steps:
+            while step < run.cfg.steps and not hooks.budget_spent:
                 state, m = hooks.step(state, run.batch(next(it)), step + 1)
                 step += 1
                 guard.check(step, m)
@@ -421,29 +426,47 @@ def _finished(run: Run) -> RunResult | None:
     """The result of a run whose newest checkpoint is at its last step (nothing is trained,
     and its files are left alone; a changed config is reported and not used), else ``None``."""
     cfg, saved = run.cfg, run.out_dir / "config.json"
-    if not (saved.exists() and run.ckpt.steps and run.ckpt.steps[-1] >= cfg.steps):
+    if not (saved.exists() and run.ckpt.steps):
         return None
     step = run.ckpt.steps[-1]
-    if TrainConfig.from_json(json.loads(saved.read_text())) != cfg:
-        log.warning("%s differs from this config; the run is finished, so it is not used.", saved)
     rec = read_metrics(run.out_dir) if (run.out_dir / "metrics.jsonl").exists() else []
     last = lambda key: next((r[key] for r in reversed(rec) if key in r), float("nan"))
+    spent = _budget_spent(cfg, last("train_s"))
+    if step < cfg.steps and not spent:
+        return None
+    if TrainConfig.from_json(json.loads(saved.read_text())) != cfg:
+        log.warning("%s differs from this config; the run is finished, so it is not used.", saved)
     skipped = sum(1 for r in rec if r.get("skipped"))
     ckpt = run.ckpt.path(step)
     run.ckpt.close()
     log.info(
-        "the run in %s is finished (step %d of %d; train loss %.4f, val loss %.4f, %.3f "
-        "bits/byte); nothing to train. Raise steps to train it further.",
+        "the run in %s is finished (step %d of %d%s; train loss %.4f, val loss %.4f, %.3f "
+        "bits/byte); nothing to train. Raise %s to train it further.",
         run.out_dir,
         step,
         cfg.steps,
+        f", its {cfg.max_minutes:g}-minute budget spent" if spent else "",
         last("loss"),
         last("val_loss"),
         last("val_bpb"),
+        "max_minutes" if spent else "steps",
     )
     return RunResult(
-        run.out_dir, step, last("loss"), last("val_loss"), last("val_bpb"), ckpt, skipped
+        run.out_dir,
+        step,
+        last("loss"),
+        last("val_loss"),
+        last("val_bpb"),
+        ckpt,
+        skipped,
+        last("train_s"),
+        spent,
     )
+
+
+def _budget_spent(cfg: TrainConfig, train_s: float) -> bool:
+    """Whether ``train_s`` seconds of training have used the run's ``max_minutes``."""
+    return bool(cfg.max_minutes) and math.isfinite(train_s) and train_s >= 60 * cfg.max_minutes
 
 
 def _write_run_files(run: Run, resume: bool) -> None:
@@ -510,6 +533,10 @@ class _Hooks:
         self.tokens = cfg.data.batch_size * cfg.data.seq_len
         self.loss, self.bar = float("nan"), None
         self.t_last, self.steps_since = time.perf_counter(), 0
+        # training time so far, across resumes (the first step of each process, which compiles,
+        # is not counted): read back from the metrics of the steps this run keeps
+        rec = [r for r in read_metrics(run.out_dir) if "train_s" in r and r["step"] <= step]
+        self.train_s = rec[-1]["train_s"] if rec else 0.0
         params = jax.tree.leaves(run.abstract_state.params)
         log.info(
             "model %s (%s, %.2fM parameters), %s on %d device(s) mesh %s; %d tokens/step",
@@ -530,9 +557,11 @@ class _Hooks:
         t = time.perf_counter()
         state, m = self.run.step(state, batch)
         self.loss = float(m["loss"])
-        if self.first:
+        dt = time.perf_counter() - t
+        if not self.first:
+            self.train_s += dt
+        else:
             self.first = False
-            dt = time.perf_counter() - t
             self.metrics.write({"step": step, "first_step_s": dt})
             log.info("first step %.1f s (compiling the train step included)", dt)
             self._new_bar(step - 1)  # after it: compile time is not in the bar's speed or ETA
@@ -552,6 +581,11 @@ class _Hooks:
         if cfg.step_sleep:
             time.sleep(cfg.step_sleep)
 
+    @property
+    def budget_spent(self) -> bool:
+        """Whether the training time has reached ``max_minutes``."""
+        return _budget_spent(self.cfg, self.train_s)
+
     def _new_bar(self, at: int) -> None:
         try:
             from tqdm.auto import tqdm
@@ -569,6 +603,7 @@ class _Hooks:
             "grad_norm": float(m["grad_norm"]),
             "lr": float(self.run.schedule(step - 1)),
             "tokens_per_s": rate,
+            "train_s": self.train_s,
         }
         self.metrics.write(rec)
         if self.bar is not None:
@@ -588,13 +623,23 @@ class _Hooks:
             self.last_ckpt = self.run.save(step, state, it)
 
     def finish(self, step: int, state, it) -> dict:
-        """The final checkpoint and evaluation."""
+        """The final checkpoint and evaluation (also when the time budget ends the run)."""
+        if self.budget_spent and step < self.cfg.steps:
+            self.metrics.write({"step": step, "train_s": self.train_s})
+            log.info(
+                "time budget of %g minutes reached at step %d of %d; checkpointing and "
+                "evaluating. Raise max_minutes to go on.",
+                self.cfg.max_minutes,
+                step,
+                self.cfg.steps,
+            )
         self._save_if_new(step, state, it)
         ev = self.run.evaluate(state.params)
         self.metrics.write({"step": step, **ev})
         return ev
 
     def interrupted(self, step: int, state, it) -> None:
+        self.metrics.write({"step": step, "train_s": self.train_s})  # the budget's clock
         self._save_if_new(step, state, it)
         log.warning("interrupted at step %d; saved %s. Run again to resume.", step, self.last_ckpt)
 
@@ -615,10 +660,16 @@ class _Hooks:
             ev["val_bpb"],
             self.last_ckpt,
         )
-        out = self.run.out_dir
-        skipped = int(state.skipped)
         return RunResult(
-            out, step, self.loss, ev["val_loss"], ev["val_bpb"], self.last_ckpt, skipped
+            self.run.out_dir,
+            step,
+            self.loss,
+            ev["val_loss"],
+            ev["val_bpb"],
+            self.last_ckpt,
+            int(state.skipped),
+            self.train_s,
+            self.budget_spent and step < self.cfg.steps,
         )
 
 
