@@ -280,8 +280,32 @@ def launches_table(data: dict) -> str:
     return _table(caption, ["model", "seq", "params", "matmuls", "ops", "matmul GFLOP"], rows)
 
 
+def accelerator_table(data: dict) -> str:
+    rows = []
+    for r in data["results"]:
+        if "tokens_per_s" in r:
+            rows.append(
+                [
+                    r["model"],
+                    str(r["seq"]),
+                    str(r["batch"]),
+                    f"{r['tokens_per_s']:,.0f}",
+                    f"{r['compile_s']:.1f}",
+                    f"{r['matmul_gflop_per_s']:.1f}",
+                    f"{r['matmuls']:,}",
+                ]
+            )
+        else:
+            rows.append([r["model"], str(r["seq"]), str(r["batch"]), "-", "-", "-", "-"])
+            rows[-1][3] = r.get("error", r.get("skipped", ""))[:60]
+    caption = f"{_machine(data['machine'])} Device: {data['machine'].get('device_kind')}."
+    cols = ["model", "seq", "batch", "tokens/s", "compile (s)", "GFLOP/s", "matmuls"]
+    return _table(caption, cols, rows)
+
+
 TABLES = {
     "ab": ab_table,
+    "accelerator": accelerator_table,
     "launches": launches_table,
     "config_costs": config_costs_table,
     "flop_split": flop_split_table,
