@@ -78,7 +78,8 @@ class LMState(NamedTuple):
     also ``start`` (every layer's state at the start of the current CMS chunk), ``buf`` (that
     chunk's tokens so far, ``[batch, C]``), ``off`` (how many) and, for ``"teach"``, ``teach``
     (the first pass's layer states at the chunk start; its CMS weights stay at the sequence
-    start); ``None`` otherwise."""
+    start); ``None`` otherwise. Those four are the CMS chunk's stream: what a next-token signal
+    needs to recompute the chunk when it completes (decisions D94)."""
 
     layers: Any
     start: Any = None
