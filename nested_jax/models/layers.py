@@ -54,9 +54,6 @@ class Context:
     errors: Any = None
     starts: Any = None
 
-    def replace(self, **changes) -> Context:
-        return dataclasses.replace(self, **changes)
-
 
 def causal_conv(w: jax.Array, x: jax.Array, history: jax.Array, cut: int = 0):
     """Depthwise causal convolution. ``w: [K, D]``, ``x: [B, T, D]``, ``history: [B, K-1, D]``
