@@ -222,3 +222,30 @@ def test_a_fact_from_an_earlier_call_is_recalled_only_when_memory_persists():
         s = ses.end_document(ses.absorb(s, fact[:, : n + 1]).session)  # call 1: the fact
         recalled[reset] = float(jnp.mean(ses.absorb(s, fact[:, n + 1 :]).nll[:, 1:]))  # call 2
     assert recalled["never"] < 0.1 < 2.0 < recalled["document"], recalled
+
+
+def test_pieces_are_powers_of_two_and_each_new_shape_is_announced(trained, monkeypatch, caplog):
+    """However a stream is cut, a session runs pieces whose lengths are powers of two (a bounded
+    set of compiled steps), says when a new one compiles, and says nothing for shapes it has."""
+    import logging
+
+    model, params = trained
+    lengths = []
+    real = ses._absorb_piece
+
+    def spy(session, chunk, parallel):
+        lengths.append(chunk.shape[1])
+        return real(session, chunk, parallel)
+
+    monkeypatch.setattr(ses, "_absorb_piece", spy)
+    policy = ses.Policy(cms_levels=(True, True))  # a policy of this test only: fresh shapes
+    s0 = ses.open_session(model, params, policy=policy)
+    with caplog.at_level(logging.INFO, logger="nested_jax.session"):
+        first = ses.absorb(s0, _tokens(23), piece=16)
+    assert lengths == [16, 4, 2, 1]  # 16 and 4 chunk-parallel; then up to the boundary at 24
+    assert caplog.text.count("compiling the session step") == 4
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nested_jax.session"):
+        again = ses.absorb(s0, _tokens(23), piece=16)
+    assert "compiling" not in caplog.text
+    _close(again.session.state, first.session.state)
