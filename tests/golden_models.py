@@ -1,6 +1,7 @@
 """Saved outputs and gradients of every model family, to hold refactors to the same numbers.
 
-``GOLDEN`` names a set of model configs (the registry's tiny models and Hope's CMS signals and
+``GOLDEN`` names a set of model configs (the registry's tiny models, and the faithful
+``*_paper`` designs of self-modifying Titans, Hope and Hope-Attention with Hope's CMS signals and
 variants). For each, :func:`compute` gives the logits of ``apply`` on fixed tokens, the loss, and
 each gradient leaf's norm and its projections on fixed random directions (a change in any gradient
 entry beyond float rounding moves them). ``tests/data/golden_models.npz`` holds these values as
@@ -29,17 +30,17 @@ GOLDEN = {
     "titans": ("titans_tiny", {}),
     "deltanet": ("deltanet_tiny", {}),
     "linear_attention": ("linear_attention_tiny", {}),
-    "selfmod": ("selfmod_tiny", {}),
-    "hope_teach": ("hope_tiny", {}),
-    "hope_teach_token_norm": ("hope_tiny", {"cms.norm": "token"}),
-    "hope_teach_nested": ("hope_tiny", {"cms.variant": "nested"}),
-    "hope_ntp": ("hope_tiny", {"cms.signal": "ntp"}),
-    "hope_local": ("hope_tiny", {"cms.signal": "local"}),
-    "hope_first_order": ("hope_tiny", {"first_order": True}),
-    "hope_attention_teach": ("hope_attention_tiny", {"cms.periods": (4, 0, 8)}),
-    "hope_attention_ntp": ("hope_attention_tiny", {"cms.signal": "ntp"}),
+    "selfmod": ("selfmod_paper_tiny", {}),
+    "hope_teach": ("hope_paper_tiny", {}),
+    "hope_teach_token_norm": ("hope_paper_tiny", {"cms.norm": "token"}),
+    "hope_teach_nested": ("hope_paper_tiny", {"cms.variant": "nested"}),
+    "hope_ntp": ("hope_paper_tiny", {"cms.signal": "ntp"}),
+    "hope_local": ("hope_paper_tiny", {"cms.signal": "local"}),
+    "hope_first_order": ("hope_paper_tiny", {"first_order": True}),
+    "hope_attention_teach": ("hope_attention_paper_tiny", {"cms.periods": (4, 0, 8)}),
+    "hope_attention_ntp": ("hope_attention_paper_tiny", {"cms.signal": "ntp"}),
     "hope_attention_local_independent": (
-        "hope_attention_tiny",
+        "hope_attention_paper_tiny",
         {"cms.signal": "local", "cms.variant": "independent"},
     ),
 }

@@ -136,6 +136,11 @@ def test_registry_has_the_paper_scale_configs():
 
     names = set(list_configs())
     assert {"hope_tiny", "hope_small", "hope_760m", "hope_1.3b"} <= names
+    # the faithful reference at every size the default Hope has (its values: test_golden.py)
+    for size in ("tiny", "small", "760m", "1.3b"):
+        assert get_config(f"hope_paper_{size}").kind == "hope"
+    assert get_config("selfmod_paper_tiny").kind == "selfmod"
+    assert get_config("hope_attention_paper_tiny").kind == "hope_attention"
     for name, lo, hi in (("hope_760m", 6.5e8, 8.5e8), ("hope_1.3b", 1.15e9, 1.45e9)):
         model = LanguageModel(get_config(name))
         n = model.num_params(jax.eval_shape(model.init, jax.random.key(0)))
