@@ -242,11 +242,6 @@ def end_document(session: Session) -> Session:
     return dataclasses.replace(session, state=state)
 
 
-def _power_of_two_below(n: int) -> int:
-    """The largest power of two <= ``n`` (``n >= 1``)."""
-    return 1 << (n.bit_length() - 1)
-
-
 _COMPILED: set = set()
 
 
@@ -291,9 +286,8 @@ def absorb(session: Session, tokens, *, piece: int | None = None) -> Absorbed:
     """Learn from ``tokens: int [batch, n]`` (or ``[n]``) without sampling.
 
     The stream is read in pieces of at most ``piece`` tokens (default: the model's ``max_len``),
-    each a power of two long (so a session compiles at most one step per power of two and form,
-    whatever the lengths it is given; each new one is logged as it compiles), each a jitted
-    `step`: chunk-parallel whenever the
+    each a jitted `step` (a piece of a new length or form compiles; it is logged when it does):
+    chunk-parallel whenever the
     memory is at a chunk boundary (``model.at_boundary``; after a cut elsewhere, token by token
     up to the next one); the memory after each piece is checked, and a piece that leaves it non-finite is
     undone (the session keeps its last good state, the piece's losses are NaN, and it is
@@ -319,7 +313,6 @@ def absorb(session: Session, tokens, *, piece: int | None = None) -> Absorbed:
         parallel = model.at_boundary(session.state)
         lead = 0 if parallel else (-int(session.position)) % model.boundary
         stop = min(n, s + piece, s + lead) if lead else min(n, s + piece)
-        stop = s + _power_of_two_below(stop - s)  # a bounded set of compiled shapes
         chunk = tokens[:, s:stop]
         s = stop
         _announce_compile(session, chunk.shape, parallel)

@@ -224,9 +224,9 @@ def test_a_fact_from_an_earlier_call_is_recalled_only_when_memory_persists():
     assert recalled["never"] < 0.1 < 2.0 < recalled["document"], recalled
 
 
-def test_pieces_are_powers_of_two_and_each_new_shape_is_announced(trained, monkeypatch, caplog):
-    """However a stream is cut, a session runs pieces whose lengths are powers of two (a bounded
-    set of compiled steps), says when a new one compiles, and says nothing for shapes it has."""
+def test_each_new_piece_shape_is_announced_once(trained, monkeypatch, caplog):
+    """A session says when a piece of a new length or form is about to compile (what a user
+    waits for) and says nothing for shapes it has run."""
     import logging
 
     model, params = trained
@@ -234,7 +234,7 @@ def test_pieces_are_powers_of_two_and_each_new_shape_is_announced(trained, monke
     real = ses._absorb_piece
 
     def spy(session, chunk, parallel):
-        lengths.append(chunk.shape[1])
+        lengths.append((chunk.shape[1], parallel))
         return real(session, chunk, parallel)
 
     monkeypatch.setattr(ses, "_absorb_piece", spy)
@@ -242,8 +242,8 @@ def test_pieces_are_powers_of_two_and_each_new_shape_is_announced(trained, monke
     s0 = ses.open_session(model, params, policy=policy)
     with caplog.at_level(logging.INFO, logger="nested_jax.session"):
         first = ses.absorb(s0, _tokens(23), piece=16)
-    assert lengths == [16, 4, 2, 1]  # 16 and 4 chunk-parallel; then up to the boundary at 24
-    assert caplog.text.count("compiling the session step") == 4
+    assert lengths == [(16, True), (7, True)]  # from boundaries: chunk-parallel
+    assert caplog.text.count("compiling the session step") == 2
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="nested_jax.session"):
         again = ses.absorb(s0, _tokens(23), piece=16)
