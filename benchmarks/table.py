@@ -303,8 +303,19 @@ def accelerator_table(data: dict) -> str:
     return _table(caption, cols, rows)
 
 
+def session_cuts_table(data: dict) -> str:
+    rows = [
+        [r["variant"], r["commit"], *(f"{x:.1f}" for x in r["call_s"]), f"{r['total_s']:.1f}"]
+        for r in data["results"]
+    ]
+    n = len(data["results"][0]["call_s"])
+    cols = ["variant", "commit", *(f"call {i + 1} (s)" for i in range(n)), "total (s)"]
+    return _table(_machine(data["machine"]) + " " + data["method"], cols, rows)
+
+
 TABLES = {
     "ab": ab_table,
+    "session_cuts": session_cuts_table,
     "accelerator": accelerator_table,
     "launches": launches_table,
     "config_costs": config_costs_table,
