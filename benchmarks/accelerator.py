@@ -19,7 +19,7 @@ import jax
 from benchmarks import launches, model_throughput
 from benchmarks.harness import write_json
 
-MODELS = ("transformer_pm", "titans", "hope")
+MODELS = ("transformer_pm", "titans", "hope", "hope_paper")
 SEQS = (512, 2048, 8192)
 
 

@@ -19,11 +19,14 @@ from nested_jax.models import LanguageModel, count_params
 VARIANTS = (
     ("transformer_pm", {}),
     ("selfmod", {}),
-    ("selfmod", {"first_order": True}),
+    ("selfmod_paper", {}),
+    ("selfmod_paper", {"first_order": True}),
     ("hope", {"cms.periods": (0, 0)}),
-    ("hope", {"cms.signal": "local"}),
     ("hope", {}),
-    ("hope", {"first_order": True}),
+    ("hope_paper", {"cms.periods": (0, 0)}),
+    ("hope_paper", {"cms.signal": "local"}),
+    ("hope_paper", {}),
+    ("hope_paper", {"first_order": True}),
 )
 
 

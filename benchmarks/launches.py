@@ -28,10 +28,13 @@ MODELS = (
     "selfmod",
     "hope_attention",
     "hope",
-    "hope_local",
-    "hope_ntp",
-    "selfmod_c64",
-    "hope_c64",
+    "hope_paper",
+    "selfmod_paper",
+    "hope_attention_paper",
+    "hope_paper_local",
+    "hope_paper_ntp",
+    "selfmod_paper_c64",
+    "hope_paper_c64",
 )
 
 

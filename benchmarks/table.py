@@ -313,7 +313,34 @@ def session_cuts_table(data: dict) -> str:
     return _table(_machine(data["machine"]) + " " + data["method"], cols, rows)
 
 
+def launches_levers_table(data: dict) -> str:
+    rows = [
+        [r["hope"], f"{r['matmuls']:,}", f"{r['ops']:,}", f"{r['matmul_gflop']:.1f}"]
+        for r in data["results"]
+    ]
+    return _table(
+        f"{_machine(data['machine'])} {data['shape']}.", ["Hope", "matmuls", "ops", "GFLOP"], rows
+    )
+
+
+def compile_time_table(data: dict) -> str:
+    rows = [
+        [
+            r["model"] + (f" ({r['n_layers']} layers)" if "n_layers" in r else ""),
+            f"{r['trace_lower_s']:.1f}",
+            f"{r['compile_s']:.1f}",
+            f"{r['total_s']:.1f}",
+            str(r["stablehlo_kb"]),
+        ]
+        for r in data["results"]
+    ]
+    cols = ["model", "trace + lower (s)", "compile (s)", "total (s)", "StableHLO (kB)"]
+    return _table(f"{_machine(data['machine'])} {data['method']}", cols, rows)
+
+
 TABLES = {
+    "launches levers": launches_levers_table,
+    "compile time": compile_time_table,
     "ab": ab_table,
     "session_cuts": session_cuts_table,
     "accelerator": accelerator_table,

@@ -94,15 +94,26 @@ def test_matmul_flops_counts_loop_bodies_times_their_trip_counts():
     assert matmul_flops(batched, jnp.ones((2, 4, 8)), jnp.ones((2, 8, 16))) == 2 * 2 * 4 * 8 * 16
 
 
-def test_larger_chunk_benchmark_variants_keep_the_teach_constraints():
-    from benchmarks import model_throughput
+def test_benchmark_variants_are_the_defaults_and_the_reference():
+    """``hope`` / ``selfmod`` measure the registry's default design at the benchmark shape,
+    ``*_paper`` the faithful reference (the benchmarks' Hope before decisions D95), and the
+    larger-chunk variants keep the teach signal's constraints."""
+    from benchmarks import model_throughput as mt
 
-    cfg = model_throughput.model_config("hope_c64", 512, model_throughput.FULL)
+    full = mt.FULL
+    hope = mt.model_config("hope", 512, full)
+    assert (hope.titans.chunk, hope.selfmod.chunk, hope.cms.periods) == (64, 64, (64, 256))
+    assert (hope.selfmod.gates, hope.cms.teach_path) == ("linear", "residual")
+    paper = mt.model_config("hope_paper", 512, full)
+    assert (paper.titans.chunk, paper.selfmod.chunk, paper.cms.periods) == (16, 8, (16, 64))
+    assert (paper.selfmod.gates, paper.cms.teach_path) == ("memory", "network")
+    cfg = mt.model_config("hope_paper_c64", 512, full)
     assert (cfg.titans.chunk, cfg.selfmod.chunk, cfg.cms.periods) == (64, 16, (64, 256))
     assert cfg.cms.signal == "teach"
-    assert model_throughput.model_config("hope_ntp", 512, model_throughput.FULL).cms.signal == "ntp"
-    sm = model_throughput.model_config("selfmod_c64", 512, model_throughput.FULL)
+    assert mt.model_config("hope_paper_ntp", 512, full).cms.signal == "ntp"
+    sm = mt.model_config("selfmod_paper_c64", 512, full)
     assert (sm.titans.chunk, sm.selfmod.chunk) == (64, 16)
+    assert mt.model_config("selfmod", 512, full).selfmod.chunk == 64
 
 
 def test_quick_selfmod_chunked_writes_json(tmp_path):
@@ -134,10 +145,10 @@ def test_quick_flop_split_writes_json(tmp_path):
     run.main(["flop_split", "--quick", "--out", str(out)])
     rows = json.loads(out.read_text())["results"]
     by = {(r["model"], json.dumps(r["overrides"])): r for r in rows}
-    assert len(by) == len(rows) == 7
+    assert len(by) == len(rows) == 10
     for r in rows:  # a backward adds work to its forward
         assert r["forward_backward_gflop"] > r["forward_gflop"] > 0
-    selfmod, fo = by[("selfmod", "{}")], by[("selfmod", '{"first_order": true}')]
+    selfmod, fo = by[("selfmod_paper", "{}")], by[("selfmod_paper", '{"first_order": true}')]
     assert (
         fo["forward_gflop"] == selfmod["forward_gflop"]
     )  # first order: same values, less backward

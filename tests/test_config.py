@@ -61,12 +61,12 @@ def test_model_config_has_sub_configs_and_reads_old_runs():
     their new name."""
     from nested_jax.models.migrate import migrate_model_json
 
-    cfg = get_config("hope_tiny")
+    cfg = get_config("hope_paper_tiny")  # (old runs were of this model, then named hope_tiny)
     assert isinstance(cfg.cms, CMSConfig) and cfg.cms.periods == (4, 8) and cfg.cms.chunk == 4
     a = cfg.replace(cms={"signal": "ntp"}, n_layers=3)
     b = cfg.replace(**{"cms.signal": "ntp", "n_layers": 3})
     assert a == b and a.cms.signal == "ntp" and a.cms.periods == (4, 8) and a.n_layers == 3
-    assert get_config("hope_tiny", cms={"signal": "ntp"}, n_layers=3) == a
+    assert get_config("hope_paper_tiny", cms={"signal": "ntp"}, n_layers=3) == a
     assert cfg.replace(cms=CMSConfig(periods=(8,))).cms.signal == "teach"
     assert ModelConfig.from_json(a.to_json()) == a
     with pytest.raises(ValueError, match="'cms_signal' is now 'cms.signal'"):
@@ -88,7 +88,11 @@ def test_model_config_has_sub_configs_and_reads_old_runs():
     assert cfg.replace(**{"selfmod.target_grad": False}).selfmod.target_grad is False
     old = {k: v for k, v in cfg.to_json().items() if k not in ("titans", "selfmod", "cms")}
     old.update(mem_chunk=4, sm_chunk=2, cms_periods=[4, 8], cms_signal="ntp")
-    assert migrate_model_json(old)["cms"] == {"periods": [4, 8], "signal": "ntp"}
+    assert migrate_model_json(old)["cms"] == {
+        "periods": [4, 8],
+        "signal": "ntp",
+        "teach_path": "network",
+    }
     assert ModelConfig.from_json(old) == cfg.replace(cms={"signal": "ntp"})
     # a run saved before attn_window and the ablation switches existed reads as the same model
     # (its checkpoint still matches); one saved before inner_norm does not (its default changed)

@@ -544,3 +544,27 @@ def test_cms_levels_data_and_smoke(tmp_path):
     stamp = (tmp_path / "runs" / "cms2-seed0.json").stat().st_mtime_ns
     assert cl.main([*args, "--report"])["runs"] == payload["runs"]
     assert (tmp_path / "runs" / "cms2-seed0.json").stat().st_mtime_ns == stamp
+
+
+def test_hope_frontier_smoke_tokens_then_clock(tmp_path):
+    """The frontier runner's two budgets: equal tokens, then equal seconds with each model's
+    steps set from its own measured speed; finished cells are not rerun; a diverged cell is a
+    recorded result."""
+    from experiments.hope_frontier import run as fr
+
+    fr.main(["--smoke", "--budget", "tokens", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "results.json").read_text())
+    fast, paper = data["summary"]["tokens/c32_lin_res"], data["summary"]["tokens/hope_paper"]
+    assert fast["steps"] == paper["steps"] == [fr.SMOKE["steps"]]
+    assert math.isfinite(fast["val_bpb"]["mean"]) and fast["skipped_steps"] == 0
+    cell = next(c for c in data["cells"] if c["variant"] == "c32_lin_res")
+    assert cell["curve"] and cell["curve"][-1][1] == cell["tokens"]
+    assert ["selfmod.gates", "linear"] in cell["overrides"]
+    fr.main(["--smoke", "--budget", "clock", "--clock-seconds", "2", "--out", str(tmp_path)])
+    clock = json.loads((tmp_path / "results.json").read_text())["cells"]
+    rate = cell["median_tokens_per_s"]
+    want = max(1, int(2 * rate / (fr.SMOKE["seq"] * fr.SMOKE["batch"])))
+    got = next(c for c in clock if c["budget"] == "clock" and c["variant"] == "c32_lin_res")
+    assert got["planned_steps"] == want
+    again = fr.run_cell("c32_lin_res", "tokens", 0, tmp_path, 2.0, fr.SMOKE)
+    assert again == cell  # not rerun

@@ -30,6 +30,16 @@ VARIANTS = [
     ("hope_tiny", {"cms": {"variant": "independent", "signal": "local"}}),
     ("hope_attention_tiny", {"cms.variant": "independent"}),
     ("hope_attention_tiny", {"cms": {"signal": "local", "variant": "nested"}}),
+    # the cost levers (decisions D95): stacked memories, linear gates, the residual teach path
+    (
+        "hope_tiny",
+        {
+            "titans.chunk": 4,
+            "selfmod.chunk": 4,
+            "selfmod.gates": "linear",
+            "cms.teach_path": "residual",
+        },
+    ),
 ]
 
 
@@ -56,11 +66,13 @@ def test_frozen_hope_attention_is_transformer_pp():
     close(hope.apply(hp, tokens)[0], tf.apply(tp, tokens)[0])
 
 
-def test_reduced_hope_is_linear_attention():
-    """Hope with CMS frozen and self-modifying Titans reduced to a fixed linear memory (fixed k, v,
-    eta memories, Hebbian linear main memory) is a linear-attention model, written out here."""
+@pytest.mark.parametrize("name", ["hope_tiny", "hope_paper_tiny"])
+def test_reduced_hope_is_linear_attention(name):
+    """Hope with CMS frozen and self-modifying Titans reduced to a fixed linear memory (fixed k, v
+    memories, eta from a fixed memory or linear map, Hebbian linear main memory) is a
+    linear-attention model, written out here."""
     model, params, tokens = setup(
-        "hope_tiny",
+        name,
         length=9,
         selfmod={"main": "linear", "adaptive": False, "unit_values": False},
         cms={"periods": (0,)},
@@ -78,14 +90,17 @@ def test_reduced_hope_is_linear_attention():
         a, _ = causal_conv(p["conv"], h @ p["w_in"], jnp.zeros((b, 3, 2 * c.d_model)))
         a = jax.nn.silu(a).reshape(b, t, 2, c.n_heads, c.head_dim)
         xm = a[:, :, 0]
-        proj, gate = p["proj"], p["gate"]
+        proj, gate = p["proj"], p.get("gate")
         mk = lambda w1, w2, z: z + jax.nn.silu(z @ w2.T) @ w1.T
         heads = []
         for hh in range(c.n_heads):
             z = xm[:, :, hh]
             k = l2_normalize(mk(proj.w1[hh], proj.w2[hh], z))
             v = mk(proj.w1[c.n_heads + hh], proj.w2[c.n_heads + hh], z)
-            g = (jax.nn.silu(z @ gate.w2[hh].T) @ gate.w1[hh].T)[..., 0] + p["b_gate"][hh]
+            if gate is None:  # selfmod.gates="linear"
+                g = z @ p["w_gates"][hh] + p["b_gate"][hh]
+            else:
+                g = (jax.nn.silu(z @ gate.w2[hh].T) @ gate.w1[hh].T)[..., 0] + p["b_gate"][hh]
             eta = c.titans.eta_max * jax.nn.sigmoid(g)
             q = l2_normalize(a[:, :, 1, hh])
             scores = jnp.einsum("bsd,btd->bts", k, q) * eta[:, None, :]
@@ -116,7 +131,7 @@ def test_outer_gradient_reaches_every_initial_state_and_parameter(name, override
         assert float(jnp.abs(leaf).sum()) > 0, jax.tree_util.keystr(path)
     meta = meta_leaves(g)
     assert meta, "no initial states found"
-    expect = {"proj", "gate", "main"} if name != "hope_attention_tiny" else set()
+    expect = {"proj", "main"} if name != "hope_attention_tiny" else set()
     assert expect <= set(meta)
     assert not heads_without_gradient(g)
 
@@ -189,3 +204,22 @@ def test_check_grads_through_the_inner_loop(name):
 
 
 # --- configs -----------------------------------------------------------------------------------
+
+
+def test_residual_teach_path_skips_only_the_mixers_gradient():
+    """``cms.teach_path="residual"``: the first pass's errors come back through the residual
+    stream, the CMS and the head only. The last layer's errors reach it through no mixer, so they
+    equal the full network's; a lower layer's differ (its error no longer passes through the
+    mixers above it)."""
+    model, params, tokens = setup("hope_tiny", length=16, **{"cms.teach_path": "network"})
+    layers = model.init_state(params, tokens.shape[0]).layers
+    cut = model.config.cms.chunk
+    full, _ = model.output_errors(params, layers, tokens, cut=cut)
+    res, _ = model.output_errors(params, layers, tokens, cut=cut, through_mixer=False)
+    for f, r in zip(full, res, strict=True):
+        np.testing.assert_allclose(r[-1], f[-1], atol=1e-6)
+        assert float(jnp.abs(r[0] - f[0]).max()) > 1e-5
+    res_model, _, _ = setup("hope_tiny", length=16)  # the default (decisions D95)
+    assert res_model.config.cms.teach_path == "residual"
+    a, b = jax.jit(model.loss)(params, tokens), jax.jit(res_model.loss)(params, tokens)
+    assert np.isfinite(b) and not np.isclose(a, b)

@@ -29,7 +29,7 @@ def test_ablations_are_hope_with_one_thing_changed():
     for v in VARIANTS:
         name, overrides, counts[v] = model_spec(v, "small", "shakespeare", 256)
         changed = {k: x for k, x in overrides if hope.get(k, "unset") != x}
-        assert name == "hope_small" and len(changed) == 1, (v, changed)
+        assert name == "hope_paper_small" and len(changed) == 1, (v, changed)
     assert changed == {"cms.periods": (16, 64, 256)}  # the last: three CMS levels
     assert counts["hope-cms_1"] < counts["hope-no_dgd"] < counts["hope-cms_3"]
 

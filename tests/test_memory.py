@@ -746,3 +746,27 @@ def test_inputs_of_the_wrong_width_are_one_clear_error(mem):
             mem.write_read_reference(state, k, k, v, 0.1, chunk_size=2)
         with pytest.raises(ValueError, match="state takes 2 heads of keys of width 4"):
             mem.stream(mem.init_stream(state), k, k, v, 0.1, chunk_size=2)
+
+
+@pytest.mark.parametrize(
+    "mem",
+    [MLPMemory(8, rule=DGD(0.9), step_norm=3.0, self_target=True), MLPMemory(8, rule=GD())],
+    ids=["dgd-momentum-nlms-self-target", "gd"],
+)
+def test_mlp_chunk_reads_only_the_heads_it_is_given_queries_for(mem):
+    """Queries for the first ``r`` of ``H`` heads: every head writes as before and the reads are
+    the full call's first ``r`` heads (the stacked memories of self-modifying Titans)."""
+    b, h, c, d, r = 2, 3, 5, 4, 1
+    params = mem.init_params(jax.random.key(0), heads=h, d_k=d, d_v=d)
+    state = mem.init_state(params, b)
+    ks = jax.random.split(jax.random.key(1), 5)
+    q, k, v = (jax.random.normal(ks[i], (b, h, c, d)) / 2 for i in range(3))
+    eta = 0.05 * jax.random.uniform(ks[3], (b, h, c))
+    alpha = 0.9 + 0.1 * jax.random.uniform(ks[4], (b, h, c))
+    beta = jnp.full((b, h, c), 0.9)
+    full_state, full_y = mem._chunk(state, q, k, v, eta, alpha, beta)
+    part_state, part_y = mem._chunk(state, q[:, :r], k, v, eta, alpha, beta)
+    assert part_y.shape == (b, r, c, d)
+    np.testing.assert_allclose(part_y, full_y[:, :r], atol=1e-6)
+    for a, e in zip(jax.tree.leaves(part_state), jax.tree.leaves(full_state), strict=True):
+        np.testing.assert_allclose(a, e, atol=1e-6)

@@ -99,7 +99,9 @@ def test_step_bound_scales_every_deep_memorys_normalisation():
         model, _, _ = setup("titans_tiny", n_layers=1, **{"titans.step_bound": bound})
         chunk = model.config.titans.chunk
         assert model.block.memory.step_norm == pytest.approx(chunk / 0.05 / bound)
-        c = get_config("hope_tiny", **{"titans.step_bound": bound, "selfmod.momentum": None})
+        c = get_config(
+            "hope_paper_tiny", **{"titans.step_bound": bound, "selfmod.momentum": None}
+        )  # (chunks 4 / 2; the default's are one size)
         layer = SelfModifyingTitans(c)
         assert layer.main_memory.step_norm == pytest.approx(4 / bound)
         assert layer.proj_memory.step_norm == pytest.approx(2 / bound)

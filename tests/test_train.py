@@ -436,3 +436,36 @@ def test_progress_bar_says_when_it_compiles(corpus, tmp_path, caplog, capsys):
     assert res.step == 4
     assert "compiling the train step" in caplog.text and "first step" in caplog.text
     assert "4/4" in capsys.readouterr().err
+
+
+def test_a_run_saved_before_the_hope_defaults_moved_loads_as_the_model_it_trained(
+    tmp_path, monkeypatch
+):
+    """A run saved as ``hope_tiny`` before decisions D95 (its checkpoint's model config has no
+    ``selfmod.gates``) trained what is now ``hope_paper_tiny``: it loads as that, with its
+    parameters, instead of failing the checkpoint check against the new ``hope_tiny``."""
+    from nested_jax.models.migrate import migrate_model_name
+    from nested_jax.train import checkpoint as ckpt_lib
+    from nested_jax.train.loop import load_run, train
+
+    assert migrate_model_name("hope_tiny", {"selfmod": {"chunk": 2}}) == "hope_paper_tiny"
+    assert migrate_model_name("hope_tiny", {"selfmod.gates": "linear"}) == "hope_tiny"
+    assert migrate_model_name("tiny", {}) == "tiny"
+    corpus = write_corpus(tmp_path / "corpus")
+    cfg = tiny_config(corpus, "steps=4", "model.n_layers=1", model="hope_paper_tiny")
+    out = tmp_path / "run"
+    train(cfg, out, progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "model": "hope_tiny"}))
+    real = ckpt_lib.Checkpoints.metadata
+
+    def before_d95(self, step):  # the checkpoint as a run of before the change wrote it
+        meta = real(self, step)
+        model = {**meta["model"]}
+        model.pop("selfmod.gates", None), model.pop("cms.teach_path", None)
+        return {**meta, "model": model}
+
+    monkeypatch.setattr(ckpt_lib.Checkpoints, "metadata", before_d95)
+    run, state, step = load_run(out)
+    assert run.cfg.model == "hope_paper_tiny" and step == 4
+    assert "gate" in state.params["layers"]["mixer"]

@@ -51,7 +51,7 @@ N_KEYS = N_VALUES = 16  # keys [0, 16), values [16, 32)
 WINDOW = 16
 # max_len: the longest test sequence plus the window's ring buffer (decisions D77)
 SHAPE = {"vocab_size": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "max_len": 1024 + WINDOW}
-_HA = lambda periods: ("hope_attention_tiny", {"cms.periods": periods, "attn_window": WINDOW})
+_HA = lambda periods: ("hope_attention_paper_tiny", {"cms.periods": periods, "attn_window": WINDOW})
 MODELS = {
     "full": ("tiny", {}),
     "swa": ("tiny", {"attn_window": WINDOW}),

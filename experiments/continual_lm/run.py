@@ -44,13 +44,13 @@ import numpy as np
 from experiments.common import matched_d_ff, pyplot, save_figure, selected_models, write_results
 
 MODELS = {  # name: registry config; every model's MLP width matched to Hope's parameter count
-    "hope": "hope_tiny",
-    "hope_attention": "hope_attention_tiny",
+    "hope": "hope_paper_tiny",
+    "hope_attention": "hope_attention_paper_tiny",
     "titans": "titans_tiny",
     "transformer": "tiny",
     # Hope as run before decisions D89 (the outer gradient stopped at every memory's
     # self-generated target): its cells are kept under this name, trained only when named
-    "hope_sg_targets": "hope_tiny",
+    "hope_sg_targets": "hope_paper_tiny",
 }
 BEFORE_D89 = ("hope_sg_targets",)
 _OVERRIDES = {"hope_sg_targets": (("selfmod.target_grad", False),)}

@@ -79,17 +79,17 @@ MODELS = {
     # the delta rule's step up to 2 (Grazzi et al. 2025): the state-transition matrix
     # I - eta k k^T then has an eigenvalue in (-1, 1), so it can flip a sign per token
     "deltanet_neg": ("deltanet_tiny", {"titans.eta_max": 2.0}),
-    "selfmod": ("selfmod_tiny", {}),
-    "selfmod_c1": ("selfmod_tiny", _RECURRENT),
-    "hope": ("hope_tiny", {}),
-    "hope_c1": ("hope_tiny", _RECURRENT),
+    "selfmod": ("selfmod_paper_tiny", {}),
+    "selfmod_c1": ("selfmod_paper_tiny", _RECURRENT),
+    "hope": ("hope_paper_tiny", {}),
+    "hope_c1": ("hope_paper_tiny", _RECURRENT),
     # the test of the negative-eigenvalue reading (decisions D88): Hope at chunk 1 with plain GD
     # inner steps (no DGD: its decay keeps a write short of the target at any rate; no momentum:
     # one token's step is all of it) and large rates, its steps bounded by one error's worth
     # (``_gd``, the control) or allowed up to two (``_neg``: a step may overshoot the target and
     # flip the sign of what the memory holds)
-    "hope_c1_gd": ("hope_tiny", _HOPE_GD),
-    "hope_c1_neg": ("hope_tiny", {**_HOPE_GD, "titans.step_bound": 2.0}),
+    "hope_c1_gd": ("hope_paper_tiny", _HOPE_GD),
+    "hope_c1_neg": ("hope_paper_tiny", {**_HOPE_GD, "titans.step_bound": 2.0}),
 }
 LABELS = {
     "transformer": "Transformer++",

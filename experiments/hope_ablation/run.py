@@ -2,7 +2,7 @@
 
 At equal tokens and (nearly) equal parameters, byte level, trained at 256 tokens:
 
-* ``hope``: the registry's ``hope_tiny`` (self-modifying Titans + a two-level CMS learning in
+* ``hope``: the registry's ``hope_paper_tiny`` (self-modifying Titans + a two-level CMS learning in
   context with the default two-pass ``"teach"`` signal);
 * ``hope_ntp``: the same with the exact next-token CMS signal (``"ntp"``, second order);
 * ``hope_frozen``: the same with every CMS level frozen (``cms.periods=(0, 0)``: two plain MLPs);
@@ -79,9 +79,9 @@ SMOKE = {
     "shrink": [["n_layers", 1]],
 }
 _BASE = {
-    "hope": ("hope_tiny", ()),
-    "hope_ntp": ("hope_tiny", (("cms.signal", "ntp"),)),
-    "hope_frozen": ("hope_tiny", (("cms.periods", (0, 0)),)),
+    "hope": ("hope_paper_tiny", ()),
+    "hope_ntp": ("hope_paper_tiny", (("cms.signal", "ntp"),)),
+    "hope_frozen": ("hope_paper_tiny", (("cms.periods", (0, 0)),)),
     "titans": ("titans_tiny", ()),
     "transformer": ("tiny", ()),
 }
@@ -96,7 +96,9 @@ def model_spec(variant: str, eval_len: int, shrink=()) -> tuple[str, tuple]:
     name, extra = _BASE[variant]
     shrink = tuple(tuple(x) for x in shrink)
     if variant in ("titans", "transformer"):
-        return name, matched_d_ff(name, "hope_tiny", (("max_len", eval_len),) + shrink) + extra
+        return name, matched_d_ff(
+            name, "hope_paper_tiny", (("max_len", eval_len),) + shrink
+        ) + extra
     return name, (("max_len", eval_len),) + shrink + extra
 
 

@@ -3,7 +3,9 @@
 Every model of a size has Hope's parameter count within 5% (its MLP width ``d_ff`` chosen by
 :func:`nested_jax.models.matched_d_ff`, a multiple of 8), counted with the corpus's vocabulary;
 :func:`model_spec` raises if a match misses. The memory models use the registry's CPU-experiment
-chunking (``hope_small``: neural memory chunk 16, self-modifying memories 8, CMS periods 16 / 64).
+chunking of Hope's first design (``hope_paper_small``: neural memory chunk 16, self-modifying
+memories 8, CMS periods 16 / 64), which its finished cells were matched to; measuring the default
+Hope of decisions D95 here is the language-modelling issue's next step.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ LABELS = {
 _BASE = {
     "transformer": ("tiny", {}),
     "titans": ("titans_tiny", {"titans": {"chunk": 16}}),
-    "selfmod": ("selfmod_tiny", {"titans": {"chunk": 16}, "selfmod": {"chunk": 8}}),
+    "selfmod": ("selfmod_paper_tiny", {"titans": {"chunk": 16}, "selfmod": {"chunk": 8}}),
     "hope_attention": ("hope_attention_tiny", {"cms": {"periods": (16, 64)}}),
-    "hope": ("hope_small", {}),
+    "hope": ("hope_paper_small", {}),
 }
 # d_ff is Hope's (its CMS levels' hidden width); the others' d_ff is matched to Hope's count
 SIZES = {

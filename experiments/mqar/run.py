@@ -59,7 +59,7 @@ MODELS = {
     "gated_deltanet": ("gated_deltanet_tiny", {"titans.chunk": 16}),
     "titans_linear": ("titans_tiny", {"titans.memory": "linear", "titans.chunk": 8}),
     "titans": ("titans_tiny", {"titans.chunk": 8}),
-    "hope": ("hope_tiny", _HOPE),
+    "hope": ("hope_paper_tiny", _HOPE),
     # why does Titans' linear memory lose its recall at long gaps? One change at a time from
     # ``titans_linear`` towards ``gated_deltanet`` (run with ``--models``, not by default):
     "titans_linear_c1": ("titans_tiny", {"titans.memory": "linear", "titans.chunk": 1}),
@@ -74,17 +74,17 @@ MODELS = {
     # Titans, its MLP width matched), plain GD inner steps, fixed k / v projections, every memory
     # writing the shared v_t, values not L2-normalised, a linear Hebbian main memory, 10x the
     # inner rates
-    "hope_sg_targets": ("hope_tiny", {**_HOPE, "selfmod.target_grad": False}),
-    "selfmod": ("selfmod_tiny", {"titans.chunk": 8, "selfmod.chunk": 4}),
-    "hope_gd": ("hope_tiny", {**_HOPE, "selfmod.rule": "gd"}),
-    "hope_fixed_kv": ("hope_tiny", {**_HOPE, "selfmod.adaptive": False}),
-    "hope_shared_values": ("hope_tiny", {**_HOPE, "selfmod.self_values": False}),
-    "hope_free_values": ("hope_tiny", {**_HOPE, "selfmod.unit_values": False}),
-    "hope_linear_main": ("hope_tiny", {**_HOPE, "selfmod.main": "linear"}),
-    "hope_eta1": ("hope_tiny", {**_HOPE, "titans.eta_max": 1.0}),
+    "hope_sg_targets": ("hope_paper_tiny", {**_HOPE, "selfmod.target_grad": False}),
+    "selfmod": ("selfmod_paper_tiny", {"titans.chunk": 8, "selfmod.chunk": 4}),
+    "hope_gd": ("hope_paper_tiny", {**_HOPE, "selfmod.rule": "gd"}),
+    "hope_fixed_kv": ("hope_paper_tiny", {**_HOPE, "selfmod.adaptive": False}),
+    "hope_shared_values": ("hope_paper_tiny", {**_HOPE, "selfmod.self_values": False}),
+    "hope_free_values": ("hope_paper_tiny", {**_HOPE, "selfmod.unit_values": False}),
+    "hope_linear_main": ("hope_paper_tiny", {**_HOPE, "selfmod.main": "linear"}),
+    "hope_eta1": ("hope_paper_tiny", {**_HOPE, "titans.eta_max": 1.0}),
     # why does Hope (fixed) lose its recall at longer gaps? Momentum made Titans' linear memory
     # lose it (titans_linear_gd keeps it); Hope's memories all carry momentum 0.9
-    "hope_no_momentum": ("hope_tiny", {**_HOPE, "selfmod.momentum": None}),
+    "hope_no_momentum": ("hope_paper_tiny", {**_HOPE, "selfmod.momentum": None}),
 }
 DIAGNOSTICS = (
     "titans_linear_c1",

@@ -228,19 +228,29 @@ class MLPMemory(AbstractMemory):
         eta2 = eta / (1.0 + eta * jnp.diagonal(kk, axis1=-2, axis2=-1)) if self.rule.delta else eta
         c2 = chunk_coefficients(eta2, alpha, beta, momentum=momentum)
         c1 = chunk_coefficients(eta, alpha, beta, momentum=momentum) if self.rule.delta else c2
+        r = qk.shape[-3]  # the heads that are read (the first r; see _chunk_step)
         dq = gk = inv = None
         if self.rule.delta:
-            dq, gk, inv = c2.da_prev * qk, c2.gamma_prev * kk, delta_inverse(c2, kk, eta2)
-        return eta2, c2, c1, c2.gamma_prev * qk, dq, gk, inv
+            gk, inv = c2.gamma_prev * kk, delta_inverse(c2, kk, eta2)
+            dq = c2.da_prev[..., :r, :, :] * qk
+        return eta2, c2, c1, c2.gamma_prev[..., :r, :, :] * qk, dq, gk, inv
 
     def _chunk_prep(self, q, k, v, eta, alpha, beta):
-        qk, kk = q @ jnp.matrix_transpose(k), k @ jnp.matrix_transpose(k)
+        r = q.shape[-3]
+        qk = q @ jnp.matrix_transpose(k[..., :r, :, :])
+        kk = k @ jnp.matrix_transpose(k)
         if self.normalized:  # the rates depend on the boundary state: computed per chunk
             return (q, k, v, (eta, alpha, beta, qk, kk))
         return (q, k, v, self._coefficients(eta, alpha, beta, qk, kk))
 
     def _chunk_step(self, state: MLPState, q, k, v, coefs):
+        """One chunk (``[B, H, C, d]``). ``q`` may cover only the first ``r <= H`` heads
+        (``[B, r, C, d_k]``): every head writes, only those are read (``y: [B, r, C, d_v]``), as
+        when the heads of several memories that write the same pairs are stacked and only one
+        of them is read (self-modifying Titans)."""
         zs = lambda z, s0: None if s0 is None else z @ jnp.matrix_transpose(s0)
+        r = q.shape[1]
+        read = lambda tree: jax.tree.map(lambda a: a[:, :r], tree)  # the read heads
         if self.self_target:  # v_hat = M_boundary(v): the errors below treat it as fixed
             v = self._target_grad(self.apply_chunk(state, v))
         # boundary forward on the keys and the per-token surprise (errors) of both layers
@@ -258,12 +268,14 @@ class MLPMemory(AbstractMemory):
         (e2,) = act_vjp(u @ state.w1)  # [B, H, C, hid]
         # first-applied layer W2 (input k): the memory's rule, DGD included
         u2 = chunk_delta_u(c2, inv, eta2, pre, zs(k, state.s2), gk, e2) if self.rule.delta else None
-        pre_q = chunk_read(c2, q @ jnp.matrix_transpose(state.w2), zs(q, state.s2), gq, e2, dq, u2)
         w2, s2 = chunk_end(c2, state.w2, state.s2, k, e2, u2)
+        w1, s1 = chunk_end(c1, state.w1, state.s1, h, u)
+        if r < k.shape[1]:
+            state, c2, c1, e2, u2, h, u = read((state, c2, c1, e2, u2, h, u))
+        pre_q = chunk_read(c2, q @ jnp.matrix_transpose(state.w2), zs(q, state.s2), gq, e2, dq, u2)
         # second layer W1 (input h): read with the per-token hidden of the queries
         hq = self.activation(pre_q)
         g1 = c1.gamma_prev * (hq @ jnp.matrix_transpose(h))
         out = chunk_read(c1, hq @ jnp.matrix_transpose(state.w1), zs(hq, state.s1), g1, u)
-        w1, s1 = chunk_end(c1, state.w1, state.s1, h, u)
         y = q + out if self.residual else out
         return MLPState(w1, w2, s1, s2), y

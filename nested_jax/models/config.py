@@ -162,6 +162,10 @@ class SelfModConfig:
         2026-12-06: the value memory's initial state then gets no outer gradient at all and the
         values stay random projections (decisions D89). The inner gradient treats the targets
         as fixed either way.
+      gates: where the rates ``eta_t`` and ``alpha_t`` come from: ``"memory"`` (the paper's
+        reading: two scalar-output deep memories per head that learn in context like the k / v
+        ones) or ``"linear"`` (a learned linear map of the memories' input per head: no memory
+        state; decisions D97).
     """
 
     chunk: int = 4
@@ -174,6 +178,7 @@ class SelfModConfig:
     retention: bool = True
     self_values: bool = True
     target_grad: bool = True
+    gates: Literal["memory", "linear"] = "memory"
 
     def __post_init__(self):
         _positive(self, ("chunk",))
@@ -213,6 +218,11 @@ class CMSConfig:
         as ``"token"`` / ``"none"`` by `ModelConfig.from_json`).
       persistent: `LanguageModel.next_sequence` keeps the CMS weights (deployed /
         continual mode) instead of resetting them to their learned initial values.
+      teach_path: with ``"teach"``, which paths of the network the first pass's errors come
+        back through: ``"network"`` (every path: the gradient of the loss at each level's
+        output) or ``"residual"`` (the sequence mixers' outputs held constant: the error
+        reaches a level through the residual stream, the later CMS levels and the head, and
+        the first pass skips the mixers' backward; decisions D98).
     """
 
     periods: tuple = (8, 32)
@@ -222,6 +232,7 @@ class CMSConfig:
     learn_lr: bool = True
     norm: Literal["period", "token", "none"] = "period"
     persistent: bool = False
+    teach_path: Literal["network", "residual"] = "network"
 
     def __post_init__(self):
         if isinstance(self.norm, bool):
@@ -438,20 +449,51 @@ def _LINEAR(objective: str, retention: bool) -> TitansConfig:  # noqa: N802 (a c
     )
 
 
+# Hope's design as first built (the faithful reference): the generator memories' chunks half the
+# main memory's, eta / alpha from deep memories that learn in context, and the teach signal's
+# errors through the whole network. tests/test_golden.py holds these names to their saved outputs
+# and gradients, so they stay what they are when the defaults move.
+_HOPE_PAPER_TINY = {
+    "titans": TitansConfig(chunk=4),
+    "selfmod": SelfModConfig(chunk=2),
+    "cms": CMSConfig(periods=(4, 8)),
+}
+_HOPE_PAPER_SMALL = {
+    "titans": TitansConfig(chunk=16),
+    "selfmod": SelfModConfig(chunk=8),
+    "cms": CMSConfig(periods=(16, 64)),
+}
+# The defaults, chosen by quality per unit of compute (decisions D95): one chunk size for the
+# main and generator memories (one stacked memory call per chunk), the memories' hidden width
+# equal to the head dimension, eta / alpha from linear maps, the teach signal's first pass
+# through the residual stream; chunks an eighth of the training length at the sizes meant for
+# training.
+_FAST_SELFMOD = {"gates": "linear"}
+_FAST_CMS = {"teach_path": "residual"}
+
+
+def _selfmod(chunk: int) -> dict:
+    return {
+        "titans": TitansConfig(chunk=chunk, expansion=1),
+        "selfmod": SelfModConfig(chunk=chunk, **_FAST_SELFMOD),
+    }
+
+
+def _hope(chunk: int, periods: tuple) -> dict:
+    return {**_selfmod(chunk), "cms": CMSConfig(periods=periods, **_FAST_CMS)}
+
+
+_SMALL = {"vocab_size": 256, "d_model": 384, "n_layers": 6, "n_heads": 6, "max_len": 512}
+_760M = {"d_model": 1536, "n_layers": 24, "n_heads": 12, "d_ff": 1152}
+_1_3B = {"d_model": 2048, "n_layers": 18, "n_heads": 16, "d_ff": 2560}
+
 _REGISTRY = {
     # tests: seconds on a CPU
     "tiny": ModelConfig(**_TINY),
     "titans_tiny": ModelConfig(kind="titans", titans=TitansConfig(chunk=4), **_TINY),
-    "selfmod_tiny": ModelConfig(
-        kind="selfmod", titans=TitansConfig(chunk=4), selfmod=SelfModConfig(chunk=2), **_TINY
-    ),
-    "hope_tiny": ModelConfig(
-        kind="hope",
-        titans=TitansConfig(chunk=4),
-        selfmod=SelfModConfig(chunk=2),
-        cms=CMSConfig(periods=(4, 8)),
-        **_TINY,
-    ),
+    "selfmod_tiny": ModelConfig(kind="selfmod", **_selfmod(4), **_TINY),
+    "hope_tiny": ModelConfig(kind="hope", **_hope(4, (4, 8)), **_TINY),
+    # (unchanged by decisions D95: the residual teach path was not measured for it)
     "hope_attention_tiny": ModelConfig(
         kind="hope_attention", cms=CMSConfig(periods=(4, 8)), **_TINY
     ),
@@ -460,40 +502,22 @@ _REGISTRY = {
     "deltanet_tiny": ModelConfig(kind="titans", titans=_LINEAR("l2", False), **_TINY),
     "gated_deltanet_tiny": ModelConfig(kind="titans", titans=_LINEAR("l2", True), **_TINY),
     # CPU experiments: ~10.8M parameters (byte vocabulary)
-    "small": ModelConfig(
-        vocab_size=256, d_model=384, n_layers=6, n_heads=6, d_ff=1024, max_len=512
+    "small": ModelConfig(**_SMALL, d_ff=1024),
+    "hope_small": ModelConfig(kind="hope", **_SMALL, d_ff=384, **_hope(64, (64, 256))),
+    "hope_760m": ModelConfig(**_760M, **{**_PAPER, **_hope(64, (64, 256, 1024))}),
+    "hope_1.3b": ModelConfig(**_1_3B, **{**_PAPER, **_hope(64, (64, 256, 1024))}),
+    # the faithful reference at every size the default Hope has
+    "hope_paper_tiny": ModelConfig(kind="hope", **_HOPE_PAPER_TINY, **_TINY),
+    "hope_paper_small": ModelConfig(kind="hope", **_SMALL, d_ff=384, **_HOPE_PAPER_SMALL),
+    "hope_paper_760m": ModelConfig(**_760M, **_PAPER),
+    "hope_paper_1.3b": ModelConfig(**_1_3B, **_PAPER),
+    "selfmod_paper_tiny": ModelConfig(
+        kind="selfmod", titans=TitansConfig(chunk=4), selfmod=SelfModConfig(chunk=2), **_TINY
     ),
-    "hope_small": ModelConfig(
-        kind="hope",
-        vocab_size=256,
-        d_model=384,
-        n_layers=6,
-        n_heads=6,
-        d_ff=384,
-        max_len=512,
-        titans=TitansConfig(chunk=16),
-        selfmod=SelfModConfig(chunk=8),
-        cms=CMSConfig(periods=(16, 64)),
+    "hope_attention_paper_tiny": ModelConfig(
+        kind="hope_attention", cms=CMSConfig(periods=(4, 8)), **_TINY
     ),
-    "hope_760m": ModelConfig(d_model=1536, n_layers=24, n_heads=12, d_ff=1152, **_PAPER),
-    "hope_1.3b": ModelConfig(d_model=2048, n_layers=18, n_heads=16, d_ff=2560, **_PAPER),
 }
-
-
-# The design as measured before Hope's defaults are chosen by quality per unit of compute (the
-# Hope cost issue): the faithful reference, kept under its own names at every size the default
-# has. tests/test_golden.py holds these names to their saved outputs and gradients, so they stay
-# what they are when the defaults above move.
-_REGISTRY.update(
-    {
-        "hope_paper_tiny": _REGISTRY["hope_tiny"],
-        "hope_paper_small": _REGISTRY["hope_small"],
-        "hope_paper_760m": _REGISTRY["hope_760m"],
-        "hope_paper_1.3b": _REGISTRY["hope_1.3b"],
-        "selfmod_paper_tiny": _REGISTRY["selfmod_tiny"],
-        "hope_attention_paper_tiny": _REGISTRY["hope_attention_tiny"],
-    }
-)
 
 
 def get_config(name: str, **overrides) -> ModelConfig:

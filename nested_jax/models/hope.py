@@ -55,7 +55,11 @@ class HopeBlock:
         """``x: [B, T, D]`` -> ``(x, state)`` (``(x, state, {"cms": CMS input})`` with
         ``ctx.collect``): the mixer, then the CMS (which learns from ``ctx.errors`` when the
         network gives them; see `Context`)."""
-        z, ms = self.mixer(p["mixer"], state["mixer"], x, ctx)
+        if ctx.through_mixer:
+            z, ms = self.mixer(p["mixer"], state["mixer"], x, ctx)
+        else:  # the mixer's output is a constant of the gradient; the residual path is not
+            z, ms = self.mixer(p["mixer"], state["mixer"], jax.lax.stop_gradient(x), ctx)
+            z = x + jax.lax.stop_gradient(z - jax.lax.stop_gradient(x))
         y, cs = self.cms(p["cms"], state["cms"], z, ctx)
         state = {"mixer": ms, "cms": cs}
         return (y, state, {"cms": z}) if ctx.collect else (y, state)

@@ -36,6 +36,9 @@ class Context:
         token, keeping every chunk boundary where the parallel form puts it (streaming).
       cut: ``0``, or block the gradient between blocks of ``cut`` tokens (same values): an
         output's gradient then reaches only its own block's inputs (the teach signal's first pass).
+      through_mixer: ``False``: the sequence mixers' outputs are constants of the gradient
+        (the error reaches a layer through the residual stream, the CMS levels and the head
+        only; the teach signal's first pass with ``cms.teach_path="residual"``).
       collect: the block also returns what it read, ``(x, state, taps)`` with
         ``taps = {"cms": [B, T, D]}`` (the CMS's input, Hope blocks; ``{}`` for the others).
       probes: per CMS level, ``[B, T, D]`` added to its output (``None`` for frozen levels):
@@ -50,6 +53,7 @@ class Context:
     parallel: bool = dataclasses.field(default=True, metadata={"static": True})
     cut: int = dataclasses.field(default=0, metadata={"static": True})
     collect: bool = dataclasses.field(default=False, metadata={"static": True})
+    through_mixer: bool = dataclasses.field(default=True, metadata={"static": True})
     probes: Any = None
     errors: Any = None
     starts: Any = None

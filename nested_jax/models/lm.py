@@ -210,7 +210,14 @@ class LanguageModel:
 
     # --- CMS levels that learn from the next-token loss ------------------------------------------
     def output_errors(
-        self, params: dict, layers: Any, tokens: jax.Array, *, cut: int = 0, collect=False
+        self,
+        params: dict,
+        layers: Any,
+        tokens: jax.Array,
+        *,
+        cut: int = 0,
+        collect=False,
+        through_mixer: bool = True,
     ):
         """Every live CMS level's output error for ``tokens: [B, n C]`` (whole CMS chunks) run
         from ``layers`` (every layer's state, stacked): the gradient of the chunks' next-token
@@ -219,7 +226,8 @@ class LanguageModel:
 
         ``cut``: block the gradient between blocks of ``cut`` tokens (the teach signal's first
         pass: an error then comes from its own chunk's targets only); ``collect``: as
-        `_forward`. Returns ``(errors, (logits, layers, taps))``: ``errors`` per CMS level
+        `_forward`; ``through_mixer=False``: the gradient passes the sequence mixers by (see
+        `Context`). Returns ``(errors, (logits, layers, taps))``: ``errors`` per CMS level
         ``[L, B, T, D]`` (``None`` for frozen levels), then what the forward gave."""
         c = self.config
         b, t = tokens.shape
@@ -230,7 +238,7 @@ class LanguageModel:
         inner = (jnp.arange(t - 1) % c.cms.chunk != c.cms.chunk - 1).astype(jnp.float32)
 
         def loss(probes):
-            ctx = Context(cut=cut, collect=collect, probes=probes)
+            ctx = Context(cut=cut, collect=collect, through_mixer=through_mixer, probes=probes)
             logits, new, taps = self._forward(params, layers, tokens, ctx)
             nll = token_nll(logits, tokens)
             return jnp.sum(nll * inner[None]) / (c.cms.chunk - 1), (logits, new, taps)
@@ -248,7 +256,11 @@ class LanguageModel:
             # every input enters without a tangent (the errors are constants), so the outer
             # gradient's trace passes this pass by instead of differentiating it and pruning after
             errors, (_, new_first, _) = self.output_errors(
-                sg(params), sg(first), tokens, cut=c.cms.chunk
+                sg(params),
+                sg(first),
+                tokens,
+                cut=c.cms.chunk,
+                through_mixer=c.cms.teach_path == "network",
             )
             ctx = Context(collect=collect, errors=sg(errors), starts=first["cms"].params)
             logits, layers, taps = self._forward(params, layers, tokens, ctx)

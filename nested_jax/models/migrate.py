@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ADDED", "LEGACY", "migrate_field", "migrate_model_json", "migrate_value"]
+__all__ = [
+    "ADDED",
+    "LEGACY",
+    "RENAMED",
+    "migrate_field",
+    "migrate_model_json",
+    "migrate_model_name",
+    "migrate_value",
+]
 
 # The flat field names of nested_jax <= 0.5 (runs saved before the sub-configs): old -> new path.
 LEGACY = {
@@ -66,6 +74,8 @@ ADDED = {
     "selfmod.rule": "dgd",
     "selfmod.retention": True,
     "selfmod.self_values": True,
+    "selfmod.gates": "memory",
+    "cms.teach_path": "network",
 }
 
 
@@ -92,3 +102,26 @@ def migrate_model_json(d: dict) -> dict:
         else:
             out[key] = migrate_value(key, out[key])
     return out
+
+
+# Registry names whose model changed when Hope's defaults were chosen by quality per unit of
+# compute (decisions D95, 2026-12-07): what a run saved before under the key trained is now the
+# value. Such a run's saved model config has no ``selfmod.gates`` (added with that change).
+RENAMED = {
+    "hope_tiny": "hope_paper_tiny",
+    "hope_small": "hope_paper_small",
+    "hope_760m": "hope_paper_760m",
+    "hope_1.3b": "hope_paper_1.3b",
+    "selfmod_tiny": "selfmod_paper_tiny",
+}
+
+
+def migrate_model_name(name: str, saved_model: dict) -> str:
+    """The registry name of the model a run saved under ``name`` trained, given the model config
+    its checkpoint holds (``saved_model``, nested or flat): ``name`` itself, or for a run saved
+    before decisions D95 under a name whose model moved, that model's new name
+    (``"hope_tiny"`` -> ``"hope_paper_tiny"``)."""
+    if name not in RENAMED:
+        return name
+    has = "selfmod.gates" in saved_model or "gates" in (saved_model.get("selfmod") or {})
+    return name if has else RENAMED[name]

@@ -18,8 +18,12 @@ Per layer and head (``d`` = head dimension), from ``h = RMSNorm(x)``:
 Chunking (spec §5.3, with the causal index of §5.4.1): the k / v / eta / alpha (/ q) memories
 generate a whole chunk of ``sm_chunk`` tokens from their state at the chunk's start (its boundary)
 and then take that chunk's writes, gradients at the boundary; the main memory runs its own chunk
-size ``mem_chunk``. Chunk ``c`` therefore uses only tokens before it. Memories of the same shape
-are stacked along the head axis (k, v, q share one kernel call; eta, alpha another).
+size ``titans.chunk``. Chunk ``c`` therefore uses only tokens before it. Memories of the same
+shape are stacked along the head axis (k, v, q share one kernel call; eta, alpha another). With
+one chunk size for every memory (the registry's defaults) the main memory joins that stack: one
+memory call per chunk writes all of them and reads only the main heads (`SelfModifyingTitans.fused`,
+decisions D96). ``selfmod.gates="linear"`` (the defaults) takes ``eta_t, alpha_t`` from a learned
+linear map per head instead of the two scalar memories (decisions D97).
 
 Streaming keeps both boundaries (a `StreamState` per group), so any cut
 of the sequence gives the chunk-parallel result.
@@ -129,7 +133,7 @@ class SelfModifyingTitans:
             "w_in": dense_init(ks[0], (d, 2 * d)),
             "conv": conv,
             "proj": self.proj_memory.init_params(ks[1], heads=self.n_proj * h, d_k=hd, d_v=hd),
-            "gate": self.gate_memory.init_params(ks[2], heads=2 * h, d_k=hd, d_v=1),
+            **self._gate_params(ks[2]),
             # eta = eta_max * sigmoid(-4.6) ~ 0.01 eta_max (the MLP memories diverge above about
             # 2 (1 - beta) / (0.35 hidden), see memory/mlp.py); alpha = sigmoid(4.6) ~ 0.99
             "b_gate": jnp.concatenate([jnp.full((h,), -4.6), jnp.full((h,), 4.6)]).astype(
@@ -141,12 +145,33 @@ class SelfModifyingTitans:
             "wo": dense_init(ks[5], (d, d)),
         }
 
+    def _gate_params(self, key) -> dict:
+        c = self.config
+        h, hd = c.n_heads, c.head_dim
+        if c.selfmod.gates == "linear":  # [2H, d]: eta's and alpha's map per head
+            return {"w_gates": 0.1 * jax.random.normal(key, (2 * h, hd), jnp.float32) / hd**0.5}
+        return {"gate": self.gate_memory.init_params(key, heads=2 * h, d_k=hd, d_v=1)}
+
+    @property
+    def gates_learn(self) -> bool:
+        """Whether the rates come from memories that learn in context (``selfmod.gates``)."""
+        return self.config.selfmod.gates == "memory"
+
+    @property
+    def fused(self) -> bool:
+        """Whether the chunk-parallel form runs the main memory and the k / v (/ q) memories as
+        one memory call per chunk: they are the same memory (one chunk size, one rule, one step
+        norm) writing the same ``(k_t, v_t)`` pairs with the same rates, so their states are
+        stacked on the head axis (same values as running them one after the other)."""
+        c = self.config
+        return c.selfmod.adaptive and c.selfmod.main == "mlp" and c.selfmod.chunk == c.titans.chunk
+
     def init_state(self, params: dict, batch_size: int) -> dict:
         c = self.config
-        gen = (
-            self.proj_memory.init_state(params["proj"], batch_size),
-            self.gate_memory.init_state(params["gate"], batch_size),
-        )
+        gate = None
+        if self.gates_learn:
+            gate = self.gate_memory.init_state(params["gate"], batch_size)
+        gen = (self.proj_memory.init_state(params["proj"], batch_size), gate)
         main = self.main_memory.init_state(params["main"], batch_size)
         return {
             "gen": StreamState(gen, gen, jnp.zeros([], jnp.int32)),
@@ -168,7 +193,10 @@ class SelfModifyingTitans:
         if c.selfmod.unit_values:  # breaks the value memory's squaring feedback (decisions D51)
             v = l2_normalize(v)
         q = l2_normalize(out[:, 2 * h :]) if c.selfmod.adaptive_q else None
-        g = gm.apply_chunk(gate, jnp.concatenate([xm, xm], axis=1))[..., 0]
+        if self.gates_learn:
+            g = gm.apply_chunk(gate, jnp.concatenate([xm, xm], axis=1))[..., 0]
+        else:
+            g = jnp.einsum("bhcd,hd->bhc", jnp.concatenate([xm, xm], axis=1), p["w_gates"])
         g = g + p["b_gate"][None, :, None]
         eta = c.titans.eta_max * jax.nn.sigmoid(g[:, :h])
         alpha = jax.nn.sigmoid(g[:, h:])
@@ -185,8 +213,9 @@ class SelfModifyingTitans:
         pm, gm = self.proj_memory, self.gate_memory
         e, a = tile(eta, n), tile(alpha, n)
         proj = pm.write_chunk(proj, tile(k, n), tile(v, n), Rates(e, a, beta(e)))
-        e, a = tile(eta, 2), tile(alpha, 2)
-        gate = gm.write_chunk(gate, tile(k, 2), tile(v, 2), Rates(e, a, beta(e)))
+        if self.gates_learn:
+            e, a = tile(eta, 2), tile(alpha, 2)
+            gate = gm.write_chunk(gate, tile(k, 2), tile(v, 2), Rates(e, a, beta(e)))
         return proj, gate
 
     def _gen_parallel(self, p, gen_stream: StreamState, xm, cut: int = 0):
@@ -231,9 +260,11 @@ class SelfModifyingTitans:
                 proj = pm.write(
                     st[0], tile(k1, n), tile(v1, n), tile(e1, n), tile(a1, n), beta, at=bnd[0]
                 )
-                gate = gm.write(
-                    st[1], tile(k1, 2), tile(v1, 2), tile(e1, 2), tile(a1, 2), beta, at=bnd[1]
-                )
+                gate = st[1]
+                if self.gates_learn:
+                    gate = gm.write(
+                        gate, tile(k1, 2), tile(v1, 2), tile(e1, 2), tile(a1, 2), beta, at=bnd[1]
+                    )
                 st = (proj, gate)
             parts = [k, v] + ([q] if q is not None else []) + [eta[..., None], alpha[..., None]]
             y = jnp.concatenate(parts, axis=-1)[:, :, 0]
@@ -272,20 +303,64 @@ class SelfModifyingTitans:
         return {"k": sw(k), "v": sw(v), "q": q, "eta": sw(eta), "alpha": sw(alpha)}
 
     # --- the layer -------------------------------------------------------------------------------
-    def __call__(self, p: dict, state: dict, x: jax.Array, ctx: Context = Context()):
-        """``x: [B, T, D]`` -> ``(x + mixer output, state)``. ``ctx.cut > 0`` (parallel, from a
-        fresh state): no gradient flows between blocks of ``cut`` tokens (same values; the
-        teach signal's first pass)."""
+    def _fused_parallel(self, p: dict, state: dict, xm, q_in, cut: int):
+        """The chunk-parallel layer when `fused`: one scan over chunks whose body generates the
+        chunk's ``k, v, (q), eta, alpha`` from the generators' boundary state, then runs the main
+        memory and the k / v (/ q) memories as one stacked memory call (main heads first).
+        ``xm: [B, H, T, d]``, ``q_in: [B, T, H, d]`` (the fixed queries before their norm).
+        Returns ``(gen stream, main stream, y [B, T, H, d])``."""
         c = self.config
-        parallel, cut = ctx.parallel, ctx.cut
-        b, t, d = x.shape
-        h, a, conv_state = self._project(p, state, x, cut)
-        xm = jnp.swapaxes(a[:, :, 0], 1, 2)  # [B, H, T, d]
+        h, n = c.n_heads, self.n_proj
+        mem, gm = self.main_memory, self.gate_memory
+        beta = 0.0 if self._rule.beta is None else self._rule.beta
+        tile = lambda a, m: jnp.concatenate([a] * m, axis=1)
+        heads = lambda tree, sl: jax.tree.map(lambda a: a[:, sl], tree)
+        stack = lambda a, b: jax.tree.map(lambda x, y: jnp.concatenate([x, y], axis=1), a, b)
+        proj, gate = state["gen"].state
+        q_fixed = l2_normalize(jnp.swapaxes(q_in, 1, 2))
+
+        def chunk(carry, xc, qc):
+            joint, gate = carry
+            k, v, q, eta, alpha = self._generate(p, (heads(joint, slice(h, None)), gate), xc)
+            q = qc if q is None else q
+            m = n + 1
+            rates = (tile(eta, m), tile(alpha, m), jnp.full_like(tile(eta, m), beta))
+            # every head writes; only the main memory's (the first h) are read
+            joint, y = mem._chunk(joint, q, tile(k, m), tile(v, m), *rates)
+            if self.gates_learn:
+                e, a = tile(eta, 2), tile(alpha, 2)
+                gate = gm.write_chunk(
+                    gate, tile(k, 2), tile(v, 2), Rates(e, a, jnp.full_like(e, beta))
+                )
+            return (joint, gate), y
+
+        res = scan_chunks(
+            chunk,
+            (stack(state["main"].state, proj), gate),
+            (xm, q_fixed),
+            c.titans.chunk,
+            axis=2,
+            remat=True,
+            first_order=c.first_order,
+            cut=cut,
+        )
+        tail = jnp.asarray(res.tail, jnp.int32)
+        (joint, gate), (joint_b, gate_b) = res.carry, res.boundary
+        main = StreamState(heads(joint, slice(0, h)), heads(joint_b, slice(0, h)), tail)
+        gen = StreamState(
+            (heads(joint, slice(h, None)), gate), (heads(joint_b, slice(h, None)), gate_b), tail
+        )
+        return gen, main, jnp.swapaxes(res.outputs, 1, 2)
+
+    def _memories(self, p: dict, state: dict, xm, q_in, parallel: bool, cut: int):
+        """The generators and the main memory over ``xm: [B, H, T, d]`` one after the other:
+        ``(gen stream, main stream, y [B, T, H, d])``."""
+        c = self.config
         if parallel:
             gen, (k, v, q, eta, alpha) = self._gen_parallel(p, state["gen"], xm, cut)
         else:
             gen, (k, v, q, eta, alpha) = self._gen_stream(p, state["gen"], xm)
-        q = jnp.swapaxes(q, 1, 2) if q is not None else l2_normalize(a[:, :, 1])
+        q = jnp.swapaxes(q, 1, 2) if q is not None else l2_normalize(q_in)
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         eta, alpha = jnp.swapaxes(eta, 1, 2), jnp.swapaxes(alpha, 1, 2)
         mem = self.main_memory
@@ -306,6 +381,20 @@ class SelfModifyingTitans:
             )
         else:
             stream, y = mem.stream(stream, q, k, v, eta, alpha, chunk_size=c.titans.chunk)
+        return gen, stream, y
+
+    def __call__(self, p: dict, state: dict, x: jax.Array, ctx: Context = Context()):
+        """``x: [B, T, D]`` -> ``(x + mixer output, state)``. ``ctx.cut > 0`` (parallel, from a
+        fresh state): no gradient flows between blocks of ``cut`` tokens (same values; the
+        teach signal's first pass)."""
+        c = self.config
+        b, t, d = x.shape
+        h, a, conv_state = self._project(p, state, x, ctx.cut)
+        xm = jnp.swapaxes(a[:, :, 0], 1, 2)  # [B, H, T, d]
+        if ctx.parallel and self.fused:
+            gen, stream, y = self._fused_parallel(p, state, xm, a[:, :, 1], ctx.cut)
+        else:
+            gen, stream, y = self._memories(p, state, xm, a[:, :, 1], ctx.parallel, ctx.cut)
         y = rms_norm(y.reshape(b, t, d), p["out_norm"], c.norm_eps) * jax.nn.silu(
             h @ p["w_gate_out"]
         )

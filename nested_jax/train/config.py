@@ -268,14 +268,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-# Named runs. The quickstart's Hope uses the first-order meta-gradient and a 16-token CMS chunk so
-# that it trains fast on a CPU (measured 2026-11-29, 2 cores, teach signal, 8 x 128 bytes: 2,366
-# tokens/s first order vs 1,448 with the full meta-gradient). The registry's eta_max is used as
-# is: the normalised inner steps (decisions D50, D51) keep every rate stable.
+# Named runs. The quickstart's Hope uses chunks of 16 tokens for its memories and its CMS (the
+# default design, decisions D95, at a 128-token sequence: an eighth of it), with the full
+# meta-gradient. The registry's eta_max is used as is: the normalised inner steps (decisions D50,
+# D51) keep every rate stable.
 _TRAIN_REGISTRY = {
     "quickstart": TrainConfig(
         model="hope_tiny",
-        model_overrides=(("cms.periods", (16, 64)), ("first_order", True)),
+        model_overrides=(
+            ("cms.periods", (16, 64)),
+            ("selfmod.chunk", 16),
+            ("titans.chunk", 16),
+        ),
         steps=150,
         log_every=10,
         eval_every=50,

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_jax.models import LanguageModel, sample_token
-from nested_jax.models.migrate import migrate_model_json
+from nested_jax.models.migrate import RENAMED, migrate_model_json, migrate_model_name
 from nested_jax.train import data as data_lib
 from nested_jax.train import sharding as sh
 from nested_jax.train.checkpoint import CheckpointMismatchError, Checkpoints
@@ -140,8 +140,8 @@ class Run:
     run directory (its checkpoints and saved tokenizer)."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, *, load_data: bool = True):
-        self.cfg = cfg = validate(cfg)
         self.out_dir = Path(out_dir)
+        self.cfg = cfg = self._renamed(validate(cfg))
         if cfg.distributed:
             sh.initialize_distributed()
         d = cfg.data
@@ -191,6 +191,31 @@ class Run:
         self.ckpt = Checkpoints(self.out_dir / "checkpoints", cfg.keep)
 
     # ---------------------------------------------------------------------------- helpers
+    def _renamed(self, cfg: TrainConfig) -> TrainConfig:
+        """``cfg``, or for a run saved before decisions D95 under a registry name whose model
+        moved (``hope_tiny``), the same run naming the model it trained (``hope_paper_tiny``),
+        read off its newest checkpoint."""
+        directory = self.out_dir / "checkpoints"
+        if cfg.model not in RENAMED or not directory.is_dir():
+            return cfg
+        ck = Checkpoints(directory, cfg.keep)
+        try:
+            saved = ck.metadata(ck.steps[-1])["model"] if ck.steps else None
+        except Exception:  # noqa: BLE001 (a bad checkpoint is reported where it is restored)
+            saved = None
+        finally:
+            ck.close()
+        new = cfg.model if saved is None else migrate_model_name(cfg.model, saved)
+        if new != cfg.model:
+            log.warning(
+                "%s was trained as %r before that name's model changed (decisions D95); it is "
+                "the model now named %r, and is loaded as that.",
+                self.out_dir,
+                cfg.model,
+                new,
+            )
+        return dataclasses.replace(cfg, model=new)
+
     def _saved_tokenizer(self):
         path = self.out_dir / "tokenizer.json"
         if self.cfg.data.tokenizer == "bpe":
