@@ -764,8 +764,9 @@ def test_mlp_chunk_reads_only_the_heads_it_is_given_queries_for(mem):
     eta = 0.05 * jax.random.uniform(ks[3], (b, h, c))
     alpha = 0.9 + 0.1 * jax.random.uniform(ks[4], (b, h, c))
     beta = jnp.full((b, h, c), 0.9)
-    full_state, full_y = mem._chunk(state, q, k, v, eta, alpha, beta)
-    part_state, part_y = mem._chunk(state, q[:, :r], k, v, eta, alpha, beta)
+    rates = Rates(eta, alpha, beta)
+    full_state, full_y = mem.write_read_heads(state, q, k, v, rates)
+    part_state, part_y = mem.write_read_heads(state, q[:, :r], k, v, rates)
     assert part_y.shape == (b, r, c, d)
     np.testing.assert_allclose(part_y, full_y[:, :r], atol=1e-6)
     for a, e in zip(jax.tree.leaves(part_state), jax.tree.leaves(full_state), strict=True):

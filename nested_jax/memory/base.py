@@ -138,6 +138,16 @@ class AbstractMemory:
         keep that layout, e.g. self-modifying Titans' generator memories."""
         return self._chunk(state, k, k, v, *rates)[0]
 
+    def write_read_heads(self, state, q, k, v, rates: Rates):
+        """One chunk in the heads-first layout (``k, v: [batch, heads, C, dim]``, every field of
+        ``rates`` given, ``[batch, heads, C]``): ``(state, y)``, every head writing its pairs
+        with the inner gradients at ``state``, and the per-token reads ``y`` (before each
+        token's write) at ``q``. Memories that support it (`MLPMemory`) take queries for only the
+        first ``r`` heads (``q: [batch, r, C, d_k]``) and read only those: heads stacked from
+        several memories that write the same pairs, only one of them read (self-modifying
+        Titans)."""
+        return self._chunk(state, q, k, v, *rates)
+
     def _default_rates(self, like):
         """Rates used when the caller passes None: (eta, alpha, beta) for ``like: [B, T, H, d]``:
         ones, and the update rule's momentum ``beta`` where the memory has a rule that sets one."""

@@ -324,9 +324,11 @@ class SelfModifyingTitans:
             k, v, q, eta, alpha = self._generate(p, (heads(joint, slice(h, None)), gate), xc)
             q = qc if q is None else q
             m = n + 1
-            rates = (tile(eta, m), tile(alpha, m), jnp.full_like(tile(eta, m), beta))
+            e, a = tile(eta, m), tile(alpha, m)
             # every head writes; only the main memory's (the first h) are read
-            joint, y = mem._chunk(joint, q, tile(k, m), tile(v, m), *rates)
+            joint, y = mem.write_read_heads(
+                joint, q, tile(k, m), tile(v, m), Rates(e, a, jnp.full_like(e, beta))
+            )
             if self.gates_learn:
                 e, a = tile(eta, 2), tile(alpha, 2)
                 gate = gm.write_chunk(
