@@ -74,6 +74,8 @@ _NAMES = {
     "hope_attention_paper": "hope_attention_paper_tiny",
     "hope_attention_paper_local": "hope_attention_paper_tiny",
     "hope_attention_paper_ntp": "hope_attention_paper_tiny",
+    "hope_cms_frozen": "hope_tiny",  # the default with its CMS frozen: what the CMS's learning costs
+    "hope_attention_residual": "hope_attention_tiny",  # with the teach signal's residual path
     "selfmod": "selfmod_tiny",  # self-modifying Titans with a SwiGLU MLP (Hope without CMS)
     "selfmod_paper": "selfmod_paper_tiny",
     "selfmod_paper_c64": "selfmod_paper_tiny",  # the reference with chunks 64 / 16
@@ -91,10 +93,14 @@ def model_config(kind: str, seq: int, cfg: dict):
         extra["cms.periods"] = (16, 64)
     if kind.startswith(("hope_paper", "selfmod_paper")):
         extra["selfmod.chunk"] = 8
-    elif kind in ("hope", "selfmod"):
+    elif kind in ("hope", "hope_cms_frozen", "selfmod"):
         extra.update({"titans.chunk": DEFAULT_CHUNK, "selfmod.chunk": DEFAULT_CHUNK})
         if kind == "hope":
             extra["cms.periods"] = (DEFAULT_CHUNK, 4 * DEFAULT_CHUNK)
+        if kind == "hope_cms_frozen":
+            extra["cms.periods"] = (0, 0)
+    if kind == "hope_attention_residual":
+        extra["cms.teach_path"] = "residual"
     if kind.endswith("_c64"):
         extra.update({"titans.chunk": 64, "selfmod.chunk": 16})
         if kind.startswith("hope"):

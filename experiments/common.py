@@ -66,6 +66,41 @@ def matched_d_ff(name: str, target: str, overrides=(), multiple: int = 8) -> tup
     )
 
 
+def cell_train_config(
+    model: str,
+    overrides: tuple,
+    *,
+    seq_len: int,
+    batch: int,
+    eval_batches: int,
+    steps: int,
+    seed: int,
+    log_every: int | None = None,
+    max_minutes: float = 0.0,
+):
+    """The training config of one resumable experiment cell on Shakespeare bytes: checkpoints
+    every ``min(25, steps)`` steps (two kept), no evaluation until the end, a non-finite step
+    stops the cell (``nan_policy="stop"``), no plot. ``log_every`` defaults to the checkpoint
+    interval; ``max_minutes`` is a training-time budget (0: none)."""
+    from nested_jax.train.config import DataConfig, TrainConfig
+
+    every = max(1, min(25, steps))
+    return TrainConfig(
+        model=model,
+        model_overrides=overrides,
+        data=DataConfig(seq_len=seq_len, batch_size=batch, eval_batches=eval_batches),
+        steps=steps,
+        seed=seed,
+        log_every=every if log_every is None else log_every,
+        eval_every=0,
+        ckpt_every=every,
+        keep=2,
+        nan_policy="stop",
+        plot=False,
+        max_minutes=max_minutes,
+    )
+
+
 def adamw_step(loss, params, steps: int, lr: float):
     """The synthetic-task experiments' optimizer: AdamW (weight decay 0.1, cosine schedule with a
     5% warm-up, global-norm clip 1.0). ``loss(params, *batch) -> scalar``. Returns

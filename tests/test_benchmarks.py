@@ -114,6 +114,13 @@ def test_benchmark_variants_are_the_defaults_and_the_reference():
     sm = mt.model_config("selfmod_paper_c64", 512, full)
     assert (sm.titans.chunk, sm.selfmod.chunk) == (64, 16)
     assert mt.model_config("selfmod", 512, full).selfmod.chunk == 64
+    frozen = mt.model_config("hope_cms_frozen", 512, full)
+    assert frozen.cms.periods == (0, 0) and frozen.replace(cms={"periods": (64, 256)}) == hope
+    res = mt.model_config("hope_attention_residual", 512, full)
+    assert res.cms.teach_path == "residual"
+    assert res.replace(cms={"teach_path": "network"}) == mt.model_config(
+        "hope_attention", 512, full
+    )
 
 
 def test_quick_selfmod_chunked_writes_json(tmp_path):

@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from experiments.common import (
+    cell_train_config,
     matched_d_ff,
     mean_std,
     pyplot,
@@ -103,25 +104,16 @@ def model_spec(variant: str, eval_len: int, shrink=()) -> tuple[str, tuple]:
 
 
 def cell_config(variant: str, budget: str, seed: int, setup: dict, steps: int | None = None):
-    from nested_jax.train.config import DataConfig, TrainConfig
-
     name, overrides = model_spec(variant, setup["eval_len"], setup.get("shrink", ()))
     steps = BUDGETS[budget][0] if steps is None else steps
-    every = max(1, min(25, steps))
-    return TrainConfig(
-        model=name,
-        model_overrides=overrides,
-        data=DataConfig(
-            seq_len=setup["seq_len"], batch_size=setup["batch"], eval_batches=setup["eval_batches"]
-        ),
+    return cell_train_config(
+        name,
+        overrides,
+        seq_len=setup["seq_len"],
+        batch=setup["batch"],
+        eval_batches=setup["eval_batches"],
         steps=steps,
         seed=seed,
-        log_every=every,
-        eval_every=0,
-        ckpt_every=every,
-        keep=2,
-        nan_policy="stop",
-        plot=False,
     )
 
 

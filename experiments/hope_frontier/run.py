@@ -34,7 +34,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import matched_d_ff, mean_std, write_results
+from experiments.common import cell_train_config, matched_d_ff, mean_std, write_results
 
 FULL = {"seq": 256, "batch": 8, "steps": 150, "eval_batches": 16, "shrink": ()}
 # the smoke run (tests): seconds, one layer, chunks that fit 32 tokens
@@ -95,24 +95,16 @@ def model_spec(variant: str, setup: dict = FULL) -> tuple[str, tuple]:
 
 
 def cell_config(variant: str, seed: int, steps: int, max_minutes: float = 0.0, setup=FULL):
-    from nested_jax.train.config import DataConfig, TrainConfig
-
     name, overrides = model_spec(variant, setup)
-    every = max(1, min(25, steps))
-    return TrainConfig(
-        model=name,
-        model_overrides=overrides,
-        data=DataConfig(
-            seq_len=setup["seq"], batch_size=setup["batch"], eval_batches=setup["eval_batches"]
-        ),
+    return cell_train_config(
+        name,
+        overrides,
+        seq_len=setup["seq"],
+        batch=setup["batch"],
+        eval_batches=setup["eval_batches"],
         steps=steps,
         seed=seed,
         log_every=min(5, steps),
-        eval_every=0,
-        ckpt_every=every,
-        keep=2,
-        nan_policy="stop",
-        plot=False,
         max_minutes=max_minutes,
     )
 
