@@ -16,6 +16,7 @@ BENCHMARKS = (
     "session_absorb",
     "config_costs",
     "launches",
+    "compile_time",
 )
 
 

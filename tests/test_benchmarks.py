@@ -268,3 +268,18 @@ def test_accelerator_script_runs_quick_on_the_cpu_and_records_the_device(tmp_pat
     assert data["machine"]["device_kind"] and ok["device"] == data["machine"]["device_kind"]
     assert ok["tokens_per_s"] > 0 and ok["matmuls"] > 0 and ok["batch"] == 8
     assert bad["model"] == "nonexistent" and "error" in bad
+
+
+def test_quick_compile_time_writes_json_and_its_table(tmp_path):
+    """Each case's trace + lower and compile seconds and its program size, positive, and the
+    table renders them."""
+    from benchmarks import table
+
+    out = tmp_path / "ct.json"
+    run.main(["compile_time", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert [r["model"] for r in data["results"]] == ["tiny", "hope_tiny"]
+    for r in data["results"]:
+        assert r["compile_s"] > 0 and r["trace_lower_s"] > 0 and r["stablehlo_kb"] > 0
+        assert r["total_s"] >= r["compile_s"]
+    assert "hope_tiny (1 layers)" in table.TABLES["compile time"](data)
