@@ -1,4 +1,4 @@
-"""Shared helpers of the model tests (test_models.py, test_hope.py)."""
+"""Shared helpers of the model tests (test_lm.py, test_hope.py)."""
 
 import jax
 import jax.numpy as jnp

@@ -116,11 +116,21 @@ def test_benchmark_variants_are_the_defaults_and_the_reference():
     assert mt.model_config("selfmod", 512, full).selfmod.chunk == 64
     frozen = mt.model_config("hope_cms_frozen", 512, full)
     assert frozen.cms.periods == (0, 0) and frozen.replace(cms={"periods": (64, 256)}) == hope
+    assert (hope.cms.signal, hope.cms.learn_lr) == ("online", False)
+    teach = mt.model_config("hope_teach", 512, full)
+    assert teach == hope.replace(cms={"signal": "teach", "learn_lr": True})
+    assert mt.model_config("hope_online_lr", 512, full) == hope.replace(cms={"learn_lr": True})
+    for n in (32, 128):
+        assert mt.model_config(f"hope_c{n}", 512, full) == hope.replace(
+            titans={"chunk": n}, selfmod={"chunk": n}
+        )
     res = mt.model_config("hope_attention_residual", 512, full)
     assert res.cms.teach_path == "residual"
     assert res.replace(cms={"teach_path": "network"}) == mt.model_config(
-        "hope_attention", 512, full
+        "hope_attention_paper", 512, full
     )
+    ha = mt.model_config("hope_attention", 512, full)
+    assert ha.cms == hope.cms  # Hope-Attention's default takes the default Hope's CMS (D99)
 
 
 def test_quick_selfmod_chunked_writes_json(tmp_path):

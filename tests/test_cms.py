@@ -1,7 +1,8 @@
 """The Continuum Memory System (paper §4; models/cms.py) and its learning signals in the language
 model: frozen levels, the local signal against the levels reference, nested resets, firing on
 schedule, the exact "ntp" update, the two-pass "teach" signal (causal, equal to ntp on the first
-chunk, bounded at any rate), learned bounded rates, and the persistent CMS across sequences.
+chunk, bounded at any rate), the one-pass "online" signal (exact three ways, ntp's steps in
+values, first order), learned bounded rates, and the persistent CMS across sequences.
 """
 
 import jax
@@ -15,6 +16,7 @@ from nested_jax.memory import SwiGLUMemory
 from nested_jax.models import LanguageModel, get_config
 from nested_jax.models.cms import ContinuumMemory
 from nested_jax.models.layers import Context, rms_norm, swiglu
+from nested_jax.models.lm import token_nll
 
 
 @pytest.mark.parametrize("variant", ["sequential", "nested", "independent"])
@@ -137,12 +139,12 @@ def test_ntp_update_is_minus_lr_times_the_chunk_gradient():
 
 @pytest.mark.parametrize(
     ("name", "periods", "signal"),
-    [("hope_tiny", (4, 8), "ntp"), ("hope_attention_tiny", (4, 0, 8), "teach")],
+    [("hope_tiny", (4, 8), "ntp"), ("hope_attention_paper_tiny", (4, 0, 8), "teach")],
 )
 def test_cms_signal_is_exact_three_ways_and_causal(name, periods, signal):
     """parallel == token by token == a parallel prefix ending mid-chunk continued by streaming
     in pieces of 3, and no output sees a later token: the exact "ntp" reference signal (the
-    registry's default "teach" Hope goes through test_models.py), and "teach" with a frozen
+    registry's default "online" Hope goes through test_lm.py), and "teach" with a frozen
     level between live ones (its first pass's gradients are cut between CMS chunks: a leak would
     change the updates)."""
     model, params, tokens = setup(name, length=14, cms={"signal": signal, "periods": periods})
@@ -161,7 +163,7 @@ def test_teach_first_chunk_update_equals_ntp():
     """On the first CMS chunk the sequence-start weights are the current ones, so the teach
     signal's update is the exact next-token gradient step of "ntp"; later chunks differ."""
     model, params, tokens = setup(
-        "hope_attention_tiny", length=8, cms={"periods": (4,), "signal": "ntp"}
+        "hope_attention_paper_tiny", length=8, cms={"periods": (4,), "signal": "ntp"}
     )
     teach = LanguageModel(model.config.replace(cms={"signal": "teach", "norm": "none"}))
     _, s_ntp = model.apply(params, tokens[:, :4])
@@ -173,8 +175,94 @@ def test_teach_first_chunk_update_equals_ntp():
     assert not np.allclose(np.asarray(a), np.asarray(b), atol=1e-7, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["hope_tiny", "hope_attention_tiny"])
+def test_online_signal_is_exact_three_ways_and_causal(name):
+    """The one-pass "online" signal (decisions D99): parallel == token by token == a prefix
+    ending mid-chunk continued by streaming in pieces of 3; no output sees a later token."""
+    cms = {"signal": "online", "periods": (4, 8), "teach_path": "residual"}
+    model, params, tokens = setup(name, length=14, cms=cms)
+    par, s_par = jitted(model, "apply")(params, tokens)
+    ref, s_ref = jitted(model, "apply_reference")(params, tokens)
+    close(par, ref)
+    close(s_par, s_ref)
+    check_prefix_then_stream(model, params, tokens, par, s_par, start=6, piece=3)
+    t0 = 9
+    changed, _ = jitted(model, "apply")(params, tokens.at[1, t0].set((tokens[1, t0] + 1) % 256))
+    np.testing.assert_array_equal(np.asarray(changed[:, :t0]), np.asarray(par[:, :t0]))
+    np.testing.assert_array_equal(np.asarray(changed[0]), np.asarray(par[0]))
+    init = model.init_state(params, 2).layers["cms"].params
+    assert not np.allclose(np.asarray(s_par.layers["cms"].params[0]["w_up"]), init[0]["w_up"])
+
+
+@pytest.mark.parametrize("name", ["hope_tiny", "hope_attention_tiny"])
+def test_online_signal_equals_ntp_in_values(name):
+    """With errors through the whole network and the plain rate, "online" takes "ntp"'s steps at
+    every chunk (both at the current weights): same outputs and states over several chunks. Its
+    residual path gives other steps."""
+    cms = {"signal": "ntp", "periods": (4, 8), "learn_lr": False}
+    model, params, tokens = setup(name, length=16, cms=cms)
+    online = LanguageModel(
+        model.config.replace(cms={"signal": "online", "norm": "none", "teach_path": "network"})
+    )
+    out, st = jitted(model, "apply")(params, tokens)
+    out_o, st_o = jitted(online, "apply")(params, tokens)
+    close(out_o, out, atol=1e-5, rtol=1e-4)
+    close(st_o.layers["cms"].params, st.layers["cms"].params, atol=1e-6, rtol=1e-4)
+    residual = LanguageModel(online.config.replace(cms={"teach_path": "residual"}))
+    _, st_r = jitted(residual, "apply")(params, tokens)
+    a, b = st_r.layers["cms"].params[0]["w_up"], st.layers["cms"].params[0]["w_up"]
+    assert not np.allclose(np.asarray(a), np.asarray(b), atol=1e-7, rtol=1e-6)
+
+
+def test_online_signal_gradient_equals_the_token_by_token_gradient():
+    """The outer gradient of the one-pass signal's chunk-parallel form is the slow twin's: every
+    parameter's gradient of the loss through `apply` equals the one through `apply_reference`
+    (learned rates, so the rates' first-order path is compared too)."""
+    cms = {"signal": "online", "periods": (4, 8), "learn_lr": True}
+    model, params, tokens = setup("hope_tiny", length=12, cms=cms)
+
+    def loss(apply):
+        return lambda p: jnp.mean(token_nll(apply(p, tokens)[0], tokens))
+
+    g_par = jax.jit(jax.grad(loss(model.apply)))(params)
+    g_ref = jax.jit(jax.grad(loss(model.apply_reference)))(params)
+    assert float(jnp.abs(g_par["layers"]["cms"]["lr"]).sum()) > 0
+    close(g_par, g_ref, atol=2e-5, rtol=2e-4)
+
+
+def test_online_step_is_first_order_with_learned_rates():
+    """The online step's outer gradient reaches the level's learned rate and nothing else: the
+    increment does not change with the weights' or inputs' tangents; its rate derivative is the
+    finite difference."""
+    cms = {"signal": "online", "periods": (4,), "learn_lr": True}
+    config = get_config("hope_tiny", cms=cms, d_model=16)
+    cms = ContinuumMemory(config)
+    p = cms.init(jax.random.key(1))
+    state = cms.init_state(p, 2)
+    z = jax.random.normal(jax.random.key(2), (2, 4, config.d_model))
+    err = (0.1 * jax.random.normal(jax.random.key(3), (2, 4, config.d_model)),)
+
+    def inc(p, theta, z):
+        _, incs = cms.forward(p, (theta,), z, errors=err)
+        return sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(incs[0]))
+
+    g_p, g_theta, g_z = jax.grad(inc, argnums=(0, 1, 2))(p, state.params[0], z)
+    assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree.leaves(g_theta))
+    assert float(jnp.abs(g_z).max()) == 0
+    assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree.leaves(g_p["levels"]))
+    eps = 1e-2
+    up = inc({**p, "lr": p["lr"] + eps}, state.params[0], z)
+    down = inc({**p, "lr": p["lr"] - eps}, state.params[0], z)
+    np.testing.assert_allclose(float(g_p["lr"][0]), float(up - down) / (2 * eps), rtol=2e-2)
+
+
+def test_online_signal_refuses_the_per_token_rate():
+    with pytest.raises(ValueError, match="per-sample rate"):
+        get_config("hope_tiny", cms={"signal": "online", "norm": "token"})
+
+
 def test_cms_rates_are_learned_and_bounded():
-    model, params, tokens = setup("hope_attention_tiny", length=8)
+    model, params, tokens = setup("hope_attention_paper_tiny", length=8)
     cms = ContinuumMemory(model.config)
     p = jax.tree.map(lambda a: a[0], params["layers"]["cms"])
     np.testing.assert_allclose(np.asarray(cms.rates(p)), model.config.cms.lr, rtol=1e-6)

@@ -178,14 +178,14 @@ def test_cms_norm_is_a_mode_and_old_booleans_are_migrated():
     from nested_jax.models import ModelConfig
     from nested_jax.train.config import TrainConfig
 
-    assert get_config("hope_tiny").cms.norm == "period"
+    assert get_config("hope_paper_tiny").cms.norm == "period"
     with pytest.raises(TypeError, match="cms.norm is a mode"):
-        get_config("hope_tiny", cms={"norm": True})
+        get_config("hope_paper_tiny", cms={"norm": True})
     with pytest.raises(ValueError, match="cms.norm must be one of"):
-        get_config("hope_tiny", cms={"norm": "chunk"})
-    saved = get_config("hope_tiny").to_json()
+        get_config("hope_paper_tiny", cms={"norm": "chunk"})
+    saved = get_config("hope_paper_tiny").to_json()
     for old, new in ((True, "token"), (False, "none")):
         saved["cms"]["norm"] = old
         assert ModelConfig.from_json(saved).cms.norm == new
-    run = TrainConfig(model="hope_tiny", model_overrides=(("cms.norm", True),)).to_json()
+    run = TrainConfig(model="hope_paper_tiny", model_overrides=(("cms.norm", True),)).to_json()
     assert dict(TrainConfig.from_json(run).model_overrides)["cms.norm"] == "token"

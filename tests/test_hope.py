@@ -2,7 +2,7 @@
 test_self_modifying.py.
 
 The generic model properties (parallel == reference == streaming for the registry's tiny configs,
-causality, batch isolation, no recompilation, training lowers the loss) are in test_models.py;
+causality, batch isolation, no recompilation, training lowers the loss) are in test_lm.py;
 here: the variants, the reduced cases, the meta-learning gradients and the configs.
 """
 
@@ -47,7 +47,7 @@ VARIANTS = [
 def test_variants_parallel_equals_streaming(name, overrides):
     """Each variant: the parallel form == a parallel prefix (ending mid-chunk) continued by
     token-by-token streaming in pieces of 3 (``step`` is the token-by-token form; the registry's
-    default configs also go through ``apply_reference`` in test_models.py)."""
+    default configs also go through ``apply_reference`` in test_lm.py)."""
     model, params, tokens = setup(name, length=11, **overrides)
     par, s_par = jitted(model, "apply")(params, tokens)
     check_prefix_then_stream(model, params, tokens, par, s_par, start=5, piece=3)
@@ -123,7 +123,7 @@ def test_reduced_hope_is_linear_attention(name):
     ],
 )
 def test_outer_gradient_reaches_every_initial_state_and_parameter(name, overrides):
-    """(The registry's default configs, Hope's included, are checked in test_models.py.)"""
+    """(The registry's default configs, Hope's included, are checked in test_lm.py.)"""
     model, params, tokens = setup(name, length=16, **overrides)
     g = jax.jit(jax.grad(model.loss))(params, tokens)
     for path, leaf in jax.tree_util.tree_leaves_with_path(g):
@@ -155,10 +155,11 @@ def test_stopping_the_gradient_at_self_generated_targets_starves_the_value_memor
     close(out[True], out[False])
 
 
-@pytest.mark.parametrize("name", ["titans_tiny", "selfmod_tiny", "hope_attention_tiny"])
+@pytest.mark.parametrize("name", ["titans_tiny", "selfmod_tiny", "hope_attention_paper_tiny"])
 def test_first_order_keeps_values_and_changes_only_gradients(name):
     """``first_order``: same outputs; gradients still reach the initial states (straight through)
-    but no longer through the inner updates, so they differ from the full ones."""
+    but no longer through the inner updates, so they differ from the full ones. (The teach
+    signal's CMS steps are second order; the default's online steps are first order already.)"""
     model, params, tokens = setup(name, length=8)
     fo = LanguageModel(dataclasses.replace(model.config, first_order=True))
     close(model.apply(params, tokens)[0], fo.apply(params, tokens)[0], atol=1e-5, rtol=1e-5)
@@ -219,7 +220,22 @@ def test_residual_teach_path_skips_only_the_mixers_gradient():
     for f, r in zip(full, res, strict=True):
         np.testing.assert_allclose(r[-1], f[-1], atol=1e-6)
         assert float(jnp.abs(r[0] - f[0]).max()) > 1e-5
-    res_model, _, _ = setup("hope_tiny", length=16)  # the default (decisions D95)
-    assert res_model.config.cms.teach_path == "residual"
+    res_model = LanguageModel(model.config.replace(cms={"teach_path": "residual"}))
     a, b = jax.jit(model.loss)(params, tokens), jax.jit(res_model.loss)(params, tokens)
     assert np.isfinite(b) and not np.isclose(a, b)
+    assert get_config("hope_tiny").cms.teach_path == "residual"  # the default (decisions D98)
+
+
+def test_given_mixer_outputs_give_the_residual_errors():
+    """``output_errors(..., mixed=...)``, the online signal's error pass (decisions D99): with
+    what every mixer added to the stream given, the mixers are not run and the errors equal the
+    residual path's, which runs them with their gradient held."""
+    model, params, tokens = setup("hope_tiny", length=16)
+    layers = model.init_state(params, tokens.shape[0]).layers
+    _, (_, _, taps) = model.output_errors(params, layers, tokens, collect=True)
+    res, _ = model.output_errors(params, layers, tokens, through_mixer=False)
+    given, (_, new, _) = model.output_errors(
+        params, layers, tokens, through_mixer=False, mixed=taps["cms"] - taps["input"]
+    )
+    close(given, res, atol=1e-6, rtol=1e-5)
+    close(new["mixer"], layers["mixer"], atol=0, rtol=0)  # not run: its state is kept

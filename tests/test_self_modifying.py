@@ -1,7 +1,7 @@
 """Self-modifying Titans (paper §5.2-5.3; the sequence layer of Hope).
 
 The generic model properties (parallel == reference == streaming, causality, batch isolation, no
-recompilation, training lowers the loss) are in test_models.py, and Hope's own in test_hope.py;
+recompilation, training lowers the loss) are in test_lm.py, and Hope's own in test_hope.py;
 here: the layer's variants, its meta-gradient through the inner loop, and its stability.
 """
 

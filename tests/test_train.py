@@ -451,6 +451,13 @@ def test_a_run_saved_before_the_hope_defaults_moved_loads_as_the_model_it_traine
     assert migrate_model_name("hope_tiny", {"selfmod": {"chunk": 2}}) == "hope_paper_tiny"
     assert migrate_model_name("hope_tiny", {"selfmod.gates": "linear"}) == "hope_tiny"
     assert migrate_model_name("tiny", {}) == "tiny"
+    # Hope-Attention's default moved with decisions D99: a run without the online signal
+    assert migrate_model_name("hope_attention_tiny", {"cms": {"signal": "teach"}}) == (
+        "hope_attention_paper_tiny"
+    )
+    assert migrate_model_name("hope_attention_tiny", {"cms.signal": "online"}) == (
+        "hope_attention_tiny"
+    )
     corpus = write_corpus(tmp_path / "corpus")
     cfg = tiny_config(corpus, "steps=4", "model.n_layers=1", model="hope_paper_tiny")
     out = tmp_path / "run"

@@ -29,6 +29,9 @@ the step (`SwiGLUMemory.write`).
 * `NextToken` (``"ntp"``, the exact reference): the error of the chunk's next-token loss
   at the current weights, the whole network re-run per chunk; the step is ``-lr`` times the
   loss's gradient.
+* `Online` (``"online"``, decisions D99): the same errors taken from the network's one forward
+  of each chunk (the mixers' outputs held constant with ``cms.teach_path="residual"``), the
+  step normalised as `Teach`'s and first order (only the learned rates see the outer gradient).
 
 The language model supplies the errors of the two signals that need the network
 (``Context.errors``); the CMS turns them into steps. Because every non-frozen period is a
@@ -57,6 +60,7 @@ __all__ = [
     "ContinuumMemory",
     "Local",
     "NextToken",
+    "Online",
     "Signal",
     "Teach",
 ]
@@ -112,13 +116,53 @@ class Teach:
         """The step-scaled errors ``rate ((out - M_start(n)) / m + delta)``."""
         m = max(n.shape[1] - 1, 1)
         anchor = jax.lax.stop_gradient(mem.apply(start, n))
-        rate = lr
-        if self.norm != "none":  # [B, C, 1]: per token, or per sample over the period
-            gain = mem.gain(theta, n)
-            if self.norm == "period":  # the period's P / C chunks, estimated by this one
-                gain = (period // chunk) * jnp.sum(gain, axis=1, keepdims=True)
-            rate = nlms_rate(lr, gain, 1.0 / m)[..., None]
+        rate = teach_rate(self.norm, mem, theta, n, lr, period, chunk)
         return rate * ((out - anchor) / m + delta)
+
+
+def teach_rate(norm: str, mem: SwiGLUMemory, theta, n, lr, period: int, chunk: int):
+    """A level's rate normalised by its gain at its inputs ``n: [B, C, D]`` (`Teach.norm`):
+    ``[B, C, 1]`` per token (``"token"``), ``[B, 1, 1]`` per sample (``"period"``) or ``lr``
+    itself (``"none"``)."""
+    if norm == "none":
+        return lr
+    m = max(n.shape[1] - 1, 1)
+    gain = mem.gain(theta, n)
+    if norm == "period":  # the period's P / C chunks, estimated by this one
+        gain = (period // chunk) * jnp.sum(gain, axis=1, keepdims=True)
+    return nlms_rate(lr, gain, 1.0 / m)[..., None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Online:
+    """Errors from the network's own forward of each chunk, at the levels' current weights
+    (one pass; decisions D99).
+
+    The chunk runs once through the whole network (its outputs are the model's outputs); each
+    level's output error ``delta_t`` is the gradient of the chunk's next-token loss (per sample
+    the mean over its ``m = C - 1`` inner pairs) at that forward, taken back through the paths
+    ``cms.teach_path`` names (``"residual"``: the mixers' outputs held constant, so only the
+    CMS levels and the head are re-run). The level then takes the normalised step ``-rate grad_theta
+    sum_t <M_theta(n_t), delta_t>`` (`Teach`'s step with the anchor at the current weights,
+    where its L2 pull vanishes), committed at the chunk's end.
+
+    The step is first order: the outer gradient reaches the levels' learned rates (through the
+    per-sample rate), not the increment's dependence on the weights, inputs or errors; the
+    levels' initial weights learn through the weights they are read at. ``norm`` is `Teach`'s,
+    ``"period"`` or ``"none"`` (a per-sample rate).
+    """
+
+    norm: str = "period"
+    from_network = True
+
+    def increment(self, mem: SwiGLUMemory, theta, n, lr, delta, period, chunk, **_) -> dict:
+        """The chunk's increment ``rate * u`` with ``u = -grad_theta sum_t <M_theta(n_t),
+        delta_t>`` a constant of the outer gradient and ``rate`` `teach_rate` at a constant
+        gain."""
+        sg = jax.lax.stop_gradient
+        _, unit = mem.write(sg(theta), sg(n), lambda out: sg(delta))
+        rate = teach_rate(self.norm, mem, sg(theta), sg(n), lr, period, chunk)  # [B, 1, 1] or []
+        return jax.tree.map(lambda u: rate * u, unit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +178,7 @@ class NextToken:
         return lr * delta
 
 
-Signal = Local | Teach | NextToken
+Signal = Local | Teach | NextToken | Online
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +209,8 @@ class ContinuumMemory:
             return Local()
         if cms.signal == "teach":
             return Teach(cms.norm)
+        if cms.signal == "online":
+            return Online(cms.norm)
         return NextToken()
 
     # --- params and state ------------------------------------------------------------------------
@@ -238,7 +284,13 @@ class ContinuumMemory:
                         **given,
                     )
 
-                out, inc = mem.write(theta, n, error_of)
+                if isinstance(sig, Online):  # first order: the step is not differentiated
+                    out = mem.apply(theta, n)
+                    inc = sig.increment(
+                        mem, theta, n, lrs[i], errors[i], self.periods[i], c.cms.chunk
+                    )
+                else:
+                    out, inc = mem.write(theta, n, error_of)
                 incs.append(inc)
             else:
                 out = mem.apply(theta, n)

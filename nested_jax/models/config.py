@@ -204,7 +204,9 @@ class CMSConfig:
         forward/backward at the sequence-start CMS weights, gradients blocked between CMS chunks,
         then each level learns chunk by chunk from them), ``"ntp"`` (the exact next-token loss
         gradient of each chunk, the whole network re-run per chunk and differentiated through:
-        the reference, 2-4x slower) or ``"local"`` (label-free).
+        the reference, 2-4x slower), ``"online"`` (each chunk's errors from the network's one
+        forward of that chunk at the current CMS weights, a normalised first-order step; no
+        second forward, decisions D99) or ``"local"`` (label-free).
       lr: the levels' inner learning rate (with ``learn_lr``: its value at init; each level then
         learns its own, bounded by ``2 lr``).
       learn_lr: learn each level's rate (``2 lr sigmoid(rho)``) instead of fixing it.
@@ -218,7 +220,7 @@ class CMSConfig:
         as ``"token"`` / ``"none"`` by `ModelConfig.from_json`).
       persistent: `LanguageModel.next_sequence` keeps the CMS weights (deployed /
         continual mode) instead of resetting them to their learned initial values.
-      teach_path: with ``"teach"``, which paths of the network the first pass's errors come
+      teach_path: with ``"teach"`` or ``"online"``, which paths of the network the first pass's errors come
         back through: ``"network"`` (every path: the gradient of the loss at each level's
         output) or ``"residual"`` (the sequence mixers' outputs held constant: the error
         reaches a level through the residual stream, the later CMS levels and the head, and
@@ -227,7 +229,7 @@ class CMSConfig:
 
     periods: tuple = (8, 32)
     variant: Literal["sequential", "nested", "independent"] = "sequential"
-    signal: Literal["teach", "ntp", "local"] = "teach"
+    signal: Literal["teach", "ntp", "local", "online"] = "teach"
     lr: float = 0.1
     learn_lr: bool = True
     norm: Literal["period", "token", "none"] = "period"
@@ -269,6 +271,11 @@ class CMSConfig:
             )
         if not self.lr >= 0:
             raise ValueError(f"cms.lr must be >= 0, got {self.lr}.")
+        if self.signal == "online" and self.norm == "token":
+            raise ValueError(
+                "cms.signal='online' takes a per-sample rate (its first-order step keeps the "
+                "rate's gradient); use cms.norm='period' (default) or 'none', not 'token'."
+            )
 
     @property
     def chunk(self) -> int:
@@ -465,11 +472,12 @@ _HOPE_PAPER_SMALL = {
 }
 # The defaults, chosen by quality per unit of compute (decisions D95): one chunk size for the
 # main and generator memories (one stacked memory call per chunk), the memories' hidden width
-# equal to the head dimension, eta / alpha from linear maps, the teach signal's first pass
-# through the residual stream; chunks an eighth of the training length at the sizes meant for
-# training.
+# equal to the head dimension, eta / alpha from linear maps, the CMS levels learning from the
+# "online" signal (each chunk's errors from its one forward, back through the residual stream;
+# a first-order step at fixed normalised rates, decisions D99); chunks an eighth of the training
+# length at the sizes meant for training.
 _FAST_SELFMOD = {"gates": "linear"}
-_FAST_CMS = {"teach_path": "residual"}
+_FAST_CMS = {"teach_path": "residual", "signal": "online", "learn_lr": False}
 
 
 def _selfmod(chunk: int) -> dict:
@@ -493,9 +501,9 @@ _REGISTRY = {
     "titans_tiny": ModelConfig(kind="titans", titans=TitansConfig(chunk=4), **_TINY),
     "selfmod_tiny": ModelConfig(kind="selfmod", **_selfmod(4), **_TINY),
     "hope_tiny": ModelConfig(kind="hope", **_hope(4, (4, 8)), **_TINY),
-    # (unchanged by decisions D95: the residual teach path was not measured for it)
+    # the CMS of the default Hope (decisions D99); its first design is hope_attention_paper_tiny
     "hope_attention_tiny": ModelConfig(
-        kind="hope_attention", cms=CMSConfig(periods=(4, 8)), **_TINY
+        kind="hope_attention", cms=CMSConfig(periods=(4, 8), **_FAST_CMS), **_TINY
     ),
     # the linear-memory family as Titans layers with a matrix memory (reduced cases, spec §2.2)
     "linear_attention_tiny": ModelConfig(kind="titans", titans=_LINEAR("dot", False), **_TINY),

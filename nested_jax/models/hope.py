@@ -55,7 +55,9 @@ class HopeBlock:
         """``x: [B, T, D]`` -> ``(x, state)`` (``(x, state, {"cms": CMS input})`` with
         ``ctx.collect``): the mixer, then the CMS (which learns from ``ctx.errors`` when the
         network gives them; see `Context`)."""
-        if ctx.through_mixer:
+        if ctx.mixed is not None:  # what the mixer added, given (the online error pass)
+            z, ms = x + ctx.mixed, state["mixer"]
+        elif ctx.through_mixer:
             z, ms = self.mixer(p["mixer"], state["mixer"], x, ctx)
         else:  # the mixer's output is a constant of the gradient; the residual path is not
             z, ms = self.mixer(p["mixer"], state["mixer"], jax.lax.stop_gradient(x), ctx)

@@ -46,6 +46,9 @@ class Context:
       errors: per CMS level, the output errors ``[B, T, D]`` the level learns from (the teach
         and next-token signals); ``None``: the CMS applies its weights as they are.
       starts: with ``errors`` and the teach signal, each level's sequence-start weights.
+      mixed: what each sequence mixer added to the stream, ``[B, T, D]``, used instead of running
+        the mixer (its state is kept): the online signal's error pass re-runs only the CMS
+        levels and the head (`LanguageModel.output_errors`).
 
     Inside a language model the array fields carry a leading layer axis (scanned over layers).
     """
@@ -57,6 +60,7 @@ class Context:
     probes: Any = None
     errors: Any = None
     starts: Any = None
+    mixed: Any = None
 
 
 def causal_conv(w: jax.Array, x: jax.Array, history: jax.Array, cut: int = 0):

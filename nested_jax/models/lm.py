@@ -44,7 +44,7 @@ import numpy as np
 
 from nested_jax.levels import scan_chunks
 from nested_jax.memory import SoftmaxState, StreamState
-from nested_jax.models.cms import ContinuumMemory, Teach
+from nested_jax.models.cms import ContinuumMemory, NextToken, Online, Teach
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.hope import HopeBlock
 from nested_jax.models.layers import Context, rms_norm
@@ -218,6 +218,7 @@ class LanguageModel:
         cut: int = 0,
         collect=False,
         through_mixer: bool = True,
+        mixed=None,
     ):
         """Every live CMS level's output error for ``tokens: [B, n C]`` (whole CMS chunks) run
         from ``layers`` (every layer's state, stacked): the gradient of the chunks' next-token
@@ -227,8 +228,10 @@ class LanguageModel:
         ``cut``: block the gradient between blocks of ``cut`` tokens (the teach signal's first
         pass: an error then comes from its own chunk's targets only); ``collect``: as
         `_forward`; ``through_mixer=False``: the gradient passes the sequence mixers by (see
-        `Context`). Returns ``(errors, (logits, layers, taps))``: ``errors`` per CMS level
-        ``[L, B, T, D]`` (``None`` for frozen levels), then what the forward gave."""
+        `Context`); ``mixed``: what every layer's mixer added to the stream (``[L, B, T, D]``,
+        a constant), used instead of running the mixers (``Context.mixed``). Returns
+        ``(errors, (logits, layers, taps))``: ``errors`` per CMS level ``[L, B, T, D]``
+        (``None`` for frozen levels), then what the forward gave."""
         c = self.config
         b, t = tokens.shape
         probes = tuple(
@@ -238,7 +241,9 @@ class LanguageModel:
         inner = (jnp.arange(t - 1) % c.cms.chunk != c.cms.chunk - 1).astype(jnp.float32)
 
         def loss(probes):
-            ctx = Context(cut=cut, collect=collect, through_mixer=through_mixer, probes=probes)
+            ctx = Context(
+                cut=cut, collect=collect, through_mixer=through_mixer, probes=probes, mixed=mixed
+            )
             logits, new, taps = self._forward(params, layers, tokens, ctx)
             nll = token_nll(logits, tokens)
             return jnp.sum(nll * inner[None]) / (c.cms.chunk - 1), (logits, new, taps)
@@ -265,7 +270,22 @@ class LanguageModel:
             ctx = Context(collect=collect, errors=sg(errors), starts=first["cms"].params)
             logits, layers, taps = self._forward(params, layers, tokens, ctx)
             return self._outputs(logits, taps, collect), layers, sg(new_first)
-        errors, (logits, layers, taps) = self.output_errors(params, layers, tokens, collect=True)
+        if isinstance(self.cms.signal, Online):  # one forward; the errors from its taps
+            sg = jax.lax.stop_gradient
+            logits, new, taps = self._forward(params, layers, tokens, Context(collect=True))
+            residual = c.cms.teach_path == "residual"
+            errors, _ = self.output_errors(
+                sg(params),
+                sg(layers),
+                tokens,
+                through_mixer=not residual,
+                mixed=sg(taps["cms"] - taps["input"]) if residual else None,
+            )
+            errors, layers = sg(errors), new
+        else:
+            errors, (logits, layers, taps) = self.output_errors(
+                params, layers, tokens, collect=True
+            )
         learn = jax.vmap(self.cms.learn)  # over layers: each CMS re-runs on the inputs it read
         cms = learn(params["layers"]["cms"], layers["cms"], taps["cms"], errors)
         return self._outputs(logits, taps, collect), {**layers, "cms": cms}, first
@@ -290,7 +310,12 @@ class LanguageModel:
             axis=1,
             tail_fn=tail,
             whole=self.teach,
-            remat=not self.teach,
+            # recompute a chunk in the backward pass: NextToken's second-order chunks, and
+            # Online's with attention, whose saved activations per chunk grow with the sequence
+            # (D99: 9.4 against 22.3 GiB for Hope-Attention's step at 8,192 tokens, 2% slower
+            # at 512); Teach runs its chunks as one (``whole``)
+            remat=isinstance(self.cms.signal, NextToken)
+            or (isinstance(self.cms.signal, Online) and self.config.attends),
         )
         (layers, teach), start, r = res.carry, res.boundary[0], res.tail
         buf = jnp.zeros((b, c), jnp.int32)

@@ -105,23 +105,36 @@ def migrate_model_json(d: dict) -> dict:
 
 
 # Registry names whose model changed when Hope's defaults were chosen by quality per unit of
-# compute (decisions D95, 2026-12-07): what a run saved before under the key trained is now the
-# value. Such a run's saved model config has no ``selfmod.gates`` (added with that change).
+# compute (decisions D95, D99; 2026-12-07): what a run saved before under the key trained is now
+# the value. Such a run's saved model config has no ``selfmod.gates`` (added with D95), or for
+# Hope-Attention (changed with D99) a CMS signal other than ``"online"``.
 RENAMED = {
     "hope_tiny": "hope_paper_tiny",
     "hope_small": "hope_paper_small",
     "hope_760m": "hope_paper_760m",
     "hope_1.3b": "hope_paper_1.3b",
     "selfmod_tiny": "selfmod_paper_tiny",
+    "hope_attention_tiny": "hope_attention_paper_tiny",
 }
+
+
+def _field(saved: dict, path: str):
+    """The value of ``path`` (``"cms.signal"``) in a saved model config, nested or flat."""
+    if path in saved:
+        return saved[path]
+    head, _, field = path.partition(".")
+    return (saved.get(head) or {}).get(field)
 
 
 def migrate_model_name(name: str, saved_model: dict) -> str:
     """The registry name of the model a run saved under ``name`` trained, given the model config
     its checkpoint holds (``saved_model``, nested or flat): ``name`` itself, or for a run saved
-    before decisions D95 under a name whose model moved, that model's new name
-    (``"hope_tiny"`` -> ``"hope_paper_tiny"``)."""
+    before decisions D95 (D99 for Hope-Attention) under a name whose model moved, that model's
+    new name (``"hope_tiny"`` -> ``"hope_paper_tiny"``)."""
     if name not in RENAMED:
         return name
-    has = "selfmod.gates" in saved_model or "gates" in (saved_model.get("selfmod") or {})
-    return name if has else RENAMED[name]
+    if name == "hope_attention_tiny":
+        current = _field(saved_model, "cms.signal") == "online"
+    else:
+        current = _field(saved_model, "selfmod.gates") is not None
+    return name if current else RENAMED[name]

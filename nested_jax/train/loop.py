@@ -192,9 +192,9 @@ class Run:
 
     # ---------------------------------------------------------------------------- helpers
     def _renamed(self, cfg: TrainConfig) -> TrainConfig:
-        """``cfg``, or for a run saved before decisions D95 under a registry name whose model
-        moved (``hope_tiny``), the same run naming the model it trained (``hope_paper_tiny``),
-        read off its newest checkpoint."""
+        """``cfg``, or for a run saved before decisions D95 (D99) under a registry name whose
+        model moved (``hope_tiny``), the same run naming the model it trained
+        (``hope_paper_tiny``), read off its newest checkpoint."""
         directory = self.out_dir / "checkpoints"
         if cfg.model not in RENAMED or not directory.is_dir():
             return cfg
@@ -208,7 +208,7 @@ class Run:
         new = cfg.model if saved is None else migrate_model_name(cfg.model, saved)
         if new != cfg.model:
             log.warning(
-                "%s was trained as %r before that name's model changed (decisions D95); it is "
+                "%s was trained as %r before that name's model changed (decisions D95, D99); it is "
                 "the model now named %r, and is loaded as that.",
                 self.out_dir,
                 cfg.model,
