@@ -62,19 +62,51 @@ VARIANTS = {
     "c16_lin": ("hope_paper_tiny", _C16 + _LIN),
     # the memories' hidden width equal to the head dimension (titans.expansion 2 -> 1)
     "c32_lin_res_e1": ("hope_paper_tiny", _C32 + _LIN + _RES + (("titans.expansion", 1),)),
+    # the CMS's one-pass "online" signal (decisions D99), with the levels' rates learned or fixed
+    "c32_lin_res_e1_online": (
+        "hope_paper_tiny",
+        _C32 + _LIN + _RES + (("titans.expansion", 1), ("cms.signal", "online")),
+    ),
+    "c32_lin_res_e1_online_fixed": (
+        "hope_paper_tiny",
+        _C32
+        + _LIN
+        + _RES
+        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False)),
+    ),
+    # the default with the main and generator memories' chunks of 64 (a quarter of the
+    # sequence; the CMS unchanged)
+    "c64_online_fixed": (
+        "hope_paper_tiny",
+        (("titans.chunk", 64), ("selfmod.chunk", 64), ("cms.periods", (32, 128)))
+        + _LIN
+        + _RES
+        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False)),
+    ),
+    # Hope-Attention: the first design, its CMS at periods 32 / 128, then with the online signal
+    "attention_paper": ("hope_attention_paper_tiny", ()),
+    "attention_c32": ("hope_attention_paper_tiny", (("cms.periods", (32, 128)),)),
+    "attention_c32_online": (
+        "hope_attention_paper_tiny",
+        (("cms.periods", (32, 128)),) + _RES + (("cms.signal", "online"), ("cms.learn_lr", False)),
+    ),
     "titans": ("titans_tiny", ()),
     "transformer": ("tiny", ()),
 }
 _FAST = ("c32", "c32_lin", "c32_lin_res", "c32_lin_local")
 TOKEN_CELLS = {
-    0: tuple(v for v in VARIANTS if not v.startswith("c16")),
+    0: tuple(v for v in VARIANTS if not v.startswith(("c16", "attention")) and "online" not in v),
     1: _FAST,
     2: _FAST,
     # a second round: chunks of 16
     3: ("c16_lin_res", "c16_lin"),
     4: ("c32_lin_res_e1",),
+    5: ("c32_lin_res_e1_online", "c32_lin_res_e1_online_fixed"),
+    6: ("attention_paper", "attention_c32", "attention_c32_online"),
+    7: ("c64_online_fixed",),
 }
-SEEDS_OF = {3: (0, 1, 2), 4: (0, 1, 2)}  # a round's key -> the seeds it runs (default: the key)
+# a round's key -> the seeds it runs (default: the key)
+SEEDS_OF = {k: (0, 1, 2) for k in (3, 4, 5, 6, 7)}
 CLOCK_VARIANTS = (
     "hope_paper",
     "c32_lin_res",
@@ -82,6 +114,9 @@ CLOCK_VARIANTS = (
     "titans",
     "transformer",
     "c32_lin_res_e1",
+    "c32_lin_res_e1_online_fixed",
+    "attention_paper",
+    "attention_c32_online",
 )
 
 
