@@ -66,16 +66,21 @@ _NAMES = {
     "transformer": "tiny",
     "transformer_pm": "tiny",  # MLP width matched to Hope's parameter count
     "titans": "titans_tiny",
-    "hope_attention": "hope_attention_tiny",
+    "hope_attention": "hope_attention_tiny",  # the default (D99): CMS 64 / 256, online signal
     "hope": "hope_tiny",  # the default Hope (decisions D95), chunks of 64
     "hope_paper": "hope_paper_tiny",  # the faithful reference: chunks 16 / 8, CMS 16 / 64
     "hope_paper_local": "hope_paper_tiny",  # the reference with the label-free local CMS signal
     "hope_paper_ntp": "hope_paper_tiny",  # the exact next-token CMS signal (second order)
-    "hope_attention_paper": "hope_attention_paper_tiny",
+    "hope_attention_paper": "hope_attention_paper_tiny",  # the first design: CMS 16 / 64, teach
     "hope_attention_paper_local": "hope_attention_paper_tiny",
     "hope_attention_paper_ntp": "hope_attention_paper_tiny",
     "hope_cms_frozen": "hope_tiny",  # the default with its CMS frozen: what the CMS's learning costs
-    "hope_attention_residual": "hope_attention_tiny",  # with the teach signal's residual path
+    "hope_teach": "hope_tiny",  # the default of D95-D98: the two-pass teach signal, learned rates
+    "hope_online_lr": "hope_tiny",  # the default with the CMS levels' rates learned (D99)
+    "hope_c32": "hope_tiny",  # the default with memory chunks of 32 (a sixteenth of 512)
+    "hope_c128": "hope_tiny",  # the default with memory chunks of 128 (a quarter of 512)
+    # the first design with the teach signal's residual path (D98)
+    "hope_attention_residual": "hope_attention_paper_tiny",
     "selfmod": "selfmod_tiny",  # self-modifying Titans with a SwiGLU MLP (Hope without CMS)
     "selfmod_paper": "selfmod_paper_tiny",
     "selfmod_paper_c64": "selfmod_paper_tiny",  # the reference with chunks 64 / 16
@@ -93,14 +98,30 @@ def model_config(kind: str, seq: int, cfg: dict):
         extra["cms.periods"] = (16, 64)
     if kind.startswith(("hope_paper", "selfmod_paper")):
         extra["selfmod.chunk"] = 8
-    elif kind in ("hope", "hope_cms_frozen", "selfmod"):
+    elif kind in (
+        "hope",
+        "hope_cms_frozen",
+        "selfmod",
+        "hope_teach",
+        "hope_online_lr",
+        "hope_c32",
+        "hope_c128",
+    ):
         extra.update({"titans.chunk": DEFAULT_CHUNK, "selfmod.chunk": DEFAULT_CHUNK})
-        if kind == "hope":
+        if kind in ("hope", "hope_teach", "hope_online_lr", "hope_c32", "hope_c128"):
             extra["cms.periods"] = (DEFAULT_CHUNK, 4 * DEFAULT_CHUNK)
+        if kind == "hope_teach":
+            extra.update({"cms.signal": "teach", "cms.learn_lr": True})
+        if kind == "hope_online_lr":
+            extra["cms.learn_lr"] = True
         if kind == "hope_cms_frozen":
             extra["cms.periods"] = (0, 0)
     if kind == "hope_attention_residual":
         extra["cms.teach_path"] = "residual"
+    if kind == "hope_attention":  # the default (D99): CMS periods an eighth of 512 tokens
+        extra["cms.periods"] = (DEFAULT_CHUNK, 4 * DEFAULT_CHUNK)
+    if kind in ("hope_c32", "hope_c128"):
+        extra.update({"titans.chunk": int(kind[6:]), "selfmod.chunk": int(kind[6:])})
     if kind.endswith("_c64"):
         extra.update({"titans.chunk": 64, "selfmod.chunk": 16})
         if kind.startswith("hope"):
