@@ -131,6 +131,8 @@ def test_benchmark_variants_are_the_defaults_and_the_reference():
     )
     ha = mt.model_config("hope_attention", 512, full)
     assert ha.cms == hope.cms  # Hope-Attention's default takes the default Hope's CMS (D99)
+    ha_frozen = mt.model_config("hope_attention_cms_frozen", 512, full)
+    assert ha_frozen.cms.periods == (0, 0) and ha_frozen.replace(cms={"periods": (64, 256)}) == ha
 
 
 def test_quick_selfmod_chunked_writes_json(tmp_path):
