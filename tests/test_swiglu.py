@@ -36,6 +36,29 @@ def test_write_is_minus_the_gradient_of_the_errors_inner_product():
     close(new, jax.tree.map(jnp.add, state, inc), atol=1e-6, rtol=1e-5)
 
 
+def test_read_and_step_is_apply_write_and_gain_from_one_forward():
+    """`read_and_step` gives `apply`'s output (with its gradient), `write`'s increment and
+    `gain`, the last two as constants of the outer gradient."""
+    state = _state(8)
+    n = jax.random.normal(jax.random.key(9), (2, 4, 8))
+    e = jax.random.normal(jax.random.key(10), (2, 4, 8))
+    out, inc, gain = MEM.read_and_step(state, n, e)
+    close(out, MEM.apply(state, n))
+    close(inc, MEM.write(state, n, lambda out: e)[1], atol=1e-6, rtol=1e-5)
+    close(gain, MEM.gain(state, n), atol=1e-6, rtol=1e-5)
+
+    def loss(state, n, which):
+        out, inc, gain = MEM.read_and_step(state, n, e)
+        return jnp.sum(jnp.sin((out, inc["w_up"], gain)[which]))
+
+    g_out = jax.grad(loss, argnums=(0, 1))(state, n, 0)
+    want = jax.grad(lambda s, n: jnp.sum(jnp.sin(MEM.apply(s, n))), argnums=(0, 1))(state, n)
+    close(g_out, want, atol=1e-6, rtol=1e-5)
+    for which in (1, 2):  # the step and the gain carry no gradient
+        g = jax.grad(loss, argnums=(0, 1))(state, n, which)
+        assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree.leaves(g))
+
+
 def test_samples_learn_apart():
     state = _state(5)
     n = jax.random.normal(jax.random.key(6), (2, 4, 8))

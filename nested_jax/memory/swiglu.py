@@ -98,6 +98,30 @@ class SwiGLUMemory:
         (g,) = pull(error_of(out))
         return out, jax.tree.map(jnp.negative, g)
 
+    def read_and_step(self, state: dict, n: jax.Array, error: jax.Array):
+        """One forward for a read and a first-order step: ``(out, increment, gain)`` with ``out =
+        M(n)`` (differentiable in ``state`` and ``n``), and, from the same intermediates as
+        constants of the outer gradient, ``increment = -grad_theta sum_t <M_theta(n_t), e_t>``
+        for the errors ``error: [B, C, D]`` and `gain` ``[B, C]``. Equal to `apply`, `write` and
+        `gain` at ``state`` (tested), without their three forwards."""
+        sg = jax.lax.stop_gradient
+        g = jnp.einsum("btd,bdf->btf", n, state["w_gate"])
+        a = jnp.einsum("btd,bdf->btf", n, state["w_up"])
+        out = jnp.einsum("btf,bfd->btd", jax.nn.silu(g) * a, state["w_down"])
+        g, a, n, w_down, e = sg(g), sg(a), sg(n), sg(state["w_down"]), sg(error)
+        s, ds = jax.jvp(jax.nn.silu, (g,), (jnp.ones_like(g),))
+        h = s * a
+        dh = jnp.einsum("btd,bfd->btf", e, w_down)
+        increment = {
+            "w_gate": -jnp.einsum("btd,btf->bdf", n, dh * a * ds),
+            "w_up": -jnp.einsum("btd,btf->bdf", n, dh * s),
+            "w_down": -jnp.einsum("btf,btd->bfd", h, e),
+        }
+        rows = jnp.sum(w_down**2, axis=-1)[:, None, :]  # [B, 1, F]
+        through = jnp.sum((s * s + (a * ds) ** 2) * rows, axis=-1)
+        gain = jnp.sum(h * h, axis=-1) + jnp.sum(n * n, axis=-1) * through
+        return out, increment, gain
+
     def write_chunk(self, state: dict, n: jax.Array, error: jax.Array, rate=1.0) -> dict:
         """The memory protocol's chunk write: ``state`` after one step with the given errors
         ``error: [B, C, D]`` and ``rate`` (a scalar, or per token ``[B, C, 1]``)."""

@@ -120,14 +120,14 @@ class Teach:
         return rate * ((out - anchor) / m + delta)
 
 
-def teach_rate(norm: str, mem: SwiGLUMemory, theta, n, lr, period: int, chunk: int):
+def teach_rate(norm: str, mem: SwiGLUMemory, theta, n, lr, period: int, chunk: int, gain=None):
     """A level's rate normalised by its gain at its inputs ``n: [B, C, D]`` (`Teach.norm`):
     ``[B, C, 1]`` per token (``"token"``), ``[B, 1, 1]`` per sample (``"period"``) or ``lr``
-    itself (``"none"``)."""
+    itself (``"none"``). ``gain``: `SwiGLUMemory.gain` at ``(theta, n)`` when already known."""
     if norm == "none":
         return lr
     m = max(n.shape[1] - 1, 1)
-    gain = mem.gain(theta, n)
+    gain = mem.gain(theta, n) if gain is None else gain
     if norm == "period":  # the period's P / C chunks, estimated by this one
         gain = (period // chunk) * jnp.sum(gain, axis=1, keepdims=True)
     return nlms_rate(lr, gain, 1.0 / m)[..., None]
@@ -155,14 +155,15 @@ class Online:
     norm: str = "period"
     from_network = True
 
-    def increment(self, mem: SwiGLUMemory, theta, n, lr, delta, period, chunk, **_) -> dict:
-        """The chunk's increment ``rate * u`` with ``u = -grad_theta sum_t <M_theta(n_t),
-        delta_t>`` a constant of the outer gradient and ``rate`` `teach_rate` at a constant
-        gain."""
+    def read_and_step(self, mem: SwiGLUMemory, theta, n, lr, delta, period, chunk) -> tuple:
+        """The level's output ``M_theta(n)`` and the chunk's increment ``rate * u``, with ``u =
+        -grad_theta sum_t <M_theta(n_t), delta_t>`` a constant of the outer gradient and
+        ``rate`` `teach_rate` at a constant gain, all from one forward
+        (`SwiGLUMemory.read_and_step`)."""
+        out, unit, gain = mem.read_and_step(theta, n, delta)
         sg = jax.lax.stop_gradient
-        _, unit = mem.write(sg(theta), sg(n), lambda out: sg(delta))
-        rate = teach_rate(self.norm, mem, sg(theta), sg(n), lr, period, chunk)  # [B, 1, 1] or []
-        return jax.tree.map(lambda u: rate * u, unit)
+        rate = teach_rate(self.norm, mem, theta, sg(n), lr, period, chunk, gain)  # [B, 1, 1] or []
+        return out, jax.tree.map(lambda u: rate * u, unit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,8 +286,7 @@ class ContinuumMemory:
                     )
 
                 if isinstance(sig, Online):  # first order: the step is not differentiated
-                    out = mem.apply(theta, n)
-                    inc = sig.increment(
+                    out, inc = sig.read_and_step(
                         mem, theta, n, lrs[i], errors[i], self.periods[i], c.cms.chunk
                     )
                 else:
