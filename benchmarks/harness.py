@@ -35,24 +35,45 @@ def time_jitted(fn: Callable, args: tuple, *, repeats: int = 5, warmup: int = 1)
     Returns compile seconds (lower + compile, measured on its own), the median and every timed run
     (seconds, each ending in ``block_until_ready``) and the compiled memory analysis.
     """
+    return time_interleaved({"fn": (fn, args)}, repeats=repeats, warmup=warmup)["fn"]
+
+
+def time_interleaved(
+    cases: dict[str, tuple[Callable, tuple]], *, repeats: int = 5, rounds: int = 1, warmup: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Time several jitted functions ``{name: (fn, args)}`` against each other: all are compiled
+    first, then each round times every case ``repeats`` times in turn (the order reversed every
+    other round), so that with ``rounds > 1`` every case sees the same spells of machine state
+    and their ratios are steadier than from back-to-back blocks. Returns, per name,
+    `time_jitted`'s fields (the median over every timed run of every round)."""
     if repeats < 5:
         raise ValueError(f"repeats must be >= 5 for a median worth reporting, got {repeats}.")
-    jitted = jax.jit(fn)
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        jax.block_until_ready(compiled(*args))
-    runs = []
-    for _ in range(repeats):
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}.")
+    compiled = {}
+    for name, (fn, args) in cases.items():
         t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        runs.append(time.perf_counter() - t0)
+        exe = jax.jit(fn).lower(*args).compile()
+        compiled[name] = (exe, args, time.perf_counter() - t0)
+        for _ in range(warmup):
+            jax.block_until_ready(exe(*args))
+    runs = {name: [] for name in cases}
+    names = list(cases)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            exe, args, _ = compiled[name]
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(exe(*args))
+                runs[name].append(time.perf_counter() - t0)
     return {
-        "compile_s": compile_s,
-        "median_s": statistics.median(runs),
-        "runs_s": runs,
-        "memory": compiled_memory(compiled),
+        name: {
+            "compile_s": compiled[name][2],
+            "median_s": statistics.median(runs[name]),
+            "runs_s": runs[name],
+            "memory": compiled_memory(compiled[name][0]),
+        }
+        for name in cases
     }
 
 

@@ -35,7 +35,7 @@ import jax
 import optax
 
 from benchmarks.flops import matmul_flops
-from benchmarks.harness import time_jitted
+from benchmarks.harness import time_interleaved
 from nested_jax.models import LanguageModel, count_params, get_config, matched_d_ff
 
 FULL = {
@@ -141,16 +141,24 @@ def model_config(kind: str, seq: int, cfg: dict):
     return config
 
 
-def run(quick: bool = False, repeats: int = 5, models=None, seqs=None, batch: int = 1) -> dict:
+def run(
+    quick: bool = False,
+    repeats: int = 5,
+    models=None,
+    seqs=None,
+    batch: int = 1,
+    rounds: int = 1,
+) -> dict:
     cfg = dict(QUICK if quick else FULL)
     cfg["batch"] = batch
+    cfg["rounds"] = rounds
     if seqs:
         cfg["seqs"] = tuple(seqs)
     models = tuple(models or cfg["models"])
     rows = []
     first = {}
     for seq in cfg["seqs"]:
-        per_model = {}
+        cases, built = {}, {}
         for kind in models:
             if (kind, seq) in {tuple(x) for x in cfg.get("skip", ())}:
                 print(f"{kind:>15} seq={seq:<5} skipped (config 'skip')", flush=True)
@@ -167,8 +175,15 @@ def run(quick: bool = False, repeats: int = 5, models=None, seqs=None, batch: in
                     u, opt_state = tx.update(g, opt_state, params)
                 return optax.apply_updates(params, u), opt_state, loss
 
-            t = time_jitted(train_step, (params, opt_state, tokens), repeats=repeats)
-            flops = matmul_flops(train_step, params, opt_state, tokens)
+            cases[kind] = (train_step, (params, opt_state, tokens))
+            built[kind] = model
+        # every model compiled, then timed in turn (rounds interleaved): ratios from one run
+        timed = time_interleaved(cases, repeats=repeats, rounds=rounds)
+        per_model = {}
+        for kind, (train_step, args) in cases.items():
+            model, params, tokens = built[kind], args[0], args[2]
+            t = timed[kind]
+            flops = matmul_flops(train_step, *args)
             loss = float(jax.jit(model.loss)(params, tokens))
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{kind} at seq {seq}: the loss at init is {loss}.")

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
         "--seqs", nargs="+", type=int, default=None, help="model_throughput only: lengths"
     )
     p.add_argument("--batch", type=int, default=1, help="model_throughput only: batch size")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="model_throughput only: interleaved timing rounds"
+    )
     p.add_argument("--configs", nargs="+", default=None, help="config_costs only: which configs")
     args = p.parse_args(argv)
     mod = importlib.import_module(f"benchmarks.{args.name}")
@@ -45,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             "--models, --seqs and --batch apply to model_throughput and launches only."
         )
+    if args.rounds != 1:
+        if args.name != "model_throughput":
+            raise SystemExit("--rounds applies to model_throughput only.")
+        kwargs["rounds"] = args.rounds
     if args.configs:
         if args.name != "config_costs":
             raise SystemExit("--configs applies to config_costs only.")

@@ -227,7 +227,10 @@ def scan_chunks(
             return jnp.moveaxis(a, axis, 0)
 
         chunks = prep(*jax.tree.map(split, take((0, full))))
-        if cut:
+        if n == 1 and not cut:  # one chunk: no loop around it (a loop of one costs a copy)
+            carry, y = body(carry, *jax.tree.map(lambda a: a[0], chunks))
+            y = jax.tree.map(lambda a: a[None], y)
+        elif cut:
             cuts = (jnp.arange(n) * chunk_size) % cut == 0
             carry, y = jax.lax.scan(lambda c, x: body(sever(c, x[0]), *x[1]), carry, (cuts, chunks))
         else:

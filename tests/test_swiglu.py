@@ -36,6 +36,31 @@ def test_write_is_minus_the_gradient_of_the_errors_inner_product():
     close(new, jax.tree.map(jnp.add, state, inc), atol=1e-6, rtol=1e-5)
 
 
+def test_backward_from_the_cache_is_the_vjp_of_the_forward():
+    """`backward` from `apply_cached`'s cache: ``d_n`` is the input's vector-Jacobian product,
+    the increment minus the weights' one (``write``'s), the gain `gain`; no gradient through
+    any of them."""
+    state = _state(11)
+    n = jax.random.normal(jax.random.key(12), (2, 4, 8))
+    e = jax.random.normal(jax.random.key(13), (2, 4, 8))
+    out, cache = MEM.apply_cached(state, n)
+    close(out, MEM.apply(state, n))
+    d_n, inc, gain = MEM.backward(state, n, cache, e)
+    _, pull = jax.vjp(MEM.apply, state, n)
+    d_state, want_d_n = pull(e)
+    close(d_n, want_d_n, atol=1e-6, rtol=1e-5)
+    close(inc, jax.tree.map(jnp.negative, d_state), atol=1e-6, rtol=1e-5)
+    close(gain, MEM.gain(state, n), atol=1e-6, rtol=1e-5)
+
+    def loss(state, n):
+        out, cache = MEM.apply_cached(state, n)
+        d_n, inc, gain = MEM.backward(state, n, cache, e)
+        return jnp.sum(jnp.sin(d_n)) + jnp.sum(jnp.sin(inc["w_gate"])) + jnp.sum(gain)
+
+    g = jax.grad(loss, argnums=(0, 1))(state, n)
+    assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree.leaves(g))
+
+
 def test_read_and_step_is_apply_write_and_gain_from_one_forward():
     """`read_and_step` gives `apply`'s output (with its gradient), `write`'s increment and
     `gain`, the last two as constants of the outer gradient."""

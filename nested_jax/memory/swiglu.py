@@ -98,28 +98,50 @@ class SwiGLUMemory:
         (g,) = pull(error_of(out))
         return out, jax.tree.map(jnp.negative, g)
 
+    def apply_cached(self, state: dict, n: jax.Array) -> tuple[jax.Array, tuple]:
+        """``(M(n), cache)``: the output (differentiable in ``state`` and ``n``) and what
+        `backward` needs from this forward, ``cache = (n W_gate, n W_up)`` as constants."""
+        g = jnp.einsum("btd,bdf->btf", n, state["w_gate"])
+        a = jnp.einsum("btd,bdf->btf", n, state["w_up"])
+        out = jnp.einsum("btf,bfd->btd", jax.nn.silu(g) * a, state["w_down"])
+        sg = jax.lax.stop_gradient
+        return out, (sg(g), sg(a))
+
+    def backward(self, state: dict, n: jax.Array, cache: tuple, error: jax.Array):
+        """A first-order step and the error's way back, from a forward's ``cache``
+        (`apply_cached` at ``(state, n)``): ``(d_n, increment, gain)`` for the output errors
+        ``error: [B, C, D]``, with ``d_n = (dM/dn)^T e`` (``[B, C, D]``), ``increment =
+        -grad_theta sum_t <M_theta(n_t), e_t>`` and `gain` ``[B, C]``, all constants of the outer
+        gradient. No forward matmul: the error pass of the online CMS signal reuses the
+        network's own forward (`ContinuumMemory.sweep`)."""
+        sg = jax.lax.stop_gradient
+        g, a = cache
+        n, e, w = sg(n), sg(error), jax.tree.map(sg, state)
+        s, ds = jax.jvp(jax.nn.silu, (g,), (jnp.ones_like(g),))
+        h = s * a
+        dh = jnp.einsum("btd,bfd->btf", e, w["w_down"])
+        dg, da = dh * a * ds, dh * s
+        increment = {
+            "w_gate": -jnp.einsum("btd,btf->bdf", n, dg),
+            "w_up": -jnp.einsum("btd,btf->bdf", n, da),
+            "w_down": -jnp.einsum("btf,btd->bfd", h, e),
+        }
+        d_n = jnp.einsum("btf,bdf->btd", dg, w["w_gate"]) + jnp.einsum(
+            "btf,bdf->btd", da, w["w_up"]
+        )
+        rows = jnp.sum(w["w_down"] ** 2, axis=-1)[:, None, :]  # [B, 1, F]
+        through = jnp.sum((s * s + (a * ds) ** 2) * rows, axis=-1)
+        gain = jnp.sum(h * h, axis=-1) + jnp.sum(n * n, axis=-1) * through
+        return d_n, increment, gain
+
     def read_and_step(self, state: dict, n: jax.Array, error: jax.Array):
         """One forward for a read and a first-order step: ``(out, increment, gain)`` with ``out =
         M(n)`` (differentiable in ``state`` and ``n``), and, from the same intermediates as
         constants of the outer gradient, ``increment = -grad_theta sum_t <M_theta(n_t), e_t>``
         for the errors ``error: [B, C, D]`` and `gain` ``[B, C]``. Equal to `apply`, `write` and
         `gain` at ``state`` (tested), without their three forwards."""
-        sg = jax.lax.stop_gradient
-        g = jnp.einsum("btd,bdf->btf", n, state["w_gate"])
-        a = jnp.einsum("btd,bdf->btf", n, state["w_up"])
-        out = jnp.einsum("btf,bfd->btd", jax.nn.silu(g) * a, state["w_down"])
-        g, a, n, w_down, e = sg(g), sg(a), sg(n), sg(state["w_down"]), sg(error)
-        s, ds = jax.jvp(jax.nn.silu, (g,), (jnp.ones_like(g),))
-        h = s * a
-        dh = jnp.einsum("btd,bfd->btf", e, w_down)
-        increment = {
-            "w_gate": -jnp.einsum("btd,btf->bdf", n, dh * a * ds),
-            "w_up": -jnp.einsum("btd,btf->bdf", n, dh * s),
-            "w_down": -jnp.einsum("btf,btd->bfd", h, e),
-        }
-        rows = jnp.sum(w_down**2, axis=-1)[:, None, :]  # [B, 1, F]
-        through = jnp.sum((s * s + (a * ds) ** 2) * rows, axis=-1)
-        gain = jnp.sum(h * h, axis=-1) + jnp.sum(n * n, axis=-1) * through
+        out, cache = self.apply_cached(state, n)
+        _, increment, gain = self.backward(state, n, cache, error)
         return out, increment, gain
 
     def write_chunk(self, state: dict, n: jax.Array, error: jax.Array, rate=1.0) -> dict:

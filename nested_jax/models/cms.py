@@ -250,8 +250,21 @@ class ContinuumMemory:
         return CMSState(fast, acc, jnp.zeros([], jnp.int32))
 
     # --- one chunk at frozen fast weights --------------------------------------------------------
-    def forward(self, p: dict, fast: tuple, z: jax.Array, *, errors=None, starts=None, probes=None):
-        """``z: [B, C, D]`` through the levels at weights ``fast``: ``(y, increments)``.
+    def forward(
+        self,
+        p: dict,
+        fast: tuple,
+        z: jax.Array,
+        *,
+        errors=None,
+        starts=None,
+        probes=None,
+        cache: bool = False,
+    ):
+        """``z: [B, C, D]`` through the levels at weights ``fast``: ``(y, increments)``
+        (``(y, increments, cache)`` with ``cache``: per level, its input before the norm
+        ``"src"`` and its memory's cache ``"mem"`` (`SwiGLUMemory.apply_cached`), constants of
+        the outer gradient, for `sweep`; levels that learn here have none).
 
         A live level learns when its signal is `Local` or when ``errors`` (per level, its
         output errors ``[B, C, D]`` from the network; with `Teach` also ``starts``, the
@@ -262,7 +275,7 @@ class ContinuumMemory:
         c = self.config
         mem, sig, lrs = self.memory, self.signal, self.rates(p)
         learn = isinstance(sig, Local) or errors is not None
-        incs = []
+        incs, caches = [], []
         total = z
         for i, (lv, theta) in enumerate(zip(p["levels"], fast, strict=True)):
             src = z if c.cms.variant == "independent" else total
@@ -292,6 +305,10 @@ class ContinuumMemory:
                 else:
                     out, inc = mem.write(theta, n, error_of)
                 incs.append(inc)
+            elif cache:
+                out, kept = mem.apply_cached(theta, n)
+                caches.append({"src": jax.lax.stop_gradient(src), "mem": kept})
+                incs.append(None)
             else:
                 out = mem.apply(theta, n)
                 incs.append(None)
@@ -301,7 +318,8 @@ class ContinuumMemory:
                 total = total + p["mix"][i] * out
             else:
                 total = total + out
-        return total, (tuple(incs) if learn else None)
+        incs = tuple(incs) if learn else None
+        return (total, incs, tuple(caches)) if cache else (total, incs)
 
     def commit(self, p: dict, state: CMSState, increments: tuple, n_tokens) -> CMSState:
         """Add a chunk's increments (``None`` entries: nothing) to the accumulators, advance by
@@ -332,7 +350,8 @@ class ContinuumMemory:
 
     # --- the sublayer ----------------------------------------------------------------------------
     def __call__(self, p: dict, state: CMSState, z: jax.Array, ctx: Context = Context()):
-        """``z: [B, T, D]`` -> ``(y, state)``.
+        """``z: [B, T, D]`` -> ``(y, state)`` (``(y, state, cache)`` with ``ctx.cache``, the
+        levels applied as they are: see `forward`).
 
         The levels learn here, chunk by chunk, with the `Local` signal (chunk-parallel,
         or token by token when not ``ctx.parallel``) or when ``ctx.errors`` are given (the
@@ -341,6 +360,11 @@ class ContinuumMemory:
         are, with ``ctx.probes`` added to the live levels' outputs."""
         c = self.config
         learns = isinstance(self.signal, Local) or ctx.errors is not None
+        if ctx.cache:
+            if learns:
+                raise ValueError("the CMS's forward cache is for a pass where it does not learn.")
+            y, _, cache = self.forward(p, state.params, z, probes=ctx.probes, cache=True)
+            return y, state, cache
         if not self.live or not learns:
             y, _ = self.forward(p, state.params, z, probes=ctx.probes)
             return y, state
@@ -361,6 +385,46 @@ class ContinuumMemory:
 
         res = scan_chunks(chunk, state, (z, errors), step, axis=1, remat=True)
         return res.outputs, res.carry
+
+    def sweep(self, p: dict, state: CMSState, cache: tuple, d_y: jax.Array):
+        """The online signal's error pass through this CMS, backward from its forward's
+        ``cache`` (`forward` with ``cache``, one chunk at ``state``'s weights): from ``d_y``
+        (``[B, C, D]``, the gradient of the chunk's next-token loss with respect to the CMS's
+        output, through the residual stream), each level's output error ``delta_t``, back
+        through the levels in reverse; every live level takes `Online`'s step from it (committed
+        at the chunk's end). Returns ``(d_z, state)``: the gradient with respect to the CMS's
+        input, and the state after the step.
+
+        Equal to re-running the levels with the errors (`LanguageModel.output_errors` with the
+        mixers' outputs given, then `learn`; tested), without their forward matmuls. Only the
+        step's rates see the outer gradient."""
+        c, mem, sig, sg = self.config, self.memory, self.signal, jax.lax.stop_gradient
+        if not isinstance(sig, Online):
+            raise ValueError(
+                f"sweep is the online signal's error pass; cms.signal={c.cms.signal!r}."
+            )
+        lrs = self.rates(p)
+        independent = c.cms.variant == "independent"
+        d_total, d_z = d_y, d_y
+        incs = [None] * len(self.periods)
+        for i in reversed(range(len(self.periods))):
+            lv, theta = jax.tree.map(sg, p["levels"][i]), state.params[i]
+            n, norm_vjp = jax.vjp(
+                lambda x, g=lv["norm"]: rms_norm(x, g, c.norm_eps), cache[i]["src"]
+            )
+            delta = sg(p["mix"][i]) * d_total if independent else d_total
+            d_n, unit, gain = mem.backward(theta, n, cache[i]["mem"], delta)
+            if self.periods[i]:
+                period = self.periods[i]
+                rate = teach_rate(sig.norm, mem, theta, n, lrs[i], period, c.cms.chunk, gain)
+                incs[i] = jax.tree.map(lambda u, r=rate: r * u, unit)
+            (d_src,) = norm_vjp(d_n)
+            if independent:
+                d_z = d_z + d_src
+            else:
+                d_total = d_total + d_src
+        d_z = d_z if independent else d_total
+        return d_z, self.commit(p, state, tuple(incs), d_y.shape[1])
 
     def learn(self, p: dict, state: CMSState, z: jax.Array, errors: tuple) -> CMSState:
         """The state after the levels learn from the network's output ``errors`` (per level

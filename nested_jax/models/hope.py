@@ -53,8 +53,9 @@ class HopeBlock:
 
     def __call__(self, p: dict, state: dict, x, ctx: Context = Context()):
         """``x: [B, T, D]`` -> ``(x, state)`` (``(x, state, {"cms": CMS input})`` with
-        ``ctx.collect``): the mixer, then the CMS (which learns from ``ctx.errors`` when the
-        network gives them; see `Context`)."""
+        ``ctx.collect``, and ``"cms_cache"``, the CMS's forward cache, with ``ctx.cache``): the
+        mixer, then the CMS (which learns from ``ctx.errors`` when the network gives them; see
+        `Context`)."""
         if ctx.mixed is not None:  # what the mixer added, given (the online error pass)
             z, ms = x + ctx.mixed, state["mixer"]
         elif ctx.through_mixer:
@@ -62,6 +63,9 @@ class HopeBlock:
         else:  # the mixer's output is a constant of the gradient; the residual path is not
             z, ms = self.mixer(p["mixer"], state["mixer"], jax.lax.stop_gradient(x), ctx)
             z = x + jax.lax.stop_gradient(z - jax.lax.stop_gradient(x))
+        if ctx.cache:  # the online signal's pass: the CMS's forward cache among the taps
+            y, cs, cache = self.cms(p["cms"], state["cms"], z, ctx)
+            return y, {"mixer": ms, "cms": cs}, {"cms": z, "cms_cache": cache}
         y, cs = self.cms(p["cms"], state["cms"], z, ctx)
         state = {"mixer": ms, "cms": cs}
         return (y, state, {"cms": z}) if ctx.collect else (y, state)

@@ -41,14 +41,19 @@ class Context:
         only; the teach signal's first pass with ``cms.teach_path="residual"``).
       collect: the block also returns what it read, ``(x, state, taps)`` with
         ``taps = {"cms": [B, T, D]}`` (the CMS's input, Hope blocks; ``{}`` for the others).
+        Inside a language model, the stream entering each layer is added (``"input"``).
       probes: per CMS level, ``[B, T, D]`` added to its output (``None`` for frozen levels):
         zero probes whose gradient is the level's output error (`LanguageModel.output_errors`).
       errors: per CMS level, the output errors ``[B, T, D]`` the level learns from (the teach
         and next-token signals); ``None``: the CMS applies its weights as they are.
       starts: with ``errors`` and the teach signal, each level's sequence-start weights.
       mixed: what each sequence mixer added to the stream, ``[B, T, D]``, used instead of running
-        the mixer (its state is kept): the online signal's error pass re-runs only the CMS
-        levels and the head (`LanguageModel.output_errors`).
+        the mixer (its state is kept): with it, `LanguageModel.output_errors` re-runs only
+        the CMS levels and the head, the slow twin of the online signal's error pass
+        (`ContinuumMemory.sweep`).
+      cache: with ``collect``, a Hope block's taps also hold its CMS's forward cache
+        (``"cms_cache"``, `ContinuumMemory.forward`), from which the online signal's error pass
+        runs backward without re-running the levels (`ContinuumMemory.sweep`).
 
     Inside a language model the array fields carry a leading layer axis (scanned over layers).
     """
@@ -57,6 +62,7 @@ class Context:
     cut: int = dataclasses.field(default=0, metadata={"static": True})
     collect: bool = dataclasses.field(default=False, metadata={"static": True})
     through_mixer: bool = dataclasses.field(default=True, metadata={"static": True})
+    cache: bool = dataclasses.field(default=False, metadata={"static": True})
     probes: Any = None
     errors: Any = None
     starts: Any = None

@@ -176,7 +176,9 @@ class LanguageModel:
         """Embeddings -> every layer (scanned) -> head: ``(logits, layers, taps)``. The array
         fields of ``ctx`` carry a leading layer axis. ``taps`` (``ctx.collect``; else ``None``):
         stacked over layers, ``"input"`` (the residual stream entering each layer) and the
-        block's own taps (Hope: ``"cms"``, its CMS's input), ``[L, B, T, D]`` each."""
+        block's own taps (Hope: ``"cms"``, its CMS's input), ``[L, B, T, D]`` each; with
+        ``ctx.cache`` also the blocks' ``"cms_cache"`` and ``"final"``, the stream leaving the
+        last layer (``[B, T, D]``), as constants."""
         x = params["embed"][tokens]
         block = self.block
 
@@ -189,6 +191,8 @@ class LanguageModel:
             return y, (s, None)
 
         x, (layers, taps) = jax.lax.scan(layer, x, (params["layers"], layers, ctx))
+        if ctx.cache:  # the stream leaving the last layer: where the online error pass starts
+            taps["final"] = jax.lax.stop_gradient(x)
         x = rms_norm(x, params["final_norm"], self.config.norm_eps)
         return x @ params["head"], layers, taps
 
@@ -238,17 +242,40 @@ class LanguageModel:
             jnp.zeros((c.n_layers, b, t, c.d_model), jnp.float32) if period else None
             for period in c.cms.periods
         )
-        inner = (jnp.arange(t - 1) % c.cms.chunk != c.cms.chunk - 1).astype(jnp.float32)
 
         def loss(probes):
             ctx = Context(
                 cut=cut, collect=collect, through_mixer=through_mixer, probes=probes, mixed=mixed
             )
             logits, new, taps = self._forward(params, layers, tokens, ctx)
-            nll = token_nll(logits, tokens)
-            return jnp.sum(nll * inner[None]) / (c.cms.chunk - 1), (logits, new, taps)
+            return self._chunks_loss(logits, tokens), (logits, new, taps)
 
         return jax.grad(loss, has_aux=True)(probes)
+
+    def _chunks_loss(self, logits: jax.Array, tokens: jax.Array) -> jax.Array:
+        """What the CMS levels' errors are the gradient of: the next-token loss of whole CMS
+        chunks, per sample and chunk the mean over the chunk's ``C - 1`` inner pairs, summed."""
+        c = self.config.cms.chunk
+        inner = (jnp.arange(tokens.shape[1] - 1) % c != c - 1).astype(jnp.float32)
+        return jnp.sum(token_nll(logits, tokens) * inner[None]) / (c - 1)
+
+    def _online_sweep(self, params: dict, layers: Any, tokens: jax.Array, taps: dict) -> Any:
+        """The online signal's error pass (``cms.teach_path="residual"``) from one chunk's
+        forward (its ``taps`` with ``Context.cache``): the chunk loss's gradient at the stream
+        leaving the last layer, then back through the layers, each CMS's levels taking their
+        steps on the way (`ContinuumMemory.sweep`; the mixers' outputs are constants). Returns
+        every layer's CMS state after the chunk."""
+        sg, eps = jax.lax.stop_gradient, self.config.norm_eps
+        norm, head = sg(params["final_norm"]), sg(params["head"])
+        d = jax.grad(lambda x: self._chunks_loss(rms_norm(x, norm, eps) @ head, tokens))(
+            taps["final"]
+        )
+
+        def layer(d, inp):
+            return self.cms.sweep(*inp, d)
+
+        inputs = (params["layers"]["cms"], layers["cms"], taps["cms_cache"])
+        return jax.lax.scan(layer, d, inputs, reverse=True)[1]
 
     def _learning_chunk(self, params: dict, layers: Any, first: Any, tokens: jax.Array, collect):
         """Whole CMS chunks ``tokens: [B, n C]`` from a chunk start (every chunk at once with
@@ -270,17 +297,16 @@ class LanguageModel:
             ctx = Context(collect=collect, errors=sg(errors), starts=first["cms"].params)
             logits, layers, taps = self._forward(params, layers, tokens, ctx)
             return self._outputs(logits, taps, collect), layers, sg(new_first)
-        if isinstance(self.cms.signal, Online):  # one forward; the errors from its taps
+        if isinstance(self.cms.signal, Online) and c.cms.teach_path == "residual":
+            # one forward; the error pass runs backward from its cache
+            ctx = Context(collect=True, cache=True)
+            logits, layers, taps = self._forward(params, layers, tokens, ctx)
+            cms = self._online_sweep(params, layers, tokens, taps)
+            return self._outputs(logits, taps, collect), {**layers, "cms": cms}, first
+        if isinstance(self.cms.signal, Online):  # errors through the mixers: a second pass
             sg = jax.lax.stop_gradient
             logits, new, taps = self._forward(params, layers, tokens, Context(collect=True))
-            residual = c.cms.teach_path == "residual"
-            errors, _ = self.output_errors(
-                sg(params),
-                sg(layers),
-                tokens,
-                through_mixer=not residual,
-                mixed=sg(taps["cms"] - taps["input"]) if residual else None,
-            )
+            errors, _ = self.output_errors(sg(params), sg(layers), tokens)
             errors, layers = sg(errors), new
         else:
             errors, (logits, layers, taps) = self.output_errors(
