@@ -202,6 +202,51 @@ def test_online_signal_equals_ntp_in_values(name):
     assert not np.allclose(np.asarray(a), np.asarray(b), atol=1e-7, rtol=1e-6)
 
 
+def _rerun_levels(model, params, layers, tokens, taps):
+    """The slow twin of `LanguageModel._online_sweep`: the errors from a second pass of the CMS
+    levels and the head (the mixers' outputs given), then every CMS re-runs with them (`learn`)."""
+    sg = jax.lax.stop_gradient
+    mixed = sg(taps["cms"] - taps["input"])
+    errors, _ = model.output_errors(
+        sg(params), sg(layers), tokens, through_mixer=False, mixed=mixed
+    )
+    learn = jax.vmap(model.cms.learn)
+    return learn(params["layers"]["cms"], layers["cms"], taps["cms"], sg(errors))
+
+
+@pytest.mark.parametrize(
+    ("name", "cms"),
+    [
+        ("hope_tiny", {}),
+        ("hope_attention_tiny", {}),
+        ("hope_tiny", {"variant": "independent", "learn_lr": True}),
+        ("hope_tiny", {"variant": "nested", "periods": (4, 0, 8)}),
+        ("hope_attention_tiny", {"norm": "none", "learn_lr": True}),
+    ],
+)
+def test_online_sweep_equals_rerunning_the_levels(name, cms, monkeypatch):
+    """The online signal's error pass run backward from the chunk forward's cache
+    (`ContinuumMemory.sweep`) gives the outputs, states and outer gradients of re-running the
+    levels and the head for the errors and the levels again for the steps (decisions D100):
+    every CMS variant, a frozen level between live ones, learned and plain rates."""
+    model, params, tokens = setup(name, length=14, cms=cms)
+
+    def run(p):
+        logits, state = model.apply(p, tokens)
+        return jnp.mean(token_nll(logits, tokens)), (logits, state)
+
+    fast = jax.jit(jax.value_and_grad(run, has_aux=True))(params)
+    monkeypatch.setattr(LanguageModel, "_online_sweep", _rerun_levels)
+    slow = jax.jit(jax.value_and_grad(run, has_aux=True))(params)
+    (_, (logits, state)), grads = fast
+    (_, (logits_s, state_s)), grads_s = slow
+    close(logits, logits_s, atol=1e-5, rtol=1e-4)
+    close(state.layers["cms"], state_s.layers["cms"], atol=1e-6, rtol=1e-4)
+    close(grads, grads_s, atol=2e-5, rtol=2e-4)
+    init = model.init_state(params, 2).layers["cms"].params
+    assert not np.allclose(np.asarray(state.layers["cms"].params[0]["w_up"]), init[0]["w_up"])
+
+
 def test_online_signal_gradient_equals_the_token_by_token_gradient():
     """The outer gradient of the one-pass signal's chunk-parallel form is the slow twin's: every
     parameter's gradient of the loss through `apply` equals the one through `apply_reference`
