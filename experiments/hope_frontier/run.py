@@ -90,9 +90,28 @@ VARIANTS = {
         "hope_attention_paper_tiny",
         (("cms.periods", (32, 128)),) + _RES + (("cms.signal", "online"), ("cms.learn_lr", False)),
     ),
+    # after decisions D100 (the online error pass run backward from the chunk's forward: the same
+    # values, less time): the defaults timed again, and Hope-Attention's CMS chunks a quarter of
+    # the sequence (periods 64 / 128: half as many chunks one after the other)
+    "c32_lin_res_e1_online_fixed_sweep": (
+        "hope_paper_tiny",
+        _C32
+        + _LIN
+        + _RES
+        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False)),
+    ),
+    "attention_c32_online_sweep": (
+        "hope_attention_paper_tiny",
+        (("cms.periods", (32, 128)),) + _RES + (("cms.signal", "online"), ("cms.learn_lr", False)),
+    ),
+    "attention_c64_online": (
+        "hope_attention_paper_tiny",
+        (("cms.periods", (64, 128)),) + _RES + (("cms.signal", "online"), ("cms.learn_lr", False)),
+    ),
     "titans": ("titans_tiny", ()),
     "transformer": ("tiny", ()),
 }
+_D100 = ("c32_lin_res_e1_online_fixed_sweep", "attention_c32_online_sweep", "attention_c64_online")
 _FAST = ("c32", "c32_lin", "c32_lin_res", "c32_lin_local")
 TOKEN_CELLS = {
     0: tuple(v for v in VARIANTS if not v.startswith(("c16", "attention")) and "online" not in v),
@@ -104,9 +123,10 @@ TOKEN_CELLS = {
     5: ("c32_lin_res_e1_online", "c32_lin_res_e1_online_fixed"),
     6: ("attention_paper", "attention_c32", "attention_c32_online"),
     7: ("c64_online_fixed",),
+    8: _D100,
 }
 # a round's key -> the seeds it runs (default: the key)
-SEEDS_OF = {k: (0, 1, 2) for k in (3, 4, 5, 6, 7)}
+SEEDS_OF = {k: (0, 1, 2) for k in (3, 4, 5, 6, 7, 8)}
 CLOCK_VARIANTS = (
     "hope_paper",
     "c32_lin_res",
@@ -117,6 +137,7 @@ CLOCK_VARIANTS = (
     "c32_lin_res_e1_online_fixed",
     "attention_paper",
     "attention_c32_online",
+    *_D100,
 )
 
 
