@@ -76,6 +76,9 @@ _NAMES = {
     "hope_attention_paper_ntp": "hope_attention_paper_tiny",
     "hope_cms_frozen": "hope_tiny",  # the default with its CMS frozen: what the CMS's learning costs
     "hope_attention_cms_frozen": "hope_attention_tiny",  # the same for Hope-Attention
+    # Hope-Attention with CMS chunks a quarter of 512 tokens (periods 128 / 256): half as many
+    # chunks run one after the other (decisions D100)
+    "hope_attention_c128": "hope_attention_tiny",
     "hope_teach": "hope_tiny",  # the default of D95-D98: the two-pass teach signal, learned rates
     "hope_online_lr": "hope_tiny",  # the default with the CMS levels' rates learned (D99)
     "hope_c32": "hope_tiny",  # the default with memory chunks of 32 (a sixteenth of 512)
@@ -123,6 +126,8 @@ def model_config(kind: str, seq: int, cfg: dict):
         extra["cms.periods"] = (DEFAULT_CHUNK, 4 * DEFAULT_CHUNK)
     if kind == "hope_attention_cms_frozen":
         extra["cms.periods"] = (0, 0)
+    if kind == "hope_attention_c128":
+        extra["cms.periods"] = (2 * DEFAULT_CHUNK, 4 * DEFAULT_CHUNK)
     if kind in ("hope_c32", "hope_c128"):
         extra.update({"titans.chunk": int(kind[6:]), "selfmod.chunk": int(kind[6:])})
     if kind.endswith("_c64"):

@@ -2,6 +2,8 @@
 
 import json
 
+import jax
+import numpy as np
 import pytest
 
 from benchmarks import harness, run
@@ -30,6 +32,31 @@ def test_harness_rejects_too_few_repeats():
         harness.time_jitted(lambda x: x, (1.0,), repeats=2)
 
 
+def test_interleaved_timing_runs_every_case_every_round_in_alternating_order():
+    """`time_interleaved` compiles every case, then times each ``repeats`` times per round, the
+    order reversed every other round; the median is over every run."""
+    calls = []
+
+    def case(name):
+        def fn(x):
+            jax.debug.callback(lambda: calls.append(name))
+            return x + 1.0
+
+        return fn, (1.0,)
+
+    timed = harness.time_interleaved({"a": case("a"), "b": case("b")}, repeats=5, rounds=2)
+    runs = calls[2:]  # after each case's compile-time warm-up call
+    assert calls[:2] == ["a", "b"]
+    assert runs == ["a"] * 5 + ["b"] * 5 + ["b"] * 5 + ["a"] * 5
+    for t in timed.values():
+        assert len(t["runs_s"]) == 10 and t["median_s"] == pytest.approx(np.median(t["runs_s"]))
+        assert t["compile_s"] > 0
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        harness.time_interleaved({"a": case("a")}, rounds=0)
+    with pytest.raises(SystemExit, match="--rounds applies to model_throughput only"):
+        run.main(["launches", "--quick", "--rounds", "2"])
+
+
 def test_quick_optim_benchmark_writes_json(tmp_path):
     out = tmp_path / "os.json"
     run.main(["optim_step", "--quick", "--out", str(out)])
@@ -44,7 +71,11 @@ def test_quick_model_throughput_writes_json(tmp_path):
     from benchmarks import model_throughput, table
 
     data = model_throughput.run(
-        quick=True, models=("transformer", "transformer_pm", "titans"), seqs=(32,), batch=2
+        quick=True,
+        models=("transformer", "transformer_pm", "titans"),
+        seqs=(32,),
+        batch=2,
+        rounds=2,
     )
     out = harness.write_json(tmp_path / "mt.json", data)
     data = json.loads(out.read_text())
@@ -55,7 +86,7 @@ def test_quick_model_throughput_writes_json(tmp_path):
     firsts = [r for r in data["results"] if r.get("seq") == 32 and "params" in r]
     assert all(r["cost_per_token_vs_shortest"] == pytest.approx(1.0) for r in firsts)
     for r in (r for r in data["results"] if "params" in r):  # batch 2: tokens of both sequences
-        assert r["batch"] == 2
+        assert r["batch"] == 2 and len(r["runs_s"]) == 2 * 5  # two interleaved rounds
         assert r["tokens_per_s"] == pytest.approx(2 * r["seq"] / r["median_s"])
     for r in (r for r in data["results"] if "params" in r):  # matmul work is counted and > 0
         assert r["matmul_gflop_per_step"] > 0
@@ -133,6 +164,8 @@ def test_benchmark_variants_are_the_defaults_and_the_reference():
     assert ha.cms == hope.cms  # Hope-Attention's default takes the default Hope's CMS (D99)
     ha_frozen = mt.model_config("hope_attention_cms_frozen", 512, full)
     assert ha_frozen.cms.periods == (0, 0) and ha_frozen.replace(cms={"periods": (64, 256)}) == ha
+    ha128 = mt.model_config("hope_attention_c128", 512, full)
+    assert ha128 == ha.replace(cms={"periods": (128, 256)})
 
 
 def test_quick_selfmod_chunked_writes_json(tmp_path):
