@@ -247,6 +247,23 @@ def test_online_sweep_equals_rerunning_the_levels(name, cms, monkeypatch):
     assert not np.allclose(np.asarray(state.layers["cms"].params[0]["w_up"]), init[0]["w_up"])
 
 
+def test_the_forward_cache_and_the_sweep_refuse_what_they_are_not_for():
+    """The forward cache is for a pass where the CMS does not learn, and the sweep is the online
+    signal's error pass: each says so."""
+    config = get_config("hope_tiny", d_model=16)
+    cms = ContinuumMemory(config)
+    p = cms.init(jax.random.key(0))
+    state = cms.init_state(p, 2)
+    z = jax.random.normal(jax.random.key(1), (2, 4, config.d_model))
+    errs = tuple(jnp.zeros_like(z) for _ in cms.periods)
+    with pytest.raises(ValueError, match="does not learn"):
+        cms(p, state, z, Context(cache=True, errors=errs))
+    _, _, cache = cms(p, state, z, Context(cache=True))
+    teach = ContinuumMemory(config.replace(cms={"signal": "teach"}))
+    with pytest.raises(ValueError, match="online signal's error pass"):
+        teach.sweep(p, state, cache, z)
+
+
 def test_online_signal_gradient_equals_the_token_by_token_gradient():
     """The outer gradient of the one-pass signal's chunk-parallel form is the slow twin's: every
     parameter's gradient of the loss through `apply` equals the one through `apply_reference`
