@@ -150,6 +150,11 @@ class Online:
     per-sample rate), not the increment's dependence on the weights, inputs or errors; the
     levels' initial weights learn through the weights they are read at. ``norm`` is `Teach`'s,
     ``"period"`` or ``"none"`` (a per-sample rate).
+
+    With the residual path the language model runs the error pass backward from the chunk's own
+    forward (`ContinuumMemory.sweep`, decisions D100); `read_and_step` serves the levels given
+    their errors (``ContinuumMemory.learn``: errors through the whole network, and the sweep's
+    slow twin).
     """
 
     norm: str = "period"

@@ -27,6 +27,10 @@ A model whose CMS learns from the next-token loss (the `Teach` and
    sees its own target). Teach runs the forward again with the errors; NextToken's outputs are
    those of step 1, and only the CMS re-runs on the inputs step 1 collected.
 
+The one-pass `Online` signal runs each chunk once through the network and takes the errors
+backward from that forward's cache (`LanguageModel._online_sweep`, decisions D100); the levels
+step on the way back.
+
 Streaming buffers the current chunk's tokens and the state at its start (and, for Teach, the first
 pass's state), and runs both steps on each chunk as it completes, so any cut gives the parallel
 result.
