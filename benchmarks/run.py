@@ -17,6 +17,7 @@ BENCHMARKS = (
     "config_costs",
     "launches",
     "compile_time",
+    "export_check",
 )
 
 
@@ -27,7 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case (>= 5)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/NAME.json)")
     p.add_argument(
-        "--models", nargs="+", default=None, help="model_throughput / launches: which models"
+        "--models",
+        nargs="+",
+        default=None,
+        help="model_throughput / launches / export_check: which models",
     )
     p.add_argument(
         "--seqs", nargs="+", type=int, default=None, help="model_throughput only: lengths"
@@ -44,10 +48,13 @@ def main(argv: list[str] | None = None) -> None:
         kwargs["seqs"] = args.seqs
     if args.batch != 1:
         kwargs["batch"] = args.batch
-    if kwargs and args.name not in ("model_throughput", "launches"):
+    if kwargs and args.name not in ("model_throughput", "launches", "export_check"):
         raise SystemExit(
-            "--models, --seqs and --batch apply to model_throughput and launches only."
+            "--models, --seqs and --batch apply to model_throughput and launches only "
+            "(--models also to export_check)."
         )
+    if args.name == "export_check" and set(kwargs) - {"models"}:
+        raise SystemExit("export_check takes --models only (its lengths follow each model).")
     if args.rounds != 1:
         if args.name != "model_throughput":
             raise SystemExit("--rounds applies to model_throughput only.")

@@ -338,7 +338,25 @@ def compile_time_table(data: dict) -> str:
     return _table(f"{_machine(data['machine'])} {data['method']}", cols, rows)
 
 
+def export_check_table(data: dict) -> str:
+    rows = [
+        [
+            r["model"],
+            str(r["tokens"]),
+            str(r["train_stablehlo_kb"]),
+            str(r["stream_stablehlo_kb"]),
+            f"{r['train_export_s']:.1f}",
+        ]
+        for r in data["results"]
+    ]
+    cols = ["model", "tokens", "train step (kB)", "streaming step (kB)", "train export (s)"]
+    plats = "/".join(data["config"]["platforms"])
+    caption = f"{_machine(data['machine'])} StableHLO exported for {plats} (every export passed)."
+    return _table(caption, cols, rows)
+
+
 TABLES = {
+    "export_check": export_check_table,
     "launches levers": launches_levers_table,
     "compile time": compile_time_table,
     "ab": ab_table,

@@ -192,6 +192,20 @@ def test_tables_render_every_stored_result(capsys):
         assert out.startswith("Machine: ") and "|---|" in out
 
 
+def test_quick_export_check_writes_json_and_its_table(tmp_path, capsys):
+    from benchmarks import table
+
+    out = tmp_path / "ex.json"
+    run.main(["export_check", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert [r["model"] for r in data["results"]] == ["tiny", "hope_tiny"]
+    assert all(r["train_stablehlo_kb"] > r["stream_stablehlo_kb"] > 0 for r in data["results"])
+    table.main([str(out)])
+    assert "| hope_tiny |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="export_check takes --models only"):
+        run.main(["export_check", "--quick", "--seqs", "32"])
+
+
 def test_quick_flop_split_writes_json(tmp_path):
     out = tmp_path / "fs.json"
     run.main(["flop_split", "--quick", "--out", str(out)])
