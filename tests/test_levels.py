@@ -273,8 +273,10 @@ def _chunk_loop(w, x, g, c):
     return w, jnp.concatenate(ys, axis=1), bnd
 
 
-@pytest.mark.parametrize(("length", "c"), [(12, 4), (14, 4), (3, 4), (7, 1)])
+@pytest.mark.parametrize(("length", "c"), [(12, 4), (14, 4), (3, 4), (7, 1), (4, 4), (6, 4)])
 def test_scan_chunks_equals_a_loop_over_chunks_and_the_tail(length, c):
+    """Several chunks run in a scan, a single one without a loop (``(4, 4)``, ``(6, 4)``): the
+    same values as the loop, with ``prep`` applied either way."""
 
     kw, kx, kg = jax.random.split(jax.random.key(0), 3)
     w = 0.3 * jax.random.normal(kw, (5, 5))
@@ -286,6 +288,11 @@ def test_scan_chunks_equals_a_loop_over_chunks_and_the_tail(length, c):
     np.testing.assert_allclose(res.carry, w_ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(res.boundary, bnd_ref, rtol=1e-6, atol=1e-6)
     assert res.tail == length % c
+    prep = lambda x, g: (2.0 * x, g)  # state-independent work, on the chunks and the tail
+    pre = scan_chunks(_chunk_fn, w, (x, g), c, axis=1, prep=prep, remat=True)
+    w_ref2, y_ref2, _ = _chunk_loop(w, 2.0 * x, g, c)
+    np.testing.assert_allclose(pre.outputs, y_ref2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pre.carry, w_ref2, rtol=1e-6, atol=1e-6)
     # whole=True: one call on every full chunk together (here a different computation: one chunk)
     whole = scan_chunks(_chunk_fn, w, (x, g), c, axis=1, whole=True)
     n = length // c * c
