@@ -308,16 +308,20 @@ def test_hebbian_dgd_write_is_proximal_delta_step():
             np.testing.assert_allclose(np.asarray(new.w[bi, hi]), exact, atol=1e-5, rtol=1e-4)
 
 
-def test_unit_lower_inverse_matches_numpy():
-    for c in (1, 2, 3, 5, 16, 17):
-        low = np.tril(np.random.default_rng(c).normal(size=(c, c)), k=-1) * 0.3
-        got = unit_lower_inverse(jnp.asarray(low, jnp.float32))
+@pytest.mark.parametrize("block", [4, 16])
+def test_unit_lower_inverse_matches_numpy(block):
+    # up to `block` rows the squarings alone; above, blocks merged in pairs (64 = 4 blocks of
+    # 16, the default chunk's size; 17, 33 and 100 are padded up to a power of two of blocks)
+    for c in (1, 2, 3, 5, 16, 17, 33, 64, 100):
+        low = np.tril(np.random.default_rng(c).normal(size=(2, c, c)), k=-1) * 0.3
+        got = unit_lower_inverse(jnp.asarray(low, jnp.float32), block=block)
         np.testing.assert_allclose(np.asarray(got), np.linalg.inv(np.eye(c) + low), atol=1e-4)
 
 
 # ------------------------------------------------------------------ chunk-parallel == reference
+# (chunks of 19 hold the whole sequence: above 16 rows DGD's triangular inverse merges blocks)
 @pytest.mark.parametrize("name", list(MEMORIES))
-@pytest.mark.parametrize("chunk", [1, 4, 16])
+@pytest.mark.parametrize("chunk", [1, 4, 16, 19])
 def test_chunked_equals_token_by_token(name, chunk):
     mem = MEMORIES[name]
     q, k, v, eta, alpha, beta = _inputs(19, jax.random.key(8), eta_scale=0.3)
@@ -341,7 +345,7 @@ def test_chunked_equals_token_by_token(name, chunk):
         "softmax-window",
     ],
 )
-@pytest.mark.parametrize("chunk", [1, 4, 16])
+@pytest.mark.parametrize("chunk", [1, 4, 16, 19])
 def test_chunked_gradients_equal_token_by_token(name, chunk):
     mem = MEMORIES[name]
     q, k, v, eta, alpha, beta = _inputs(19, jax.random.key(9), eta_scale=0.3)
@@ -487,7 +491,7 @@ def test_specs_are_hashable_for_jit_static_args():
     assert LinearMemory(L2(), GD()) == LinearMemory(L2(), GD())
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 16])
+@pytest.mark.parametrize("chunk", [1, 4, 16, 19])
 def test_exact_delta_rule_chunked_is_gated_deltanet_for_any_chunk(chunk):
     """gradient_at='token': W_t = W_{t-1}(alpha I - eta k k^T) + eta v k^T, exactly, chunked."""
     q, k, v, eta, alpha, _ = _inputs(19, jax.random.key(30))
