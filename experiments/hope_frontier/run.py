@@ -110,8 +110,30 @@ VARIANTS = {
     ),
     "titans": ("titans_tiny", ()),
     "transformer": ("tiny", ()),
+    # after decisions D101 (DGD's triangular inverse by blocks: the same values, less time), in
+    # one session: the default timed again, the default with CMS chunks a quarter of the sequence
+    # (periods 64 / 128), and the two baselines timed again beside them
+    "c32_lin_res_e1_online_fixed_blocks": (
+        "hope_paper_tiny",
+        _C32
+        + _LIN
+        + _RES
+        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False)),
+    ),
+    "c32_cms64_blocks": (
+        "hope_paper_tiny",
+        _C32
+        + _LIN
+        + _RES
+        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False))
+        + (("cms.periods", (64, 128)),),
+    ),
+    "titans_d101": ("titans_tiny", ()),
+    "transformer_d101": ("tiny", ()),
 }
 _D100 = ("c32_lin_res_e1_online_fixed_sweep", "attention_c32_online_sweep", "attention_c64_online")
+_D101 = ("c32_lin_res_e1_online_fixed_blocks", "c32_cms64_blocks", "titans_d101", "transformer_d101")
+_BASELINES = ("titans_tiny", "tiny")  # their MLP widths are matched to hope_paper_tiny's params
 _FAST = ("c32", "c32_lin", "c32_lin_res", "c32_lin_local")
 TOKEN_CELLS = {
     0: tuple(v for v in VARIANTS if not v.startswith(("c16", "attention")) and "online" not in v),
@@ -124,9 +146,10 @@ TOKEN_CELLS = {
     6: ("attention_paper", "attention_c32", "attention_c32_online"),
     7: ("c64_online_fixed",),
     8: _D100,
+    9: _D101,
 }
 # a round's key -> the seeds it runs (default: the key)
-SEEDS_OF = {k: (0, 1, 2) for k in (3, 4, 5, 6, 7, 8)}
+SEEDS_OF = {k: (0, 1, 2) for k in (3, 4, 5, 6, 7, 8, 9)}
 CLOCK_VARIANTS = (
     "hope_paper",
     "c32_lin_res",
@@ -138,13 +161,14 @@ CLOCK_VARIANTS = (
     "attention_paper",
     "attention_c32_online",
     *_D100,
+    *_D101,
 )
 
 
 def model_spec(variant: str, setup: dict = FULL) -> tuple[str, tuple]:
     name, extra = VARIANTS[variant]
     base = (("max_len", setup["seq"]),)
-    if variant in ("titans", "transformer"):
+    if name in _BASELINES:
         one = tuple(x for x in setup["shrink"] if x[0] == "n_layers")
         return name, matched_d_ff(name, "hope_paper_tiny", base + one)
     return name, base + extra + tuple(setup["shrink"])  # (later entries win)
