@@ -318,6 +318,28 @@ def test_unit_lower_inverse_matches_numpy(block):
         np.testing.assert_allclose(np.asarray(got), np.linalg.inv(np.eye(c) + low), atol=1e-4)
 
 
+def test_unit_lower_inverse_differentiates_in_a_scan_at_full_optimization():
+    """The blocked inverse as the models run it (batched, inside a scan, differentiated),
+    compiled with XLA's optimisations on (the suite switches most of them off): a first version
+    that cut the blocks with ``jnp.diagonal`` failed XLA's own verification here (jax 0.10)."""
+
+    def loss(x):
+        def body(c, xc):
+            low = jnp.tril(xc @ jnp.swapaxes(xc, -1, -2), -1) * 0.01
+            return c + jnp.sum(unit_lower_inverse(low) @ xc), None
+
+        return jax.lax.scan(body, jnp.zeros(()), x)[0]
+
+    x = jax.random.normal(jax.random.key(0), (3, 2, 3, 32, 8))
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        got = jax.jit(jax.grad(loss))(x)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
+    want = jax.grad(loss)(x)  # the same, at the suite's settings
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------ chunk-parallel == reference
 # (chunks of 19 hold the whole sequence: above 16 rows DGD's triangular inverse merges blocks)
 @pytest.mark.parametrize("name", list(MEMORIES))

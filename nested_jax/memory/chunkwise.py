@@ -124,11 +124,16 @@ def _squaring_inverse(lower: jax.Array) -> jax.Array:
     return inv
 
 
-def _diagonal_blocks(a: jax.Array, m: int) -> jax.Array:
-    """The ``m`` diagonal blocks of ``a: [..., m s, m s]`` as ``[..., m, s, s]``."""
-    s = a.shape[-1] // m
-    blocks = a.reshape(a.shape[:-2] + (m, s, m, s))
-    return jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
+def _blocks(a: jax.Array, size: int, below: int = 0) -> jax.Array:
+    """The diagonal blocks of size ``size`` of ``a: [..., n, n]`` (``below=1``: the blocks just
+    below them, every other one: the lower-left block of each pair), as ``[..., m, size, size]``.
+    Static slices, stacked (a gather on the diagonal, ``jnp.diagonal`` of a reshape, made XLA's
+    CPU compiler fail its own verification in some batched shapes, jax 0.10)."""
+    step = size * (1 + below)
+    starts = range(0, a.shape[-1], step)
+    return jnp.stack(
+        [a[..., i + below * size : i + (1 + below) * size, i : i + size] for i in starts], axis=-3
+    )
 
 
 def unit_lower_inverse(lower: jax.Array, block: int = 16) -> jax.Array:
@@ -148,13 +153,11 @@ def unit_lower_inverse(lower: jax.Array, block: int = 16) -> jax.Array:
     pad = m * block - c
     if pad:  # identity rows and columns after the last: the inverse's top-left is unchanged
         lower = jnp.pad(lower, [(0, 0)] * (lower.ndim - 2) + [(0, pad), (0, pad)])
-    inv = _squaring_inverse(_diagonal_blocks(lower, m))  # [..., m, block, block]
+    inv = _squaring_inverse(_blocks(lower, block))  # [..., m, block, block]
     while m > 1:
         m //= 2
         s = inv.shape[-1]
-        # the block below the diagonal of each merged pair: rows of its second, columns of its first
-        pairs = lower.reshape(lower.shape[:-2] + (m, 2, s, m, 2, s))[..., 1, :, :, 0, :]
-        low = jnp.moveaxis(jnp.diagonal(pairs, axis1=-4, axis2=-2), -1, -3)  # [..., m, s, s]
+        low = _blocks(lower, s, below=1)  # each merged pair's lower-left block: [..., m, s, s]
         a, d = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
         top = jnp.concatenate([a, jnp.zeros_like(a)], axis=-1)
         inv = jnp.concatenate([top, jnp.concatenate([-(d @ low) @ a, d], axis=-1)], axis=-2)
