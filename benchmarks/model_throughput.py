@@ -75,6 +75,9 @@ _NAMES = {
     "hope_attention_paper_local": "hope_attention_paper_tiny",
     "hope_attention_paper_ntp": "hope_attention_paper_tiny",
     "hope_cms_frozen": "hope_tiny",  # the default with its CMS frozen: what the CMS's learning costs
+    # the default with the CMS of D99-D100 (periods 64 / 256, an eighth of 512 tokens)
+    "hope_cms64": "hope_tiny",
+    "hope_attention_cms64": "hope_attention_tiny",
     "hope_attention_cms_frozen": "hope_attention_tiny",  # the same for Hope-Attention
     # Hope-Attention with CMS chunks a quarter of 512 tokens (periods 128 / 256): half as many
     # chunks run one after the other (decisions D100)
@@ -90,8 +93,10 @@ _NAMES = {
     "selfmod_paper_c64": "selfmod_paper_tiny",  # the reference with chunks 64 / 16
     "hope_paper_c64": "hope_paper_tiny",  # the same, CMS periods 64 / 256
 }
-# the default Hope's and self-modifying Titans' chunks at this shape: an eighth of 512 tokens
+# the default Hope's and self-modifying Titans' chunks at this shape: an eighth of 512 tokens;
+# its CMS periods a quarter and a half of them (decisions D101)
 DEFAULT_CHUNK = 64
+DEFAULT_PERIODS = (2 * DEFAULT_CHUNK, 4 * DEFAULT_CHUNK)
 
 
 def model_config(kind: str, seq: int, cfg: dict):
@@ -105,6 +110,7 @@ def model_config(kind: str, seq: int, cfg: dict):
     elif kind in (
         "hope",
         "hope_cms_frozen",
+        "hope_cms64",
         "selfmod",
         "hope_teach",
         "hope_online_lr",
@@ -113,7 +119,7 @@ def model_config(kind: str, seq: int, cfg: dict):
     ):
         extra.update({"titans.chunk": DEFAULT_CHUNK, "selfmod.chunk": DEFAULT_CHUNK})
         if kind in ("hope", "hope_teach", "hope_online_lr", "hope_c32", "hope_c128"):
-            extra["cms.periods"] = (DEFAULT_CHUNK, 4 * DEFAULT_CHUNK)
+            extra["cms.periods"] = DEFAULT_PERIODS
         if kind == "hope_teach":
             extra.update({"cms.signal": "teach", "cms.learn_lr": True})
         if kind == "hope_online_lr":
@@ -122,7 +128,9 @@ def model_config(kind: str, seq: int, cfg: dict):
             extra["cms.periods"] = (0, 0)
     if kind == "hope_attention_residual":
         extra["cms.teach_path"] = "residual"
-    if kind == "hope_attention":  # the default (D99): CMS periods an eighth of 512 tokens
+    if kind == "hope_attention":  # the default (D101): Hope's CMS
+        extra["cms.periods"] = DEFAULT_PERIODS
+    if kind in ("hope_cms64", "hope_attention_cms64"):  # the CMS of D99-D100: an eighth of 512
         extra["cms.periods"] = (DEFAULT_CHUNK, 4 * DEFAULT_CHUNK)
     if kind == "hope_attention_cms_frozen":
         extra["cms.periods"] = (0, 0)

@@ -18,6 +18,7 @@ BENCHMARKS = (
     "launches",
     "compile_time",
     "export_check",
+    "sharding_plan",
 )
 
 
@@ -48,13 +49,13 @@ def main(argv: list[str] | None = None) -> None:
         kwargs["seqs"] = args.seqs
     if args.batch != 1:
         kwargs["batch"] = args.batch
-    if kwargs and args.name not in ("model_throughput", "launches", "export_check"):
+    if kwargs and args.name not in ("model_throughput", "launches", "export_check", "sharding_plan"):
         raise SystemExit(
             "--models, --seqs and --batch apply to model_throughput and launches only "
             "(--models also to export_check)."
         )
-    if args.name == "export_check" and set(kwargs) - {"models"}:
-        raise SystemExit("export_check takes --models only (its lengths follow each model).")
+    if args.name in ("export_check", "sharding_plan") and set(kwargs) - {"models"}:
+        raise SystemExit(f"{args.name} takes --models only.")
     if args.rounds != 1:
         if args.name != "model_throughput":
             raise SystemExit("--rounds applies to model_throughput only.")

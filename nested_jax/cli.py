@@ -4,6 +4,8 @@ Commands: ``quickstart`` (train the tiny Hope on Shakespeare bytes, CPU, ~2 minu
 ``eval``, ``generate``, ``stream`` and ``sessions`` (learning after deployment:
 `nested_jax.session`) and ``configs``. Errors in configs and inputs are printed
 as one message and exit with status 2; a non-finite loss under ``nan_policy=stop`` exits with 3;
+a multi-process job that cannot form exits with 4 (``train --processes N`` runs one on this
+machine: `nested_jax.train.launch`);
 Ctrl-C prints one line and exits with 130 (training saves a checkpoint first).
 
 Compiled programs are kept in XLA's persistent compilation cache, so running the same model again
@@ -47,12 +49,17 @@ class _TqdmHandler(logging.Handler):
 
 
 def _setup_logging() -> None:
+    from nested_jax.train.sharding import ENV_PROCESS_ID
+
+    # a process of a multi-process job other than process 0: warnings and errors only, marked
+    other = os.environ.get(ENV_PROCESS_ID, "0").strip() not in ("", "0")
     logger = logging.getLogger("nested_jax")
     if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
         h = _TqdmHandler()
-        h.setFormatter(logging.Formatter("%(message)s"))
+        prefix = f"[process {os.environ[ENV_PROCESS_ID].strip()}] " if other else ""
+        h.setFormatter(logging.Formatter(prefix + "%(message)s"))
         logger.addHandler(h)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if other else logging.INFO)
     logger.propagate = False
     for noisy in ("absl", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -127,7 +134,39 @@ def _train_parser(prog: str, default_config: str | None) -> argparse.ArgumentPar
     p.add_argument("--out", default=None, help="run directory (default: runs/<config>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--fresh", action="store_true", help="do not resume (the directory must be new)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run as a job of N processes on this machine (CPU; the multi-host path, tried "
+        "locally: see docs/scaling_out.md)",
+    )
+    p.add_argument(
+        "--devices", type=int, default=2, metavar="K", help="with --processes: CPU devices each"
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=int,
+        default=30,
+        metavar="S",
+        help="with --processes: seconds to wait for every process to join, and for a silent "
+        "process before the job fails",
+    )
     return p
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``flags`` and their values (``--flag V`` or ``--flag=V``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not a.startswith(tuple(f + "=" for f in flags)):
+            out.append(a)
+    return out
 
 
 def _train(argv, *, quickstart: bool) -> int:
@@ -139,6 +178,16 @@ def _train(argv, *, quickstart: bool) -> int:
         p.add_argument("--steps", type=int, default=None, help="training steps (default 150)")
         p.add_argument("--prompt", default="ROMEO:\n", help="prompt for the sample")
     a = p.parse_args(argv)
+    if a.processes:
+        from nested_jax.train.launch import launch_local
+
+        if quickstart:
+            p.error("--processes is for `nested-jax train`.")
+        rest = _without(list(argv), ("--processes", "--devices", "--dist-timeout"))
+        try:
+            return launch_local(["train", *rest], a.processes, a.devices, a.dist_timeout)
+        except ValueError as e:
+            p.error(str(e))
     overrides = list(a.overrides)
     if quickstart and a.steps is not None:
         overrides.append(f"steps={a.steps}")
@@ -383,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         DataError,
         NonFiniteLossError,
     )
+    from nested_jax.train.sharding import DistributedError
 
     try:
         if cmd in ("quickstart", "train"):
@@ -401,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"nested-jax {cmd}: stopped: {e}", file=sys.stderr)
         return 3
+    except DistributedError as e:
+        print(f"nested-jax {cmd}: the multi-process job failed: {e}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print(
             f"nested-jax {cmd}: interrupted; what was saved (checkpoints, sessions) is kept.",

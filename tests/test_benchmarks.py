@@ -133,7 +133,8 @@ def test_benchmark_variants_are_the_defaults_and_the_reference():
 
     full = mt.FULL
     hope = mt.model_config("hope", 512, full)
-    assert (hope.titans.chunk, hope.selfmod.chunk, hope.cms.periods) == (64, 64, (64, 256))
+    assert (hope.titans.chunk, hope.selfmod.chunk, hope.cms.periods) == (64, 64, (128, 256))
+    assert mt.model_config("hope_cms64", 512, full) == hope.replace(cms={"periods": (64, 256)})
     assert (hope.selfmod.gates, hope.cms.teach_path) == ("linear", "residual")
     paper = mt.model_config("hope_paper", 512, full)
     assert (paper.titans.chunk, paper.selfmod.chunk, paper.cms.periods) == (16, 8, (16, 64))
@@ -146,7 +147,7 @@ def test_benchmark_variants_are_the_defaults_and_the_reference():
     assert (sm.titans.chunk, sm.selfmod.chunk) == (64, 16)
     assert mt.model_config("selfmod", 512, full).selfmod.chunk == 64
     frozen = mt.model_config("hope_cms_frozen", 512, full)
-    assert frozen.cms.periods == (0, 0) and frozen.replace(cms={"periods": (64, 256)}) == hope
+    assert frozen.cms.periods == (0, 0) and frozen.replace(cms={"periods": (128, 256)}) == hope
     assert (hope.cms.signal, hope.cms.learn_lr) == ("online", False)
     teach = mt.model_config("hope_teach", 512, full)
     assert teach == hope.replace(cms={"signal": "teach", "learn_lr": True})
@@ -163,9 +164,11 @@ def test_benchmark_variants_are_the_defaults_and_the_reference():
     ha = mt.model_config("hope_attention", 512, full)
     assert ha.cms == hope.cms  # Hope-Attention's default takes the default Hope's CMS (D99)
     ha_frozen = mt.model_config("hope_attention_cms_frozen", 512, full)
-    assert ha_frozen.cms.periods == (0, 0) and ha_frozen.replace(cms={"periods": (64, 256)}) == ha
-    ha128 = mt.model_config("hope_attention_c128", 512, full)
-    assert ha128 == ha.replace(cms={"periods": (128, 256)})
+    assert ha_frozen.cms.periods == (0, 0) and ha_frozen.replace(cms={"periods": (128, 256)}) == ha
+    ha128 = mt.model_config("hope_attention_c128", 512, full)  # D100's trial of the default's CMS
+    assert ha128 == ha
+    ha64 = mt.model_config("hope_attention_cms64", 512, full)
+    assert ha64 == ha.replace(cms={"periods": (64, 256)})
 
 
 def test_quick_selfmod_chunked_writes_json(tmp_path):
@@ -342,3 +345,18 @@ def test_quick_compile_time_writes_json_and_its_table(tmp_path):
         assert r["compile_s"] > 0 and r["trace_lower_s"] > 0 and r["stablehlo_kb"] > 0
         assert r["total_s"] >= r["compile_s"]
     assert "hope_tiny (1 layers)" in table.TABLES["compile time"](data)
+
+
+def test_quick_sharding_plan_follows_the_training_sharding_rule(tmp_path):
+    """Per device: the leaves the rule shards, divided by fsdp, plus the replicated ones."""
+    from benchmarks import run
+
+    out = tmp_path / "plan.json"
+    run.main(["sharding_plan", "--quick", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["mesh"]["data"], r["mesh"]["fsdp"]) for r in rows] == [(1, 8)]  # one layout at 8
+    r = rows[0]
+    whole, rep = r["unsharded_train_state_gib"], r["replicated_gib_per_device"]
+    assert 0 <= rep < whole
+    assert abs(r["train_state_gib_per_device"] - ((whole - rep) / 8 + rep)) < 1e-12
+    assert r["fast_state_gib_per_sequence"] > sum(r["fast_state_layers_gib_per_sequence"].values())

@@ -55,6 +55,9 @@ def test_overrides_parse_and_round_trip():
     assert cfg.steps == 7 and cfg.data.seq_len == 64 and cfg.optim.lr == 1e-3 and not cfg.plot
     assert dict(cfg.model_overrides)["cms.periods"] == (16, 32)
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    # booleans as a shell user types them, or as Python literals
+    for text, want in (("true", True), ("False", False), ("TRUE", True), ("True", True)):
+        assert get_train_config("quickstart", [f"plot={text}"]).plot is want
 
 
 @pytest.mark.parametrize(
@@ -74,6 +77,7 @@ def test_overrides_parse_and_round_trip():
         ("steps", "not of the form key=value"),
         ("mesh=(0, 0)", "mesh"),
         ("nan_policy=ignore", "nan_policy"),
+        ("distributed=yes", "distributed must be True or False"),
     ],
 )
 def test_bad_configs_are_rejected_before_anything_runs(override, match):

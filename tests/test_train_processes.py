@@ -125,6 +125,14 @@ SHARDED = textwrap.dedent(
                 state, m = run.step(state, run.batch(next(it)))
                 ls.append(float(m["loss"]))
             losses[str(mesh)] = ls
+            if mesh == (4, 2):  # the per-sample fast states follow the batch over all 8 devices
+                m = run.model
+                toks = run.batch(next(it))
+                f = jax.jit(lambda p, t: m.apply(p, t, m.init_state(p, t.shape[0]))[1])
+                fast = [l for l in jax.tree.leaves(f(state.params, toks)) if 8 in l.shape[:2]]
+                res[f"{model}-fast-leaves"] = len(fast)
+                res[f"{model}-fast-split-8"] = sum(
+                    int(np.prod(l.sharding.shard_shape(l.shape))) * 8 == l.size for l in fast)
             specs = {str(l.sharding.spec) for l in jax.tree.leaves(state.params)}
             res[f"{model}-{mesh}-param-specs"] = sorted(specs)
             res[f"{model}-{mesh}-devices"] = len(jax.tree.leaves(state.params)[0].sharding.device_set)
@@ -142,7 +150,7 @@ SHARDED = textwrap.dedent(
 def test_eight_devices_match_one_device(tmp_path):
     """Transformer++ and Hope (the quickstart's first-order Hope, one layer: the second-order one
     and more layers compile slower and run the same sharding code) on a (data 4, fsdp 2) mesh vs
-    one device."""
+    one device; the batch, and with it every per-sample state, split over all 8 devices."""
     corpus = write_corpus(tmp_path / "docs")
     env = dict(
         ENV, XLA_FLAGS=f"{ENV.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
@@ -163,4 +171,8 @@ def test_eight_devices_match_one_device(tmp_path):
         np.testing.assert_allclose(eight, one, atol=1e-5, rtol=0)
         assert res[f"{model}-(4, 2)-devices"] == 8 and res[f"{model}-(1, 1)-devices"] == 1
         assert any("fsdp" in s for s in res[f"{model}-(4, 2)-param-specs"])
+    # no per-sample state is replicated: each device holds its own row's (Hope: its memories'
+    # and CMS levels' states; the Transformer++ has none)
+    assert res["hope_tiny-fast-leaves"] > 0
+    assert res["hope_tiny-fast-split-8"] == res["hope_tiny-fast-leaves"]
     assert "batch_size=6 must be a multiple" in res["bad_batch"]

@@ -474,8 +474,9 @@ _HOPE_PAPER_SMALL = {
 # main and generator memories (one stacked memory call per chunk), the memories' hidden width
 # equal to the head dimension, eta / alpha from linear maps, the CMS levels learning from the
 # "online" signal (each chunk's errors from its one forward, back through the residual stream;
-# a first-order step at fixed normalised rates, decisions D99); chunks an eighth of the training
-# length at the sizes meant for training.
+# a first-order step at fixed normalised rates, decisions D99); at the sizes meant for training,
+# memory chunks an eighth of the training length and CMS periods a quarter and a half of it
+# (decisions D101; the paper-scale configs keep CMS periods 64 / 256 / 1024 of a 4,096 context).
 _FAST_SELFMOD = {"gates": "linear"}
 _FAST_CMS = {"teach_path": "residual", "signal": "online", "learn_lr": False}
 
@@ -511,7 +512,7 @@ _REGISTRY = {
     "gated_deltanet_tiny": ModelConfig(kind="titans", titans=_LINEAR("l2", True), **_TINY),
     # CPU experiments: ~10.8M parameters (byte vocabulary)
     "small": ModelConfig(**_SMALL, d_ff=1024),
-    "hope_small": ModelConfig(kind="hope", **_SMALL, d_ff=384, **_hope(64, (64, 256))),
+    "hope_small": ModelConfig(kind="hope", **_SMALL, d_ff=384, **_hope(64, (128, 256))),
     "hope_760m": ModelConfig(**_760M, **{**_PAPER, **_hope(64, (64, 256, 1024))}),
     "hope_1.3b": ModelConfig(**_1_3B, **{**_PAPER, **_hope(64, (64, 256, 1024))}),
     # the faithful reference at every size the default Hope has

@@ -126,7 +126,8 @@ class Checkpoints:
         ``read_only``: an unreadable step is reported and skipped but not moved aside (for
         commands that only read a run: eval, generate, sessions).
         """
-        bad = self._skip if read_only else self._quarantine
+        # in a multi-process job only process 0 moves a bad step aside (the others skip it)
+        bad = self._skip if read_only or jax.process_index() != 0 else self._quarantine
         for step in reversed(self.steps):
             try:
                 with _quiet_orbax():

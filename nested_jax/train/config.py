@@ -148,6 +148,8 @@ def _parse(text: str):
 def _coerce(path: str, value, current):
     """Check an override's type against the field's current value."""
     if isinstance(current, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):  # as a shell user types
+            value = value.lower() == "true"
         if not isinstance(value, bool):
             raise ConfigError(f"{path} must be True or False, got {value!r}.")
     elif isinstance(current, int):
@@ -268,15 +270,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-# Named runs. The quickstart's Hope uses chunks of 16 tokens for its memories and its CMS (the
-# default design, decisions D95, at a 128-token sequence: an eighth of it), with the full
-# meta-gradient. The registry's eta_max is used as is: the normalised inner steps (decisions D50,
-# D51) keep every rate stable.
+# Named runs. The quickstart's Hope uses chunks of 16 tokens for its memories and CMS periods of
+# 32 / 64 (the default design, decisions D95 and D101, at a 128-token sequence: an eighth of it,
+# then a quarter and a half), with the full meta-gradient. The registry's eta_max is used as is:
+# the normalised inner steps (decisions D50, D51) keep every rate stable.
 _TRAIN_REGISTRY = {
     "quickstart": TrainConfig(
         model="hope_tiny",
         model_overrides=(
-            ("cms.periods", (16, 64)),
+            ("cms.periods", (32, 64)),
             ("selfmod.chunk", 16),
             ("titans.chunk", 16),
         ),

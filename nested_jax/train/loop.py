@@ -177,12 +177,12 @@ class Run:
             self.mesh = sh.make_mesh(*cfg.mesh)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-        n_data = self.mesh.shape["data"]
-        if d.batch_size % n_data or d.batch_size % jax.process_count():
+        n_rows = self.mesh.size  # the batch is split over every device of the mesh
+        if d.batch_size % n_rows or d.batch_size % jax.process_count():
             raise ConfigError(
-                f"data.batch_size={d.batch_size} must be a multiple of the mesh's data axis "
-                f"({n_data} devices) and of the number of hosts ({jax.process_count()}); change "
-                "data.batch_size or mesh."
+                f"data.batch_size={d.batch_size} must be a multiple of the mesh's size "
+                f"({dict(self.mesh.shape)}: {n_rows} devices, each computing its own rows) and of "
+                f"the number of hosts ({jax.process_count()}); change data.batch_size or mesh."
             )
         c = _compiled(self.model_config, cfg.optim, cfg.steps, self.mesh)
         self.opt, self.schedule = c.opt, c.schedule
@@ -328,10 +328,15 @@ class Run:
 
 # ----------------------------------------------------------------------------- metrics sink
 class _Metrics:
-    """Append-only JSONL (flushed per record), optional TensorBoard, the PNG at the end."""
+    """Append-only JSONL (flushed per record), optional TensorBoard, the PNG at the end. In a
+    multi-process job only process 0 writes (``enabled``); the values are the job's, the same
+    on every process."""
 
-    def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool):
+    def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool, enabled: bool = True):
         self.path = out_dir / "metrics.jsonl"
+        self.f = self.tb = None
+        if not enabled:
+            return
         if self.path.exists():  # drop records past the step we resume from (they are redone)
             keep = [
                 line
@@ -342,7 +347,6 @@ class _Metrics:
             tmp.write_text("".join(line + "\n" for line in keep))
             os.replace(tmp, self.path)
         self.f = open(self.path, "a")  # noqa: SIM115 - closed in close()
-        self.tb = None
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -353,6 +357,8 @@ class _Metrics:
             self.tb = SummaryWriter(str(out_dir / "tb"))
 
     def write(self, record: dict) -> None:
+        if self.f is None:
+            return
         self.f.write(json.dumps(record) + "\n")
         self.f.flush()
         if self.tb is not None:
@@ -361,7 +367,8 @@ class _Metrics:
                     self.tb.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            self.f.close()
         if self.tb is not None:
             self.tb.close()
 
@@ -499,6 +506,8 @@ def _write_run_files(run: Run, resume: bool) -> None:
     changed config (other than more steps) is reported."""
     cfg, out_dir = run.cfg, run.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() != 0:  # a multi-process job: process 0 writes the run's files
+        return
     saved = out_dir / "config.json"
     if saved.exists() and resume and run.ckpt.steps:
         old = TrainConfig.from_json(json.loads(saved.read_text()))
@@ -553,14 +562,16 @@ class _Hooks:
     def __init__(self, run: Run, step: int, progress: bool):
         cfg = self.cfg = run.cfg
         self.run, self.progress, self.first = run, progress, True
-        self.metrics = _Metrics(run.out_dir, step, cfg.tensorboard)
+        self.primary = jax.process_index() == 0  # a multi-process job: process 0 reports
+        self.metrics = _Metrics(run.out_dir, step, cfg.tensorboard, enabled=self.primary)
         self.last_ckpt = run.ckpt.path(run.ckpt.steps[-1]) if run.ckpt.steps else None
         self.tokens = cfg.data.batch_size * cfg.data.seq_len
         self.loss, self.bar = float("nan"), None
         self.t_last, self.steps_since = time.perf_counter(), 0
         # training time so far, across resumes (the first step of each process, which compiles,
         # is not counted): read back from the metrics of the steps this run keeps
-        rec = [r for r in read_metrics(run.out_dir) if "train_s" in r and r["step"] <= step]
+        past = read_metrics(run.out_dir) if (run.out_dir / "metrics.jsonl").exists() else []
+        rec = [r for r in past if "train_s" in r and r["step"] <= step]
         self.train_s = rec[-1]["train_s"] if rec else 0.0
         params = jax.tree.leaves(run.abstract_state.params)
         log.info(
@@ -616,7 +627,8 @@ class _Hooks:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover
             return
-        self.bar = tqdm(total=self.cfg.steps, initial=at, disable=not self.progress, unit="step")
+        show = self.progress and self.primary
+        self.bar = tqdm(total=self.cfg.steps, initial=at, disable=not show, unit="step")
 
     def _log(self, step: int, m: dict) -> None:
         now = time.perf_counter()
@@ -675,7 +687,7 @@ class _Hooks:
         self.run.ckpt.close()
 
     def result(self, step: int, state, ev: dict) -> RunResult:
-        if self.cfg.plot:
+        if self.cfg.plot and self.primary:
             plot_losses(self.run.out_dir)
         log.info(
             "done: step %d, train loss %.4f, val loss %.4f (%.3f bits/byte); checkpoint %s",
@@ -698,13 +710,32 @@ class _Hooks:
         )
 
 
+def _readable(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` for reading its run in this process: a multi-process job's run, or one whose mesh
+    does not fit the devices here (or their number does not divide its batch), is read on one
+    device (the checkpoint is restored onto whatever mesh the reader has)."""
+    n = jax.device_count()
+    data, fsdp = cfg.mesh
+    size = n if data == 0 else data * fsdp
+    fits = size <= n and n % fsdp == 0 and cfg.data.batch_size % size == 0
+    if fits and not cfg.distributed:
+        return cfg
+    log.info(
+        "reading the run on one device (it was trained on mesh %s%s)",
+        cfg.mesh,
+        " by several processes" if cfg.distributed else "",
+    )
+    return dataclasses.replace(cfg, mesh=(1, 1), distributed=False)
+
+
 def load_run(out_dir, *, load_data: bool = True) -> tuple[Run, Any, int]:
     """The run in ``out_dir`` and its newest good state: ``(run, state, step)``."""
     out_dir = Path(out_dir)
     saved = out_dir / "config.json"
     if not saved.exists():
         raise FileNotFoundError(f"{saved} not found: {out_dir} is not a training run directory.")
-    run = Run(TrainConfig.from_json(json.loads(saved.read_text())), out_dir, load_data=load_data)
+    cfg = _readable(TrainConfig.from_json(json.loads(saved.read_text())))
+    run = Run(cfg, out_dir, load_data=load_data)
     got = run.restore(None, read_only=True)  # reading a run never changes it
     if got is None:
         steps = run.ckpt.steps
