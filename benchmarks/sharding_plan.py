@@ -95,4 +95,4 @@ def run(quick: bool = False, repeats: int = 0, models=MODELS) -> dict:
             "GiB per sequence",
             flush=True,
         )
-    return {"what": __doc__.splitlines()[0], "results": rows}
+    return {"benchmark": "sharding_plan", "what": __doc__.splitlines()[0], "results": rows}

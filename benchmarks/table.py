@@ -355,7 +355,32 @@ def export_check_table(data: dict) -> str:
     return _table(caption, cols, rows)
 
 
+def sharding_plan_table(data: dict) -> str:
+    rows = [
+        [
+            f"{r['model']} ({r['params'] / 1e6:,.0f}M)",
+            str(r["devices"]),
+            f"({r['mesh']['data']}, {r['mesh']['fsdp']})",
+            f"{r['train_state_gib_per_device']:.3f} (unsharded {r['unsharded_train_state_gib']:.2f})",
+            f"{r['replicated_gib_per_device']:.3f}",
+            f"{r['fast_state_gib_per_sequence']:.2f}",
+        ]
+        for r in data["results"]
+    ]
+    cols = [
+        "model",
+        "devices",
+        "mesh (data, fsdp)",
+        "training state per device (GiB)",
+        "of it replicated",
+        "in-context state per sequence (GiB)",
+    ]
+    caption = f"{_machine(data['machine'])} Computed with jax.eval_shape, not run."
+    return _table(caption, cols, rows)
+
+
 TABLES = {
+    "sharding_plan": sharding_plan_table,
     "export_check": export_check_table,
     "launches levers": launches_levers_table,
     "compile time": compile_time_table,
