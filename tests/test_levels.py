@@ -293,6 +293,18 @@ def test_scan_chunks_equals_a_loop_over_chunks_and_the_tail(length, c):
     w_ref2, y_ref2, _ = _chunk_loop(w, 2.0 * x, g, c)
     np.testing.assert_allclose(pre.outputs, y_ref2, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(pre.carry, w_ref2, rtol=1e-6, atol=1e-6)
+    # unrolled (at most 3 chunks here, or always): the same values, gradients included
+    for upto in (3, 100):
+        unrolled = scan_chunks(_chunk_fn, w, (x, g), c, axis=1, remat=True, unroll_upto=upto)
+        np.testing.assert_allclose(unrolled.outputs, y_ref, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(unrolled.carry, w_ref, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(unrolled.boundary, bnd_ref, rtol=1e-6, atol=1e-6)
+    grad = lambda upto: jax.grad(
+        lambda w: jnp.sum(
+            jnp.sin(scan_chunks(_chunk_fn, w, (x, g), c, axis=1, unroll_upto=upto).outputs)
+        )
+    )(w)
+    np.testing.assert_allclose(grad(100), grad(0), rtol=1e-5, atol=1e-6)
     # whole=True: one call on every full chunk together (here a different computation: one chunk)
     whole = scan_chunks(_chunk_fn, w, (x, g), c, axis=1, whole=True)
     n = length // c * c

@@ -128,11 +128,25 @@ VARIANTS = {
         + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False))
         + (("cms.periods", (64, 128)),),
     ),
+    # after decisions D103 (short chunk loops unrolled: the same values, less time), the same session
+    "c32_cms64_unrolled": (
+        "hope_paper_tiny",
+        _C32
+        + _LIN
+        + _RES
+        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False))
+        + (("cms.periods", (64, 128)),),
+    ),
     "titans_d101": ("titans_tiny", ()),
     "transformer_d101": ("tiny", ()),
 }
 _D100 = ("c32_lin_res_e1_online_fixed_sweep", "attention_c32_online_sweep", "attention_c64_online")
-_D101 = ("c32_lin_res_e1_online_fixed_blocks", "c32_cms64_blocks", "titans_d101", "transformer_d101")
+_D101 = (
+    "c32_lin_res_e1_online_fixed_blocks",
+    "c32_cms64_blocks",
+    "titans_d101",
+    "transformer_d101",
+)
 _BASELINES = ("titans_tiny", "tiny")  # their MLP widths are matched to hope_paper_tiny's params
 _FAST = ("c32", "c32_lin", "c32_lin_res", "c32_lin_local")
 TOKEN_CELLS = {
@@ -147,9 +161,10 @@ TOKEN_CELLS = {
     7: ("c64_online_fixed",),
     8: _D100,
     9: _D101,
+    10: ("c32_cms64_unrolled",),
 }
 # a round's key -> the seeds it runs (default: the key)
-SEEDS_OF = {k: (0, 1, 2) for k in (3, 4, 5, 6, 7, 8, 9)}
+SEEDS_OF = {k: (0, 1, 2) for k in (3, 4, 5, 6, 7, 8, 9, 10)}
 CLOCK_VARIANTS = (
     "hope_paper",
     "c32_lin_res",
@@ -162,6 +177,7 @@ CLOCK_VARIANTS = (
     "attention_c32_online",
     *_D100,
     *_D101,
+    "c32_cms64_unrolled",
 )
 
 

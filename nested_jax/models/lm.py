@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nested_jax.levels import scan_chunks
+from nested_jax.levels import UNROLL_UPTO, scan_chunks
 from nested_jax.memory import SoftmaxState, StreamState
 from nested_jax.models.cms import ContinuumMemory, NextToken, Online, Teach
 from nested_jax.models.config import ModelConfig
@@ -346,6 +346,9 @@ class LanguageModel:
             # at 512); Teach runs its chunks as one (``whole``)
             remat=isinstance(self.cms.signal, NextToken)
             or (isinstance(self.cms.signal, Online) and self.config.attends),
+            # a few cheap Online chunks run unrolled (D103); NextToken's second-order chunks
+            # would multiply the compile (hope_paper's golden test: 21 -> 108 s)
+            unroll_upto=UNROLL_UPTO if isinstance(self.cms.signal, Online) else 0,
         )
         (layers, teach), start, r = res.carry, res.boundary[0], res.tail
         buf = jnp.zeros((b, c), jnp.int32)

@@ -36,7 +36,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from nested_jax.levels import scan_chunks
+from nested_jax.levels import UNROLL_UPTO, scan_chunks
 from nested_jax.memory import (
     DGD,
     GD,
@@ -240,6 +240,7 @@ class SelfModifyingTitans:
             remat=True,
             first_order=first_order,
             cut=cut,
+            unroll_upto=UNROLL_UPTO,
         )
         stream = StreamState(res.carry, res.boundary, jnp.asarray(res.tail, jnp.int32))
         return stream, self._unpack(res.outputs)
@@ -345,6 +346,7 @@ class SelfModifyingTitans:
             remat=True,
             first_order=c.first_order,
             cut=cut,
+            unroll_upto=UNROLL_UPTO,
         )
         tail = jnp.asarray(res.tail, jnp.int32)
         (joint, gate), (joint_b, gate_b) = res.carry, res.boundary
