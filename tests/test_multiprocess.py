@@ -186,17 +186,17 @@ def test_a_missing_or_dying_process_fails_the_job_within_its_timeout(tmp_path):
 
 
 def test_the_launcher_ends_a_job_when_one_process_fails(capsys):
-    """`launch._wait`: the first failure's status, the others ended after the grace period."""
+    """`launch.wait_all`: the first failure's status, the others ended after the grace period."""
     from nested_jax.train import launch
 
     quick = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
     stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     t0 = time.time()
-    assert launch._wait([stuck, quick], grace_s=1.0) == 3
+    assert launch.wait_all([stuck, quick], grace_s=1.0) == 3
     assert time.time() - t0 < 30 and stuck.poll() == -signal.SIGKILL
     err = capsys.readouterr().err
     assert "process 1 ended with status 3; the job fails" in err and "ending process 0" in err
     ok = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
-    assert launch._wait(ok, grace_s=1.0) == 0
+    assert launch.wait_all(ok, grace_s=1.0) == 0
     with pytest.raises(ValueError, match="--processes must be an integer >= 2"):
         launch.launch_local(["train"], processes=1)

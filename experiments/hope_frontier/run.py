@@ -52,6 +52,13 @@ _C32 = (("titans.chunk", 32), ("selfmod.chunk", 32), ("cms.periods", (32, 128)))
 _LIN = (("selfmod.gates", "linear"),)
 _C16 = (("titans.chunk", 16), ("selfmod.chunk", 16), ("cms.periods", (16, 64)))
 _RES = (("cms.teach_path", "residual"),)
+# the default of decisions D99: the online CMS signal at fixed rates, memories' width the head's
+_DEFAULT = (
+    _C32
+    + _LIN
+    + _RES
+    + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False))
+)
 VARIANTS = {
     "hope_paper": ("hope_paper_tiny", ()),
     "c32": ("hope_paper_tiny", _C32),
@@ -69,10 +76,7 @@ VARIANTS = {
     ),
     "c32_lin_res_e1_online_fixed": (
         "hope_paper_tiny",
-        _C32
-        + _LIN
-        + _RES
-        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False)),
+        _DEFAULT,
     ),
     # the default with the main and generator memories' chunks of 64 (a quarter of the
     # sequence; the CMS unchanged)
@@ -95,10 +99,7 @@ VARIANTS = {
     # the sequence (periods 64 / 128: half as many chunks one after the other)
     "c32_lin_res_e1_online_fixed_sweep": (
         "hope_paper_tiny",
-        _C32
-        + _LIN
-        + _RES
-        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False)),
+        _DEFAULT,
     ),
     "attention_c32_online_sweep": (
         "hope_attention_paper_tiny",
@@ -115,27 +116,16 @@ VARIANTS = {
     # (periods 64 / 128), and the two baselines timed again beside them
     "c32_lin_res_e1_online_fixed_blocks": (
         "hope_paper_tiny",
-        _C32
-        + _LIN
-        + _RES
-        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False)),
+        _DEFAULT,
     ),
     "c32_cms64_blocks": (
         "hope_paper_tiny",
-        _C32
-        + _LIN
-        + _RES
-        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False))
-        + (("cms.periods", (64, 128)),),
+        _DEFAULT + (("cms.periods", (64, 128)),),
     ),
     # after decisions D103 (short chunk loops unrolled: the same values, less time), the same session
     "c32_cms64_unrolled": (
         "hope_paper_tiny",
-        _C32
-        + _LIN
-        + _RES
-        + (("titans.expansion", 1), ("cms.signal", "online"), ("cms.learn_lr", False))
-        + (("cms.periods", (64, 128)),),
+        _DEFAULT + (("cms.periods", (64, 128)),),
     ),
     "titans_d101": ("titans_tiny", ()),
     "transformer_d101": ("tiny", ()),

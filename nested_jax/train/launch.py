@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from nested_jax.train.sharding import ENV_PROCESS_ID, ENV_PROCESSES, ENV_TIMEOUT
 
-__all__ = ["free_port", "launch_local", "process_env"]
+__all__ = ["free_port", "launch_local", "process_env", "wait_all"]
 
 
 def free_port() -> int:
@@ -91,7 +91,7 @@ def launch_local(
         flush=True,
     )
     try:
-        return _wait(procs, grace_s)
+        return wait_all(procs, grace_s)
     except KeyboardInterrupt:  # the terminal's Ctrl-C reached every process: let them save
         for p in procs:
             try:
@@ -105,7 +105,9 @@ def _status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _wait(procs: list, grace_s: float) -> int:
+def wait_all(procs: list, grace_s: float) -> int:
+    """Wait for every process of a job: 0 if all succeeded, else the first failure's status
+    (``128 + signal`` for a signal), the others killed once ``grace_s`` has passed after it."""
     failed = None  # (index, status)
     deadline = None
     while True:
