@@ -717,7 +717,7 @@ def _readable(cfg: TrainConfig) -> TrainConfig:
     n = jax.device_count()
     data, fsdp = cfg.mesh
     size = n if data == 0 else data * fsdp
-    fits = size <= n and n % fsdp == 0 and cfg.data.batch_size % size == 0
+    fits = (n % fsdp == 0 if data == 0 else size <= n) and cfg.data.batch_size % size == 0
     if fits and not cfg.distributed:
         return cfg
     log.info(
