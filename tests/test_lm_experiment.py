@@ -1,6 +1,7 @@
 """experiments/lm (issue 15): matched models, the needle-in-a-haystack generator, the smoke run,
 resuming a cell stopped at its deadline."""
 
+import dataclasses
 import json
 import shutil
 import time
@@ -118,10 +119,15 @@ def test_lm_smoke_train_context_report_and_resume(tmp_path, capsys):
     assert not evaluated[0].exists()
 
 
-def test_a_cell_stopped_at_its_deadline_resumes(tmp_path):
+def test_a_cell_stopped_at_its_deadline_resumes(tmp_path, monkeypatch):
     setup = lm.setup_for(True)
     args = ("transformer", "smoke", "shakespeare", 2048, 0, tmp_path, setup)
+    # its 32 steps slowed to >= 3.2 s (step_sleep changes no value): with the program already in
+    # the compile cache the cell could otherwise finish before its 1 s deadline
+    slow = lambda *a, f=lm.train_config: dataclasses.replace(f(*a), step_sleep=0.1)
+    monkeypatch.setattr(lm, "train_config", slow)
     assert lm.run_cell(*args, deadline=time.monotonic() + 1.0) is None
+    monkeypatch.undo()
     cdir = lm.cell_dir(tmp_path, "smoke", "shakespeare", 2048, "transformer", 0)
     assert not (cdir / "cell.json").exists()
     rec = lm.run_cell(*args)
