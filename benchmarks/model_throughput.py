@@ -90,6 +90,9 @@ _NAMES = {
     "hope_attention_residual": "hope_attention_paper_tiny",
     "selfmod": "selfmod_tiny",  # self-modifying Titans with a SwiGLU MLP (Hope without CMS)
     "selfmod_paper": "selfmod_paper_tiny",
+    # the default with its generators fixed (no in-context learning of k / v / eta / alpha; not a
+    # valid design: it removes self-modification): the floor under every generator-cost lever
+    "selfmod_fixed_gen": "selfmod_tiny",
     "selfmod_paper_c64": "selfmod_paper_tiny",  # the reference with chunks 64 / 16
     "hope_paper_c64": "hope_paper_tiny",  # the same, CMS periods 64 / 256
 }
@@ -112,6 +115,7 @@ def model_config(kind: str, seq: int, cfg: dict):
         "hope_cms_frozen",
         "hope_cms64",
         "selfmod",
+        "selfmod_fixed_gen",
         "hope_teach",
         "hope_online_lr",
         "hope_c32",
@@ -126,6 +130,8 @@ def model_config(kind: str, seq: int, cfg: dict):
             extra["cms.learn_lr"] = True
         if kind == "hope_cms_frozen":
             extra["cms.periods"] = (0, 0)
+    if kind == "selfmod_fixed_gen":
+        extra["selfmod.adaptive"] = False
     if kind == "hope_attention_residual":
         extra["cms.teach_path"] = "residual"
     if kind == "hope_attention":  # the default (D101): Hope's CMS
