@@ -7,6 +7,9 @@ chunks, so every chunked path is traced) and the streaming ``step`` on three tok
 state. An export fails where an operation has no lowering for a platform; beside that, a program
 must call no custom call outside `ALLOWED` (a CPU-only library call, e.g. LAPACK, would not run
 on an accelerator). The StableHLO size of each program is recorded: it tracks compile time.
+With ``compute_dtype="bfloat16"`` (mixed precision, decisions D105) the programs must also hold
+bfloat16 matmuls accumulating in float32 (`bf16_dots` counts them): the policy reached the
+accelerator program.
 
 The tests run `check` on every registry model (``tests/test_export.py``); the benchmark writes
 the sizes: ``python -m benchmarks.run export_check`` (``--models`` to choose; about a minute).
@@ -42,10 +45,20 @@ def custom_calls(text: str) -> set[str]:
     )
 
 
-def check(name: str, platforms: tuple = PLATFORMS) -> dict:
-    """Export ``name``'s training step and streaming step for ``platforms``; raise where one
-    calls a custom call outside `ALLOWED`. Returns the sizes and times per program."""
-    model = LanguageModel(get_config(name))
+def bf16_dots(text: str) -> int:
+    """How many matmuls (``dot_general``) of a StableHLO module's text take bfloat16 operands
+    and return float32."""
+    pattern = (
+        r"stablehlo\.dot_general[^\n]*\(tensor<[^>]*bf16>, tensor<[^>]*bf16>\) -> tensor<[^>]*f32>"
+    )
+    return len(re.findall(pattern, text))
+
+
+def check(name: str, platforms: tuple = PLATFORMS, compute_dtype: str = "float32") -> dict:
+    """Export ``name``'s training step and streaming step for ``platforms`` (the model's
+    matmuls in ``compute_dtype``); raise where one calls a custom call outside `ALLOWED`, or,
+    in bfloat16, holds no bfloat16 matmul. Returns the sizes and times per program."""
+    model = LanguageModel(get_config(name, compute_dtype=compute_dtype))
     params = jax.eval_shape(model.init, jax.random.key(0))
     t = _length(model)
     programs = {
@@ -62,7 +75,7 @@ def check(name: str, platforms: tuple = PLATFORMS) -> dict:
             ),
         ),
     }
-    row = {"model": name, "tokens": t, "platforms": list(platforms)}
+    row = {"model": name, "compute_dtype": compute_dtype, "tokens": t, "platforms": list(platforms)}
     for kind, (fn, args) in programs.items():
         t0 = time.perf_counter()
         exported = export.export(fn, platforms=platforms)(*args)
@@ -73,6 +86,13 @@ def check(name: str, platforms: tuple = PLATFORMS) -> dict:
                 f"{name}'s {kind} program calls {sorted(bad)}, which {'/'.join(platforms)} "
                 "may not provide; express it with jax.numpy / lax operations instead."
             )
+        if compute_dtype == "bfloat16":
+            row[f"{kind}_bf16_dots"] = n = bf16_dots(text)
+            if not n:
+                raise AssertionError(
+                    f"{name}'s {kind} program in bfloat16 holds no bfloat16 matmul: the "
+                    "compute_dtype did not reach it."
+                )
         row[f"{kind}_stablehlo_kb"] = math.ceil(len(text) / 1024)
         row[f"{kind}_export_s"] = time.perf_counter() - t0
     return row
@@ -83,13 +103,15 @@ def run(quick: bool = False, repeats: int = 5, models=None) -> dict:
     names = tuple(models or (("tiny", "hope_tiny") if quick else list_configs()))
     rows = []
     for name in names:
-        rows.append(check(name))
-        r = rows[-1]
-        print(
-            f"{name:>26}: train {r['train_stablehlo_kb']:5d} kB ({r['train_export_s']:.1f} s), "
-            f"stream {r['stream_stablehlo_kb']:5d} kB ({r['stream_export_s']:.1f} s)",
-            flush=True,
-        )
+        for dtype in ("float32", "bfloat16"):
+            rows.append(check(name, compute_dtype=dtype))
+            r = rows[-1]
+            print(
+                f"{name:>26} {dtype:>8}: train {r['train_stablehlo_kb']:5d} kB "
+                f"({r['train_export_s']:.1f} s), stream {r['stream_stablehlo_kb']:5d} kB "
+                f"({r['stream_export_s']:.1f} s)",
+                flush=True,
+            )
     return {
         "benchmark": "export_check",
         "config": {"platforms": list(PLATFORMS), "allowed_custom_calls": sorted(ALLOWED)},

@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> None:
         kwargs["seqs"] = args.seqs
     if args.batch != 1:
         kwargs["batch"] = args.batch
-    if kwargs and args.name not in ("model_throughput", "launches", "export_check", "sharding_plan"):
+    if kwargs and args.name not in (
+        "model_throughput",
+        "launches",
+        "export_check",
+        "sharding_plan",
+    ):
         raise SystemExit(
             "--models, --seqs and --batch apply to model_throughput and launches only "
             "(--models also to export_check)."

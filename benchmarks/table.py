@@ -339,17 +339,28 @@ def compile_time_table(data: dict) -> str:
 
 
 def export_check_table(data: dict) -> str:
+    bf16 = lambda r, k: str(r.get(f"{k}_bf16_dots", "")) or "-"
     rows = [
         [
             r["model"],
+            r.get("compute_dtype", "float32"),
             str(r["tokens"]),
             str(r["train_stablehlo_kb"]),
             str(r["stream_stablehlo_kb"]),
             f"{r['train_export_s']:.1f}",
+            f"{bf16(r, 'train')} / {bf16(r, 'stream')}",
         ]
         for r in data["results"]
     ]
-    cols = ["model", "tokens", "train step (kB)", "streaming step (kB)", "train export (s)"]
+    cols = [
+        "model",
+        "matmuls in",
+        "tokens",
+        "train step (kB)",
+        "streaming step (kB)",
+        "train export (s)",
+        "bf16 matmuls (train / stream)",
+    ]
     plats = "/".join(data["config"]["platforms"])
     caption = f"{_machine(data['machine'])} StableHLO exported for {plats} (every export passed)."
     return _table(caption, cols, rows)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from nested_jax.memory.base import AbstractMemory, _as_rates
+from nested_jax.precision import COMPUTE_DTYPES, ComputeDtype, einsum
 
 __all__ = ["SoftmaxMemory", "SoftmaxParams", "SoftmaxState"]
 
@@ -51,11 +52,14 @@ class SoftmaxMemory(AbstractMemory):
       window: ``None`` for full causal attention, else attend to the last ``window`` tokens
         (including the current one).
       scale: logit scale; ``None`` = ``1 / sqrt(d_k)``.
+      compute_dtype: the operands of the two products (scores, weighted values), accumulated
+        in float32 (`nested_jax.precision`); the stored keys and values stay float32.
     """
 
     capacity: int
     window: int | None = None
     scale: float | None = None
+    compute_dtype: ComputeDtype = "float32"
 
     inclusive = True
 
@@ -66,6 +70,10 @@ class SoftmaxMemory(AbstractMemory):
                 continue
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be a positive int, got {val!r}.")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}."
+            )
 
     def init_params(self, key=None, *, heads: int, d_k: int, d_v: int) -> SoftmaxParams:
         """The memory's "parameters": none, only the context's shapes (``key`` is unused)."""
@@ -99,7 +107,8 @@ class SoftmaxMemory(AbstractMemory):
         ``gradient_cut > 0``: keys and values at positions in another block of ``gradient_cut``
         positions than the query's enter with their gradient stopped (same values)."""
         scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
-        logits = jnp.einsum("bhck,bhsk->bhcs", q, state.keys) * scale
+        mm = lambda spec, a, b: einsum(spec, a, b, self.compute_dtype)
+        logits = mm("bhck,bhsk->bhcs", q, state.keys) * scale
         kpos = state.pos[:, None, :]  # [B, 1, cap]
         qp = qpos[:, :, None]  # [B, C, 1]
         mask = (kpos >= 0) & (kpos <= qp)
@@ -109,15 +118,15 @@ class SoftmaxMemory(AbstractMemory):
         if gradient_cut:
             same = (kpos // gradient_cut == qp // gradient_cut)[:, None]
             sg = jax.lax.stop_gradient
-            cross = jnp.einsum("bhck,bhsk->bhcs", q, sg(state.keys)) * scale
+            cross = mm("bhck,bhsk->bhcs", q, sg(state.keys)) * scale
             logits = jnp.where(same, logits, cross)
         logits = jnp.where(mask[:, None], logits, -jnp.inf)
         weights = jax.nn.softmax(logits, axis=-1)
         weights = jnp.where(mask[:, None], weights, 0.0)
         if same is None:
-            return jnp.einsum("bhcs,bhsv->bhcv", weights, state.values)
+            return mm("bhcs,bhsv->bhcv", weights, state.values)
         own = jnp.where(same, weights, 0.0)
-        return jnp.einsum("bhcs,bhsv->bhcv", own, state.values) + jnp.einsum(
+        return mm("bhcs,bhsv->bhcv", own, state.values) + mm(
             "bhcs,bhsv->bhcv", weights - own, jax.lax.stop_gradient(state.values)
         )
 

@@ -14,6 +14,7 @@ import typing
 from typing import Any, Literal
 
 from nested_jax.models.migrate import LEGACY, migrate_model_json
+from nested_jax.precision import ComputeDtype
 
 __all__ = [
     "CMSConfig",
@@ -322,6 +323,9 @@ class ModelConfig:
       selfmod: the self-modifying layer (`SelfModConfig`; ``"selfmod"``, ``"hope"``).
       cms: the Continuum Memory System (`CMSConfig`; ``"hope"``, ``"hope_attention"``).
       first_order: stop outer gradients through inner updates (all memories and CMS levels).
+      compute_dtype: ``"float32"`` or ``"bfloat16"``: the operands of the slow layers' dense
+        matmuls (projections, MLPs, attention, head), accumulated in float32; parameters,
+        memory and CMS states and their updates stay float32 (`nested_jax.precision`, D105).
 
     Sub-configs may be given as dicts (``ModelConfig(kind="hope", cms={"periods": (4, 8)})``).
     """
@@ -340,6 +344,7 @@ class ModelConfig:
     selfmod: SelfModConfig = SelfModConfig()
     cms: CMSConfig = CMSConfig()
     first_order: bool = False
+    compute_dtype: ComputeDtype = "float32"
 
     def __post_init__(self):
         _choices(self, "")

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from nested_jax.memory.swiglu import SwiGLUMemory
+from nested_jax.precision import dense
 
 __all__ = [
     "Context",
@@ -121,6 +122,8 @@ def swiglu_init(key, d_model: int, d_ff: int) -> dict:
     return SwiGLUMemory(d_model, d_ff).init_params(key)
 
 
-def swiglu(p: dict, x: jax.Array) -> jax.Array:
-    """``(silu(x W_gate) * (x W_up)) W_down``."""
-    return (jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]
+def swiglu(p: dict, x: jax.Array, dtype: str = "float32") -> jax.Array:
+    """``(silu(x W_gate) * (x W_up)) W_down``, the matmuls' operands in ``dtype``
+    (`nested_jax.precision`)."""
+    hidden = jax.nn.silu(dense(x, p["w_gate"], dtype)) * dense(x, p["w_up"], dtype)
+    return dense(hidden, p["w_down"], dtype)

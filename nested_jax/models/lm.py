@@ -55,6 +55,7 @@ from nested_jax.models.layers import Context, rms_norm
 from nested_jax.models.self_modifying import SelfModifyingBlock
 from nested_jax.models.titans import TitansBlock
 from nested_jax.models.transformer import TransformerBlock
+from nested_jax.precision import dense
 
 __all__ = [
     "LMState",
@@ -198,7 +199,7 @@ class LanguageModel:
         if ctx.cache:  # the stream leaving the last layer: where the online error pass starts
             taps["final"] = jax.lax.stop_gradient(x)
         x = rms_norm(x, params["final_norm"], self.config.norm_eps)
-        return x @ params["head"], layers, taps
+        return dense(x, params["head"], self.config.compute_dtype), layers, taps
 
     @staticmethod
     def _outputs(logits, taps, collect: bool):
@@ -271,7 +272,8 @@ class LanguageModel:
         every layer's CMS state after the chunk."""
         sg, eps = jax.lax.stop_gradient, self.config.norm_eps
         norm, head = sg(params["final_norm"]), sg(params["head"])
-        d = jax.grad(lambda x: self._chunks_loss(rms_norm(x, norm, eps) @ head, tokens))(
+        dt = self.config.compute_dtype
+        d = jax.grad(lambda x: self._chunks_loss(dense(rms_norm(x, norm, eps), head, dt), tokens))(
             taps["final"]
         )
 

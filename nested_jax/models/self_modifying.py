@@ -60,6 +60,7 @@ from nested_jax.models.layers import (
     swiglu,
     swiglu_init,
 )
+from nested_jax.precision import dense
 
 __all__ = ["SelfModifyingBlock", "SelfModifyingTitans"]
 
@@ -286,7 +287,8 @@ class SelfModifyingTitans:
         c = self.config
         b, t, _ = x.shape
         h = rms_norm(x, p["norm"], c.norm_eps)
-        a, conv_state = causal_conv(p["conv"], h @ p["w_in"], state["conv"], cut=cut)
+        w_in = dense(h, p["w_in"], c.compute_dtype)
+        a, conv_state = causal_conv(p["conv"], w_in, state["conv"], cut=cut)
         return h, jax.nn.silu(a).reshape(b, t, 2, c.n_heads, c.head_dim), conv_state
 
     def generated(self, p: dict, state: dict, x: jax.Array) -> dict:
@@ -391,7 +393,7 @@ class SelfModifyingTitans:
         """``x: [B, T, D]`` -> ``(x + mixer output, state)``. ``ctx.cut > 0`` (parallel, from a
         fresh state): no gradient flows between blocks of ``cut`` tokens (same values; the
         teach signal's first pass)."""
-        c = self.config
+        c, dt = self.config, self.config.compute_dtype
         b, t, d = x.shape
         h, a, conv_state = self._project(p, state, x, ctx.cut)
         xm = jnp.swapaxes(a[:, :, 0], 1, 2)  # [B, H, T, d]
@@ -400,9 +402,9 @@ class SelfModifyingTitans:
         else:
             gen, stream, y = self._memories(p, state, xm, a[:, :, 1], ctx.parallel, ctx.cut)
         y = rms_norm(y.reshape(b, t, d), p["out_norm"], c.norm_eps) * jax.nn.silu(
-            h @ p["w_gate_out"]
+            dense(h, p["w_gate_out"], dt)
         )
-        return x + y @ p["wo"], {"gen": gen, "main": stream, "conv": conv_state}
+        return x + dense(y, p["wo"], dt), {"gen": gen, "main": stream, "conv": conv_state}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,5 +431,6 @@ class SelfModifyingBlock:
 
     def __call__(self, p: dict, state: dict, x: jax.Array, ctx: Context = Context()):
         x, state = self.mixer(p["mixer"], state, x, ctx)
-        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], self.config.norm_eps))
+        c = self.config
+        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], c.norm_eps), c.compute_dtype)
         return (x, state, {}) if ctx.collect else (x, state)

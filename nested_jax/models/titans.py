@@ -44,6 +44,7 @@ from nested_jax.models.layers import (
     swiglu,
     swiglu_init,
 )
+from nested_jax.precision import dense
 
 __all__ = ["TitansBlock"]
 
@@ -110,7 +111,8 @@ class TitansBlock:
         c = self.config
         b, t, d = x.shape
         h = rms_norm(x, p["norm"], c.norm_eps)
-        qkv, conv_state = causal_conv(p["conv"], h @ p["wqkv"], state["conv"])
+        dt = c.compute_dtype
+        qkv, conv_state = causal_conv(p["conv"], dense(h, p["wqkv"], dt), state["conv"])
         qkv = jax.nn.silu(qkv).reshape(b, t, 3, c.n_heads, c.head_dim)
         q, k, v = l2_normalize(qkv[:, :, 0]), l2_normalize(qkv[:, :, 1]), qkv[:, :, 2]
         gates = (h @ p["w_gates"] + p["b_gates"][None, None]).reshape(b, t, 3, c.n_heads)
@@ -135,9 +137,9 @@ class TitansBlock:
         else:
             stream, y = mem.stream(stream, q, k, v, eta, alpha, beta, chunk_size=c.titans.chunk)
         y = rms_norm(y.reshape(b, t, d), p["out_norm"], c.norm_eps) * jax.nn.silu(
-            h @ p["w_gate_out"]
+            dense(h, p["w_gate_out"], dt)
         )
-        x = x + y @ p["wo"]
-        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], c.norm_eps))
+        x = x + dense(y, p["wo"], dt)
+        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], c.norm_eps), dt)
         state = {"memory": stream, "conv": conv_state}
         return (x, state, {}) if ctx.collect else (x, state)

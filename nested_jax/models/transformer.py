@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from nested_jax.memory import SoftmaxMemory, SoftmaxState
 from nested_jax.models.config import ModelConfig
 from nested_jax.models.layers import Context, dense_init, rms_norm, rope, swiglu, swiglu_init
+from nested_jax.precision import dense
 
 __all__ = ["Attention", "TransformerBlock"]
 
@@ -30,7 +31,10 @@ class Attention:
 
     @property
     def memory(self) -> SoftmaxMemory:
-        return SoftmaxMemory(capacity=self.config.max_len, window=self.config.attn_window)
+        c = self.config
+        return SoftmaxMemory(
+            capacity=c.max_len, window=c.attn_window, compute_dtype=c.compute_dtype
+        )
 
     def init(self, key) -> dict:
         c = self.config
@@ -61,11 +65,12 @@ class Attention:
         h = rms_norm(x, p["attn_norm"], c.norm_eps)
         split = lambda a: a.reshape(b, t, c.n_heads, c.head_dim)
         positions = state.count[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
-        q = rope(split(h @ p["wq"]), positions, c.rope_base)
-        k = rope(split(h @ p["wk"]), positions, c.rope_base)
-        v = split(h @ p["wv"])
+        dt = c.compute_dtype
+        q = rope(split(dense(h, p["wq"], dt)), positions, c.rope_base)
+        k = rope(split(dense(h, p["wk"], dt)), positions, c.rope_base)
+        v = split(dense(h, p["wv"], dt))
         state, y = self.memory.write_read_chunk(state, q, k, v, gradient_cut=ctx.cut)
-        return x + y.reshape(b, t, -1) @ p["wo"], state
+        return x + dense(y.reshape(b, t, -1), p["wo"], dt), state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,5 +97,6 @@ class TransformerBlock:
 
     def __call__(self, p: dict, state: SoftmaxState, x: jax.Array, ctx: Context = Context()):
         x, state = self.mixer(p, state, x, ctx)
-        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], self.config.norm_eps))
+        c = self.config
+        x = x + swiglu(p["mlp"], rms_norm(x, p["mlp_norm"], c.norm_eps), c.compute_dtype)
         return (x, state, {}) if ctx.collect else (x, state)
