@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget-min", type=float, default=7.0, help="no new case after this")
+    p.add_argument(
+        "--compute-dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="the models' matmul operands (mixed precision, decisions D105)",
+    )
     p.add_argument("--out", default="benchmarks/results/accelerator.json")
     a = p.parse_args(argv)
     seqs = a.seqs or (list(model_throughput.QUICK["seqs"][:1]) if a.quick else list(SEQS))
@@ -38,16 +44,28 @@ def main(argv: list[str] | None = None) -> None:
     rows, t0 = [], time.perf_counter()
     for seq in seqs:
         for kind in a.models:
-            case = {"model": kind, "seq": seq, "batch": a.batch, "device": device.device_kind}
+            case = {
+                "model": kind,
+                "seq": seq,
+                "batch": a.batch,
+                "compute_dtype": a.compute_dtype,
+                "device": device.device_kind,
+            }
             if time.perf_counter() - t0 > 60 * a.budget_min:
                 rows.append({**case, "skipped": "time budget"})
                 continue
             try:
                 got = model_throughput.run(
-                    a.quick, a.repeats, models=[kind], seqs=[seq], batch=a.batch
+                    a.quick,
+                    a.repeats,
+                    models=[kind],
+                    seqs=[seq],
+                    batch=a.batch,
+                    compute_dtype=a.compute_dtype,
                 )["results"][0]
+                base = dict(model_throughput.QUICK if a.quick else model_throughput.FULL)
                 cfg = model_throughput.model_config(
-                    kind, seq, dict(model_throughput.QUICK if a.quick else model_throughput.FULL)
+                    kind, seq, {**base, "compute_dtype": a.compute_dtype}
                 )
                 counts = launches.step_counts(cfg, seq, a.batch)
                 rows.append({**case, **got, "matmuls": counts["matmuls"], "ops": counts["ops"]})
@@ -56,7 +74,13 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{kind} seq={seq}: failed ({type(e).__name__})", flush=True)
             payload = {
                 "benchmark": "accelerator",
-                "config": {"quick": a.quick, "batch": a.batch, "models": a.models, "seqs": seqs},
+                "config": {
+                    "quick": a.quick,
+                    "batch": a.batch,
+                    "models": a.models,
+                    "seqs": seqs,
+                    "compute_dtype": a.compute_dtype,
+                },
                 "results": rows,
                 "elapsed_s": time.perf_counter() - t0,
             }

@@ -157,7 +157,7 @@ def model_config(kind: str, seq: int, cfg: dict):
         config = get_config(
             _NAMES[kind], max_len=seq, **{**sizes, "d_ff": matched_d_ff(config, target)}
         )
-    return config
+    return config.replace(compute_dtype=cfg.get("compute_dtype", "float32"))
 
 
 def run(
@@ -167,9 +167,11 @@ def run(
     seqs=None,
     batch: int = 1,
     rounds: int = 1,
+    compute_dtype: str = "float32",
 ) -> dict:
     cfg = dict(QUICK if quick else FULL)
     cfg["batch"] = batch
+    cfg["compute_dtype"] = compute_dtype
     cfg["rounds"] = rounds
     if seqs:
         cfg["seqs"] = tuple(seqs)

@@ -308,7 +308,7 @@ def test_quick_launches_writes_json_and_its_table(tmp_path, capsys):
 
 
 def test_accelerator_script_runs_quick_on_the_cpu_and_records_the_device(tmp_path):
-    """benchmarks/accelerator.sh --quick (what a device session runs, at tiny sizes): JSON with
+    """benchmarks/accelerator.sh --quick, in bfloat16 (what a device session runs, at tiny sizes): JSON with
     the device's kind beside every case, the counts beside the speed; a failing case is recorded
     and the others go on (an unknown model here)."""
     import json
@@ -320,13 +320,15 @@ def test_accelerator_script_runs_quick_on_the_cpu_and_records_the_device(tmp_pat
     root = pathlib.Path(__file__).resolve().parents[1]
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     args = ["--quick", "--models", "transformer_pm", "nonexistent", "--seqs", "32"]
+    args += ["--compute-dtype", "bfloat16"]  # mixed precision (D105), as a device session runs it
     r = subprocess.run(
         ["bash", str(root / "benchmarks" / "accelerator.sh"), *args],
         env=env, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    data = json.loads((tmp_path / "accelerator_quick.json").read_text())
+    data = json.loads((tmp_path / "accelerator_quick_bf16.json").read_text())
     ok, bad = data["results"]
+    assert data["config"]["compute_dtype"] == ok["compute_dtype"] == "bfloat16"
     assert data["machine"]["device_kind"] and ok["device"] == data["machine"]["device_kind"]
     assert ok["tokens_per_s"] > 0 and ok["matmuls"] > 0 and ok["batch"] == 8
     assert bad["model"] == "nonexistent" and "error" in bad
