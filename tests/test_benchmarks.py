@@ -201,10 +201,12 @@ def test_quick_export_check_writes_json_and_its_table(tmp_path, capsys):
     out = tmp_path / "ex.json"
     run.main(["export_check", "--quick", "--out", str(out)])
     data = json.loads(out.read_text())
-    assert [r["model"] for r in data["results"]] == ["tiny", "hope_tiny"]
+    rows = [(r["model"], r["compute_dtype"]) for r in data["results"]]
+    assert rows == [(m, d) for m in ("tiny", "hope_tiny") for d in ("float32", "bfloat16")]
     assert all(r["train_stablehlo_kb"] > r["stream_stablehlo_kb"] > 0 for r in data["results"])
+    assert all(r["train_bf16_dots"] > 0 for r in data["results"] if r["compute_dtype"] != "float32")
     table.main([str(out)])
-    assert "| hope_tiny |" in capsys.readouterr().out
+    assert "| hope_tiny | bfloat16 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="export_check takes --models only"):
         run.main(["export_check", "--quick", "--seqs", "32"])
 
