@@ -14,14 +14,24 @@ from experiments.lm import run as lm
 from experiments.lm.configs import MODELS, VARIANTS, model_spec
 
 
-@pytest.mark.parametrize("size", ["small", "medium"])
-def test_every_model_has_hopes_parameter_count_within_5_percent(size):
-    counts = {m: model_spec(m, size, "shakespeare", 256)[2] for m in MODELS}
+@pytest.mark.parametrize("corpus", ["shakespeare", "wikipedia"])
+@pytest.mark.parametrize("size", ["xs", "small", "medium"])
+def test_every_model_has_hopes_parameter_count_within_5_percent(size, corpus):
+    counts = {m: model_spec(m, size, corpus, 256)[2] for m in MODELS}
     for m, n in counts.items():
         assert abs(n / counts["hope"] - 1) < 0.05, (m, n, counts["hope"])
-    assert 0.9e6 < counts["hope"] < 1.1e6 if size == "small" else 3.5e6 < counts["hope"] < 4.5e6
-    name, overrides, _ = model_spec("titans", size, "shakespeare", 256)
+    name, overrides, _ = model_spec("titans", size, corpus, 256)
     assert name == "titans_tiny" and ("titans.chunk", 16) in overrides
+    # the default Hope at the grid's chunking (an eighth / a quarter / a half of 256 tokens)
+    name, overrides, _ = model_spec("hope", size, corpus, 256)
+    assert name == "hope_tiny" and ("cms.periods", (64, 128)) in overrides
+    assert ("titans.chunk", 32) in overrides and ("selfmod.chunk", 32) in overrides
+    assert model_spec("hope_paper", size, corpus, 256)[0] == "hope_paper_small"
+
+
+def test_the_grids_two_sizes_are_at_least_4x_apart():
+    xs, small = (model_spec("hope", s, "shakespeare", 256)[2] for s in ("xs", "small"))
+    assert 0.75e6 < small < 0.9e6 and small >= 4 * xs
 
 
 def test_ablations_are_hope_with_one_thing_changed():
@@ -30,8 +40,8 @@ def test_ablations_are_hope_with_one_thing_changed():
     for v in VARIANTS:
         name, overrides, counts[v] = model_spec(v, "small", "shakespeare", 256)
         changed = {k: x for k, x in overrides if hope.get(k, "unset") != x}
-        assert name == "hope_paper_small" and len(changed) == 1, (v, changed)
-    assert changed == {"cms.periods": (16, 64, 256)}  # the last: three CMS levels
+        assert name == "hope_tiny" and len(changed) == 1, (v, changed)
+    assert changed == {"cms.periods": (64, 128, 256)}  # the last: three CMS levels
     assert counts["hope-cms_1"] < counts["hope-no_dgd"] < counts["hope-cms_3"]
 
 
@@ -148,3 +158,19 @@ def test_a_diverged_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     row = lm.report(tmp_path)["summary"]["smoke-shakespeare-0kB"]["titans"]
     assert row["val_bpb"] is None and row["seeds"] == []
     assert row["diverged"] == {"0": cells["titans"]["diverged_at_step"]}
+
+
+def test_probe_times_every_model_and_sizes_the_budget_to_the_slowest(tmp_path):
+    """The probe (issue 43): each model's step timed, and the budget the largest 100 kB multiple
+    that the slowest model trains within the cell's minutes (evaluations' share on top)."""
+    setup = lm.setup_for(True)
+    got = lm.probe("smoke", "shakespeare", ["transformer", "hope"], tmp_path, setup, 5.0, 2)
+    saved = json.loads((tmp_path / "probe-smoke-shakespeare.json").read_text())
+    assert saved["budget_bytes"] == got["budget_bytes"]
+    rows = {r["model"]: r for r in saved["results"]}
+    assert set(rows) == {"transformer", "hope"}
+    assert all(r["tokens_per_s"] > 0 and r["compile_s"] > 0 for r in rows.values())
+    slowest = min(r["tokens_per_s"] for r in rows.values())
+    fits = slowest * 300 / (1 + lm.EVAL_SHARE)  # bytes the slowest trains in five minutes
+    assert fits - 100_000 < saved["budget_bytes"] <= fits and saved["budget_bytes"] > 0
+    assert max(r["cell_minutes_at_budget"] for r in rows.values()) <= 5.0

@@ -16,6 +16,10 @@ Parts (each a subcommand; every result lands under ``--out``, default ``experime
   also, as a reference, the whole context with RoPE beyond its trained range); and the
   needle-in-a-haystack suite of :mod:`experiments.lm.niah` (S-NIAH-1/2/3, MK, MQ, MV).
 * ``report``: ``results.json`` and the plots from every finished cell (``--report`` of the others).
+* ``probe``: what a cell costs here before any runs (issue 43): every model's training step at
+  (size, corpus) compiled and timed on this process's cores (run it under ``taskset`` on one
+  core, as the cells run), and the largest equal-token budget whose slowest model trains within
+  ``--cell-minutes``; JSON ``probe-<size>-<corpus>.json``.
 
 ``--max-minutes`` bounds one invocation: no new cell starts after it, and a cell still training
 at the deadline is stopped by SIGTERM (the training system saves a checkpoint and the next
@@ -42,9 +46,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import mean_std, pyplot, save_figure, write_results
+from experiments.common import machine, mean_std, pyplot, save_figure, write_results
 from experiments.lm.configs import (
     ALL,
+    BUDGETS,
     CORPORA,
     LABELS,
     MODELS,
@@ -345,13 +350,97 @@ def _plot_curves(path: Path, key: str, by_model: dict) -> None:
     save_figure(fig, path)
 
 
+# ---------------------------------------------------------------------------------------- probe
+# A cell's time beyond its training steps: 20 evaluations of 16 batches (a forward each, about a
+# third of a training step's work) and 20 checkpoints, taken as a share of the training time.
+EVAL_SHARE = 0.15
+
+
+def probe(size: str, corpus: str, models, out: Path, setup: dict, cell_minutes: float, steps: int):
+    """Time every model's training step (the training system's own, AdamW) at ``size`` on
+    ``corpus``'s vocabulary: compile seconds and the median of ``steps`` steps after one warm-up
+    (random tokens: the cost does not depend on the text). The budget is the largest multiple of
+    100 kB of training text that the slowest model trains in ``cell_minutes`` with `EVAL_SHARE`
+    on top; written beside the rates."""
+    from nested_jax.models import LanguageModel, get_config
+    from nested_jax.train.optimizers import make_optimizer
+    from nested_jax.train.step import init_train_state, train_step
+
+    vocab = 256 if CORPORA[corpus]["tokenizer"] == "byte" else CORPORA[corpus]["bpe_vocab"]
+    bpt = 1.0 if vocab == 256 else _bytes_per_token(corpus)
+    tokens = setup["batch"] * setup["seq_len"]
+    batch = jax.random.randint(jax.random.key(1), (setup["batch"], setup["seq_len"]), 0, vocab)
+    rows = []
+    for m in models:
+        name, overrides, n = model_spec(m, size, corpus, max_len=setup["seq_len"])
+        model = LanguageModel(get_config(name, **dict(overrides)))
+        cfg = train_config(m, size, corpus, 1, 0, setup)
+        opt = make_optimizer(cfg.optim, 1000)
+        state = init_train_state(model, opt, jax.random.key(0))
+        step = jax.jit(functools.partial(train_step, model, opt))
+        t0 = time.perf_counter()
+        compiled = step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        state, _ = compiled(state, batch)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics["loss"])
+            times.append(time.perf_counter() - t0)
+        step_s = float(np.median(times))
+        rows.append(
+            {
+                "model": m,
+                "params": n,
+                "compile_s": compile_s,
+                "step_s": step_s,
+                "tokens_per_s": tokens / step_s,
+            }
+        )
+        print(
+            f"{m:>15} {n:>9,} params  compile {compile_s:5.1f} s  step {step_s * 1e3:7.1f} ms  "
+            f"{tokens / step_s:7.0f} tokens/s",
+            flush=True,
+        )
+    slowest = min(r["tokens_per_s"] for r in rows)
+    seconds = 60 * cell_minutes / (1 + EVAL_SHARE)
+    budget = int(slowest * seconds * bpt // 100_000) * 100_000
+    for r in rows:
+        r["cell_minutes_at_budget"] = budget / bpt / r["tokens_per_s"] * (1 + EVAL_SHARE) / 60
+        r["tokens_per_param_at_budget"] = budget / bpt / r["params"]
+    payload = {
+        "machine": machine(),
+        "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "size": size,
+        "corpus": corpus,
+        "setup": setup,
+        "cell_minutes": cell_minutes,
+        "eval_share": EVAL_SHARE,
+        "budget_bytes": budget,
+        "results": rows,
+    }
+    path = out / f"probe-{size}-{corpus}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"budget {budget:,} bytes (the slowest model in {cell_minutes} min); wrote {path}")
+    if not budget:
+        print("no 100 kB of training text fits: raise --cell-minutes or choose a smaller size")
+    return payload
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("part", choices=("train", "context", "report"))
+    p.add_argument("part", choices=("train", "context", "report", "probe"))
     p.add_argument("--size", default="small", choices=sorted(SIZES))
     p.add_argument("--corpus", default="shakespeare", choices=sorted(CORPORA))
-    p.add_argument("--bytes", type=int, default=DEFAULT_BYTES, help="training text per model")
+    p.add_argument(
+        "--bytes",
+        type=int,
+        default=None,
+        help="training text per model (default: the grid's budget, configs.BUDGETS; else 5M)",
+    )
     p.add_argument(
         "--models", nargs="*", choices=ALL, default=list(MODELS), help="models or ablations"
     )
@@ -359,9 +448,16 @@ def main(argv=None) -> None:
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--out", default=OUT)
     p.add_argument("--smoke", action="store_true", help="seconds-long run (tests use it)")
+    p.add_argument("--cell-minutes", type=float, default=50.0, help="probe: a cell's time limit")
+    p.add_argument("--probe-steps", type=int, default=5, help="probe: timed steps per model")
     a = p.parse_args(argv)
     out, setup = Path(a.out), setup_for(a.smoke)
     size = "smoke" if a.smoke else a.size
+    if a.bytes is None:
+        a.bytes = BUDGETS.get((size, a.corpus), DEFAULT_BYTES)
+    if a.part == "probe":
+        probe(size, a.corpus, a.models, out, setup, a.cell_minutes, a.probe_steps)
+        return
     if a.part == "train":
         train_grid(size, a.corpus, a.bytes, a.models, a.seeds, out, setup, a.max_minutes)
     elif a.part == "context":
