@@ -140,8 +140,12 @@ def test_a_cell_stopped_at_its_deadline_resumes(tmp_path, monkeypatch):
     monkeypatch.undo()
     cdir = lm.cell_dir(tmp_path, "smoke", "shakespeare", 2048, "transformer", 0)
     assert not (cdir / "cell.json").exists()
+    first = json.loads((cdir / "wall.json").read_text())
+    assert first["attempts"] == 1 and first["seconds"] > 0
     rec = lm.run_cell(*args)
     assert rec["steps"] == 32 and (cdir / "cell.json").exists()
+    # the cell's wall-clock time is both attempts'
+    assert rec["attempts"] == 2 and rec["wall_s"] > first["seconds"]
 
 
 def test_a_diverged_cell_is_recorded_and_the_grid_goes_on(tmp_path):

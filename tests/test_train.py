@@ -2,7 +2,9 @@
 
 import json
 import logging
+import os
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -220,6 +222,46 @@ def test_a_time_budget_stops_checkpoints_and_evaluates_then_resumes(corpus, tmp_
     assert more.step == 12 and not more.budget_spent and more.train_s > res.train_s
     with pytest.raises(ConfigError, match="max_minutes must be >= 0"):
         train(tiny_config(corpus, "max_minutes=-1"), tmp_path / "bad", progress=False)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_signal_inside_a_step_waits_for_it_and_a_second_stops_at_once(
+    corpus, full_run, tmp_path, monkeypatch, caplog, signals
+):
+    """SIGTERM sent while step 6 runs: the step finishes (logged, evaluated) and is saved, and
+    the run stops. Sent twice, the run stops inside the step and saves nothing (its input state
+    was donated to it), so the checkpoint at step 4 stays the resume point. Either way, running
+    again ends where the uninterrupted run ends, and the previous handler is back."""
+    from nested_jax.train import loop
+
+    real = loop.Run.step
+
+    def step(self, state, batch):
+        out = real(self, state, batch)
+        if int(out[0].step) == 6:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop.Run, "step", step)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="nested_jax.train"):
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_config(corpus), out, progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before
+    saved = sorted(int(p.name) for p in (out / "checkpoints").iterdir())
+    rec = read_metrics(out)
+    if signals == 1:
+        assert saved == [4, 6] and "stopping after this step" in caplog.text
+        assert [r["step"] for r in rec if "val_loss" in r] == [6]  # step 6 ran to its end
+    else:
+        assert saved == [4] and "stopped inside a step, so nothing is saved" in caplog.text
+        assert all(r["step"] <= 5 for r in rec if "loss" in r)
+    monkeypatch.undo()
+    res = train(tiny_config(corpus), out, progress=False)
+    assert res.step == 12
+    assert_same_tree(params_of(out)[1], params_of(full_run[0])[1])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "scramble", "metadata"])

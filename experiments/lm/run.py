@@ -177,6 +177,16 @@ def curve(run_dir: Path, tokens_per_step: int, bytes_per_token: float) -> dict:
     }
 
 
+def _add_wall(cdir: Path, seconds: float) -> dict:
+    """Add one attempt's wall-clock seconds to the cell's ``wall.json``; the totals."""
+    path = cdir / "wall.json"
+    w = json.loads(path.read_text()) if path.exists() else {"seconds": 0.0, "attempts": 0}
+    w = {"seconds": w["seconds"] + seconds, "attempts": w["attempts"] + 1}
+    if cdir.exists():  # a config error raised before the run made its folder
+        path.write_text(json.dumps(w) + "\n")
+    return w
+
+
 def run_cell(model, size, corpus, nbytes, seed, out: Path, setup: dict, deadline=None) -> dict:
     """Train (or resume) one cell and write its ``cell.json``; ``None`` when stopped at the
     deadline (resumable).
@@ -192,6 +202,7 @@ def run_cell(model, size, corpus, nbytes, seed, out: Path, setup: dict, deadline
         return json.loads(done.read_text())
     cfg = train_config(model, size, corpus, nbytes, seed, setup)
     diverged = None
+    t0 = time.monotonic()
     try:
         with _Deadline(deadline):
             res = train(cfg, cdir / "run", progress=False)
@@ -199,6 +210,8 @@ def run_cell(model, size, corpus, nbytes, seed, out: Path, setup: dict, deadline
         return None
     except NonFiniteLossError as e:
         diverged, res = e, None
+    finally:
+        wall = _add_wall(cdir, time.monotonic() - t0)
     bpt = _bytes_per_token(corpus)
     tps = cfg.data.batch_size * cfg.data.seq_len
     c = curve(cdir / "run", tps, bpt)
@@ -224,6 +237,8 @@ def run_cell(model, size, corpus, nbytes, seed, out: Path, setup: dict, deadline
         "diverged_at_step": None if diverged is None else diverged.step,
         "diverged": None if diverged is None else str(diverged),
         "curve": c,
+        "wall_s": wall["seconds"],  # every attempt's, compiles, evaluations and checkpoints in
+        "attempts": wall["attempts"],
     }
     done.write_text(json.dumps(rec) + "\n")
     return rec

@@ -405,23 +405,52 @@ def plot_losses(out_dir) -> Path | None:
 
 
 # ------------------------------------------------------------------------------- the loop
-@contextlib.contextmanager
-def _sigterm_stops():
-    """SIGTERM (what schedulers, CI and ending sessions send) stops a run like Ctrl-C inside the
-    block: the loop saves a checkpoint at the current step. The previous handler is restored
-    after (off the main thread, where handlers cannot be set, nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Stops:
+    """Ctrl-C and SIGTERM (what schedulers, CI and ending sessions send) stop a run between
+    steps: a signal that lands inside `between_steps`'s block (one step, its logging, evaluation
+    and checkpoint) is held until the block ends, then raised as `KeyboardInterrupt`, so the loop
+    saves a checkpoint of a whole step. A second signal while one is held stops at once: the
+    block is then ``torn`` (its step half done, its input state possibly donated to it), so
+    nothing is saved and the newest checkpoint stays the resume point. The previous handlers are
+    restored after; off the main thread, where handlers cannot be set, nothing changes."""
 
-    def handler(signum, frame):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.held: int | None = None
+        self.inside = False
+        self.torn = False
+        self.old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+    def _handler(self, signum, frame):
+        if self.inside and self.held is None:
+            self.held = signum
+            log.warning("signal %d: stopping after this step (signal again to stop now)", signum)
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    @contextlib.contextmanager
+    def between_steps(self):
+        self.inside = True
+        try:
+            yield
+        except BaseException:
+            self.torn = True
+            raise
+        finally:
+            self.inside = False
+        if self.held is not None:
+            raise KeyboardInterrupt(f"signal {self.held}")
 
 
 def train(
@@ -438,16 +467,17 @@ def train(
     step, state = _start(run, it, resume)
     hooks = _Hooks(run, step, progress)
     guard = _NanGuard(run.cfg, hooks)
-    with _sigterm_stops():
+    with _Stops() as stops:
         try:
             while step < run.cfg.steps and not hooks.budget_spent:
-                state, m = hooks.step(state, run.batch(next(it)), step + 1)
-                step += 1
-                guard.check(step, m)
-                hooks.after_step(step, state, m, it)
+                with stops.between_steps():
+                    state, m = hooks.step(state, run.batch(next(it)), step + 1)
+                    step += 1
+                    guard.check(step, m)
+                    hooks.after_step(step, state, m, it)
             ev = hooks.finish(step, state, it)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the current step, then stop
-            hooks.interrupted(step, state, it)
+            hooks.interrupted(step, state, it, torn=stops.torn)
             raise
         finally:  # whatever happened: the bar, the files and the checkpointer closed
             hooks.close()
@@ -656,8 +686,9 @@ class _Hooks:
             self.bar.unpause()  # nor in the bar's (its timer restarts from its last print)
 
     def _save_if_new(self, step: int, state, it) -> None:
-        if not self.run.ckpt.steps or self.run.ckpt.steps[-1] != step:
-            self.last_ckpt = self.run.save(step, state, it)
+        if self.run.ckpt.steps and self.run.ckpt.steps[-1] == step:
+            return
+        self.last_ckpt = self.run.save(step, state, it)
 
     def finish(self, step: int, state, it) -> dict:
         """The final checkpoint and evaluation (also when the time budget ends the run)."""
@@ -675,10 +706,22 @@ class _Hooks:
         self.metrics.write({"step": step, **ev})
         return ev
 
-    def interrupted(self, step: int, state, it) -> None:
+    def interrupted(self, step: int, state, it, *, torn: bool) -> None:
+        """Save the last whole step, unless the stop tore a step (`_Stops`)."""
         self.metrics.write({"step": step, "train_s": self.train_s})  # the budget's clock
-        self._save_if_new(step, state, it)
-        log.warning("interrupted at step %d; saved %s. Run again to resume.", step, self.last_ckpt)
+        if torn:
+            log.warning(
+                "stopped inside a step, so nothing is saved; the newest checkpoint (%s) is "
+                "where a run resumes.",
+                self.last_ckpt,
+            )
+        else:
+            self._save_if_new(step, state, it)
+        log.warning(
+            "interrupted at step %d; newest checkpoint %s. Run again to resume.",
+            step,
+            self.last_ckpt,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
