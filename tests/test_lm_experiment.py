@@ -178,3 +178,26 @@ def test_probe_times_every_model_and_sizes_the_budget_to_the_slowest(tmp_path):
     fits = slowest * 300 / (1 + lm.EVAL_SHARE)  # bytes the slowest trains in five minutes
     assert fits - 100_000 < saved["budget_bytes"] <= fits and saved["budget_bytes"] > 0
     assert max(r["cell_minutes_at_budget"] for r in rows.values()) <= 5.0
+
+
+def test_at_equal_time_compares_models_when_the_fastest_finished():
+    """Who is ahead at equal compute: every model's last evaluation within the training time of
+    the model that finished first (in every seed); a seed not yet evaluated then is left out,
+    a diverged cell is not counted."""
+
+    def cell(seconds, bpb, seed=0, diverged=None):
+        c = {"train_seconds": seconds, "val_bpb": bpb}
+        return {"seed": seed, "curve": c, "diverged_at_step": diverged}
+
+    by_model = {
+        "transformer": [cell([10, 20], [3.0, 2.8]), cell([12, 22], [3.1, 2.9], seed=1)],
+        "hope": [cell([15, 30, 60], [3.2, 2.7, 2.5]), cell([25, 70], [2.9, 2.4], seed=1)],
+        "titans": [cell([5], [9.0], diverged=3)],
+    }
+    got = lm.at_equal_time(by_model)
+    assert got["first_to_finish"] == "transformer" and got["seconds"] == 22.0
+    assert got["val_bpb"]["transformer"]["mean"] == pytest.approx(2.85)
+    # hope: seed 0's evaluation at 15 s (not the one at 30 s); seed 1 had none by 22 s
+    assert got["val_bpb"]["hope"] == {"mean": 3.2, "std": 0.0, "n": 1}
+    assert "titans" not in got["val_bpb"]
+    assert lm.at_equal_time({"hope": [cell([5], [9.0], diverged=3)]}) is None

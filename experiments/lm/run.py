@@ -308,6 +308,7 @@ def report(out: Path) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{jax.device_count()} x {jax.devices()[0].platform}, jax {jax.__version__}",
         "summary": summary,
+        "equal_time": {key: at_equal_time(by_model) for key, by_model in table.items()},
         "context_summary": _context_summary(context),
         "cells": cells,
         "context": context,
@@ -321,6 +322,35 @@ def report(out: Path) -> dict:
 
         plot_context(out, context)
     return payload
+
+
+def at_equal_time(by_model: dict) -> dict | None:
+    """Who is ahead at equal compute: ``seconds``, the training time by which the model that
+    finishes its budget first has finished it in every seed (its slowest seed's), and each
+    model's validation bits per byte at its last evaluation within that time (mean ± std over
+    seeds; a seed not evaluated by then is left out). Training time as the curves count it:
+    steps only, on one core."""
+    ok = {
+        m: [c for c in cs if c.get("diverged_at_step") is None and c["curve"]["val_bpb"]]
+        for m, cs in by_model.items()
+    }
+    ok = {m: cs for m, cs in ok.items() if cs}
+    if not ok:
+        return None
+    ends = {m: float(max(c["curve"]["train_seconds"][-1] for c in cs)) for m, cs in ok.items()}
+    first = min(ends, key=ends.get)
+    t = ends[first]
+
+    def reached(c):
+        cv = c["curve"]
+        got = [v for s, v in zip(cv["train_seconds"], cv["val_bpb"], strict=True) if s <= t]
+        return got[-1] if got else None
+
+    return {
+        "seconds": t,
+        "first_to_finish": first,
+        "val_bpb": {m: mean_std([reached(c) for c in cs]) for m, cs in ok.items()},
+    }
 
 
 def _context_summary(records: list[dict]) -> dict:
