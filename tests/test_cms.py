@@ -215,21 +215,23 @@ def _rerun_levels(model, params, layers, tokens, taps):
 
 
 @pytest.mark.parametrize(
-    ("name", "cms"),
+    ("name", "layers", "cms"),
     [
-        ("hope_tiny", {}),
-        ("hope_attention_tiny", {}),
-        ("hope_tiny", {"variant": "independent", "learn_lr": True}),
-        ("hope_tiny", {"variant": "nested", "periods": (4, 0, 8)}),
-        ("hope_attention_tiny", {"norm": "none", "learn_lr": True}),
+        ("hope_tiny", 2, {}),
+        ("hope_attention_tiny", 2, {}),
+        ("hope_tiny", 1, {"variant": "independent", "learn_lr": True}),
+        ("hope_tiny", 1, {"variant": "nested", "periods": (4, 0, 8)}),
+        ("hope_attention_tiny", 1, {"norm": "none", "learn_lr": True}),
     ],
 )
-def test_online_sweep_equals_rerunning_the_levels(name, cms, monkeypatch):
+def test_online_sweep_equals_rerunning_the_levels(name, layers, cms, monkeypatch):
     """The online signal's error pass run backward from the chunk forward's cache
     (`ContinuumMemory.sweep`) gives the outputs, states and outer gradients of re-running the
     levels and the head for the errors and the levels again for the steps (decisions D100):
-    every CMS variant, a frozen level between live ones, learned and plain rates."""
-    model, params, tokens = setup(name, length=14, cms=cms)
+    every CMS variant, a frozen level between live ones, learned and plain rates. The defaults
+    with two layers (errors passed back through a layer's levels to the one below), the
+    variants with one (the suite's time)."""
+    model, params, tokens = setup(name, length=14, cms=cms, n_layers=layers)
 
     def run(p):
         logits, state = model.apply(p, tokens)

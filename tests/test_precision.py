@@ -24,6 +24,19 @@ TINY = [n for n in list_configs() if n.endswith("_tiny")]
 # (float32, linear attention: 0.019; at lr 3e-3 0.03-0.09 for three configs, so 1e-3 here).
 MARGIN = 0.1
 LR = 1e-3
+# The 200-step run: one config per family (the suite's time). bfloat16 enters only the slow
+# layers (projections, MLPs, attention, head), which a family's configs share; the `*_paper`
+# configs and the DeltaNet variants differ from these only inside the memories, which stay
+# float32 (the forward test below covers every tiny config). All ten tiny configs were run
+# 200 steps on 2026-12-07 and were within the margin.
+TRAINED = [
+    "tiny",
+    "linear_attention_tiny",
+    "titans_tiny",
+    "selfmod_tiny",
+    "hope_attention_tiny",
+    "hope_tiny",
+]
 
 
 def test_dense_rounds_the_operands_and_accumulates_in_float32():
@@ -117,9 +130,9 @@ def _run(name: str, dt: str, train_batches, val_batches):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", TRAINED)
 def test_200_shakespeare_steps_in_bfloat16_match_float32(name):
-    """Every tiny config trains 200 steps on Shakespeare bytes (2 x 16 bytes: the CMS levels
+    """Every family's tiny config trains 200 steps on Shakespeare bytes (2 x 16 bytes: the CMS levels
     and every memory chunk still fire many times) in bfloat16 without a skipped (non-finite)
     step and ends within `MARGIN` of float32's validation loss (same batches, same initial
     parameters)."""
