@@ -294,6 +294,9 @@ def report(out: Path) -> dict:
                 "val_bpb": mean_std([c["val_bpb"] for c in ok]),
                 "tokens_per_s": mean_std([c["curve"]["median_tokens_per_s"] for c in cs]),
                 "train_hours": mean_std([c["curve"]["train_seconds"][-1] / 3600 for c in ok]),
+                # minus Transformer++'s at the same seed (the same data order): the paired
+                # difference, which the seed-to-seed spread of both does not blur
+                "vs_transformer": mean_std(_paired(ok, by_model.get("transformer", []))),
                 "skipped_steps": sum(c["skipped_steps"] for c in cs),
                 # seed -> the step whose loss was non-finite (the cell stopped there)
                 "diverged": {
@@ -322,6 +325,12 @@ def report(out: Path) -> dict:
 
         plot_context(out, context)
     return payload
+
+
+def _paired(cells: list[dict], base: list[dict]) -> list[float]:
+    """``val_bpb`` minus the base model's at the same seed, for the seeds both finished."""
+    ref = {c["seed"]: c["val_bpb"] for c in base if c.get("diverged_at_step") is None}
+    return [c["val_bpb"] - ref[c["seed"]] for c in cells if c["seed"] in ref]
 
 
 def at_equal_time(by_model: dict) -> dict | None:
