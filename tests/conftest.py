@@ -13,11 +13,10 @@ import time
 # programs keep XLA's defaults (at full optimisation this flag made Hope's step slower).
 # (`--xla_cpu_parallel_codegen_split_count=1` was tried on 2026-12-08: faster on one busy core,
 # test_hope.py 120 -> 79 s, but with it the whole suite took 17:58 on two idle cores, where the
-# previous session's suite (without it) took 13:31; not understood yet, so
-# it is not set.)
-for _flag in ("--xla_cpu_use_fusion_emitters=false",):
-    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# previous session's suite without it took 13:31; not understood yet, so it is not set.)
+_flag = "--xla_cpu_use_fusion_emitters=false"
+if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
